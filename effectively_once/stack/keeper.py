@@ -1,0 +1,69 @@
+"""The detached process behind ``python -m effectively_once up``.
+
+It starts a stack, records it in ``$EO_HOME/stack.json`` and keeps it alive
+until it receives SIGTERM (from ``down``); then it stops every process it
+started. One keeper per state directory. For the docker backend it also keeps
+testcontainers' reaper from removing the containers, which it does as soon as
+the process that started them exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+from effectively_once import stack as stack_mod
+from effectively_once.settings import eo_home
+
+
+def _write_state(record: dict) -> None:
+    path = stack_mod.state_path()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m effectively_once.stack.keeper")
+    parser.add_argument("--backend", default="auto", choices=stack_mod.BACKENDS)
+    args = parser.parse_args(argv)
+
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: stop_event.set())
+
+    root = eo_home() / "stack"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        if stack_mod.choose_backend(args.backend)[0] == "embedded":
+            running = stack_mod.start(args.backend, root=root)
+        else:
+            running = stack_mod.start(args.backend)
+    except Exception as exc:
+        _write_state({"ready": False, "error": str(exc), "pids": {"keeper": os.getpid()}})
+        print(f"could not start the stack: {exc}", flush=True)
+        return 1
+
+    record = running.describe()
+    record.update(ready=True, root=str(root) if running.backend == "embedded" else None)
+    record["pids"] = {"keeper": os.getpid(), **running.pids}
+    _write_state(record)
+    print(f"stack ready: {json.dumps(record)}", flush=True)
+    try:
+        while not stop_event.wait(1.0):
+            pass
+    finally:
+        running.stop()
+        path = stack_mod.state_path()
+        current = stack_mod.read_state()
+        if current and current.get("pids", {}).get("keeper") == os.getpid():
+            path.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
