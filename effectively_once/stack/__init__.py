@@ -118,7 +118,8 @@ class Stack:
         from confluent_kafka.admin import NewTopic
 
         full = self.topic(name)
-        futures = self.admin().create_topics([NewTopic(full, partitions, 1)], request_timeout=15)
+        admin = self.admin()  # keep the client alive until its futures resolve
+        futures = admin.create_topics([NewTopic(full, partitions, 1)], request_timeout=15)
         for future in futures.values():
             try:
                 future.result(timeout=20)
@@ -131,7 +132,8 @@ class Stack:
         """Delete topics by their full names (best effort)."""
         if not full_names:
             return
-        for future in self.admin().delete_topics(list(full_names), operation_timeout=10).values():
+        admin = self.admin()
+        for future in admin.delete_topics(list(full_names), operation_timeout=10).values():
             try:
                 future.result(timeout=15)
             except Exception:

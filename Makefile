@@ -1,0 +1,45 @@
+# Exactly-Once in Production: `make lab` opens the course, `make test` runs every check.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+BACKEND ?= auto
+PYTEST_ARGS ?=
+
+.PHONY: setup lab test up down status doctor labs environment
+
+# Re-runs are fast: pip runs again only when pyproject.toml changed.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	$(BIN)/python -m effectively_once up --backend $(BACKEND)
+	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
+
+# pytest exits 5 when it collected no test: that is a failure here, never a pass.
+test: setup
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+up: setup
+	$(BIN)/python -m effectively_once up --backend $(BACKEND)
+
+down: setup
+	$(BIN)/python -m effectively_once down
+
+status: setup
+	$(BIN)/python -m effectively_once status
+
+doctor: setup
+	$(BIN)/python -m effectively_once doctor
+
+labs: setup
+	$(BIN)/python tools/make_labs.py
+
+environment: setup
+	$(BIN)/python tools/sync_environment.py

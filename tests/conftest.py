@@ -1,0 +1,57 @@
+"""Shared fixtures: one real stack for the whole test session.
+
+The session starts the stack with `python -m effectively_once up` in a private
+state directory (``EO_HOME``), so that notebooks run by nbval attach to it
+through ``attach_or_start()``; it stops it with `down` at the end and checks
+that no process it started is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m effectively_once ARGS` and return the finished process."""
+    return subprocess.run([sys.executable, "-m", "effectively_once", *args], capture_output=True, text=True,
+                          env=env or os.environ.copy(), timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def session_home():
+    """A private EO_HOME for the test session, exported so that notebook kernels see it."""
+    previous = os.environ.get("EO_HOME")
+    home = Path(tempfile.mkdtemp(prefix="eo-test-home-"))
+    os.environ["EO_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("EO_HOME", None)
+    else:
+        os.environ["EO_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def stack(session_home):
+    """The running stack (embedded unless EO_BACKEND says otherwise), shared by every test."""
+    from effectively_once import stack as stack_mod
+    from effectively_once.stack.processes import pid_alive
+
+    backend = os.environ.get("EO_BACKEND", "embedded")
+    result = run_cli("up", "--backend", backend)
+    assert result.returncode == 0, f"`up` failed:\n{result.stdout}\n{result.stderr}"
+    record = json.loads((session_home / "stack.json").read_text())
+    running = stack_mod.attach(record)
+    yield running
+    down = run_cli("down")
+    assert down.returncode == 0, down.stderr
+    left = [f"{name}={pid}" for name, pid in record["pids"].items() if pid_alive(pid)]
+    assert not left, f"processes left running after `down`: {left}"
