@@ -1,0 +1,106 @@
+"""The course map and the live environment check that notebook 00 shows."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from effectively_once.stack import Stack, new_run_id
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """One notebook of the course: its file stem, title, what it teaches, and minutes."""
+
+    stem: str
+    title: str
+    teaches: str
+    minutes: int
+    needs_services: bool
+
+
+COURSE = (
+    Notebook("00_start_here", "Start here", "the map, choosing a backend, a live check of your services", 10, True),
+    Notebook("01_two_generals", "The Two Generals", "why exactly-once delivery is impossible, and why one-sided "
+             "dedup makes exactly-once processing possible", 25, False),
+    Notebook("02_message_loss", "Watching messages get lost", "at-most-once, at-least-once, the idempotent "
+             "producer and effectively-once, animated and counted", 25, False),
+    Notebook("03_kafka_guarantees", "What Kafka guarantees", "producer ids and sequence numbers, transactions, "
+             "read_committed, zombie fencing, and what Kafka's exactly-once cannot span", 30, True),
+    Notebook("04_kill_the_consumer", "Kill the consumer", "a real payment pipeline killed with SIGKILL at every "
+             "step; the dedup table and the Idempotency-Key; the traps in the textbook snippet", 40, True),
+    Notebook("05_observability", "Seeing delivery semantics", "lag, DLQ depth and age, dedup hit rate, "
+             "side-effect and retry p99, trace ids, alert rules", 30, True),
+    Notebook("06_incidents", "Four real incidents", "Stripe 2020, AWS SQS 2019, Stripe 2023 and Slack 2022, "
+             "replayed before and after the fix", 35, True),
+    Notebook("07_review", "Review", "the lesson's questions, answered with what you measured", 15, False),
+)
+
+
+def total_minutes() -> int:
+    """How long the whole course takes, in minutes."""
+    return sum(nb.minutes for nb in COURSE)
+
+
+def course_map_html(notebook_dir: Path | None = None) -> str:
+    """The course map as an HTML table (with links when ``notebook_dir`` is given)."""
+    rows = []
+    for nb in COURSE:
+        name = f"{nb.stem}.ipynb"
+        link = f"<a href='{name}'>{html.escape(name)}</a>" if notebook_dir else html.escape(name)
+        services = "broker + PostgreSQL" if nb.needs_services else "none"
+        rows.append(f"<tr><td>{link}</td><td><b>{html.escape(nb.title)}</b>: {html.escape(nb.teaches)}</td>"
+                    f"<td style='text-align:right'>{nb.minutes}</td><td>{services}</td></tr>")
+    head = "<tr><th>notebook</th><th>what you learn</th><th>minutes</th><th>services</th></tr>"
+    foot = f"<tr><td></td><td style='text-align:right'><i>total</i></td><td style='text-align:right'>" \
+           f"{total_minutes()}</td><td></td></tr>"
+    return f"<table>{head}{''.join(rows)}{foot}</table>"
+
+
+@dataclass
+class RoundTrip:
+    """What the environment check sent and got back."""
+
+    sent: list[str]
+    received: list[str]
+    sql_answer: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return sorted(self.sent) == sorted(self.received) and self.sql_answer == 1
+
+
+def round_trip(stack: Stack, messages: int = 3, timeout: float = 30.0) -> RoundTrip:
+    """Send ``messages`` records through the broker and read them back; ask PostgreSQL ``select 1``.
+
+    It uses a topic and a group of its own (namespaced, random suffix) and deletes the topic after.
+    """
+    import psycopg
+    from confluent_kafka import Consumer, Producer
+
+    started = time.monotonic()
+    run = new_run_id()
+    topic = stack.create_topic(f"hello.{run}", partitions=1)
+    sent = [f"hello {i}" for i in range(messages)]
+    producer = Producer(stack.producer_config())
+    for value in sent:
+        producer.produce(topic, value=value.encode())
+    producer.flush(15)
+    consumer = Consumer(stack.consumer_config(**{"group.id": stack.group(f"hello.{run}")}))
+    consumer.subscribe([topic])
+    received: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                received.append(msg.value().decode())
+    finally:
+        consumer.close()
+        stack.delete_topics(topic)
+    with psycopg.connect(stack.postgres_dsn("postgres"), connect_timeout=5) as conn:
+        answer = conn.execute("select 1").fetchone()[0]
+    return RoundTrip(sent, received, answer, time.monotonic() - started)
