@@ -1,0 +1,160 @@
+"""Alert rules as code, evaluated over metric series, with the lesson's thresholds.
+
+- ``DLQ_NOT_EMPTY``: any non-zero ``dlq_depth`` (a message in the DLQ is a payment
+  nobody has made yet);
+- ``DLQ_TOO_OLD``: ``dlq_age_seconds_p99`` over one hour;
+- ``DEDUP_HIT_RATE_HIGH``: ``dedup_check_hit_rate`` above 1 % sustained for a
+  window (5 minutes by default) outside deploy windows. A deploy restarts
+  consumers, and a restarted consumer re-reads what it had not committed, so
+  hits during a deploy are expected; outside one they mean the broker is
+  redelivering (rebalances, early acks, a broker problem).
+
+A rule fires over intervals: ``rule.evaluate(series, deploy_windows)`` returns
+one ``Firing`` per interval, each with a message a person on call can act on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
+
+from effectively_once.observe.metrics import (DEDUP_CHECK_HIT_RATE, DLQ_AGE_SECONDS_P99, DLQ_DEPTH,
+                                              Series)
+
+DeployWindow = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Firing:
+    """One interval over which a rule fired."""
+
+    rule: str
+    start: float
+    end: float
+    peak: float
+    message: str
+
+
+def format_time(t: float) -> str:
+    """A timestamp for a message: UTC clock time for Unix times, else seconds since the series' origin."""
+    if t >= 1e9:
+        return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"t={t:g} s"
+
+
+def format_duration(seconds: float) -> str:
+    """``90`` -> ``1 min 30 s``; ``7200`` -> ``2 h``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "", f"{secs} s" if secs else ""]
+    return " ".join(p for p in parts if p) or "0 s"
+
+
+def _format_value(value: float, unit: str) -> str:
+    if unit == "ratio":
+        return f"{value * 100:.2f}%"
+    if unit == "seconds":
+        return format_duration(value)
+    return f"{value:g}"
+
+
+def in_deploy_window(t: float, deploy_windows: Iterable[DeployWindow]) -> bool:
+    """True when ``t`` lies in one of the ``(start, end)`` windows (both ends included)."""
+    return any(start <= t <= end for start, end in deploy_windows)
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """``metric > threshold``, held for ``for_seconds``, optionally ignoring deploy windows.
+
+    ``for_seconds`` works like Prometheus' ``for:``: a run of consecutive samples
+    above the threshold fires once it has lasted that long (from its first sample),
+    and the firing interval starts there. A sample inside a deploy window breaks
+    a run when ``ignore_deploy_windows`` is set.
+    """
+
+    name: str
+    metric: str
+    threshold: float
+    for_seconds: float = 0.0
+    ignore_deploy_windows: bool = False
+    unit: str = "count"
+    meaning: str = ""
+
+    def evaluate(self, series: Series, deploy_windows: Sequence[DeployWindow] = ()) -> list[Firing]:
+        """The intervals over which this rule fires on ``series``."""
+        if series.name != self.metric:
+            raise ValueError(f"rule {self.name} watches {self.metric}, not {series.name}")
+        firings: list[Firing] = []
+        run: list[tuple[float, float]] = []
+        for t, value in list(series) + [(float("inf"), float("nan"))]:  # a sentinel closes the last run
+            excluded = self.ignore_deploy_windows and in_deploy_window(t, deploy_windows)
+            if value > self.threshold and not excluded:
+                run.append((t, value))
+                continue
+            if run:
+                firing = self._firing(run, series)
+                if firing:
+                    firings.append(firing)
+            run = []
+        return firings
+
+    def _firing(self, run: list[tuple[float, float]], series: Series) -> Firing | None:
+        first = run[0][0]
+        held = [(t, v) for t, v in run if t - first >= self.for_seconds]
+        if not held:
+            return None  # a blip shorter than the window
+        start, end = held[0][0], run[-1][0]
+        peak = max(v for _, v in run)
+        where = series.label_text()
+        lasted = f" for {format_duration(end - first)}" if end > first else ""
+        deploy = " outside any deploy window" if self.ignore_deploy_windows else ""
+        message = (f"{self.name}: {self.metric}{where} above {_format_value(self.threshold, self.unit)}"
+                   f"{lasted}{deploy}, from {format_time(first)} to {format_time(end)} "
+                   f"(peak {_format_value(peak, self.unit)})")
+        if self.meaning:
+            message += f". {self.meaning}"
+        return Firing(self.name, start, end, peak, message)
+
+
+DLQ_NOT_EMPTY = AlertRule(
+    "DlqNotEmpty", DLQ_DEPTH, threshold=0.0, unit="count",
+    meaning="Messages are waiting in the dead-letter queue: read their reasons, fix, then redrive at a limited rate")
+DLQ_TOO_OLD = AlertRule(
+    "DlqMessagesTooOld", DLQ_AGE_SECONDS_P99, threshold=3600.0, unit="seconds",
+    meaning="Dead-lettered messages have waited over an hour: someone must triage them now")
+DEDUP_HIT_RATE_HIGH = AlertRule(
+    "DedupHitRateHigh", DEDUP_CHECK_HIT_RATE, threshold=0.01, for_seconds=300.0, ignore_deploy_windows=True,
+    unit="ratio",
+    meaning="The broker is redelivering: look for consumer-group rebalances, early acks or a broker problem; "
+            "the dedup table is absorbing it, so no money moved twice")
+
+RULES = (DLQ_NOT_EMPTY, DLQ_TOO_OLD, DEDUP_HIT_RATE_HIGH)
+
+
+def dlq_depth_alert(series: Series) -> list[Firing]:
+    """Fires over every interval where ``dlq_depth`` is not zero."""
+    return DLQ_NOT_EMPTY.evaluate(series)
+
+
+def dlq_age_alert(series: Series, threshold_seconds: float = 3600.0) -> list[Firing]:
+    """Fires where ``dlq_age_seconds_p99`` is above ``threshold_seconds`` (one hour by default)."""
+    return replace(DLQ_TOO_OLD, threshold=threshold_seconds).evaluate(series)
+
+
+def dedup_hit_rate_alert(series: Series, deploy_windows: Sequence[DeployWindow] = (), *,
+                         window_seconds: float = 300.0, threshold: float = 0.01) -> list[Firing]:
+    """Fires where ``dedup_check_hit_rate`` stays above ``threshold`` for ``window_seconds`` outside deploys."""
+    return replace(DEDUP_HIT_RATE_HIGH, threshold=threshold, for_seconds=window_seconds).evaluate(
+        series, deploy_windows)
+
+
+def evaluate(series_list: Iterable[Series], deploy_windows: Sequence[DeployWindow] = (),
+             rules: Iterable[AlertRule] = RULES) -> list[Firing]:
+    """Every firing of every rule over every series it watches, in time order."""
+    rules = list(rules)
+    firings = [firing for series in series_list for rule in rules if rule.metric == series.name
+               for firing in rule.evaluate(series, deploy_windows)]
+    return sorted(firings, key=lambda f: (f.start, f.rule))
