@@ -265,6 +265,9 @@ def detect_broker_flavor(bootstrap: str, timeout: float = 10.0) -> str:
 
 def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
     """Whether a Docker daemon answers a ping within ``timeout`` s, and why not if it does not."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host and not Path("/var/run/docker.sock").exists():
+        return False, "no Docker engine found: DOCKER_HOST is unset and /var/run/docker.sock does not exist"
     try:
         import docker
     except ImportError:
