@@ -1,0 +1,206 @@
+"""The lesson's review questions, as data: choices, the right one, and feedback that cites the course.
+
+The widgets in ``effectively_once.widgets.quiz`` only render these; what is
+right and what each answer teaches lives here, so it can be tested.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One answer to a multiple-choice question, and what to tell a learner who picks it."""
+
+    text: str
+    correct: bool
+    feedback: str
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """A question with exactly one right answer among ``choices``."""
+
+    key: str
+    prompt: str
+    choices: tuple[Choice, ...]
+
+    def __post_init__(self) -> None:
+        if sum(c.correct for c in self.choices) != 1:
+            raise ValueError(f"question {self.key!r} must have exactly one right answer")
+
+    @property
+    def answer(self) -> Choice:
+        """The right choice."""
+        return next(c for c in self.choices if c.correct)
+
+    def check(self, index: int) -> Choice:
+        """The choice at ``index`` (0-based), with its feedback."""
+        if not 0 <= index < len(self.choices):
+            raise IndexError(f"question {self.key!r} has choices 0 to {len(self.choices) - 1}; got {index}")
+        return self.choices[index]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point a good answer makes, and words that show it was made."""
+
+    idea: str
+    any_of: tuple[str, ...]
+
+    def made_in(self, text: str) -> bool:
+        lowered = text.lower()
+        return any(re.search(rf"\b{re.escape(word.lower())}", lowered) for word in self.any_of)
+
+
+@dataclass(frozen=True)
+class OpenQuestion:
+    """A question answered in a sentence or two, with a model answer and the points it must make."""
+
+    key: str
+    prompt: str
+    model_answer: str
+    points: tuple[Point, ...] = field(default_factory=tuple)
+    where: str = ""
+
+    def points_made(self, text: str) -> list[tuple[str, bool]]:
+        """For each point, whether ``text`` seems to make it (a word match: a prompt to reread, not a grade)."""
+        return [(p.idea, p.made_in(text)) for p in self.points]
+
+
+KAFKA_EOS_AND_POSTGRES = MultipleChoice(
+    key="kafka_eos_postgres",
+    prompt="What is the actual reason Kafka's exactly-once cannot extend natively to an external PostgreSQL database?",
+    choices=(
+        Choice("PostgreSQL is too slow to keep up with Kafka's transaction commits.", False,
+               "Speed has nothing to do with it. In notebook 03 a single charge was enough to make the two "
+               "systems disagree."),
+        Choice("Kafka's transaction coordinator only spans Kafka partitions and consumer offsets; PostgreSQL's "
+               "commit is not part of that protocol, so each side commits or aborts on its own.", True,
+               "Right. Notebook 03 showed both directions live: a Kafka transaction committed while the "
+               "PostgreSQL write beside it rolled back, and the reverse. Nothing coordinates the two commits, "
+               "so the consumer has to make its database write idempotent instead."),
+        Choice("Kafka transactions only work with the Java client.", False,
+               "The course's probe ran transactions from Python (librdkafka) in notebook 03. The limit is what "
+               "the transaction covers, not who starts it."),
+        Choice("read_committed consumers cannot write to a database.", False,
+               "They can write anywhere; what they cannot do is make that write part of Kafka's transaction. "
+               "Notebook 04's consumer reads with read_committed and writes to PostgreSQL on every message."),
+    ),
+)
+
+DEDUP_SPIKE = MultipleChoice(
+    key="dedup_spike",
+    prompt="In steady state, a consumer's dedup_check_hit_rate jumps from 0.05% to 8% for 10 minutes, outside "
+           "any deploy window. What is the most likely cause?",
+    choices=(
+        Choice("The dedup table's UNIQUE constraint was dropped.", False,
+               "Then the hit rate would fall to zero, not rise: a hit is the constraint doing its job."),
+        Choice("Customers are submitting each payment twice.", False,
+               "A customer's second click is a new message with a new msg_id, so it does not hit the dedup "
+               "table at all; that problem needs an idempotency key at the front door."),
+        Choice("The broker is redelivering messages whose offsets were never committed: consumers are unstable "
+               "(crashes, a rebalance, a poll loop that exceeds max.poll.interval.ms).", True,
+               "Right. Notebook 05 produced exactly this picture: killing and restarting consumers made the "
+               "group rebalance, uncommitted offsets were delivered again, the hit rate spiked and lag grew, "
+               "while the ledger showed no charge twice. The dedup table absorbed it; the cause to fix is the "
+               "consumers' instability."),
+        Choice("PostgreSQL is running out of disk.", False,
+               "That shows up as failed INSERTs and errors, not as successful duplicate detection."),
+    ),
+)
+
+OPEN_QUESTIONS = (
+    OpenQuestion(
+        key="two_generals",
+        prompt="State the Two Generals' Problem, and explain the asymmetry that makes exactly-once processing "
+               "achievable although exactly-once delivery is not.",
+        model_answer=(
+            "Two parties can only talk through a channel that may lose any message. No finite protocol gives "
+            "both of them certainty that they agree: take the last message of a protocol that supposedly "
+            "works; its sender decides the same whether or not it arrives, so the protocol must work without "
+            "it, and by induction with no messages at all, which is absurd. Delivery exactly once needs both "
+            "the sender and the receiver to be certain, so it is impossible. Processing exactly once needs "
+            "only the consumer to be certain, and it can be: it keeps a durable log of the message ids it has "
+            "processed and skips any it has seen. One-sided certainty is enough."),
+        points=(
+            Point("messages can be lost, so no finite protocol gives both sides certainty",
+                  ("lost", "lose", "captured", "unreliable", "certainty", "certain")),
+            Point("the proof removes the last message, by induction down to none",
+                  ("last message", "induction", "zero messages", "no messages")),
+            Point("processing needs only the consumer's certainty: a dedup log",
+                  ("dedup", "one-sided", "one side", "consumer", "log")),
+        ),
+        where="notebook 01",
+    ),
+    OpenQuestion(
+        key="three_layers",
+        prompt="What three layers make up the hybrid exactly-once pattern for a payment processor, and which "
+               "failure window does each one close?",
+        model_answer=(
+            "1. Kafka's idempotent producer (enable.idempotence=true, acks=all): the broker drops a producer's "
+            "retried batch by producer id and sequence number, at a small throughput cost. "
+            "2. A consumer that reads with read_committed and keeps a dedup table in PostgreSQL: INSERT the "
+            "msg_id as 'pending' ON CONFLICT DO NOTHING before the side effect, mark it 'done' after; a 'done' "
+            "row is skipped, a 'pending' row is retried, never skipped. "
+            "3. The payment provider's Idempotency-Key derived from msg_id: a retried call after the charge "
+            "went through (the window the dedup table cannot close) returns the stored response instead of "
+            "moving money again, for as long as the provider keeps the key (24 hours at Stripe)."),
+        points=(
+            Point("idempotent producer", ("idempotent producer", "enable.idempotence", "producer id", "sequence")),
+            Point("consumer dedup table in the database", ("dedup", "on conflict", "pending")),
+            Point("Idempotency-Key at the provider", ("idempotency-key", "idempotency key", "stripe")),
+        ),
+        where="notebooks 03 and 04",
+    ),
+    OpenQuestion(
+        key="hit_rate_spike",
+        prompt="What does a sustained dedup_check_hit_rate above 1% outside deploy windows indicate, and what "
+               "do you do about it?",
+        model_answer=(
+            "The broker is redelivering messages that were already processed, which means offsets are not "
+            "being committed after processing: consumers crash or restart, the group keeps rebalancing, a "
+            "poll loop exceeds max.poll.interval.ms, or the code acknowledges at the wrong moment. The dedup "
+            "layer is working (no money moves twice), so the fix is the consumers' stability: look at restarts, "
+            "rebalances, lag and side-effect p99 against the poll interval, not at the dedup table."),
+        points=(
+            Point("redelivery of already-processed messages", ("redeliver", "redelivery", "delivered again")),
+            Point("consumer instability or rebalances", ("rebalance", "crash", "restart", "unstable",
+                                                         "max.poll.interval")),
+            Point("dedup is working; fix the consumers", ("dedup is working", "absorb", "no money",
+                                                          "not a dedup failure", "consumer")),
+        ),
+        where="notebook 05",
+    ),
+)
+
+SUMMARY = """
+### The course on one page
+
+**Impossible:** exactly-once *delivery*. Over a channel that can lose messages, no finite protocol gives both
+parties certainty (the Two Generals). Every broker delivers at least once or at most once.
+
+**Achievable:** exactly-once *processing*, which production calls effectively-once: at-least-once delivery from
+the broker plus a consumer that makes every side effect idempotent.
+
+**The three layers and the windows they close**
+
+| layer | closes | does not close |
+|---|---|---|
+| idempotent producer (`enable.idempotence=true`, `acks=all`) | a producer retry after a lost ack | anything after the broker |
+| dedup table (`INSERT ... ON CONFLICT DO NOTHING`, `pending` then `done`) | a redelivery after the status update | the gap between the provider call and `done` |
+| provider `Idempotency-Key` derived from `msg_id` | a retried call after the money moved | a retry after the provider dropped the key (24 h) |
+
+**The traps:** a `pending` row must be retried, never skipped; the dedup table alone double-charges when the
+consumer dies after the provider call; a key past its TTL is a new key; and a Kafka-protocol broker is not
+necessarily Apache Kafka (probe it).
+
+**What to watch:** `consumer_lag_messages`, `dlq_depth` (alert at any), `dlq_age_seconds_p99` (alert over an
+hour), `dedup_check_hit_rate` (near zero; a sustained spike means redelivery), `side_effect_duration_p99`
+(against your timeouts), `retry_count_p99`, and one trace id per message end to end.
+
+**The incidents:** Stripe 2020, SQS 2019, Stripe 2023 and Slack 2022 all broke in the consumer or in an
+operational procedure, not in the broker's guarantee. Broker guarantees are necessary and never sufficient.
+"""

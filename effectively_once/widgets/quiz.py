@@ -1,0 +1,75 @@
+"""Quiz widgets over ``effectively_once.review``: they render questions and show feedback, nothing more.
+
+Both can be driven from Python (``choose(i)``, ``answer(text)``), so tests and
+notebooks check them without a browser.
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+
+from effectively_once.review import MultipleChoice, OpenQuestion
+
+_RIGHT = "#d4edda"
+_WRONG = "#f8d7da"
+
+
+class MultipleChoiceWidget(widgets.VBox):
+    """Radio buttons, a Check button, and the feedback for the chosen answer."""
+
+    def __init__(self, question: MultipleChoice):
+        self.question = question
+        self.options = widgets.RadioButtons(
+            options=[(c.text, i) for i, c in enumerate(question.choices)], value=None,
+            layout=widgets.Layout(width="auto"))
+        self.button = widgets.Button(description="Check my answer", button_style="primary")
+        self.feedback = widgets.HTML()
+        self.button.on_click(lambda _button: self._show())
+        super().__init__([widgets.HTML(f"<b>{html.escape(question.prompt)}</b>"), self.options, self.button,
+                          self.feedback])
+
+    def choose(self, index: int) -> bool:
+        """Select choice ``index`` and check it, as a learner would; True when it is right."""
+        self.options.value = index
+        return self._show()
+
+    def _show(self) -> bool:
+        if self.options.value is None:
+            self.feedback.value = "<i>Pick an answer first.</i>"
+            return False
+        choice = self.question.check(self.options.value)
+        colour, verdict = (_RIGHT, "Right.") if choice.correct else (_WRONG, "Not quite.")
+        self.feedback.value = (f"<div style='background:{colour};color:#212529;padding:6px'><b>{verdict}</b> "
+                               f"{html.escape(choice.feedback)}</div>")
+        return choice.correct
+
+
+class OpenQuestionWidget(widgets.VBox):
+    """A text box for the learner's answer, then the model answer and which points it seems to make."""
+
+    def __init__(self, question: OpenQuestion):
+        self.question = question
+        self.text = widgets.Textarea(placeholder="Write your answer in two or three sentences, then compare.",
+                                     layout=widgets.Layout(width="100%", height="90px"))
+        self.button = widgets.Button(description="Compare with a model answer")
+        self.feedback = widgets.HTML()
+        self.button.on_click(lambda _button: self._show())
+        where = f" <i>(see {html.escape(question.where)})</i>" if question.where else ""
+        super().__init__([widgets.HTML(f"<b>{html.escape(question.prompt)}</b>{where}"), self.text, self.button,
+                          self.feedback])
+
+    def answer(self, text: str) -> list[tuple[str, bool]]:
+        """Type ``text`` and compare; returns each point and whether the text seems to make it."""
+        self.text.value = text
+        return self._show()
+
+    def _show(self) -> list[tuple[str, bool]]:
+        made = self.question.points_made(self.text.value)
+        items = "".join(f"<li>{'&#10003;' if ok else '&#9675;'} {html.escape(idea)}</li>" for idea, ok in made)
+        self.feedback.value = (
+            f"<div style='padding:6px;border-left:3px solid #888'><b>Model answer.</b> "
+            f"{html.escape(self.question.model_answer)}<br><b>Points a good answer makes</b> "
+            f"(a word match on your text: a nudge to reread, not a grade):<ul>{items}</ul></div>")
+        return made
