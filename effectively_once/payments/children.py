@@ -1,0 +1,231 @@
+"""The pipeline's child processes (provider, consumer): started, watched and stopped by pid.
+
+Each ``Child`` is owned by the object that started it, works as a context
+manager, and registers an atexit cleanup, so that a notebook kernel or a test
+that exits leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from effectively_once.payments.messages import DEFAULT_API_KEY
+from effectively_once.stack.processes import stop_pid, wait_until
+
+
+class Child:
+    """One child process, with its output in a log file and a way to stop it by pid."""
+
+    name = "process"
+
+    def __init__(self, argv: list[str], log_dir: Path | None = None) -> None:
+        self.argv = argv
+        self._own_log_dir = log_dir is None
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix=f"eo-{self.name}-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_dir / f"{self.name}-{time.time_ns()}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Child":
+        """Start the process (its stdout and stderr go to ``log_path``)."""
+        with open(self.log_path, "ab") as log:
+            # A session of its own: Ctrl-C in a notebook must not reach the pipeline's processes.
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        atexit.register(self.stop)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before ``start``)."""
+        return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status, None while running; a negative value is the signal that ended it."""
+        return self.proc.poll() if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process has not exited."""
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def killed_by_sigkill(self) -> bool:
+        """True when the process ended by SIGKILL (its own crash point or a kill from outside)."""
+        return self.returncode == -signal.SIGKILL
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit and return its exit status (TimeoutError if it does not)."""
+        assert self.proc is not None, "start() first"
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"the {self.name} (pid {self.pid}) still runs after {timeout} s; "
+                               f"its log is {self.log_path}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the process now, as a crash would, and collect its exit status."""
+        if self.running:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the process to stop (SIGTERM), SIGKILL it after ``timeout`` s; clean up its log."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                stop_pid(self.proc.pid, signal.SIGKILL, timeout=5)
+                self.proc.poll()
+        atexit.unregister(self.stop)
+        if self._own_log_dir:
+            for path in self.log_dir.glob("*"):
+                path.unlink(missing_ok=True)
+            try:
+                self.log_dir.rmdir()
+            except OSError:
+                pass
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the process's output, for error messages."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "Child":
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ProviderProcess(Child):
+    """The provider service running under uvicorn, on a free port.
+
+    ``faults`` are the start-up fault knobs (``latency_ms``, ``fail_after_charge``,
+    ``fail_before_charge``, ``rate_limit_per_second``, ...); ``set_faults`` changes
+    them while it runs.
+    """
+
+    name = "provider"
+
+    def __init__(self, dsn: str, *, api_key: str = DEFAULT_API_KEY, key_ttl_seconds: float = 86400,
+                 in_flight_timeout: float = 30.0, seed: int | None = None, log_dir: Path | None = None,
+                 **faults: Any) -> None:
+        argv = [sys.executable, "-m", "effectively_once.payments.provider", "--dsn", dsn, "--port", "0",
+                "--api-key", api_key, "--key-ttl-seconds", str(key_ttl_seconds),
+                "--in-flight-timeout", str(in_flight_timeout)]
+        if seed is not None:
+            argv += ["--seed", str(seed)]
+        self.dsn, self.api_key = dsn, api_key
+        super().__init__(argv, log_dir)
+        self._initial_faults = faults
+        self.url: str | None = None
+
+    def start(self, timeout: float = 30.0) -> "ProviderProcess":
+        """Start the provider and wait until it prints its address and answers ``/healthz``."""
+        super().start()
+
+        def announced() -> bool:
+            match = re.search(r"provider listening on (http://\S+)", self.log_tail(20000))
+            if match:
+                self.url = match.group(1)
+            return self.url is not None
+
+        try:
+            wait_until(announced, timeout, "the payment provider", proc=self.proc, log=self.log_path)
+            wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200, timeout,
+                       "the payment provider's /healthz", proc=self.proc, log=self.log_path)
+        except Exception:
+            self.stop()
+            raise
+        if self._initial_faults:
+            self.set_faults(**self._initial_faults)
+        return self
+
+    @property
+    def port(self) -> int | None:
+        """The TCP port the provider listens on."""
+        return int(self.url.rsplit(":", 1)[1]) if self.url else None
+
+    def _admin(self, path: str, body: dict | None = None) -> dict:
+        response = httpx.post(f"{self.url}{path}", json=body or {}, timeout=10,
+                              headers={"Authorization": f"Bearer {self.api_key}"})
+        if response.status_code != 200:
+            raise ValueError(response.json().get("error", {}).get("message", response.text))
+        return response.json()
+
+    def set_faults(self, **faults: Any) -> dict:
+        """Change fault knobs while the provider runs; returns every knob's value now."""
+        return self._admin("/admin/faults", faults)
+
+    def faults(self) -> dict:
+        """Every fault knob's current value."""
+        response = httpx.get(f"{self.url}/admin/faults", timeout=10,
+                             headers={"Authorization": f"Bearer {self.api_key}"})
+        return response.json()
+
+    def expire_keys(self) -> int:
+        """Age every stored idempotency key past the TTL (as if a day went by); returns how many."""
+        return int(self._admin("/admin/expire-keys")["aged"])
+
+
+class ConsumerProcess(Child):
+    """One run of ``python -m effectively_once.payments.consumer`` (see its ``--help``)."""
+
+    name = "consumer"
+
+    def __init__(self, *, bootstrap: str, topic: str, group: str, shop_dsn: str, provider_url: str,
+                 api_key: str = DEFAULT_API_KEY, layers: tuple[str, ...] | list[str] = ("dedup", "idempotency_key"),
+                 crash_at: str | None = None, crash_on: int = 1, exit_when_idle: float | None = 1.0,
+                 step: str | None = None, batch_size: int = 100, poll_timeout: float = 0.1,
+                 max_retries: int = 5, consumer_config: dict | None = None, log_dir: Path | None = None) -> None:
+        argv = [sys.executable, "-m", "effectively_once.payments.consumer", "--bootstrap", bootstrap,
+                "--topic", topic, "--group", group, "--shop-dsn", shop_dsn, "--provider-url", provider_url,
+                "--api-key", api_key, "--layers", ",".join(layers) or "none", "--batch-size", str(batch_size),
+                "--poll-timeout", str(poll_timeout), "--max-retries", str(max_retries)]
+        if crash_at:
+            argv += ["--crash-at", crash_at, "--crash-on", str(crash_on)]
+        if exit_when_idle is not None:
+            argv += ["--exit-when-idle", str(exit_when_idle)]
+        if step:
+            argv += ["--step", step]
+        if consumer_config:
+            argv += ["--consumer-config", json.dumps(consumer_config)]
+        super().__init__(argv, log_dir)
+        self.layers, self.crash_at, self.crash_on = tuple(layers), crash_at, crash_on
+
+    @property
+    def crashed_at_point(self) -> bool:
+        """True when the process killed itself at its crash point (not from outside)."""
+        return self.killed_by_sigkill and "crash point" in self.log_tail(5000)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self.returncode}"
+        return f"<consumer pid={self.pid} layers={','.join(self.layers) or 'none'} crash_at={self.crash_at} {state}>"
+
+
+def wait_all(children: list[Child], timeout: float) -> None:
+    """Wait until every child in ``children`` has exited (TimeoutError naming the first that has not)."""
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.wait(max(0.1, deadline - time.monotonic()))
+

@@ -1,0 +1,102 @@
+"""The consumer's side of the provider's API: one charge call, with retries done right.
+
+Retries keep the same Idempotency-Key (that is the whole point of the key),
+back off exponentially with full jitter, and honour ``Retry-After``. What is
+worth retrying: timeouts, dropped connections, 5xx, 429 and 409 (the key is in
+flight elsewhere). Any other 4xx will fail the same way every time, so it is
+not retried: the message goes to the dead-letter topic at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from effectively_once.payments.messages import DEFAULT_API_KEY, REPLAY_HEADER, ChargeMessage, child_traceparent
+
+RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
+
+
+class ChargeFailed(Exception):
+    """The provider did not charge; ``kind`` is ``rejected`` (4xx) or ``retries_exhausted``."""
+
+    def __init__(self, kind: str, message: str, status: int | None = None, retries: int = 0) -> None:
+        super().__init__(message)
+        self.kind, self.status, self.retries = kind, status, retries
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """What one charge call ended with, after its retries."""
+
+    charge_id: str
+    replayed: bool
+    retries: int
+    duration_ms: float
+
+
+class ProviderClient:
+    """Calls ``POST /v1/charges`` on the provider at ``url`` over one kept-alive connection."""
+
+    def __init__(self, url: str, api_key: str = DEFAULT_API_KEY, *, timeout: float = 5.0, max_retries: int = 5,
+                 backoff: float = 0.05, max_backoff: float = 1.0, seed: int | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self._rng = random.Random(seed)
+        self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {api_key}"},
+                                  trust_env=False)
+
+    def charge(self, msg: ChargeMessage, idempotency_key: str | None = None) -> ChargeResult:
+        """Charge ``msg`` once from the caller's point of view; raise ``ChargeFailed`` if it cannot."""
+        headers = {"traceparent": child_traceparent(msg.traceparent)}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        started = time.perf_counter()
+        retries = 0
+        while True:
+            retry_after = None
+            try:
+                response = self._http.post(f"{self.url}/v1/charges", json=msg.body(), headers=headers)
+            except httpx.TransportError as exc:  # timeout, refused or dropped connection
+                status, reason = None, f"{type(exc).__name__}: {exc}"
+            else:
+                status = response.status_code
+                if status == 200:
+                    return ChargeResult(response.json()["id"], response.headers.get(REPLAY_HEADER) == "true",
+                                        retries, (time.perf_counter() - started) * 1000)
+                reason = _error_text(response)
+                if status not in RETRYABLE_STATUS:
+                    raise ChargeFailed("rejected", f"HTTP {status}: {reason}", status, retries)
+                retry_after = response.headers.get("retry-after")
+            if retries >= self.max_retries:
+                raise ChargeFailed("retries_exhausted",
+                                   f"gave up after {retries} retries; last: "
+                                   f"{'HTTP ' + str(status) if status else 'no response'}: {reason}",
+                                   status, retries)
+            retries += 1
+            time.sleep(self._delay(retries, retry_after))
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        # Full jitter: many consumers retrying after one outage must not retry in lockstep.
+        delay = self._rng.uniform(0, min(self.max_backoff, self.backoff * 2 ** attempt))
+        if retry_after:
+            try:
+                delay = max(delay, min(float(retry_after), self.max_backoff))
+            except ValueError:
+                pass
+        return delay
+
+    def close(self) -> None:
+        """Close the kept-alive connection."""
+        self._http.close()
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        error = response.json()["error"]
+        return f"{error.get('type')}: {error.get('message')}"
+    except Exception:
+        return response.text[:200]

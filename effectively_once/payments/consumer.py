@@ -1,0 +1,341 @@
+"""The payment consumer: ``python -m effectively_once.payments.consumer``.
+
+A separate OS process, so that the lab's SIGKILL is a real crash. The loop:
+
+    poll a batch -> for each record: parse (malformed -> DLQ) -> step(ctx, msg) -> record the event
+                 -> flush the DLQ producer -> commit the Kafka offsets
+
+The per-message step is ``effectively_once.payments.steps:process_message``
+unless ``--step module:function`` names another. ``--crash-at POINT
+--crash-on N`` makes the process SIGKILL itself the Nth time it reaches POINT.
+Every record ends as a charge, a dedup skip or a DLQ entry; none is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import psycopg
+
+from effectively_once.payments.client import ChargeFailed, ProviderClient
+from effectively_once.payments.messages import DEFAULT_API_KEY, MalformedMessage, parse_charge, trace_id_of
+
+CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_provider_call", "after_status_update")
+LAYERS = ("dedup", "dedup_as_written", "idempotency_key")
+DEFAULT_STEP = "effectively_once.payments.steps:process_message"
+
+SHOP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    msg_id     text PRIMARY KEY,
+    status     text        NOT NULL CHECK (status IN ('pending', 'done')),
+    charge_id  text,
+    attempts   integer     NOT NULL DEFAULT 1,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS consumer_events (
+    id             bigserial PRIMARY KEY,
+    msg_id         text,
+    topic          text        NOT NULL,
+    partition      integer     NOT NULL,
+    "offset"       bigint      NOT NULL,
+    result         text        NOT NULL,
+    dedup_hit      boolean     NOT NULL DEFAULT false,
+    side_effect_ms double precision,
+    retries        integer     NOT NULL DEFAULT 0,
+    trace_id       text,
+    error          text,
+    layers         text        NOT NULL,
+    consumer_pid   integer     NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS consumer_events_msg_id_idx ON consumer_events (msg_id);
+"""
+_MIGRATION_LOCK = 0x45_4F_53_48  # serialises concurrent migrations of one shop database
+
+
+def migrate_shop(conn: psycopg.Connection) -> None:
+    """Create the shop's tables if they are missing (safe to run again, and concurrently)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(SHOP_SCHEMA)
+
+
+def parse_layers(text: str) -> frozenset[str]:
+    """``"dedup,idempotency_key"`` -> the set of layers; ``none`` (or empty) -> no layer."""
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    if parts in ([], ["none"]):
+        return frozenset()
+    unknown = [p for p in parts if p not in LAYERS]
+    if unknown:
+        raise ValueError(f"unknown layer(s) {', '.join(unknown)}: use {', '.join(LAYERS)} or none")
+    if "dedup" in parts and "dedup_as_written" in parts:
+        raise ValueError("dedup and dedup_as_written are two versions of one layer: pick one")
+    return frozenset(parts)
+
+
+def load_step(spec: str) -> Callable:
+    """Import ``module:function`` (the per-message step) and return the function."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--step must look like module:function, got {spec!r}")
+    function = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(function):
+        raise ValueError(f"{spec}: {attr} is not a function in {module_name}")
+    return function
+
+
+class StepContext:
+    """What a step function may use: the shop database, the provider, the layers, the crash points."""
+
+    def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: frozenset[str],
+                 crash_at: str | None = None, crash_on: int = 1) -> None:
+        self.shop, self.provider, self.layers = shop, provider, layers
+        self.crash_at, self.crash_on = crash_at, crash_on
+        self.reached: dict[str, int] = {}
+
+    def uses(self, layer: str) -> bool:
+        """True when ``layer`` (dedup, dedup_as_written, idempotency_key) is switched on."""
+        if layer not in LAYERS:
+            raise ValueError(f"unknown layer {layer!r}; the layers are {', '.join(LAYERS)}")
+        return layer in self.layers
+
+    def crash_point(self, name: str) -> None:
+        """Mark a crash point; SIGKILL this process the ``crash_on``-th time it reaches ``crash_at``."""
+        if name not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {name!r}; the crash points are {', '.join(CRASH_POINTS)}")
+        self.reached[name] = self.reached.get(name, 0) + 1
+        if name == self.crash_at and self.reached[name] == self.crash_on:
+            print(f"crash point {name} reached for the {self.crash_on}. time: SIGKILL", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _msg_id_of(value: bytes | None, headers: dict[str, bytes]) -> str | None:
+    """The msg_id of a record, even a malformed one, when it can be found at all."""
+    if "msg_id" in headers:
+        return headers["msg_id"].decode("utf-8", "replace")
+    try:
+        candidate = json.loads(value or b"").get("msg_id")
+        return candidate if isinstance(candidate, str) else None
+    except Exception:
+        return None
+
+
+class PaymentConsumer:
+    """The poll loop: reads charges, runs the step on each, dead-letters what cannot be charged."""
+
+    def __init__(self, *, bootstrap: str, topic: str, group: str, shop_dsn: str, provider_url: str,
+                 api_key: str = DEFAULT_API_KEY, layers: frozenset[str] = frozenset(), step: Callable | None = None,
+                 crash_at: str | None = None, crash_on: int = 1, exit_when_idle: float | None = None,
+                 batch_size: int = 100, poll_timeout: float = 0.1, max_retries: int = 5,
+                 consumer_config: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        from effectively_once.stack import quiet_logger
+        from effectively_once.payments.steps import process_message
+
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {crash_at!r}; use one of {', '.join(CRASH_POINTS)}")
+        self.topic, self.group, self.dlq_topic = topic, group, f"{topic}.dlq"
+        self.layers, self.step = layers, step or process_message
+        self.exit_when_idle, self.batch_size, self.poll_timeout = exit_when_idle, batch_size, poll_timeout
+        self.log = log
+        self.shop = psycopg.connect(shop_dsn, autocommit=True)
+        migrate_shop(self.shop)
+        # The events table is telemetry: a commit that waits for the disk buys nothing there.
+        self.events = psycopg.connect(shop_dsn, autocommit=True)
+        self.events.execute("SET synchronous_commit = off")
+        self.provider = ProviderClient(provider_url, api_key, max_retries=max_retries)
+        self.ctx = StepContext(self.shop, self.provider, layers, crash_at, crash_on)
+        config = {
+            "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "isolation.level": "read_committed", "logger": quiet_logger(),
+            **(consumer_config or {}),
+        }
+        config["group.id"] = group
+        self.consumer = Consumer(config)
+        self.dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                             "linger.ms": 0, "logger": quiet_logger(), "message.max.bytes": 4 * 2**20})
+        self._ensure_dlq_topic(bootstrap)
+        self.assigned = False
+        self.stopping = False
+        self.counts = {"processed": 0, "charged": 0, "replayed": 0, "skipped": 0, "dead_lettered": 0}
+
+    def _ensure_dlq_topic(self, bootstrap: str) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        from effectively_once.stack import quiet_logger
+
+        admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()})
+        for future in admin.create_topics([NewTopic(self.dlq_topic, 1, 1)], request_timeout=15).values():
+            try:
+                future.result(timeout=20)
+            except Exception as exc:
+                if "already exists" not in str(exc) and "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+
+    # -- one record ---------------------------------------------------------------------
+    def handle(self, record) -> None:
+        """Take one Kafka record to its end: charged, skipped, or dead-lettered."""
+        headers = {k: (v or b"") for k, v in (record.headers() or [])}
+        base = {"topic": record.topic(), "partition": record.partition(), "offset": record.offset(),
+                "trace_id": trace_id_of(headers.get("traceparent", b"").decode("ascii", "replace"))}
+        try:
+            msg = parse_charge(record.value(), headers, partition=record.partition(), offset=record.offset())
+        except MalformedMessage as exc:
+            self.dead_letter(record, headers, "malformed", str(exc))
+            self.record_event(msg_id=_msg_id_of(record.value(), headers), result="dead_lettered",
+                              error=f"malformed: {exc}", **base)
+            return
+        try:
+            outcome = self.step(self.ctx, msg)
+        except ChargeFailed as exc:
+            self.dead_letter(record, headers, exc.kind, str(exc))
+            self.record_event(msg_id=msg.msg_id, result="dead_lettered", retries=exc.retries,
+                              error=f"{exc.kind}: {exc}", **base)
+            return
+        self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
+        self.record_event(msg_id=msg.msg_id, result=outcome.result, dedup_hit=outcome.dedup_hit,
+                          side_effect_ms=outcome.side_effect_ms, retries=outcome.retries, **base)
+
+    def dead_letter(self, record, headers: dict[str, bytes], kind: str, reason: str) -> None:
+        """Send ``record`` to ``<topic>.dlq`` with why, where it came from and when it was seen."""
+        extra = {
+            "dlq.error_type": kind,
+            "dlq.reason": reason[:1000],
+            "dlq.source_topic": record.topic(),
+            "dlq.source_partition": str(record.partition()),
+            "dlq.source_offset": str(record.offset()),
+            "dlq.first_seen": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "dlq.consumer_group": self.group,
+        }
+        out = [(k, v) for k, v in headers.items() if not k.startswith("dlq.")]
+        out += [(k, v.encode()) for k, v in extra.items()]
+        self.dlq.produce(self.dlq_topic, key=record.key(), value=record.value(), headers=out)
+        self.counts["dead_lettered"] += 1
+        self.log(f"dead-lettered {record.topic()}[{record.partition()}]@{record.offset()}: {kind}: {reason[:200]}")
+
+    def record_event(self, *, msg_id, topic, partition, offset, result, dedup_hit=False, side_effect_ms=None,
+                     retries=0, trace_id=None, error=None) -> None:
+        """One row in ``consumer_events``: what the observability notebook reads."""
+        self.counts["processed"] += 1
+        self.events.execute(
+            "INSERT INTO consumer_events (msg_id, topic, partition, \"offset\", result, dedup_hit,"
+            " side_effect_ms, retries, trace_id, error, layers, consumer_pid)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (msg_id, topic, partition, offset, result, dedup_hit, side_effect_ms, retries, trace_id, error,
+             ",".join(sorted(self.layers)) or "none", os.getpid()))
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        """Consume until SIGTERM, or until idle for ``exit_when_idle`` s once partitions are assigned."""
+        def on_assign(consumer, partitions):
+            self.assigned = True
+
+        self.consumer.subscribe([self.topic], on_assign=on_assign)
+        last_activity = time.monotonic()
+        try:
+            while not self.stopping:
+                records = self.consumer.consume(self.batch_size, timeout=self.poll_timeout)
+                handled = 0
+                for record in records:
+                    if record.error():
+                        if record.error().code() != -191:  # _PARTITION_EOF is not an error
+                            self.log(f"consumer error: {record.error()}")
+                        continue
+                    self.handle(record)
+                    handled += 1
+                if handled:
+                    # The DLQ copy must be durable before the offset moves past the original.
+                    if self.dlq.flush(30) != 0:
+                        raise RuntimeError("the dead-letter topic did not acknowledge; offsets left uncommitted")
+                    self.consumer.commit(asynchronous=False)
+                    last_activity = time.monotonic()
+                elif not self.assigned:
+                    last_activity = time.monotonic()
+                elif self.exit_when_idle is not None and time.monotonic() - last_activity >= self.exit_when_idle:
+                    break
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        """Leave the group cleanly and close every connection."""
+        try:
+            self.consumer.close()
+        finally:
+            self.dlq.flush(10)
+            self.provider.close()
+            self.shop.close()
+            self.events.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The consumer's command line."""
+    parser = argparse.ArgumentParser(prog="python -m effectively_once.payments.consumer",
+                                     description="Consume charge messages and charge them through the provider.")
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--shop-dsn", required=True)
+    parser.add_argument("--provider-url", required=True)
+    parser.add_argument("--api-key", default=os.environ.get("EO_PROVIDER_API_KEY", DEFAULT_API_KEY))
+    parser.add_argument("--layers", default="dedup,idempotency_key",
+                        help="comma list of dedup, dedup_as_written, idempotency_key; or none")
+    parser.add_argument("--step", default=DEFAULT_STEP, help="the per-message function, as module:function")
+    parser.add_argument("--crash-at", choices=CRASH_POINTS, default=None)
+    parser.add_argument("--crash-on", type=int, default=1, help="crash the Nth time the crash point is reached")
+    parser.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--poll-timeout", type=float, default=0.1)
+    parser.add_argument("--max-retries", type=int, default=5)
+    parser.add_argument("--consumer-config", default="{}",
+                        help="JSON of extra librdkafka settings (e.g. session timeouts)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the consumer until it is stopped, idle, or killed."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        layers = parse_layers(args.layers)
+        step = load_step(args.step)
+        extra = json.loads(args.consumer_config)
+    except (ValueError, ImportError) as exc:
+        parser.error(str(exc))
+    if args.crash_on < 1:
+        parser.error("--crash-on counts from 1")
+    try:
+        consumer = PaymentConsumer(
+            bootstrap=args.bootstrap, topic=args.topic, group=args.group, shop_dsn=args.shop_dsn,
+            provider_url=args.provider_url, api_key=args.api_key, layers=layers, step=step,
+            crash_at=args.crash_at, crash_on=args.crash_on, exit_when_idle=args.exit_when_idle,
+            batch_size=args.batch_size, poll_timeout=args.poll_timeout, max_retries=args.max_retries,
+            consumer_config=extra, log=lambda line: print(line, flush=True))
+    except psycopg.OperationalError as exc:
+        print(f"The consumer cannot reach the shop database ({str(exc).strip().splitlines()[0]}); "
+              "check --shop-dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
+        return 2
+
+    def on_term(signum, frame):
+        consumer.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"consumer started: topic {args.topic}, group {args.group}, layers "
+          f"{','.join(sorted(layers)) or 'none'}, step {args.step}", flush=True)
+    code = consumer.run()
+    print("consumer finished: " + json.dumps(consumer.counts), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

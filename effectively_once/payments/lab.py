@@ -1,0 +1,462 @@
+"""The lab orchestrator: run the payment pipeline, crash it, and count what happened to the money.
+
+    with PaymentLab(stack, layers="both") as lab:
+        lab.start_provider()
+        lab.produce(5, seed=1)
+        lab.start_consumer(crash_at="after_provider_call").wait(30)
+        lab.run_until_settled()
+        lab.report()          # messages, charges, duplicate_charges, lost_charges, ...
+
+A lab owns a topic, a consumer group and a shop database of its own (and a
+provider with its own database, unless it is handed a running one to share),
+and drops all of them on ``stop()`` unless ``keep=True``. Every process it
+starts is stopped by pid when it stops, and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import psycopg
+
+from effectively_once.payments.children import ConsumerProcess, ProviderProcess
+from effectively_once.payments.consumer import CRASH_POINTS, LAYERS, migrate_shop
+from effectively_once.payments.producer import Sent, charge_records, send_records
+from effectively_once.payments.messages import DEFAULT_API_KEY
+from effectively_once.payments.provider import migrate
+
+LAYER_SETS: dict[str, tuple[str, ...]] = {
+    "both": ("dedup", "idempotency_key"),
+    "dedup_only": ("dedup",),
+    "idempotency_key_only": ("idempotency_key",),
+    "none": (),
+    # The lesson's snippet as printed: its dedup rule skips any existing row, even a 'pending' one.
+    "dedup_as_written": ("dedup_as_written", "idempotency_key"),
+}
+
+REPORT_KEYS = ("messages", "charges", "duplicate_charges", "lost_charges", "dedup_hits", "key_replays", "dlq")
+
+__all__ = ["CRASH_POINTS", "LAYER_SETS", "PaymentLab", "PaymentReport", "Table", "resolve_layers", "run_scenario"]
+
+
+def resolve_layers(layers: str | Iterable[str] | None) -> tuple[str, ...]:
+    """A layer set by name (``both``, ``dedup_only``, ...), as a comma list, or as a sequence of layers."""
+    if layers is None:
+        return LAYER_SETS["both"]
+    if isinstance(layers, str):
+        if layers in LAYER_SETS:
+            return LAYER_SETS[layers]
+        layers = [p.strip() for p in layers.split(",") if p.strip() and p.strip() != "none"]
+    chosen = tuple(layers)
+    unknown = [layer for layer in chosen if layer not in LAYERS]
+    if unknown:
+        raise ValueError(f"unknown layer(s) {unknown}: use a set name ({', '.join(LAYER_SETS)}) "
+                         f"or layers among {', '.join(LAYERS)}")
+    return chosen
+
+
+def layer_set_name(layers: Iterable[str]) -> str:
+    """The name of a layer set (``both``, ``none``, ...), or its comma list if it has none."""
+    chosen = tuple(layers)
+    for name, members in LAYER_SETS.items():
+        if set(members) == set(chosen):
+            return name
+    return ",".join(chosen)
+
+
+# -- what a notebook shows ------------------------------------------------------------------
+@dataclass
+class Table:
+    """A few database rows that render as an HTML table in a notebook and as text elsewhere."""
+
+    title: str
+    columns: list[str]
+    rows: list[tuple]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records())
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as dicts keyed by column name."""
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+    def column(self, name: str) -> list[Any]:
+        """Every value of one column."""
+        index = self.columns.index(name)
+        return [row[index] for row in self.rows]
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+                       for row in self.rows)
+        empty = "" if self.rows else f"<tr><td colspan='{len(self.columns)}'><i>no rows</i></td></tr>"
+        return (f"<table><caption style='text-align:left'><b>{html.escape(self.title)}</b> "
+                f"({len(self.rows)} rows)</caption><thead><tr>{head}</tr></thead><tbody>{body}{empty}</tbody></table>")
+
+    def __repr__(self) -> str:
+        cells = [list(self.columns)] + [[_cell(v) for v in row] for row in self.rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+        lines = [f"{self.title} ({len(self.rows)} rows)"]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+        return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+@dataclass
+class PaymentReport:
+    """What a run did to the money: the counts the course asserts on, and which msg_ids went wrong."""
+
+    messages: int
+    charges: int
+    duplicate_charges: int
+    lost_charges: int
+    dedup_hits: int
+    key_replays: int
+    dlq: int
+    layers: tuple[str, ...] = ()
+    crash_at: str | None = None
+    duplicated: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    shop_dsn: str | None = None
+    provider_dsn: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when no charge was duplicated and none was lost."""
+        return self.duplicate_charges == 0 and self.lost_charges == 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The seven counts, as plain data."""
+        return {key: getattr(self, key) for key in REPORT_KEYS}
+
+    def __getitem__(self, key: str) -> int:
+        return self.as_dict()[key]
+
+    def _repr_html_(self) -> str:
+        verdict = ("<span style='color:#1a7f37'>every message charged exactly once</span>" if self.ok else
+                   "<span style='color:#cf222e'>" + "; ".join(
+                       part for part in (
+                           f"{self.duplicate_charges} charged twice" if self.duplicate_charges else "",
+                           f"{self.lost_charges} never charged" if self.lost_charges else "") if part) + "</span>")
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in self.as_dict().items())
+        where = f"layers <code>{layer_set_name(self.layers)}</code>, crash at <code>{self.crash_at or 'nowhere'}</code>"
+        return f"<div><p>{where}: <b>{verdict}</b></p><table>{rows}</table></div>"
+
+
+# -- the lab ---------------------------------------------------------------------------------
+class PaymentLab:
+    """One payment pipeline run: its topic, group, shop database, provider, and consumers."""
+
+    def __init__(self, stack, layers: str | Iterable[str] = ("dedup", "idempotency_key"), run_id: str | None = None,
+                 *, provider: ProviderProcess | None = None, shop_dsn: str | None = None, partitions: int = 3,
+                 keep: bool = False, api_key: str = DEFAULT_API_KEY) -> None:
+        from effectively_once.stack import new_run_id
+
+        self.stack = stack
+        self.layers = resolve_layers(layers)
+        self.run_id = run_id or new_run_id()
+        if not self.run_id.replace("_", "").isalnum():
+            raise ValueError(f"run_id {self.run_id!r}: use letters, digits and underscores only")
+        self.keep, self.api_key = keep, api_key
+        # A unique token besides the run id: a notebook may reuse its run id, but never a topic.
+        self._token = f"{self.run_id}_{uuid.uuid4().hex[:6]}".lower()
+        self.sent: list[Sent] = []
+        self.consumers: list[ConsumerProcess] = []
+        self._stopped = False
+        self.provider = provider
+        self._owns_provider = provider is None
+        self.provider_dsn = provider.dsn if provider else None
+        self.topic = stack.create_topic(f"payments.charges.{self._token}", partitions)
+        self.dlq_topic = f"{self.topic}.dlq"
+        self.group = stack.group(f"payments.{self._token}")
+        self._owns_shop = shop_dsn is None
+        self.shop_dsn = shop_dsn or stack.create_database(f"shop_{self._token}")
+        with psycopg.connect(self.shop_dsn, autocommit=True) as conn:
+            migrate_shop(conn)
+        atexit.register(self.stop)
+
+    # -- provider ------------------------------------------------------------------------
+    def start_provider(self, **faults: Any) -> ProviderProcess:
+        """Start the provider (own database) with fault knobs, or set them on a shared one."""
+        if self.provider is not None:
+            if faults:
+                self.provider.set_faults(**faults)
+            return self.provider
+        self.provider_dsn = self.stack.create_database(f"provider_{self._token}")
+        with psycopg.connect(self.provider_dsn, autocommit=True) as conn:
+            migrate(conn)
+        ttl = faults.pop("key_ttl_seconds", 86400)
+        self.provider = ProviderProcess(self.provider_dsn, api_key=self.api_key, key_ttl_seconds=ttl, **faults)
+        self.provider.start()
+        return self.provider
+
+    def _need_provider(self) -> ProviderProcess:
+        if self.provider is None or (self._owns_provider and not self.provider.running):
+            raise RuntimeError("The provider is not running: call lab.start_provider() first.")
+        return self.provider
+
+    def set_faults(self, **faults: Any) -> dict:
+        """Change the provider's fault knobs while it runs (latency_ms, fail_after_charge, ...)."""
+        return self._need_provider().set_faults(**faults)
+
+    def expire_keys(self) -> int:
+        """Age every idempotency key past its TTL, as if a day had gone by; returns how many."""
+        return self._need_provider().expire_keys()
+
+    # -- producing -----------------------------------------------------------------------
+    @property
+    def msg_ids(self) -> list[str]:
+        """The msg_ids of every well-formed charge produced so far, in order."""
+        return [s.msg_id for s in self.sent if s.msg_id]
+
+    def produce(self, n: int, seed: int = 0, progress=None) -> list[str]:
+        """Publish ``n`` seeded charge messages (msg_ids ``msg-<run_id>-NNNNN``); return their msg_ids."""
+        records = charge_records(n, seed=seed, prefix=self.run_id, start=len(self.sent))
+        sent = send_records(self.stack, self.topic, records, progress=progress)
+        self.sent.extend(sent)
+        return [s.msg_id for s in sent]
+
+    def produce_raw(self, values: Iterable[bytes | None], key: bytes | None = b"raw") -> list[Sent]:
+        """Publish arbitrary record values (malformed ones, for the DLQ); return where they landed."""
+        sent = send_records(self.stack, self.topic, [(key, v, []) for v in values])
+        self.sent.extend(sent)
+        return sent
+
+    # -- consuming -----------------------------------------------------------------------
+    def start_consumer(self, layers: str | Iterable[str] | None = None, crash_at: str | None = None,
+                       crash_on: int = 1, *, exit_when_idle: float | None = 1.0, step: str | None = None,
+                       **options: Any) -> ConsumerProcess:
+        """Start a consumer process (``layers`` defaults to the lab's) that may crash at ``crash_at``."""
+        provider = self._need_provider()
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {crash_at!r}: use one of {', '.join(CRASH_POINTS)}")
+        config = {k: v for k, v in self.stack.consumer_config().items()
+                  if k in ("session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms")}
+        consumer = ConsumerProcess(
+            bootstrap=self.stack.kafka_bootstrap, topic=self.topic, group=self.group, shop_dsn=self.shop_dsn,
+            provider_url=provider.url, api_key=self.api_key,
+            layers=resolve_layers(layers) if layers is not None else self.layers, crash_at=crash_at,
+            crash_on=crash_on, exit_when_idle=exit_when_idle, step=step, consumer_config=config, **options)
+        consumer.start()
+        self.consumers.append(consumer)
+        return consumer
+
+    def lag(self) -> int:
+        """How many records this lab produced that the group has not committed past yet.
+
+        Counted from the records the lab itself produced (their partitions and
+        offsets), not from the broker's high watermarks: Tansu does not report
+        those reliably.
+        """
+        from confluent_kafka import Consumer, TopicPartition
+
+        from effectively_once.stack import quiet_logger
+
+        if not self.sent:
+            return 0
+        probe = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, "group.id": self.group,
+                          "enable.auto.commit": False, "logger": quiet_logger()})
+        try:
+            partitions = sorted({s.partition for s in self.sent})
+            committed = {tp.partition: tp.offset
+                         for tp in probe.committed([TopicPartition(self.topic, p) for p in partitions], timeout=10)}
+        finally:
+            probe.close()
+        return sum(1 for s in self.sent if s.offset >= committed.get(s.partition, -1))
+
+    def run_until_settled(self, timeout: float = 60.0, layers: str | Iterable[str] | None = None,
+                          exit_when_idle: float = 1.0, step: str | None = None) -> int:
+        """Let running consumers finish, restart after each crash, until every record is committed.
+
+        Returns how many consumers it had to start. A consumer that fails for
+        any reason other than SIGKILL stops the run with its log.
+        """
+        deadline = time.monotonic() + timeout
+        started = 0
+        while True:
+            for consumer in self.consumers:
+                if consumer.running:
+                    consumer.wait(max(0.1, deadline - time.monotonic()))
+            last = self.consumers[-1] if self.consumers else None
+            if last is not None and last.returncode not in (0, -9):
+                raise RuntimeError(f"the consumer exited with code {last.returncode}:\n{last.log_tail()}")
+            if last is not None and last.returncode == 0 and self.lag() == 0:
+                return started
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the pipeline had not settled after {timeout} s (lag {self.lag()})")
+            self.start_consumer(layers=layers if layers is not None else (last.layers if last else None),
+                                exit_when_idle=exit_when_idle, step=step)
+            started += 1
+
+    # -- reading the results -------------------------------------------------------------
+    def _ledger_counts(self) -> dict[str, int]:
+        if self.provider_dsn is None:
+            return {}
+        with psycopg.connect(self.provider_dsn) as conn:
+            rows = conn.execute("SELECT msg_id, count(*) FROM ledger WHERE msg_id = ANY(%s) GROUP BY msg_id",
+                                (self.msg_ids,)).fetchall()
+        return dict(rows)
+
+    def _dead_lettered_events(self) -> int:
+        with psycopg.connect(self.shop_dsn) as conn:
+            return conn.execute("SELECT count(DISTINCT (partition, \"offset\")) FROM consumer_events"
+                                " WHERE result = 'dead_lettered' AND topic = %s", (self.topic,)).fetchone()[0]
+
+    def dlq_records(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Every record in the run's dead-letter topic: its headers and value, oldest first.
+
+        Reads from the beginning until it has at least as many records as the
+        consumers logged as dead-lettered and the topic has gone quiet.
+        """
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from effectively_once.stack import quiet_logger
+
+        expected = self._dead_lettered_events()
+        reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, "group.id": f"{self.group}.dlq-reader",
+                           "enable.auto.commit": False, "logger": quiet_logger()})
+        out: list[dict[str, Any]] = []
+        try:
+            metadata = reader.list_topics(self.dlq_topic, timeout=10).topics.get(self.dlq_topic)
+            if metadata is None or metadata.error is not None:
+                return []
+            reader.assign([TopicPartition(self.dlq_topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
+            deadline = time.monotonic() + timeout
+            quiet_since = time.monotonic()
+            while time.monotonic() < deadline:
+                records = [r for r in reader.consume(100, timeout=0.1) if not r.error()]
+                for record in records:
+                    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers() or [])}
+                    out.append({"headers": headers, "value": record.value(), "partition": record.partition(),
+                                "offset": record.offset()})
+                if records:
+                    quiet_since = time.monotonic()
+                elif len(out) >= expected and time.monotonic() - quiet_since > 0.3:
+                    break
+        finally:
+            reader.close()
+        return out
+
+    def report(self) -> PaymentReport:
+        """Count what the run did to the money (see ``PaymentReport``)."""
+        ledger = self._ledger_counts()
+        dlq = self.dlq_records()
+        dead = {(int(r["headers"].get("dlq.source_partition", -1)), int(r["headers"].get("dlq.source_offset", -1)))
+                for r in dlq}
+        lost = [s.msg_id or f"{self.topic}[{s.partition}]@{s.offset}" for s in self.sent
+                if ledger.get(s.msg_id or "", 0) == 0 and (s.partition, s.offset) not in dead]
+        with psycopg.connect(self.shop_dsn) as conn:
+            hits, replays = conn.execute(
+                "SELECT count(*) FILTER (WHERE dedup_hit), count(*) FILTER (WHERE result = 'replayed')"
+                " FROM consumer_events WHERE topic = %s", (self.topic,)).fetchone()
+        crash_points = [c.crash_at for c in self.consumers if c.crash_at]
+        return PaymentReport(
+            messages=len(self.sent), charges=sum(ledger.values()),
+            duplicate_charges=sum(1 for n in ledger.values() if n > 1), lost_charges=len(lost),
+            dedup_hits=hits, key_replays=replays, dlq=len(dlq), layers=self.layers,
+            crash_at=crash_points[0] if crash_points else None,
+            duplicated=sorted(m for m, n in ledger.items() if n > 1), lost=lost,
+            shop_dsn=self.shop_dsn, provider_dsn=self.provider_dsn)
+
+    def _table(self, dsn: str | None, title: str, sql: str, params: tuple = ()) -> Table:
+        if dsn is None:
+            return Table(title, [], [])
+        with psycopg.connect(dsn) as conn:
+            cur = conn.execute(sql, params)
+            return Table(title, [d.name for d in cur.description], cur.fetchall())
+
+    def shop_rows(self, limit: int = 50) -> Table:
+        """The shop's dedup table ``charges``, by msg_id."""
+        return self._table(self.shop_dsn, "shop: charges",
+                           "SELECT msg_id, status, charge_id, attempts FROM charges WHERE msg_id = ANY(%s)"
+                           " ORDER BY msg_id LIMIT %s", (self.msg_ids, limit))
+
+    def ledger_rows(self, limit: int = 50) -> Table:
+        """The provider's ``ledger`` rows for this run's messages: one row per time money moved."""
+        return self._table(self.provider_dsn, "provider: ledger",
+                           "SELECT msg_id, charge_id, idempotency_key, customer, amount, currency FROM ledger"
+                           " WHERE msg_id = ANY(%s) ORDER BY msg_id, created_at LIMIT %s", (self.msg_ids, limit))
+
+    def event_rows(self, limit: int = 50) -> Table:
+        """The consumers' ``consumer_events``: one row per message handled, in order."""
+        return self._table(self.shop_dsn, "shop: consumer_events",
+                           "SELECT msg_id, result, dedup_hit, retries, round(side_effect_ms::numeric, 1)"
+                           " AS side_effect_ms, trace_id, error FROM consumer_events WHERE topic = %s ORDER BY id LIMIT %s",
+                           (self.topic, limit))
+
+    def dlq_rows(self) -> Table:
+        """The dead-letter topic: where each record came from and why it is there."""
+        rows = [(r["headers"].get("msg_id"), r["headers"].get("dlq.error_type"), r["headers"].get("dlq.reason"),
+                 r["headers"].get("dlq.source_partition"), r["headers"].get("dlq.source_offset"))
+                for r in self.dlq_records()]
+        return Table("dead-letter topic", ["msg_id", "error_type", "reason", "source_partition", "source_offset"],
+                     rows)
+
+    # -- life cycle ----------------------------------------------------------------------
+    def stop(self, keep: bool | None = None) -> None:
+        """Stop every process by pid; drop the run's databases and topics unless ``keep``."""
+        if self._stopped:
+            return
+        self._stopped = True
+        keep = self.keep if keep is None else keep
+        for consumer in self.consumers:
+            consumer.stop()
+        if self._owns_provider and self.provider is not None:
+            self.provider.stop()
+        if not keep:
+            self.stack.delete_topics(self.topic, self.dlq_topic)
+            if self._owns_shop:
+                self.stack.drop_database(f"shop_{self._token}")
+            if self._owns_provider and self.provider_dsn:
+                self.stack.drop_database(f"provider_{self._token}")
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> "PaymentLab":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (f"<PaymentLab {self.run_id} layers={layer_set_name(self.layers)} topic={self.topic} "
+                f"consumers={len(self.consumers)}>")
+
+
+def run_scenario(stack, crash_at: str | None, layers: str | Iterable[str] = "both", messages: int = 5, *,
+                 seed: int = 0, provider: ProviderProcess | None = None, expire_keys: bool = False,
+                 crash_on: int = 1, keep: bool = False, run_id: str | None = None, timeout: float = 60.0,
+                 faults: dict[str, Any] | None = None, shop_dsn: str | None = None,
+                 exit_when_idle: float = 1.0) -> PaymentReport:
+    """One crash scenario end to end: produce, consume until the crash, restart, settle, report.
+
+    ``expire_keys=True`` ages the provider's keys past their TTL between the
+    crash and the restart (the "a day went by" trap). Pass a running
+    ``provider`` to share it between scenarios: each scenario's msg_ids carry
+    its own run id, so their ledger rows never mix; the same holds for a
+    shared ``shop_dsn`` (rows by msg_id, events by topic).
+    """
+    with PaymentLab(stack, layers, run_id=run_id, provider=provider, shop_dsn=shop_dsn, keep=keep) as lab:
+        lab.start_provider(**(faults or {}))
+        lab.produce(messages, seed=seed)
+        first = lab.start_consumer(crash_at=crash_at, crash_on=crash_on, exit_when_idle=exit_when_idle)
+        first.wait(timeout)
+        if crash_at and not first.killed_by_sigkill:
+            raise RuntimeError(f"the consumer never reached {crash_at} (exit {first.returncode}):\n"
+                               f"{first.log_tail()}")
+        if expire_keys:
+            lab.expire_keys()
+        lab.run_until_settled(timeout, exit_when_idle=exit_when_idle)
+        report = lab.report()
+        report.crash_at = crash_at
+        return report

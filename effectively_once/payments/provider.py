@@ -1,0 +1,461 @@
+"""A Stripe-like payment provider: ``python -m effectively_once.payments.provider``.
+
+A separate process with its own database (never the shop's: no transaction
+spans the two, as in production). ``POST /v1/charges`` moves money, which here
+means one row in table ``ledger``. The ``Idempotency-Key`` header follows
+Stripe's documented rules:
+
+- the first request with a key records the key *in flight* with a fingerprint
+  of its parameters, moves the money, and stores the response (a 5xx too);
+- the same key with the same parameters gets the stored response again, with
+  ``Idempotent-Replayed: true``, and moves no money;
+- the same key with other parameters gets 400 ``idempotency_error``;
+- the same key while the first request is still in flight gets 409
+  ``idempotency_key_in_use``;
+- keys older than the TTL (24 hours by default) are pruned and count as new.
+
+Without a key every request moves money: that is what makes a retried request
+a duplicate charge.
+
+Fault knobs for the labs (at start, or at run time through ``POST /admin/faults``):
+``latency_ms``; ``fail_after_charge`` (probability that the money moves and the
+client then gets a 500, or with ``fail_after_charge_mode="drop"`` a dropped
+connection: the Two Generals in one HTTP call); ``fail_before_charge``
+(probability of an internal error before the money moves, stored under the key
+like any response); ``rate_limit_per_second`` (429 above that rate);
+``key_ttl_seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import secrets
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import psycopg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from effectively_once.payments.messages import DEFAULT_API_KEY, REPLAY_HEADER
+
+DEFAULT_KEY_TTL_SECONDS = 86400
+MAX_KEY_CHARS = 255
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    charge_id       text PRIMARY KEY,
+    msg_id          text,
+    idempotency_key text,
+    customer        text        NOT NULL,
+    amount          bigint      NOT NULL CHECK (amount > 0),
+    currency        text        NOT NULL,
+    trace_id        text,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS ledger_msg_id_idx ON ledger (msg_id);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key          text PRIMARY KEY,
+    fingerprint  text        NOT NULL,
+    state        text        NOT NULL CHECK (state IN ('in_flight', 'done')),
+    status_code  integer,
+    response     jsonb,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    locked_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    completed_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx ON idempotency_keys (created_at);
+"""
+
+# Any constant will do: it only serialises concurrent migrations of one database.
+_MIGRATION_LOCK = 0x45_4F_50_52
+
+
+def migrate(conn: psycopg.Connection) -> None:
+    """Create the provider's tables if they are missing (safe to run again, and concurrently)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(SCHEMA)
+
+
+@dataclass
+class Faults:
+    """What the provider does wrong on purpose, and how long it keeps idempotency keys."""
+
+    latency_ms: float = 0.0
+    fail_after_charge: float = 0.0
+    fail_after_charge_mode: str = "500"
+    fail_before_charge: float = 0.0
+    rate_limit_per_second: float = 0.0
+    key_ttl_seconds: float = DEFAULT_KEY_TTL_SECONDS
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply ``changes`` (a partial dict), or raise ``ValueError`` naming the bad field."""
+        known = {f.name: f.type for f in fields(self)}
+        staged = asdict(self)
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"{name}: unknown fault; known ones are {', '.join(known)}")
+            if name == "fail_after_charge_mode":
+                if value not in ("500", "drop"):
+                    raise ValueError("fail_after_charge_mode: must be '500' or 'drop'")
+                staged[name] = value
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name}: must be a number >= 0")
+            if name.startswith("fail_") and value > 1:
+                raise ValueError(f"{name}: a probability between 0 and 1")
+            staged[name] = float(value)
+        for name, value in staged.items():
+            setattr(self, name, value)
+
+
+def _error(status: int, kind: str, message: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"type": kind, "message": message}
+    if param:
+        body["param"] = param
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+
+
+def validate_charge(body: Any) -> dict[str, Any]:
+    """Check a ``POST /v1/charges`` body; raise ``ValueError((param, message))`` on the first bad field."""
+    if not isinstance(body, dict):
+        raise ValueError(("body", "the body must be a JSON object"))
+    amount = body.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError(("amount", "amount must be a positive integer number of cents"))
+    currency = body.get("currency")
+    if not isinstance(currency, str) or not _CURRENCY.match(currency):
+        raise ValueError(("currency", "currency must be a three-letter ISO code such as 'usd'"))
+    customer = body.get("customer")
+    if not isinstance(customer, str) or not customer or len(customer) > 255:
+        raise ValueError(("customer", "customer must be a non-empty string of at most 255 characters"))
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError(("metadata", "metadata must be an object of string values"))
+    msg_id = metadata.get("msg_id")
+    if msg_id is not None and not msg_id:
+        raise ValueError(("metadata.msg_id", "metadata.msg_id must not be empty"))
+    return {"amount": amount, "currency": currency.lower(), "customer": customer, "metadata": metadata}
+
+
+def fingerprint(path: str, params: dict[str, Any]) -> str:
+    """A digest of what a request asks for: a key reused with another digest is an error."""
+    canonical = json.dumps({"path": path, "params": params}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _Pool:
+    """A handful of open async connections, handed out one request at a time."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn, self.size = dsn, size
+        self._free: asyncio.Queue = asyncio.Queue()
+
+    async def open(self) -> None:
+        for _ in range(self.size):
+            self._free.put_nowait(await psycopg.AsyncConnection.connect(self.dsn, autocommit=True))
+
+    @contextlib.asynccontextmanager
+    async def connection(self):
+        conn = await self._free.get()
+        try:
+            if conn.closed:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            yield conn
+        finally:
+            self._free.put_nowait(conn)
+
+    async def close(self) -> None:
+        while not self._free.empty():
+            await self._free.get_nowait().close()
+
+
+class _DroppedResponse(Response):
+    """Starts a response and never finishes it: the client sees the connection drop."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send({"type": "http.response.body", "body": b'{"id": "ch_', "more_body": True})
+        raise ConnectionAbortedError("fail_after_charge: the connection was dropped on purpose")
+
+
+def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None = None,
+               in_flight_timeout: float = 30.0, seed: int | None = None, announce: str | None = None,
+               pool_size: int = 8) -> Starlette:
+    """The provider as an ASGI app over the database at ``dsn``."""
+    faults = faults or Faults()
+    rng = random.Random(seed)
+    pool = _Pool(dsn, pool_size)
+    recent: collections.deque[float] = collections.deque()
+    last_prune = [0.0]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            migrate(conn)
+        await pool.open()
+        if announce:
+            print(announce, flush=True)
+        yield
+        await pool.close()
+
+    def authorised(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), api_key)
+
+    def unauthorised() -> JSONResponse:
+        return _error(401, "authentication_error",
+                      "Invalid API key: send the header 'Authorization: Bearer <api key>'.")
+
+    def over_rate_limit() -> bool:
+        limit = faults.rate_limit_per_second
+        if limit <= 0:
+            return False
+        now = time.monotonic()
+        while recent and recent[0] <= now - 1.0:
+            recent.popleft()
+        if len(recent) >= limit:
+            return True
+        recent.append(now)
+        return False
+
+    async def move_money(conn, params: dict, key: str | None, trace_id: str | None) -> dict:
+        """Insert the ledger row (the money moving) and, under a key, store the response, atomically."""
+        charge_id = "ch_" + secrets.token_hex(12)
+        response = {"id": charge_id, "object": "charge", "amount": params["amount"],
+                    "currency": params["currency"], "customer": params["customer"],
+                    "metadata": params["metadata"], "status": "succeeded", "created": int(time.time())}
+        row = (charge_id, params["metadata"].get("msg_id"), key, params["customer"], params["amount"],
+               params["currency"], trace_id)
+        insert = ("INSERT INTO ledger (charge_id, msg_id, idempotency_key, customer, amount, currency, trace_id)"
+                  " VALUES (%s, %s, %s, %s, %s, %s, %s)")
+        if key is None:
+            await conn.execute(insert, row)
+        else:
+            # One statement, so one transaction: the money never moves without its stored response.
+            await conn.execute(
+                f"WITH charge AS ({insert} RETURNING charge_id)"
+                " UPDATE idempotency_keys SET state = 'done', status_code = 200, response = %s,"
+                " completed_at = clock_timestamp() WHERE key = %s",
+                (*row, psycopg.types.json.Jsonb(response), key))
+        return response
+
+    async def claim(conn, key: str, digest: str):
+        """Record ``key`` in flight. Returns None when this request owns it, else the response to give.
+
+        One upsert decides most cases: a new key is inserted; a key past its TTL
+        counts as new and is overwritten; a key left in flight longer than
+        ``in_flight_timeout`` by a request that died is taken over (safe, because
+        moving money and completing the key happen in one statement).
+        """
+        ttl = faults.key_ttl_seconds
+        cur = await conn.execute(
+            "INSERT INTO idempotency_keys AS k (key, fingerprint, state) VALUES (%s, %s, 'in_flight')"
+            " ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight',"
+            "   status_code = NULL, response = NULL, created_at = clock_timestamp(),"
+            "   locked_at = clock_timestamp(), completed_at = NULL"
+            " WHERE k.created_at < clock_timestamp() - make_interval(secs => %s)"
+            "    OR (k.state = 'in_flight' AND k.fingerprint = EXCLUDED.fingerprint"
+            "        AND k.locked_at < clock_timestamp() - make_interval(secs => %s))"
+            " RETURNING key", (key, digest, ttl, in_flight_timeout))
+        owned = await cur.fetchone() is not None
+        if time.monotonic() - last_prune[0] > 30:
+            last_prune[0] = time.monotonic()
+            await conn.execute("DELETE FROM idempotency_keys"
+                               " WHERE created_at < clock_timestamp() - make_interval(secs => %s)", (ttl,))
+        if owned:
+            return None
+        cur = await conn.execute(
+            "SELECT fingerprint, state, status_code, response FROM idempotency_keys WHERE key = %s", (key,))
+        row = await cur.fetchone()
+        if row is None:  # pruned between the two statements: the client may simply retry
+            return _error(409, "idempotency_key_in_use", "The key was pruned while in use; retry the request.",
+                          param="Idempotency-Key")
+        stored_digest, state, status_code, response = row
+        if stored_digest != digest:
+            return _error(400, "idempotency_error",
+                          "Keys for idempotent requests can only be used with the same parameters "
+                          "they were first used with.", param="Idempotency-Key")
+        if state == "in_flight":
+            return _error(409, "idempotency_key_in_use",
+                          "There is currently another in-progress request using this Idempotency-Key; "
+                          "retry after it completes.", param="Idempotency-Key")
+        return JSONResponse(response, status_code=status_code, headers={REPLAY_HEADER: "true"})
+
+    async def create_charge(request: Request) -> Response:
+        if not authorised(request):
+            return unauthorised()
+        if over_rate_limit():
+            return _error(429, "rate_limit_error", "Too many requests: slow down and retry with backoff.",
+                          headers={"Retry-After": "1"})
+        try:
+            body = await request.json()
+        except Exception:
+            return _error(400, "invalid_request_error", "The body is not valid JSON.", param="body")
+        try:
+            params = validate_charge(body)
+        except ValueError as exc:
+            param, message = exc.args[0]
+            return _error(400, "invalid_request_error", message, param=param)
+        key = request.headers.get("idempotency-key")
+        if key is not None and (not key or len(key) > MAX_KEY_CHARS):
+            return _error(400, "invalid_request_error",
+                          f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters long (got {len(key)}).",
+                          param="Idempotency-Key")
+        traceparent = request.headers.get("traceparent", "")
+        trace_match = re.match(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$", traceparent)
+        trace_id = trace_match.group(1) if trace_match else None
+        async with pool.connection() as conn:
+            if key is not None:
+                answer = await claim(conn, key, fingerprint(request.url.path, params))
+                if answer is not None:
+                    return answer
+            if faults.latency_ms > 0:
+                await asyncio.sleep(faults.latency_ms / 1000)
+            if faults.fail_before_charge and rng.random() < faults.fail_before_charge:
+                failure = {"error": {"type": "api_error", "message": "An internal error occurred; no money moved."}}
+                if key is not None:
+                    await conn.execute(
+                        "UPDATE idempotency_keys SET state = 'done', status_code = 500, response = %s,"
+                        " completed_at = clock_timestamp() WHERE key = %s",
+                        (psycopg.types.json.Jsonb(failure), key))
+                return JSONResponse(failure, status_code=500)
+            response = await move_money(conn, params, key, trace_id)
+        if faults.fail_after_charge and rng.random() < faults.fail_after_charge:
+            if faults.fail_after_charge_mode == "drop":
+                return _DroppedResponse()
+            return _error(500, "api_error", "An error occurred after the charge was created.")
+        return JSONResponse(response)
+
+    async def list_charges(request: Request) -> Response:
+        if not authorised(request):
+            return unauthorised()
+        msg_id = request.query_params.get("msg_id")
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT charge_id, msg_id, idempotency_key, customer, amount, currency, trace_id, created_at"
+                " FROM ledger WHERE (%s::text IS NULL OR msg_id = %s) ORDER BY created_at LIMIT 100",
+                (msg_id, msg_id))
+            rows = await cur.fetchall()
+        data = [{"id": r[0], "msg_id": r[1], "idempotency_key": r[2], "customer": r[3], "amount": r[4],
+                 "currency": r[5], "trace_id": r[6], "created": r[7].isoformat()} for r in rows]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(request: Request) -> Response:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        return JSONResponse({"status": "ok"})
+
+    async def admin_faults(request: Request) -> Response:
+        if not authorised(request):
+            return unauthorised()
+        if request.method == "POST":
+            try:
+                changes = await request.json()
+                if not isinstance(changes, dict):
+                    raise ValueError("body: must be a JSON object of fault settings")
+                faults.update(changes)
+            except json.JSONDecodeError:
+                return _error(400, "invalid_request_error", "The body is not valid JSON.", param="body")
+            except ValueError as exc:
+                param = str(exc).split(":", 1)[0]
+                return _error(400, "invalid_request_error", str(exc), param=param)
+        return JSONResponse(asdict(faults))
+
+    async def admin_expire_keys(request: Request) -> Response:
+        """Age every stored key past the TTL, as if a day had gone by."""
+        if not authorised(request):
+            return unauthorised()
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE idempotency_keys SET created_at = created_at - make_interval(secs => %s)",
+                (faults.key_ttl_seconds + 1,))
+        return JSONResponse({"aged": cur.rowcount})
+
+    routes = [
+        Route("/v1/charges", create_charge, methods=["POST"]),
+        Route("/v1/charges", list_charges, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/admin/faults", admin_faults, methods=["GET", "POST"]),
+        Route("/admin/expire-keys", admin_expire_keys, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+LISTENING = "provider listening on "
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the provider under uvicorn until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m effectively_once.payments.provider",
+                                     description="A Stripe-like payment provider for the course's labs.")
+    parser.add_argument("--dsn", required=True, help="PostgreSQL DSN of the provider's own database")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port and prints it")
+    parser.add_argument("--api-key", default=os.environ.get("EO_PROVIDER_API_KEY", DEFAULT_API_KEY))
+    parser.add_argument("--key-ttl-seconds", type=float, default=DEFAULT_KEY_TTL_SECONDS)
+    parser.add_argument("--in-flight-timeout", type=float, default=30.0,
+                        help="seconds after which a key left in flight by a dead request may be taken over")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--fail-after-charge", type=float, default=0.0, metavar="PROBABILITY")
+    parser.add_argument("--fail-after-charge-mode", choices=("500", "drop"), default="500")
+    parser.add_argument("--fail-before-charge", type=float, default=0.0, metavar="PROBABILITY")
+    parser.add_argument("--rate-limit", type=float, default=0.0, metavar="PER_SECOND",
+                        help="answer 429 above this many requests per second (0: no limit)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the fault dice")
+    args = parser.parse_args(argv)
+    faults = Faults()
+    try:
+        faults.update({"latency_ms": args.latency_ms, "fail_after_charge": args.fail_after_charge,
+                       "fail_after_charge_mode": args.fail_after_charge_mode,
+                       "fail_before_charge": args.fail_before_charge,
+                       "rate_limit_per_second": args.rate_limit, "key_ttl_seconds": args.key_ttl_seconds})
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        with psycopg.connect(args.dsn, connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        print(f"The provider cannot reach its database ({str(exc).strip().splitlines()[0]}); "
+              "check --dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
+        return 2
+    # IPPROTO_TCP explicitly: asyncio turns Nagle off only on sockets that say they are TCP,
+    # and with Nagle on every response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    app = create_app(args.dsn, args.api_key, faults, in_flight_timeout=args.in_flight_timeout, seed=args.seed,
+                     announce=f"{LISTENING}http://{args.host}:{port}")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
