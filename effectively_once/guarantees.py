@@ -185,7 +185,13 @@ def _transactional_producer(stack: stack_mod.Stack, transactional_id: str, **ove
 
 
 def _delete_groups(stack: stack_mod.Stack, *groups: str) -> None:
-    """Delete consumer groups (best effort: some brokers do not implement DeleteGroups)."""
+    """Delete consumer groups (best effort).
+
+    Tansu advertises DeleteGroups but never answers it (a request waits out any
+    timeout), so on Tansu the groups are left; they hold only a committed offset.
+    """
+    if stack.broker_flavor == "tansu":
+        return
     try:
         futures = stack.admin().delete_consumer_groups(list(groups), request_timeout=5)
         for future in futures.values():
@@ -364,9 +370,13 @@ def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
         finally:
             wire.close()
 
-        expected = len(client_values) + len(idem_values) + 2 * len(plain_values)
-        seen = _read_values(stack, topic, [0], stop_when=lambda v: len(v) >= expected + 3,
-                            timeout=3.0)
+        # An end marker after everything, so the reader knows it has seen every copy.
+        # (Waiting for the high watermark is not enough: Tansu reports the last
+        # batch's first offset + 1 as the end, hiding the rest of that batch.)
+        end_marker = f"end-{run}"
+        producer.produce(topic, value=end_marker.encode(), partition=0)
+        producer.flush(OPERATION_TIMEOUT)
+        seen = _read_values(stack, topic, [0], stop_when=lambda v: end_marker in v)
         client_counts = {v: seen.count(v) for v in client_values}
         retried_counts = {v.decode(): seen.count(v.decode()) for v in idem_values}
         plain_counts = {v.decode(): seen.count(v.decode()) for v in plain_values}
