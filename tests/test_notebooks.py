@@ -1,0 +1,124 @@
+"""Every notebook tells the truth on the stack at hand; labs are up to date and fail until solved.
+
+* Each ``notebooks/*.ipynb`` and ``solutions/*.ipynb`` runs under nbval in a
+  subprocess, against the session's stack (the kernel inherits ``EO_HOME`` and
+  attaches with ``attach_or_start()``). Outputs of deterministic cells are
+  compared; cells tagged ``nbval-ignore-output`` only have to run.
+* ``tools/make_labs.py --check`` passes: ``labs/`` is what ``solutions/`` gives.
+* Each ``labs/*.ipynb``, executed, stops with an error at a cell tagged
+  ``check`` (an unfinished exercise raises NotImplementedError, or its check
+  raises AssertionError), never earlier and never not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+COURSE = sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("solutions/*.ipynb"))
+LABS = sorted(ROOT.glob("labs/*.ipynb"))
+CHECK_TAG = "check"
+LAB_ERRORS = ("NotImplementedError", "AssertionError")
+
+
+def _tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _ids(paths):
+    return [str(p.relative_to(ROOT)) for p in paths]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", COURSE, ids=_ids(COURSE))
+def test_notebook_passes_nbval(path, stack):
+    """Run the notebook with nbval; its asserts and its stored outputs must hold on this stack."""
+    cmd = [sys.executable, "-m", "pytest", "--nbval", str(path), "--nbval-sanitize-with", str(SANITIZE),
+           "-p", "no:cacheprovider", "-q", "-o", "addopts=", "--nbval-cell-timeout=600"]
+    result = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, (f"nbval failed on {path.relative_to(ROOT)} (exit {result.returncode}):\n"
+                                    f"{_tail(result.stdout + result.stderr)}")
+
+
+def test_labs_are_up_to_date():
+    result = subprocess.run([sys.executable, "tools/make_labs.py", "--check"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_solution_has_a_lab():
+    solutions = {p.name for p in ROOT.glob("solutions/*.ipynb")}
+    assert solutions, "solutions/ holds no notebook"
+    assert solutions == {p.name for p in LABS}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", LABS, ids=_ids(LABS))
+def test_lab_fails_at_a_check_cell(path, stack, tmp_path):
+    """An unsolved lab must stop at one of its check cells, with NotImplementedError or AssertionError."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(str(path), as_version=4)
+    assert any(CHECK_TAG in c.metadata.get("tags", []) for c in nb.cells), f"{path.name} has no cell tagged 'check'"
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    with pytest.raises(CellExecutionError) as raised:
+        client.execute()
+    failing = [(i, c) for i, c in enumerate(nb.cells)
+               if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failing, f"{path.name} raised outside any cell: {raised.value}"
+    index, cell = failing[0]
+    error = next(o for o in cell.outputs if o.get("output_type") == "error")
+    assert CHECK_TAG in cell.metadata.get("tags", []), (
+        f"{path.name} failed at cell {index}, which is not a check cell (it should fail only where the learner's "
+        f"work is checked): {error['ename']}: {error['evalue']}")
+    assert error["ename"] in LAB_ERRORS, f"{path.name} cell {index} raised {error['ename']}: {error['evalue']}"
+
+
+def _make_labs():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import make_labs
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    return make_labs
+
+
+def test_make_labs_replaces_the_solution_and_keeps_the_rest():
+    make_labs = _make_labs()
+    source = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    # HINT: add one\n    return x + y\n    ### END SOLUTION\n"
+    out, replaced = make_labs.strip_solutions(source)
+    assert replaced == 1
+    assert out == 'def f(x):\n    y = 1\n    raise NotImplementedError("add one")\n'
+    with pytest.raises(make_labs.SolutionMarkupError, match="has no"):
+        make_labs.strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+
+
+def test_make_labs_check_notices_a_stale_lab(tmp_path, capsys):
+    make_labs = _make_labs()
+    solutions, labs = tmp_path / "solutions", tmp_path / "labs"
+    solutions.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION")]
+    nbformat.write(nb, str(solutions / "09_x.ipynb"))
+    args = ["--solutions", str(solutions), "--labs", str(labs)]
+    assert make_labs.main(args + ["--check"]) == 1            # the lab is missing
+    assert make_labs.main(args) == 0
+    assert make_labs.main(args + ["--check"]) == 0
+    assert "NotImplementedError" in (labs / "09_x.ipynb").read_text()
+    nb.cells[0].source = nb.cells[0].source.replace("return 1", "return 2")
+    nbformat.write(nb, str(solutions / "09_x.ipynb"))
+    assert make_labs.main(args + ["--check"]) == 0            # only the hidden answer changed
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("a new instruction"))
+    nbformat.write(nb, str(solutions / "09_x.ipynb"))
+    capsys.readouterr()
+    assert make_labs.main(args + ["--check"]) == 1
+    assert "09_x.ipynb: differs" in capsys.readouterr().err
