@@ -122,7 +122,10 @@ def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
             zombie_commit = (f"hung, no answer in {ZOMBIE_COMMIT_TIMEOUT:.0f} s ({reason})" if "TIMED_OUT" in reason
                              else f"refused ({reason})")
 
-        seen = _read_values(stack, topic, [0], timeout=10.0)
+        # Read until every charge has shown up once. The zombie's records, if delivered at all, sit before
+        # B's in the partition, so by then they have been read too. (Waiting for the partition's end offset
+        # instead would be wrong on Tansu, which reports an end offset short of the last record.)
+        seen = _read_values(stack, topic, [0], stop_when=lambda values: len(set(values)) >= charges, timeout=15.0)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("create table naive_ledger (id bigserial primary key, msg_id text, amount int)")
             conn.execute("create table charges (msg_id text primary key, amount int)")
