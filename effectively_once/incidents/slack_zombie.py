@@ -93,7 +93,7 @@ def _charges(run: str, n: int) -> list[str]:
 def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
     """Replay the rolling restart with a zombie on ``stack``'s broker; see the module docstring."""
     import psycopg
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaException, Producer
 
     run = stack_mod.new_run_id()
     topic = stack.create_topic(f"slack2022-{run}", partitions=1)
@@ -122,10 +122,14 @@ def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
             zombie_commit = (f"hung, no answer in {ZOMBIE_COMMIT_TIMEOUT:.0f} s ({reason})" if "TIMED_OUT" in reason
                              else f"refused ({reason})")
 
-        # Read until every charge has shown up once. The zombie's records, if delivered at all, sit before
-        # B's in the partition, so by then they have been read too. (Waiting for the partition's end offset
-        # instead would be wrong on Tansu, which reports an end offset short of the last record.)
-        seen = _read_values(stack, topic, [0], stop_when=lambda values: len(set(values)) >= charges, timeout=15.0)
+        # An end marker, written after everything else, tells the reader when it has seen the lot. (Waiting
+        # for the partition's end offset instead would be wrong on Tansu, whose end offset can fall short.)
+        marker = json.dumps({"end_marker": run})
+        ender = Producer(stack.producer_config(logger=stack_mod.quiet_logger()))
+        ender.produce(topic, value=marker.encode(), partition=0)
+        ender.flush(OPERATION_TIMEOUT)
+        seen = _read_values(stack, topic, [0], stop_when=lambda values: marker in values, timeout=15.0)
+        seen = [value for value in seen if value != marker]
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("create table naive_ledger (id bigserial primary key, msg_id text, amount int)")
             conn.execute("create table charges (msg_id text primary key, amount int)")
