@@ -105,7 +105,7 @@ class SentRecord:
     """One republished record, as passed to ``redrive``'s ``on_send`` callback."""
 
     index: int                       # 0 for the first record sent
-    sent_at: float                   # seconds since the redrive started
+    sent_at: float                   # seconds since the first record was sent
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
@@ -123,7 +123,7 @@ class RedriveResult:
     burst: float | None
     read: int
     sent: int
-    send_times: list[float] = field(default_factory=list, repr=False)  # seconds since the start
+    send_times: list[float] = field(default_factory=list, repr=False)  # seconds since the first send
     elapsed_seconds: float = 0.0
     waited_seconds: float = 0.0
 
@@ -177,13 +177,16 @@ class RedriveResult:
             _, ax = plt.subplots(figsize=(8, 3.5))
         xs, ys = self.arrival_rate(bin_seconds)
         name = label or ("redrive-all" if self.rate is None else f"redrive --rate {self.rate:g}")
+        if xs:  # close the last bin so that a single burst still draws as a step
+            xs, ys = xs + [xs[-1] + bin_seconds], ys + [0.0]
         ax.step(xs, ys, where="post", label=f"{name}: {self.sent} records")
         if self.rate is not None:
             ax.axhline(self.rate, color="black", linestyle="--", linewidth=1, label=f"limit {self.rate:g}/s")
-        ax.set_xlabel("seconds since the redrive started")
+        ax.set_xlabel("seconds since the first record was sent")
         ax.set_ylabel(f"records/s (bins of {bin_seconds:g} s)")
         ax.set_title("arrival rate at the source topic")
         ax.legend(fontsize="small")
+        ax.figure.tight_layout()
         return ax.figure
 
 
@@ -271,6 +274,7 @@ def redrive(stack, dlq_topic: str, source_topic: str, rate: float | None = None,
     read = 0
     waited = 0.0
     started = time.monotonic()
+    first_send: float | None = None
     try:
         for msg in _dlq_records(consumer, dlq, limit):
             read += 1
@@ -285,7 +289,9 @@ def redrive(stack, dlq_topic: str, source_topic: str, rate: float | None = None,
                     break
                 except BufferError:
                     producer.poll(0.05)  # the local queue is full: let deliveries drain it
-            sent_at = time.monotonic() - started
+            now = time.monotonic()
+            first_send = now if first_send is None else first_send
+            sent_at = now - first_send
             send_times.append(sent_at)
             producer.poll(0)
             next_offsets[msg.partition()] = msg.offset() + 1

@@ -277,12 +277,10 @@ class SqsReplay:
 
     @property
     def side_effect_duration_p99(self) -> float:
-        """The 99th percentile (nearest rank) of measured side-effect durations, in seconds."""
-        values = sorted(row["duration"] for row in self.side_effects)
-        if not values:
-            return 0.0
-        rank = max(1, -(-99 * len(values) // 100))  # ceil(0.99 n)
-        return values[rank - 1]
+        """The lesson's ``side_effect_duration_p99`` over the measured durations, in seconds."""
+        from effectively_once.observe.metrics import side_effect_duration_p99
+
+        return side_effect_duration_p99(row["duration"] for row in self.side_effects)
 
     def summary(self) -> dict[str, Any]:
         """The counts as plain data (what the HTML table shows)."""
