@@ -1,0 +1,5 @@
+"""ipywidgets front ends over :mod:`effectively_once.theory` (rendering only, no logic of their own).
+
+- :class:`effectively_once.widgets.message_loss.MessageLossWidget`: the animated lossy channel.
+- :class:`effectively_once.widgets.generals.GeneralsProofWidget`: a stepper through the proof.
+"""
