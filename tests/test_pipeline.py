@@ -9,18 +9,21 @@ few at a time (they mostly wait on process start-up and group joins).
 
 from __future__ import annotations
 
+import json
 import random
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from effectively_once import stack as stack_mod
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.consumer import CRASH_POINTS
 from effectively_once.payments.lab import LAYER_SETS, PaymentLab, run_scenario
+from effectively_once.payments.messages import MAX_VALUE_BYTES, MalformedMessage, parse_charge
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +118,203 @@ def test_a_key_past_its_ttl_lets_a_duplicate_through(matrix):
     report = matrix[("after_provider_call", "both", True)]
     assert report.duplicate_charges == 1 and report.key_replays == 0, report
     assert report.lost_charges == 0
+
+
+# -- the demo command ------------------------------------------------------------------------
+def _database_exists(stack, dsn: str) -> bool:
+    with psycopg.connect(stack.postgres_dsn("postgres")) as conn:
+        name = dsn.rsplit("/", 1)[1].split("?")[0]
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def test_demo_prints_the_report_as_json_and_drops_its_databases(stack):
+    from tests.conftest import run_cli
+
+    result = run_cli("demo", "--crash-at", "after_provider_call", "--layers", "none", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == {"messages", "charges", "duplicate_charges", "lost_charges", "dedup_hits",
+                           "key_replays", "dlq", "shop_dsn", "provider_dsn"}
+    assert (report["messages"], report["duplicate_charges"], report["charges"]) == (5, 1, 6)
+    assert not _database_exists(stack, report["shop_dsn"])
+    assert not _database_exists(stack, report["provider_dsn"])
+
+
+def test_demo_keep_leaves_the_databases_to_inspect(stack):
+    from tests.conftest import run_cli
+
+    result = run_cli("demo", "--crash-at", "after_dedup_insert", "--layers", "dedup_as_written", "--json", "--keep")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["lost_charges"] == 1 and report["duplicate_charges"] == 0
+    try:
+        with psycopg.connect(report["shop_dsn"]) as conn:
+            assert conn.execute("SELECT count(*) FROM charges WHERE status = 'pending'").fetchone() == (1,)
+        with psycopg.connect(report["provider_dsn"]) as conn:
+            assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (4,)
+    finally:
+        for dsn in (report["shop_dsn"], report["provider_dsn"]):
+            stack.drop_database(dsn.rsplit("/", 1)[1].removeprefix(f"{stack.namespace}_"))
+        for topic in stack.list_topics():
+            if topic.startswith(stack.topic("payments.charges.")) and report["shop_dsn"].endswith(
+                    topic.removeprefix(stack.topic("payments.charges.")).removesuffix(".dlq")):
+                stack.delete_topics(topic)
+
+
+def test_demo_refuses_an_unknown_layer():
+    from tests.conftest import run_cli
+
+    result = run_cli("demo", "--layers", "dedupe")
+    assert result.returncode == 2 and "unknown layer" in result.stderr
+
+
+# -- random kills ----------------------------------------------------------------------------
+def _wait_for_first_event(shop_dsn, topic, consumer, timeout: float) -> bool:
+    """Wait until ``consumer`` has handled a message; False if it exits or times out first."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(shop_dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline and consumer.running:
+            if conn.execute("SELECT 1 FROM consumer_events WHERE topic = %s AND consumer_pid = %s LIMIT 1",
+                            (topic, consumer.pid)).fetchone():
+                return True
+            time.sleep(0.02)
+    return False
+
+
+def test_random_sigkills_from_outside_still_charge_each_message_exactly_once(stack, shared):
+    """Kill the consumer at random moments, many times, while the provider also fails after charging."""
+    provider, shop_dsn = shared
+    rng = random.Random(2024)
+    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
+        lab.set_faults(fail_after_charge=0.05)
+        ids = lab.produce(300, seed=11)
+        kills = 0
+        for _ in range(8):
+            consumer = lab.start_consumer(exit_when_idle=2.0)
+            # A random moment once it is charging (before that, a kill only tests the group join).
+            if not _wait_for_first_event(shop_dsn, lab.topic, consumer, timeout=20):
+                break
+            time.sleep(rng.uniform(0.0, 0.4))
+            if consumer.running:
+                consumer.kill()
+                kills += 1
+        lab.set_faults(fail_after_charge=0)
+        lab.run_until_settled(timeout=120)
+        report = lab.report()
+        with psycopg.connect(shop_dsn) as conn:
+            workers = conn.execute("SELECT count(DISTINCT consumer_pid) FROM consumer_events WHERE topic = %s",
+                                   (lab.topic,)).fetchone()[0]
+            done = conn.execute("SELECT count(*) FROM charges WHERE msg_id = ANY(%s) AND status = 'done'",
+                                (ids,)).fetchone()[0]
+    assert kills >= 5, f"only {kills} consumers were still running when killed: the test did not test much"
+    assert workers >= 6, "the messages should have been spread over several killed consumers"
+    assert report.ok and report.charges == 300 and report.dlq == 0, report
+    assert done == 300
+
+
+# -- what cannot be charged goes to the dead-letter topic ------------------------------------
+def test_a_4xx_goes_straight_to_the_dlq_with_its_reason(stack, shared):
+    provider, shop_dsn = shared
+    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
+        lab.produce(3, seed=1)
+        lab.start_consumer(api_key="sk_wrong", exit_when_idle=0.5).wait(60)
+        report = lab.report()
+        dlq = lab.dlq_records()
+        with psycopg.connect(shop_dsn) as conn:
+            retries = conn.execute("SELECT max(retries) FROM consumer_events WHERE topic = %s",
+                                   (lab.topic,)).fetchone()[0]
+    assert report.dlq == 3 and report.charges == 0 and report.lost_charges == 0, report
+    assert {r["headers"]["dlq.error_type"] for r in dlq} == {"rejected"}
+    assert all("HTTP 401" in r["headers"]["dlq.reason"] for r in dlq)
+    assert retries == 0, "a 4xx will fail the same way again: it must not be retried"
+
+
+def test_5xx_are_retried_with_the_same_key_then_dead_lettered(stack, shared):
+    provider, shop_dsn = shared
+    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
+        lab.produce(2, seed=2)
+        lab.set_faults(fail_before_charge=1.0)
+        try:
+            lab.start_consumer(max_retries=2, exit_when_idle=0.5).wait(60)
+        finally:
+            lab.set_faults(fail_before_charge=0)
+        report = lab.report()
+        dlq = lab.dlq_records()
+        with psycopg.connect(shop_dsn) as conn:
+            retries = conn.execute("SELECT retries FROM consumer_events WHERE topic = %s", (lab.topic,)).fetchall()
+    assert report.dlq == 2 and report.charges == 0 and report.lost_charges == 0, report
+    assert {r["headers"]["dlq.error_type"] for r in dlq} == {"retries_exhausted"}
+    assert retries == [(2,), (2,)]
+    assert all(r["headers"]["msg_id"] in lab.msg_ids for r in dlq)
+
+
+# -- bad input (hypothesis) ------------------------------------------------------------------
+_GOOD = {"msg_id": "m", "customer": "cus_001", "amount": 500, "currency": "usd"}
+_BAD_VALUES = {
+    "msg_id": st.one_of(st.none(), st.integers(), st.just(""), st.just("   "), st.lists(st.text(max_size=3))),
+    "customer": st.one_of(st.none(), st.integers(), st.just(""), st.text(min_size=201, max_size=240)),
+    "amount": st.one_of(st.none(), st.integers(max_value=0), st.floats(allow_nan=True), st.booleans(),
+                        st.text(max_size=6), st.integers(min_value=10**12 + 1)),
+    "currency": st.one_of(st.none(), st.integers(), st.text(max_size=8).filter(
+        lambda s: not (len(s) == 3 and s.isascii() and s.isalpha()))),
+}
+
+
+def _with_bad_field(field_and_value):
+    field, value = field_and_value
+    return {**_GOOD, field: value}
+
+
+_bad_records = st.one_of(
+    st.binary(max_size=120).filter(lambda b: not b.strip().startswith(b"{")),
+    st.one_of(st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=3), st.none()).map(
+        lambda v: json.dumps(v).encode()),
+    st.sampled_from(sorted(_GOOD)).map(lambda f: json.dumps({k: v for k, v in _GOOD.items() if k != f}).encode()),
+    st.sampled_from(sorted(_BAD_VALUES)).flatmap(lambda f: _BAD_VALUES[f].map(lambda v: (f, v))).map(
+        lambda fv: json.dumps(_with_bad_field(fv)).encode()),
+    st.integers(MAX_VALUE_BYTES + 1, 3 * MAX_VALUE_BYTES).map(
+        lambda n: json.dumps({**_GOOD, "note": "x" * n}).encode()),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_bad_records, st.binary(max_size=300)))
+def test_parse_charge_either_accepts_or_says_why(value):
+    """No input makes the validator fail in any way other than MalformedMessage with a reason."""
+    try:
+        msg = parse_charge(value)
+    except MalformedMessage as exc:
+        assert str(exc)
+    else:
+        assert msg.amount > 0 and len(msg.currency) == 3 and msg.msg_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(_bad_records)
+def test_every_generated_bad_record_is_malformed(value):
+    with pytest.raises(MalformedMessage):
+        parse_charge(value)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bad=st.lists(_bad_records, min_size=1, max_size=8))
+def test_malformed_messages_end_in_the_dlq_and_the_consumer_survives(stack, shared, bad):
+    provider, shop_dsn = shared
+    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
+        lab.produce(2, seed=3)
+        sent_bad = lab.produce_raw(bad)
+        lab.produce(2, seed=4)
+        consumer = lab.start_consumer(exit_when_idle=0.5)
+        assert consumer.wait(90) == 0, f"the consumer did not survive bad input:\n{consumer.log_tail()}"
+        report = lab.report()
+        dlq = lab.dlq_records()
+    assert report.lost_charges == 0 and report.duplicate_charges == 0, report
+    assert report.charges == 4 and report.dlq == len(bad), report
+    by_source = {(int(r["headers"]["dlq.source_partition"]), int(r["headers"]["dlq.source_offset"])): r for r in dlq}
+    for sent, value in zip(sent_bad, bad):
+        record = by_source[(sent.partition, sent.offset)]
+        assert record["value"] == value, "the DLQ must keep the original bytes"
+        assert record["headers"]["dlq.error_type"] == "malformed"
+        assert record["headers"]["dlq.reason"] and record["headers"]["dlq.first_seen"]
+        assert record["headers"]["dlq.source_topic"] == lab.topic

@@ -31,6 +31,9 @@ from effectively_once.payments.messages import DEFAULT_API_KEY, MalformedMessage
 CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_provider_call", "after_status_update")
 LAYERS = ("dedup", "dedup_as_written", "idempotency_key")
 DEFAULT_STEP = "effectively_once.payments.steps:process_message"
+# After an assignment the first fetch can take a while (offset look-ups, a busy machine):
+# silence that short is not yet "idle".
+FIRST_FETCH_GRACE = 3.0
 
 SHOP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -242,6 +245,7 @@ class PaymentConsumer:
 
         self.consumer.subscribe([self.topic], on_assign=on_assign)
         last_activity = time.monotonic()
+        fetched_any = False
         try:
             while not self.stopping:
                 records = self.consumer.consume(self.batch_size, timeout=self.poll_timeout)
@@ -259,10 +263,13 @@ class PaymentConsumer:
                         raise RuntimeError("the dead-letter topic did not acknowledge; offsets left uncommitted")
                     self.consumer.commit(asynchronous=False)
                     last_activity = time.monotonic()
+                    fetched_any = True
                 elif not self.assigned:
                     last_activity = time.monotonic()
-                elif self.exit_when_idle is not None and time.monotonic() - last_activity >= self.exit_when_idle:
-                    break
+                elif self.exit_when_idle is not None:
+                    limit = self.exit_when_idle if fetched_any else max(self.exit_when_idle, FIRST_FETCH_GRACE)
+                    if time.monotonic() - last_activity >= limit:
+                        break
         finally:
             self.close()
         return 0

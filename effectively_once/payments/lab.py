@@ -243,11 +243,13 @@ class PaymentLab:
             raise ValueError(f"unknown crash point {crash_at!r}: use one of {', '.join(CRASH_POINTS)}")
         config = {k: v for k, v in self.stack.consumer_config().items()
                   if k in ("session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms")}
-        consumer = ConsumerProcess(
+        settings: dict[str, Any] = dict(
             bootstrap=self.stack.kafka_bootstrap, topic=self.topic, group=self.group, shop_dsn=self.shop_dsn,
             provider_url=provider.url, api_key=self.api_key,
             layers=resolve_layers(layers) if layers is not None else self.layers, crash_at=crash_at,
-            crash_on=crash_on, exit_when_idle=exit_when_idle, step=step, consumer_config=config, **options)
+            crash_on=crash_on, exit_when_idle=exit_when_idle, step=step, consumer_config=config)
+        settings.update(options)  # e.g. max_retries, batch_size, or a wrong api_key for a lab
+        consumer = ConsumerProcess(**settings)
         consumer.start()
         self.consumers.append(consumer)
         return consumer
@@ -276,11 +278,12 @@ class PaymentLab:
         return sum(1 for s in self.sent if s.offset >= committed.get(s.partition, -1))
 
     def run_until_settled(self, timeout: float = 60.0, layers: str | Iterable[str] | None = None,
-                          exit_when_idle: float = 1.0, step: str | None = None) -> int:
+                          exit_when_idle: float = 1.0, step: str | None = None, **options: Any) -> int:
         """Let running consumers finish, restart after each crash, until every record is committed.
 
-        Returns how many consumers it had to start. A consumer that fails for
-        any reason other than SIGKILL stops the run with its log.
+        Returns how many consumers it had to start (``options`` go to each,
+        see ``start_consumer``). A consumer that fails for any reason other
+        than SIGKILL stops the run with its log.
         """
         deadline = time.monotonic() + timeout
         started = 0
@@ -296,7 +299,7 @@ class PaymentLab:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the pipeline had not settled after {timeout} s (lag {self.lag()})")
             self.start_consumer(layers=layers if layers is not None else (last.layers if last else None),
-                                exit_when_idle=exit_when_idle, step=step)
+                                exit_when_idle=exit_when_idle, step=step, **options)
             started += 1
 
     # -- reading the results -------------------------------------------------------------
