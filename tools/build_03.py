@@ -209,8 +209,9 @@ def notebook_03():
 
             Records of a transaction are written to the log immediately. At the end, the **transaction
             coordinator** writes a *commit* or *abort* marker into every partition the transaction touched.
-            A consumer with `isolation.level=read_committed` reads only up to the last offset whose transaction
-            is decided, and skips the records of aborted transactions; `read_uncommitted` sees everything.
+            A consumer with `isolation.level=read_committed` reads only up to the first record of a transaction
+            that is still open (the *last stable offset*) and skips the records of aborted transactions;
+            `read_uncommitted` sees everything.
 
             Three more promises ride on the `transactional.id`:
 
@@ -220,7 +221,8 @@ def notebook_03():
             - **generation fencing** (KIP-447): the consumer-group metadata passed with the offsets lets the
               group coordinator refuse an offset commit from a member that lost its partitions in a rebalance;
             - together they make Kafka's *exactly-once* for a read-process-write loop that stays inside Kafka.
-
+        """),
+        md("""
             ## 5. Which of these promises does your broker keep?
 
             Promises are cheap; the probe checks each one live, in a few seconds, and records what a consumer
