@@ -61,6 +61,23 @@ EXPECTED = {
 }
 
 
+FORGETFUL_STEP = "tests.test_pipeline:step_that_forgets_the_key"
+
+
+def step_that_forgets_the_key(ctx, msg):
+    """The Stripe 2020 bug as a pluggable step: the retry path loses the Idempotency-Key."""
+    from effectively_once.payments.steps import process_message
+
+    class WithoutKey:
+        def __getattr__(self, name):
+            return getattr(ctx, name)
+
+        def uses(self, layer):
+            return layer != "idempotency_key" and ctx.uses(layer)
+
+    return process_message(WithoutKey(), msg)
+
+
 @pytest.fixture(scope="module")
 def shared(stack):
     """One provider (own database) and one shop database for every scenario of this module."""
@@ -79,12 +96,16 @@ def matrix(stack, shared):
     provider, shop_dsn = shared
 
     def scenario(args):
-        point, layers, expire = args
+        point, layers, variant = args
         return run_scenario(stack, point, layers, MESSAGES, seed=7, provider=provider, shop_dsn=shop_dsn,
-                            expire_keys=expire, exit_when_idle=0.5, timeout=90)
+                            expire_keys=variant == "expired", exit_when_idle=0.5, timeout=90,
+                            consumer_options={"batch_dedup": variant == "per_poll",
+                                              "step": FORGETFUL_STEP if variant == "forgetful" else None})
 
     jobs = [(point, layers, False) for point, layers in EXPECTED]
-    jobs.append(("after_provider_call", "both", True))
+    jobs.append(("after_provider_call", "both", "expired"))
+    jobs += [(point, "both", "per_poll") for point in CRASH_POINTS]
+    jobs.append(("after_provider_call", "both", "forgetful"))
     with ThreadPoolExecutor(max_workers=3) as pool:
         reports = list(pool.map(scenario, jobs))
     return dict(zip([(p, layers, e) for p, layers, e in jobs], reports))
@@ -113,11 +134,33 @@ def test_both_layers_never_duplicate_nor_lose(matrix):
         assert report.ok, f"both layers failed at {point}: {report}"
 
 
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_both_layers_with_dedup_per_poll_never_duplicate_nor_lose(matrix, point):
+    """The faster consumer (one dedup INSERT and one UPDATE per poll batch) keeps the guarantee."""
+    report = matrix[(point, "both", "per_poll")]
+    assert report.ok and report.charges == MESSAGES, f"dedup per poll failed at {point}: {report}"
+    if point in ("after_dedup_insert", "after_provider_call", "after_status_update"):
+        assert report.dedup_hits >= 1, "the restarted consumer should have met the rows of the crashed one"
+
+
 def test_a_key_past_its_ttl_lets_a_duplicate_through(matrix):
     """Trap 2: the key only closes the window while the provider keeps it."""
-    report = matrix[("after_provider_call", "both", True)]
+    report = matrix[("after_provider_call", "both", "expired")]
     assert report.duplicate_charges == 1 and report.key_replays == 0, report
     assert report.lost_charges == 0
+
+
+def test_a_step_plugged_in_with_step_is_the_one_that_runs(matrix):
+    """``--step module:function``: a step that drops the key loses the guarantee at the Stripe 2020 point."""
+    report = matrix[("after_provider_call", "both", "forgetful")]
+    assert report.duplicate_charges == 1 and report.key_replays == 0, report
+
+
+def test_reports_render_as_html(matrix):
+    bad = matrix[("after_provider_call", "none", False)]._repr_html_()
+    good = matrix[("after_provider_call", "both", False)]._repr_html_()
+    assert "1 charged twice" in bad and "duplicate_charges</th><td>1" in bad
+    assert "exactly once" in good and "after_provider_call" in good
 
 
 # -- the demo command ------------------------------------------------------------------------
@@ -240,8 +283,12 @@ def test_5xx_are_retried_with_the_same_key_then_dead_lettered(stack, shared):
             lab.set_faults(fail_before_charge=0)
         report = lab.report()
         dlq = lab.dlq_records()
+        shop, ledger, dead = lab.shop_rows(), lab.ledger_rows(), lab.dlq_rows()
         with psycopg.connect(shop_dsn) as conn:
             retries = conn.execute("SELECT retries FROM consumer_events WHERE topic = %s", (lab.topic,)).fetchall()
+    # The tables a notebook shows: the rows stay 'pending' (a redrive retries them with the same key).
+    assert shop.column("status") == ["pending", "pending"] and len(ledger) == 0 and len(dead) == 2
+    assert "<table>" in shop._repr_html_() and "retries_exhausted" in repr(dead)
     assert report.dlq == 2 and report.charges == 0 and report.lost_charges == 0, report
     assert {r["headers"]["dlq.error_type"] for r in dlq} == {"retries_exhausted"}
     assert retries == [(2,), (2,)]

@@ -197,7 +197,8 @@ class ConsumerProcess(Child):
                  api_key: str = DEFAULT_API_KEY, layers: tuple[str, ...] | list[str] = ("dedup", "idempotency_key"),
                  crash_at: str | None = None, crash_on: int = 1, exit_when_idle: float | None = 1.0,
                  step: str | None = None, batch_size: int = 100, poll_timeout: float = 0.1,
-                 max_retries: int = 5, consumer_config: dict | None = None, log_dir: Path | None = None) -> None:
+                 max_retries: int = 5, batch_dedup: bool = False, consumer_config: dict | None = None,
+                 log_dir: Path | None = None) -> None:
         argv = [sys.executable, "-m", "effectively_once.payments.consumer", "--bootstrap", bootstrap,
                 "--topic", topic, "--group", group, "--shop-dsn", shop_dsn, "--provider-url", provider_url,
                 "--api-key", api_key, "--layers", ",".join(layers) or "none", "--batch-size", str(batch_size),
@@ -208,6 +209,8 @@ class ConsumerProcess(Child):
             argv += ["--exit-when-idle", str(exit_when_idle)]
         if step:
             argv += ["--step", step]
+        if batch_dedup:
+            argv.append("--batch-dedup")
         if consumer_config:
             argv += ["--consumer-config", json.dumps(consumer_config)]
         super().__init__(argv, log_dir)

@@ -2,11 +2,13 @@
 
 A separate OS process, so that the lab's SIGKILL is a real crash. The loop:
 
-    poll a batch -> for each record: parse (malformed -> DLQ) -> step(ctx, msg) -> record the event
-                 -> flush the DLQ producer -> commit the Kafka offsets
+    poll a batch -> parse each record (malformed -> DLQ) -> step(ctx, msg) for each
+                 -> record one event per message -> flush the DLQ producer -> commit the Kafka offsets
 
 The per-message step is ``effectively_once.payments.steps:process_message``
-unless ``--step module:function`` names another. ``--crash-at POINT
+unless ``--step module:function`` names another. With ``--batch-dedup`` the
+step is called once per poll batch (``steps:process_batch``), so the dedup
+table costs one INSERT and one UPDATE per batch rather than per message. ``--crash-at POINT
 --crash-on N`` makes the process SIGKILL itself the Nth time it reaches POINT.
 Every record ends as a charge, a dedup skip or a DLQ entry; none is dropped.
 """
@@ -31,6 +33,7 @@ from effectively_once.payments.messages import DEFAULT_API_KEY, MalformedMessage
 CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_provider_call", "after_status_update")
 LAYERS = ("dedup", "dedup_as_written", "idempotency_key")
 DEFAULT_STEP = "effectively_once.payments.steps:process_message"
+DEFAULT_BATCH_STEP = "effectively_once.payments.steps:process_batch"
 # After an assignment the first fetch can take a while (offset look-ups, a busy machine):
 # silence that short is not yet "idle".
 FIRST_FETCH_GRACE = 3.0
@@ -138,17 +141,18 @@ class PaymentConsumer:
     def __init__(self, *, bootstrap: str, topic: str, group: str, shop_dsn: str, provider_url: str,
                  api_key: str = DEFAULT_API_KEY, layers: frozenset[str] = frozenset(), step: Callable | None = None,
                  crash_at: str | None = None, crash_on: int = 1, exit_when_idle: float | None = None,
-                 batch_size: int = 100, poll_timeout: float = 0.1, max_retries: int = 5,
+                 batch_size: int = 100, poll_timeout: float = 0.1, max_retries: int = 5, batch_dedup: bool = False,
                  consumer_config: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> None:
         from confluent_kafka import Consumer, Producer
 
         from effectively_once.stack import quiet_logger
-        from effectively_once.payments.steps import process_message
+        from effectively_once.payments.steps import process_batch, process_message
 
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"unknown crash point {crash_at!r}; use one of {', '.join(CRASH_POINTS)}")
         self.topic, self.group, self.dlq_topic = topic, group, f"{topic}.dlq"
-        self.layers, self.step = layers, step or process_message
+        self.layers, self.batch_dedup = layers, batch_dedup
+        self.step = step or (process_batch if batch_dedup else process_message)
         self.exit_when_idle, self.batch_size, self.poll_timeout = exit_when_idle, batch_size, poll_timeout
         self.log = log
         self.shop = psycopg.connect(shop_dsn, autocommit=True)
@@ -185,29 +189,41 @@ class PaymentConsumer:
                 if "already exists" not in str(exc) and "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
 
-    # -- one record ---------------------------------------------------------------------
-    def handle(self, record) -> None:
-        """Take one Kafka record to its end: charged, skipped, or dead-lettered."""
-        headers = {k: (v or b"") for k, v in (record.headers() or [])}
-        base = {"topic": record.topic(), "partition": record.partition(), "offset": record.offset(),
-                "trace_id": trace_id_of(headers.get("traceparent", b"").decode("ascii", "replace"))}
-        try:
-            msg = parse_charge(record.value(), headers, partition=record.partition(), offset=record.offset())
-        except MalformedMessage as exc:
-            self.dead_letter(record, headers, "malformed", str(exc))
-            self.record_event(msg_id=_msg_id_of(record.value(), headers), result="dead_lettered",
-                              error=f"malformed: {exc}", **base)
-            return
-        try:
-            outcome = self.step(self.ctx, msg)
-        except ChargeFailed as exc:
-            self.dead_letter(record, headers, exc.kind, str(exc))
-            self.record_event(msg_id=msg.msg_id, result="dead_lettered", retries=exc.retries,
-                              error=f"{exc.kind}: {exc}", **base)
-            return
-        self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
-        self.record_event(msg_id=msg.msg_id, result=outcome.result, dedup_hit=outcome.dedup_hit,
-                          side_effect_ms=outcome.side_effect_ms, retries=outcome.retries, **base)
+    # -- one poll batch -----------------------------------------------------------------
+    def handle_batch(self, records: list) -> int:
+        """Take each record of a poll batch to its end: charged, skipped, or dead-lettered."""
+        valid = []
+        for record in records:
+            headers = {k: (v or b"") for k, v in (record.headers() or [])}
+            base = {"topic": record.topic(), "partition": record.partition(), "offset": record.offset(),
+                    "trace_id": trace_id_of(headers.get("traceparent", b"").decode("ascii", "replace"))}
+            try:
+                msg = parse_charge(record.value(), headers, partition=record.partition(), offset=record.offset())
+            except MalformedMessage as exc:
+                self.dead_letter(record, headers, "malformed", str(exc))
+                self.record_event(msg_id=_msg_id_of(record.value(), headers), result="dead_lettered",
+                                  error=f"malformed: {exc}", **base)
+                continue
+            valid.append((record, headers, base, msg))
+        if self.batch_dedup:
+            outcomes = self.step(self.ctx, [v[3] for v in valid]) if valid else []
+        for index, (record, headers, base, msg) in enumerate(valid):
+            if self.batch_dedup:
+                outcome = outcomes[index]
+            else:
+                try:
+                    outcome = self.step(self.ctx, msg)
+                except ChargeFailed as exc:
+                    outcome = exc
+            if isinstance(outcome, ChargeFailed):
+                self.dead_letter(record, headers, outcome.kind, str(outcome))
+                self.record_event(msg_id=msg.msg_id, result="dead_lettered", retries=outcome.retries,
+                                  error=f"{outcome.kind}: {outcome}", **base)
+                continue
+            self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
+            self.record_event(msg_id=msg.msg_id, result=outcome.result, dedup_hit=outcome.dedup_hit,
+                              side_effect_ms=outcome.side_effect_ms, retries=outcome.retries, **base)
+        return len(records)
 
     def dead_letter(self, record, headers: dict[str, bytes], kind: str, reason: str) -> None:
         """Send ``record`` to ``<topic>.dlq`` with why, where it came from and when it was seen."""
@@ -248,16 +264,15 @@ class PaymentConsumer:
         fetched_any = False
         try:
             while not self.stopping:
-                records = self.consumer.consume(self.batch_size, timeout=self.poll_timeout)
-                handled = 0
-                for record in records:
+                records = []
+                for record in self.consumer.consume(self.batch_size, timeout=self.poll_timeout):
                     if record.error():
                         if record.error().code() != -191:  # _PARTITION_EOF is not an error
                             self.log(f"consumer error: {record.error()}")
                         continue
-                    self.handle(record)
-                    handled += 1
-                if handled:
+                    records.append(record)
+                if records:
+                    self.handle_batch(records)
                     # The DLQ copy must be durable before the offset moves past the original.
                     if self.dlq.flush(30) != 0:
                         raise RuntimeError("the dead-letter topic did not acknowledge; offsets left uncommitted")
@@ -297,7 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=os.environ.get("EO_PROVIDER_API_KEY", DEFAULT_API_KEY))
     parser.add_argument("--layers", default="dedup,idempotency_key",
                         help="comma list of dedup, dedup_as_written, idempotency_key; or none")
-    parser.add_argument("--step", default=DEFAULT_STEP, help="the per-message function, as module:function")
+    parser.add_argument("--step", default=None,
+                        help=f"the per-message function, as module:function (default {DEFAULT_STEP}; "
+                             f"with --batch-dedup, a per-batch function, default {DEFAULT_BATCH_STEP})")
+    parser.add_argument("--batch-dedup", action="store_true",
+                        help="do the dedup-table work once per poll batch instead of once per message")
     parser.add_argument("--crash-at", choices=CRASH_POINTS, default=None)
     parser.add_argument("--crash-on", type=int, default=1, help="crash the Nth time the crash point is reached")
     parser.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS")
@@ -315,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         layers = parse_layers(args.layers)
-        step = load_step(args.step)
+        step_spec = args.step or (DEFAULT_BATCH_STEP if args.batch_dedup else DEFAULT_STEP)
+        step = load_step(step_spec)
         extra = json.loads(args.consumer_config)
     except (ValueError, ImportError) as exc:
         parser.error(str(exc))
@@ -327,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             provider_url=args.provider_url, api_key=args.api_key, layers=layers, step=step,
             crash_at=args.crash_at, crash_on=args.crash_on, exit_when_idle=args.exit_when_idle,
             batch_size=args.batch_size, poll_timeout=args.poll_timeout, max_retries=args.max_retries,
-            consumer_config=extra, log=lambda line: print(line, flush=True))
+            batch_dedup=args.batch_dedup, consumer_config=extra, log=lambda line: print(line, flush=True))
     except psycopg.OperationalError as exc:
         print(f"The consumer cannot reach the shop database ({str(exc).strip().splitlines()[0]}); "
               "check --shop-dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
@@ -338,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     print(f"consumer started: topic {args.topic}, group {args.group}, layers "
-          f"{','.join(sorted(layers)) or 'none'}, step {args.step}", flush=True)
+          f"{','.join(sorted(layers)) or 'none'}, step {step_spec}", flush=True)
     code = consumer.run()
     print("consumer finished: " + json.dumps(consumer.counts), flush=True)
     return code

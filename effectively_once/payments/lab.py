@@ -440,26 +440,28 @@ def run_scenario(stack, crash_at: str | None, layers: str | Iterable[str] = "bot
                  seed: int = 0, provider: ProviderProcess | None = None, expire_keys: bool = False,
                  crash_on: int = 1, keep: bool = False, run_id: str | None = None, timeout: float = 60.0,
                  faults: dict[str, Any] | None = None, shop_dsn: str | None = None,
-                 exit_when_idle: float = 1.0) -> PaymentReport:
+                 exit_when_idle: float = 1.0, consumer_options: dict[str, Any] | None = None) -> PaymentReport:
     """One crash scenario end to end: produce, consume until the crash, restart, settle, report.
 
     ``expire_keys=True`` ages the provider's keys past their TTL between the
     crash and the restart (the "a day went by" trap). Pass a running
     ``provider`` to share it between scenarios: each scenario's msg_ids carry
     its own run id, so their ledger rows never mix; the same holds for a
-    shared ``shop_dsn`` (rows by msg_id, events by topic).
+    shared ``shop_dsn`` (rows by msg_id, events by topic). ``consumer_options``
+    go to every consumer (e.g. ``{"batch_dedup": True}``).
     """
+    options = consumer_options or {}
     with PaymentLab(stack, layers, run_id=run_id, provider=provider, shop_dsn=shop_dsn, keep=keep) as lab:
         lab.start_provider(**(faults or {}))
         lab.produce(messages, seed=seed)
-        first = lab.start_consumer(crash_at=crash_at, crash_on=crash_on, exit_when_idle=exit_when_idle)
+        first = lab.start_consumer(crash_at=crash_at, crash_on=crash_on, exit_when_idle=exit_when_idle, **options)
         first.wait(timeout)
         if crash_at and not first.killed_by_sigkill:
             raise RuntimeError(f"the consumer never reached {crash_at} (exit {first.returncode}):\n"
                                f"{first.log_tail()}")
         if expire_keys:
             lab.expire_keys()
-        lab.run_until_settled(timeout, exit_when_idle=exit_when_idle)
+        lab.run_until_settled(timeout, exit_when_idle=exit_when_idle, **options)
         report = lab.report()
         report.crash_at = crash_at
         return report

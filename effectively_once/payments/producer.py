@@ -53,14 +53,15 @@ def _bootstrap_of(target: Any) -> str:
 
 def send_records(target: Any, topic: str, records: list[tuple[bytes | None, bytes | None, list]], *,
                  idempotent: bool = True, progress: Callable[[int, int], None] | None = None,
-                 timeout: float = 60.0) -> list[Sent]:
+                 timeout: float = 60.0, config: dict[str, Any] | None = None) -> list[Sent]:
     """Produce ``(key, value, headers)`` records in order; return where each one landed.
 
-    ``target`` is a ``Stack`` or a bootstrap string. Raises if any record is not acknowledged.
+    ``target`` is a ``Stack`` or a bootstrap string; ``config`` overrides librdkafka
+    settings. Raises if any record is not acknowledged.
     """
     from confluent_kafka import Producer
 
-    producer = Producer(producer_config(_bootstrap_of(target), idempotent=idempotent))
+    producer = Producer(producer_config(_bootstrap_of(target), idempotent=idempotent, **(config or {})))
     sent: list[Sent | None] = [None] * len(records)
     errors: list[str] = []
 

@@ -70,3 +70,63 @@ def process_message(ctx, msg: ChargeMessage) -> Outcome:
     ctx.crash_point("after_status_update")
     return Outcome("replayed" if result.replayed else "charged", dedup_hit=dedup_hit, charge_id=result.charge_id,
                    retries=result.retries, side_effect_ms=result.duration_ms)
+
+
+def process_batch(ctx, msgs: list[ChargeMessage]) -> list:
+    """The same three layers with the dedup work done once per poll instead of once per message.
+
+    One INSERT claims every msg_id of the batch, each message is charged in
+    order, and one UPDATE marks the whole batch 'done' before the offsets are
+    committed. The rules are those of ``process_message``: 'done' -> skip,
+    'pending' -> charge again with the same key. A crash now leaves more rows
+    'pending' at once, which is harmless with the key and costly without it.
+    Returns, for each message, its ``Outcome`` or the ``ChargeFailed`` that ends in the DLQ.
+    """
+    from effectively_once.payments.client import ChargeFailed
+
+    dedup = ctx.uses("dedup") or ctx.uses("dedup_as_written")
+    ctx.crash_point("before_dedup_insert")
+    existing: dict[str, str] = {}
+    if dedup:
+        ids = list(dict.fromkeys(m.msg_id for m in msgs))
+        new = {row[0] for row in ctx.shop.execute(
+            "INSERT INTO charges (msg_id, status) SELECT unnest(%s::text[]), 'pending'"
+            " ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id", (ids,))}
+        old = [i for i in ids if i not in new]
+        if old:
+            existing = dict(ctx.shop.execute("SELECT msg_id, status FROM charges WHERE msg_id = ANY(%s)",
+                                              (old,)).fetchall())
+            if not ctx.uses("dedup_as_written"):
+                ctx.shop.execute("UPDATE charges SET attempts = attempts + 1, updated_at = now()"
+                                 " WHERE msg_id = ANY(%s) AND status = 'pending'", (old,))
+    ctx.crash_point("after_dedup_insert")
+
+    results: list = []
+    charged: dict[str, str] = {}
+    seen: set[str] = set()
+    for msg in msgs:
+        hit = msg.msg_id in existing or msg.msg_id in seen
+        seen.add(msg.msg_id)
+        if dedup and hit and (ctx.uses("dedup_as_written") or existing.get(msg.msg_id) != "pending"
+                              or msg.msg_id in charged):
+            results.append(Outcome("skipped", dedup_hit=True))
+            continue
+        key = idempotency_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None
+        try:
+            result = ctx.provider.charge(msg, idempotency_key=key)
+        except ChargeFailed as exc:
+            results.append(exc)
+            continue
+        ctx.crash_point("after_provider_call")
+        charged[msg.msg_id] = result.charge_id
+        results.append(Outcome("replayed" if result.replayed else "charged", dedup_hit=hit,
+                               charge_id=result.charge_id, retries=result.retries,
+                               side_effect_ms=result.duration_ms))
+
+    if dedup and charged:
+        ctx.shop.execute(
+            "UPDATE charges SET status = 'done', charge_id = v.charge_id, updated_at = now()"
+            " FROM unnest(%s::text[], %s::text[]) AS v(msg_id, charge_id) WHERE charges.msg_id = v.msg_id",
+            (list(charged), list(charged.values())))
+    ctx.crash_point("after_status_update")
+    return results
