@@ -365,3 +365,53 @@ def test_malformed_messages_end_in_the_dlq_and_the_consumer_survives(stack, shar
         assert record["headers"]["dlq.error_type"] == "malformed"
         assert record["headers"]["dlq.reason"] and record["headers"]["dlq.first_seen"]
         assert record["headers"]["dlq.source_topic"] == lab.topic
+
+
+# -- trace context and the command lines -----------------------------------------------------
+def test_the_trace_id_travels_from_the_producer_to_the_provider(stack, shared):
+    from effectively_once.payments.messages import trace_id_of
+    from effectively_once.payments.producer import charge_records
+
+    provider, shop_dsn = shared
+    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
+        ids = lab.produce(3, seed=9)
+        lab.run_until_settled(60, exit_when_idle=0.5)
+        with psycopg.connect(provider.dsn) as conn:
+            ledger = dict(conn.execute("SELECT msg_id, trace_id FROM ledger WHERE msg_id = ANY(%s)", (ids,)))
+        events = dict((e["msg_id"], e["trace_id"]) for e in lab.event_rows())
+    sent = {json.loads(value)["msg_id"]: trace_id_of(dict(headers)["traceparent"].decode())
+            for _, value, headers in charge_records(3, seed=9, prefix=lab.run_id)}
+    assert set(sent) == set(ids) and all(sent.values())
+    assert ledger == sent, "the provider must see the producer's trace id"
+    assert events == sent
+
+
+def test_the_producer_command_publishes_charges(stack):
+    import subprocess
+    import sys
+
+    topic = stack.create_topic(f"producer.cli.{stack_mod.new_run_id()}", partitions=1)
+    try:
+        result = subprocess.run([sys.executable, "-m", "effectively_once.payments.producer", "--bootstrap",
+                                 stack.kafka_bootstrap, "--topic", topic, "--messages", "4", "--prefix", "cli"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "produced 4 charge message(s)" in result.stdout and "msg-cli-00000 .. msg-cli-00003" in result.stdout
+    finally:
+        stack.delete_topics(topic)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--layers", "dedup,bogus"], "unknown layer"),
+    (["--layers", "dedup,dedup_as_written"], "pick one"),
+    (["--step", "no_colon"], "module:function"),
+    (["--step", "effectively_once.payments.steps:nothing_here"], "not a function"),
+])
+def test_the_consumer_command_refuses_bad_options(args, message):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "effectively_once.payments.consumer", "--bootstrap", "127.0.0.1:1", "--topic", "t",
+            "--group", "g", "--shop-dsn", "postgresql://x@127.0.0.1:1/x", "--provider-url", "http://127.0.0.1:1"]
+    result = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
