@@ -224,11 +224,3 @@ class ConsumerProcess(Child):
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"
         return f"<consumer pid={self.pid} layers={','.join(self.layers) or 'none'} crash_at={self.crash_at} {state}>"
-
-
-def wait_all(children: list[Child], timeout: float) -> None:
-    """Wait until every child in ``children`` has exited (TimeoutError naming the first that has not)."""
-    deadline = time.monotonic() + timeout
-    for child in children:
-        child.wait(max(0.1, deadline - time.monotonic()))
-
