@@ -434,10 +434,26 @@ def check_read_committed(stack: stack_mod.Stack) -> Check:
         stack.delete_topics(topic)
 
 
-def check_zombie_fenced(stack: stack_mod.Stack) -> Check:
-    """A new producer with the zombie's transactional.id aborts the zombie's open transaction."""
+def try_zombie_commit(zombie: Any) -> str:
+    """Let a producer whose ``transactional.id`` was taken over try to commit; say what the broker did.
+
+    ``"accepted"``, ``"refused (<error>)"`` (fenced), or ``"left hanging for N s"``
+    when the broker never answers (Tansu keeps the zombie's transaction open).
+    """
     from confluent_kafka import KafkaException
 
+    try:
+        zombie.commit_transaction(ZOMBIE_COMMIT_TIMEOUT)
+        return "accepted"
+    except KafkaException as exc:
+        reason = _kafka_error(exc)
+        if "TIMED_OUT" in reason:
+            return f"left hanging for {ZOMBIE_COMMIT_TIMEOUT:.0f} s ({reason})"
+        return f"refused ({reason})"
+
+
+def check_zombie_fenced(stack: stack_mod.Stack) -> Check:
+    """A new producer with the zombie's transactional.id aborts the zombie's open transaction."""
     run = stack_mod.new_run_id()
     topic = stack.create_topic(f"probe-zombie-{run}", partitions=1)
     transactional_id = stack.topic(f"probe-zombie-{run}")
@@ -459,13 +475,7 @@ def check_zombie_fenced(stack: stack_mod.Stack) -> Check:
         successor.commit_transaction(OPERATION_TIMEOUT)
 
         # The zombie wakes up and tries to finish what it started.
-        try:
-            zombie.commit_transaction(ZOMBIE_COMMIT_TIMEOUT)
-            zombie_commit = "accepted"
-        except KafkaException as exc:
-            reason = _kafka_error(exc)
-            zombie_commit = (f"left hanging for {ZOMBIE_COMMIT_TIMEOUT:.0f} s ({reason})" if "TIMED_OUT" in reason
-                             else f"refused ({reason})")
+        zombie_commit = try_zombie_commit(zombie)
 
         seen = _read_values(stack, topic, [0], stop_when=lambda v: successor_values[-1] in v)
         leaked = [v for v in seen if v in zombie_values]

@@ -34,10 +34,9 @@ from dataclasses import dataclass
 from effectively_once import stack as stack_mod
 from effectively_once.guarantees import (
     OPERATION_TIMEOUT,
-    ZOMBIE_COMMIT_TIMEOUT,
-    _kafka_error,
     _read_values,
     _transactional_producer,
+    try_zombie_commit,
 )
 
 
@@ -93,7 +92,7 @@ def _charges(run: str, n: int) -> list[str]:
 def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
     """Replay the rolling restart with a zombie on ``stack``'s broker; see the module docstring."""
     import psycopg
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import Producer
 
     run = stack_mod.new_run_id()
     topic = stack.create_topic(f"slack2022-{run}", partitions=1)
@@ -114,13 +113,7 @@ def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
             successor.produce(topic, value=value.encode(), headers={"instance": b"B"}, partition=0)
         successor.commit_transaction(OPERATION_TIMEOUT)
 
-        try:  # A wakes up and finishes what it started
-            zombie.commit_transaction(ZOMBIE_COMMIT_TIMEOUT)
-            zombie_commit = "accepted"
-        except KafkaException as exc:
-            reason = _kafka_error(exc)
-            zombie_commit = (f"hung, no answer in {ZOMBIE_COMMIT_TIMEOUT:.0f} s ({reason})" if "TIMED_OUT" in reason
-                             else f"refused ({reason})")
+        zombie_commit = try_zombie_commit(zombie)  # A wakes up and finishes what it started
 
         # An end marker, written after everything else, tells the reader when it has seen the lot. (Waiting
         # for the partition's end offset instead would be wrong on Tansu, whose end offset can fall short.)
