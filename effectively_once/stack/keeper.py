@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import threading
-from pathlib import Path
 
 from effectively_once import stack as stack_mod
 from effectively_once.settings import eo_home
