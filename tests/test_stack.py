@@ -189,3 +189,8 @@ def test_external_backend_attaches_to_given_servers(stack, monkeypatch):
 def test_doctor_reports_each_check():
     result = run_cli("doctor")
     assert "python" in result.stdout and "auto backend" in result.stdout and "free disk" in result.stdout
+
+
+def test_stack_errors_show_as_one_sentence_in_a_notebook():
+    error = stack_mod.StackError("Docker is not running: start Docker, or use EO_BACKEND=embedded.")
+    assert error._render_traceback_() == ["StackError: Docker is not running: start Docker, or use EO_BACKEND=embedded."]

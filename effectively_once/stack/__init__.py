@@ -34,6 +34,11 @@ STATE_FILE = "stack.json"
 class StackError(RuntimeError):
     """A stack could not be started or reached; the message says what to do."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the learner needs the sentence and the fix,
+        # not the frames of the package.
+        return [f"StackError: {self}"]
+
 
 def quiet_logger() -> logging.Logger:
     """A logger for librdkafka clients that keeps connection chatter out of notebooks.
