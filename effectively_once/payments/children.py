@@ -198,7 +198,8 @@ class ConsumerProcess(Child):
                  crash_at: str | None = None, crash_on: int = 1, exit_when_idle: float | None = 1.0,
                  step: str | None = None, batch_size: int = 100, poll_timeout: float = 0.1,
                  max_retries: int = 5, batch_dedup: bool = False, consumer_config: dict | None = None,
-                 log_dir: Path | None = None) -> None:
+                 metrics_port: int | None = None, metrics_window: float | None = None,
+                 spans_file: str | Path | None = None, log_dir: Path | None = None) -> None:
         argv = [sys.executable, "-m", "effectively_once.payments.consumer", "--bootstrap", bootstrap,
                 "--topic", topic, "--group", group, "--shop-dsn", shop_dsn, "--provider-url", provider_url,
                 "--api-key", api_key, "--layers", ",".join(layers) or "none", "--batch-size", str(batch_size),
@@ -213,8 +214,32 @@ class ConsumerProcess(Child):
             argv.append("--batch-dedup")
         if consumer_config:
             argv += ["--consumer-config", json.dumps(consumer_config)]
+        if metrics_port is not None:
+            argv += ["--metrics-port", str(metrics_port)]
+        if metrics_window is not None:
+            argv += ["--metrics-window", str(metrics_window)]
+        if spans_file is not None:
+            argv += ["--spans-file", str(spans_file)]
         super().__init__(argv, log_dir)
         self.layers, self.crash_at, self.crash_on = tuple(layers), crash_at, crash_on
+        self.serves_metrics = metrics_port is not None
+        self._metrics_url: str | None = None
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The consumer's ``/metrics`` URL once it has printed it (None without ``metrics_port``)."""
+        if self._metrics_url is None and self.serves_metrics:
+            match = re.search(r"metrics on (http://\S+)", self.log_tail(20000))
+            self._metrics_url = match.group(1) if match else None
+        return self._metrics_url
+
+    def wait_for_metrics(self, timeout: float = 30.0) -> str:
+        """Wait until the consumer serves ``/metrics``; return the URL."""
+        if not self.serves_metrics:
+            raise ValueError("this consumer was started without metrics_port")
+        wait_until(lambda: self.metrics_url is not None, timeout, "the consumer's /metrics", proc=self.proc,
+                   log=self.log_path)
+        return self.metrics_url
 
     @property
     def crashed_at_point(self) -> bool:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from effectively_once.payments.messages import DEFAULT_API_KEY, REPLAY_HEADER, ChargeMessage, child_traceparent
+from effectively_once.observe.spans import outgoing_traceparent
+from effectively_once.payments.messages import DEFAULT_API_KEY, REPLAY_HEADER, ChargeMessage
 
 RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
 
@@ -51,7 +52,8 @@ class ProviderClient:
 
     def charge(self, msg: ChargeMessage, idempotency_key: str | None = None) -> ChargeResult:
         """Charge ``msg`` once from the caller's point of view; raise ``ChargeFailed`` if it cannot."""
-        headers = {"traceparent": child_traceparent(msg.traceparent)}
+        # The consumer's span for this message, when one is current, is the provider call's parent.
+        headers = {"traceparent": outgoing_traceparent(msg.traceparent)}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         started = time.perf_counter()

@@ -11,6 +11,8 @@ step is called once per poll batch (``steps:process_batch``), so the dedup
 table costs one INSERT and one UPDATE per batch rather than per message. ``--crash-at POINT
 --crash-on N`` makes the process SIGKILL itself the Nth time it reaches POINT.
 Every record ends as a charge, a dedup skip or a DLQ entry; none is dropped.
+``--metrics-port`` serves the lesson's metrics for Prometheus and ``--spans-file``
+writes a span per message (see ``effectively_once.observe.exporter`` and ``.spans``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any, Callable
 
 import psycopg
 
+from effectively_once.observe.exporter import DEFAULT_WINDOW_SECONDS, ConsumerTelemetry
+from effectively_once.observe.spans import configure_tracing
 from effectively_once.payments.client import ChargeFailed, ProviderClient
 from effectively_once.payments.messages import DEFAULT_API_KEY, MalformedMessage, parse_charge, trace_id_of
 
@@ -142,7 +146,8 @@ class PaymentConsumer:
                  api_key: str = DEFAULT_API_KEY, layers: frozenset[str] = frozenset(), step: Callable | None = None,
                  crash_at: str | None = None, crash_on: int = 1, exit_when_idle: float | None = None,
                  batch_size: int = 100, poll_timeout: float = 0.1, max_retries: int = 5, batch_dedup: bool = False,
-                 consumer_config: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> None:
+                 consumer_config: dict[str, Any] | None = None, log: Callable[[str], None] = print,
+                 telemetry: ConsumerTelemetry | None = None) -> None:
         from confluent_kafka import Consumer, Producer
 
         from effectively_once.stack import quiet_logger
@@ -175,6 +180,7 @@ class PaymentConsumer:
         self.assigned = False
         self.stopping = False
         self.counts = {"processed": 0, "charged": 0, "replayed": 0, "skipped": 0, "dead_lettered": 0}
+        self.telemetry = telemetry or ConsumerTelemetry(dedup=bool(layers & {"dedup", "dedup_as_written"}))
 
     def _ensure_dlq_topic(self, bootstrap: str) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
@@ -208,21 +214,23 @@ class PaymentConsumer:
         if self.batch_dedup:
             outcomes = self.step(self.ctx, [v[3] for v in valid]) if valid else []
         for index, (record, headers, base, msg) in enumerate(valid):
-            if self.batch_dedup:
-                outcome = outcomes[index]
-            else:
-                try:
-                    outcome = self.step(self.ctx, msg)
-                except ChargeFailed as exc:
-                    outcome = exc
-            if isinstance(outcome, ChargeFailed):
-                self.dead_letter(record, headers, outcome.kind, str(outcome))
-                self.record_event(msg_id=msg.msg_id, result="dead_lettered", retries=outcome.retries,
-                                  error=f"{outcome.kind}: {outcome}", **base)
-                continue
-            self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
-            self.record_event(msg_id=msg.msg_id, result=outcome.result, dedup_hit=outcome.dedup_hit,
-                              side_effect_ms=outcome.side_effect_ms, retries=outcome.retries, **base)
+            # One span per message, current while the step runs (with --batch-dedup the step ran already).
+            with self.telemetry.message_span(msg.traceparent, msg.msg_id, base):
+                if self.batch_dedup:
+                    outcome = outcomes[index]
+                else:
+                    try:
+                        outcome = self.step(self.ctx, msg)
+                    except ChargeFailed as exc:
+                        outcome = exc
+                if isinstance(outcome, ChargeFailed):
+                    self.dead_letter(record, headers, outcome.kind, str(outcome))
+                    self.record_event(msg_id=msg.msg_id, result="dead_lettered", retries=outcome.retries,
+                                      error=f"{outcome.kind}: {outcome}", **base)
+                    continue
+                self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
+                self.record_event(msg_id=msg.msg_id, result=outcome.result, dedup_hit=outcome.dedup_hit,
+                                  side_effect_ms=outcome.side_effect_ms, retries=outcome.retries, **base)
         return len(records)
 
     def dead_letter(self, record, headers: dict[str, bytes], kind: str, reason: str) -> None:
@@ -252,6 +260,8 @@ class PaymentConsumer:
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (msg_id, topic, partition, offset, result, dedup_hit, side_effect_ms, retries, trace_id, error,
              ",".join(sorted(self.layers)) or "none", os.getpid()))
+        self.telemetry.record(result=result, dedup_hit=dedup_hit, side_effect_ms=side_effect_ms, retries=retries,
+                              error=error)
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -271,6 +281,7 @@ class PaymentConsumer:
                             self.log(f"consumer error: {record.error()}")
                         continue
                     records.append(record)
+                self.telemetry.update_lag(self.consumer)
                 if records:
                     self.handle_batch(records)
                     # The DLQ copy must be durable before the offset moves past the original.
@@ -298,6 +309,7 @@ class PaymentConsumer:
             self.provider.close()
             self.shop.close()
             self.events.close()
+            self.telemetry.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-retries", type=int, default=5)
     parser.add_argument("--consumer-config", default="{}",
                         help="JSON of extra librdkafka settings (e.g. session timeouts)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (0: a free one, printed at start)")
+    parser.add_argument("--metrics-window", type=float, default=DEFAULT_WINDOW_SECONDS, metavar="SECONDS",
+                        help="the window of the lesson's gauges (hit rate, p99s)")
+    parser.add_argument("--spans-file", default=None, metavar="PATH",
+                        help="append this consumer's spans to PATH as JSON lines")
     return parser
 
 
@@ -341,13 +359,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.crash_on < 1:
         parser.error("--crash-on counts from 1")
+    configure_tracing(args.spans_file)
+    telemetry = ConsumerTelemetry(dedup=bool(layers & {"dedup", "dedup_as_written"}),
+                                  window_seconds=args.metrics_window)
     try:
         consumer = PaymentConsumer(
             bootstrap=args.bootstrap, topic=args.topic, group=args.group, shop_dsn=args.shop_dsn,
             provider_url=args.provider_url, api_key=args.api_key, layers=layers, step=step,
             crash_at=args.crash_at, crash_on=args.crash_on, exit_when_idle=args.exit_when_idle,
             batch_size=args.batch_size, poll_timeout=args.poll_timeout, max_retries=args.max_retries,
-            batch_dedup=args.batch_dedup, consumer_config=extra, log=lambda line: print(line, flush=True))
+            batch_dedup=args.batch_dedup, consumer_config=extra, log=lambda line: print(line, flush=True),
+            telemetry=telemetry)
     except psycopg.OperationalError as exc:
         print(f"The consumer cannot reach the shop database ({str(exc).strip().splitlines()[0]}); "
               "check --shop-dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
@@ -357,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         consumer.stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.metrics_port is not None:
+        print(f"metrics on {telemetry.serve(args.metrics_port)}", flush=True)
     print(f"consumer started: topic {args.topic}, group {args.group}, layers "
           f"{','.join(sorted(layers)) or 'none'}, step {step_spec}", flush=True)
     code = consumer.run()

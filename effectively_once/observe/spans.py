@@ -1,0 +1,227 @@
+"""Spans of the consumer process, written where a notebook can read them, and duplicates found in them.
+
+The consumer (a separate process) uses the OpenTelemetry SDK: one span per
+message it processes, a child of the producer's W3C ``traceparent`` taken from
+the Kafka headers, and current while the step runs, so the HTTP call to the
+provider carries the consumer span as its parent (``outgoing_traceparent``).
+
+A notebook cannot hold an in-memory exporter inside another process, so
+``--spans-file PATH`` makes the consumer append its spans to a JSON-lines file:
+
+- ``{"event": "end", ...}`` when a span ends (``JsonLinesSpanExporter``, a
+  ``SpanExporter`` behind a ``SimpleSpanProcessor``, so nothing waits in a buffer);
+- ``{"event": "start", ...}`` when it starts (``SpanStartRecorder``). A standard
+  exporter ships a span only when it ends, so a process killed with SIGKILL in
+  the middle of a message leaves no trace of that attempt at all. Recording the
+  start keeps the crashed attempt visible: it loads as an *unfinished* span.
+
+``load_spans(path)`` reads the file back; ``find_duplicate_traces(spans)``
+returns the traces holding two or more consumer spans: one message processed
+twice. Two distinct messages never share a trace, because the producer starts
+a new trace for each one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from effectively_once.observe.tracing import child_traceparent
+
+SERVICE_NAME = "payments-consumer"
+CONSUMER_SPAN = "process charge"
+TRACER_NAME = "effectively_once.payments.consumer"
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def _span_line(span: ReadableSpan, event: str) -> dict[str, Any]:
+    context = span.get_span_context()
+    parent = span.parent
+    return {
+        "event": event,
+        "name": span.name,
+        "kind": span.kind.name.lower(),
+        "trace_id": f"{context.trace_id:032x}",
+        "span_id": f"{context.span_id:016x}",
+        "parent_span_id": f"{parent.span_id:016x}" if parent is not None else None,
+        "start": span.start_time / 1e9 if span.start_time else None,
+        "end": span.end_time / 1e9 if event == "end" and span.end_time else None,
+        "status": span.status.status_code.name.lower() if event == "end" else "unset",
+        "attributes": dict(span.attributes or {}),
+        "pid": os.getpid(),
+    }
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends each finished span to ``path`` as one JSON line (safe for several processes at once)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # O_APPEND: several consumer processes may share one file; each line is one write().
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+
+    def write(self, line: Mapping[str, Any]) -> None:
+        """Append one record; it reaches the kernel at once, so a SIGKILL right after cannot lose it."""
+        data = (json.dumps(line, default=str, sort_keys=True) + "\n").encode()
+        with self._lock:
+            if self._fd is not None:
+                os.write(self._fd, data)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write each span's final record (``event: end``)."""
+        for span in spans:
+            self.write(_span_line(span, "end"))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Close the file."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered: every record was written when it happened."""
+        return True
+
+
+class SpanStartRecorder(SpanProcessor):
+    """Writes an ``event: start`` record when a span starts, so a killed attempt still shows."""
+
+    def __init__(self, exporter: JsonLinesSpanExporter) -> None:
+        self.exporter = exporter
+
+    def on_start(self, span, parent_context=None) -> None:
+        """Record the span as started (it will load as unfinished if its process dies)."""
+        self.exporter.write(_span_line(span, "start"))
+
+
+def configure_tracing(spans_file: str | os.PathLike | None = None,
+                      service_name: str = SERVICE_NAME) -> TracerProvider:
+    """Install the SDK's tracer provider for this process; with ``spans_file``, write spans there.
+
+    Without a file the spans are still created (so the provider call carries
+    the consumer span as its parent) but go nowhere.
+    """
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if spans_file is not None:
+        exporter = JsonLinesSpanExporter(spans_file)
+        provider.add_span_processor(SpanStartRecorder(exporter))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+@contextlib.contextmanager
+def message_span(traceparent: str | bytes | None, attributes: Mapping[str, Any] | None = None,
+                 tracer: trace.Tracer | None = None) -> Iterator[trace.Span]:
+    """A consumer span for one message, child of the producer's ``traceparent`` (a new trace without one)."""
+    if isinstance(traceparent, bytes):
+        traceparent = traceparent.decode("ascii", "replace")
+    parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+    tracer = tracer or trace.get_tracer(TRACER_NAME)
+    with tracer.start_as_current_span(CONSUMER_SPAN, context=parent, kind=SpanKind.CONSUMER,
+                                      attributes=dict(attributes or {})) as span:
+        yield span
+
+
+def outgoing_traceparent(parent: str | None) -> str:
+    """The ``traceparent`` for an outgoing call: the current span if there is one, else a child of ``parent``."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent") or child_traceparent(parent)
+
+
+# -- reading spans back ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpanRecord:
+    """One span as the file holds it; ``end`` is None when its process died before it ended."""
+
+    name: str
+    kind: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    start: float
+    end: float | None
+    status: str
+    pid: int
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """False for a span whose process was killed while it was open."""
+        return self.end is not None
+
+    @property
+    def msg_id(self) -> str | None:
+        """The message this span processed, if it says."""
+        return self.attributes.get("messaging.message.id")
+
+
+def load_spans(path: str | os.PathLike) -> list[SpanRecord]:
+    """Every span in a spans file, oldest start first; a span with no end record is unfinished.
+
+    A missing file holds no spans. A torn last line (a writer killed
+    mid-write) is skipped, since it carries no complete record.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    merged: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        known = merged.get(record["span_id"])
+        if known is None or record["event"] == "end":
+            merged[record["span_id"]] = record
+    spans = [SpanRecord(name=r["name"], kind=r["kind"], trace_id=r["trace_id"], span_id=r["span_id"],
+                        parent_span_id=r["parent_span_id"], start=r["start"], end=r["end"], status=r["status"],
+                        pid=r["pid"], attributes=r.get("attributes") or {}) for r in merged.values()]
+    return sorted(spans, key=lambda s: (s.start, s.span_id))
+
+
+@dataclass(frozen=True)
+class DuplicateTrace:
+    """One trace holding several consumer spans: the same message processed more than once."""
+
+    trace_id: str
+    spans: tuple[SpanRecord, ...]
+
+    @property
+    def msg_ids(self) -> set[str]:
+        """The msg_ids the spans name (one, for a true duplicate)."""
+        return {s.msg_id for s in self.spans if s.msg_id}
+
+    @property
+    def pids(self) -> list[int]:
+        """The consumer processes that handled it, in order."""
+        return [s.pid for s in self.spans]
+
+
+def find_duplicate_traces(spans: Iterable[SpanRecord], name: str = CONSUMER_SPAN) -> list[DuplicateTrace]:
+    """Traces with two or more spans called ``name`` (consumer spans, finished or not), first seen first."""
+    by_trace: dict[str, list[SpanRecord]] = defaultdict(list)
+    for span in spans:
+        if span.name == name:
+            by_trace[span.trace_id].append(span)
+    found = [DuplicateTrace(trace_id, tuple(sorted(group, key=lambda s: s.start)))
+             for trace_id, group in by_trace.items() if len(group) > 1]
+    return sorted(found, key=lambda d: d.spans[0].start)
