@@ -1,0 +1,281 @@
+"""Stripe, 2020: a queue consumer whose retry path forgot the Idempotency-Key.
+
+During a Q4 traffic spike the payment API answered some charge requests with
+an error *after* the charge had gone through. The consumer retried, as it
+should, but the code path that built the retry request did not carry the
+Idempotency-Key of the first attempt. To the API every retry was a new
+request, so it charged again. A small share of customers paid twice.
+
+This module replays it on the course's real pipeline. Two consumer steps,
+plugged into ``python -m effectively_once.payments.consumer`` with ``--step``,
+differ only in how they retry a failed charge call:
+
+- ``step_forgetting_the_key_on_retry``: the first attempt sends the key, the
+  retry rebuilds its headers and leaves the key out (the bug);
+- ``step_keeping_the_key``: every attempt sends the same headers, key included
+  (the fix).
+
+Everything else is the course's ``process_message``: dedup row, provider call,
+mark done. ``replay(stack, fixed=...)`` runs one of them against a provider
+that fails after charging (``fail_after_charge``) and counts the ledger.
+
+The post-mortem's remedy was a lint rule, and ``lint_steps()`` runs it
+(``effectively_once.incidents.lint``) on this very file: it flags the POST in
+the buggy retry path and finds nothing in the fixed one. The buggy function
+is kept here on purpose, as the specimen; linting the package reports it.
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from effectively_once.payments.messages import REPLAY_HEADER, ChargeMessage, child_traceparent
+
+STEP_BUGGY = "effectively_once.incidents.stripe2020:step_forgetting_the_key_on_retry"
+STEP_FIXED = "effectively_once.incidents.stripe2020:step_keeping_the_key"
+CHARGE_FUNCTIONS = {False: "charge_forgetting_the_key_on_retry", True: "charge_keeping_the_key"}
+RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
+BACKOFF_SECONDS = 0.01
+
+
+# -- the two ways to retry a charge ------------------------------------------------------------
+def charge_forgetting_the_key_on_retry(http: httpx.Client, url: str, msg: ChargeMessage, key: str | None,
+                                       max_retries: int = 5):
+    """POST the charge; retry on 5xx/429/409 or a dropped connection. THE BUG: retries carry no key."""
+    headers = {"traceparent": child_traceparent(msg.traceparent)}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    started, retries = time.perf_counter(), 0
+    try:
+        response = http.post(url, json=msg.body(), headers=headers)
+    except httpx.TransportError as exc:
+        response = exc
+    while not _succeeded(response):
+        retries = _next_retry(response, retries, max_retries)
+        # The retry path builds its own headers (a fresh span for the trace) and forgets the key.
+        retry_headers = {"traceparent": child_traceparent(msg.traceparent)}
+        try:
+            response = http.post(url, json=msg.body(), headers=retry_headers)
+        except httpx.TransportError as exc:
+            response = exc
+    return _result(response, retries, started)
+
+
+def charge_keeping_the_key(http: httpx.Client, url: str, msg: ChargeMessage, key: str | None,
+                           max_retries: int = 5):
+    """POST the charge; retry on 5xx/429/409 or a dropped connection, every attempt with the same key."""
+    headers = {"traceparent": child_traceparent(msg.traceparent)}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    started, retries = time.perf_counter(), 0
+    try:
+        response = http.post(url, json=msg.body(), headers=headers)
+    except httpx.TransportError as exc:
+        response = exc
+    while not _succeeded(response):
+        retries = _next_retry(response, retries, max_retries)
+        retry_headers = {**headers, "traceparent": child_traceparent(msg.traceparent)}
+        try:
+            response = http.post(url, json=msg.body(), headers=retry_headers)
+        except httpx.TransportError as exc:
+            response = exc
+    return _result(response, retries, started)
+
+
+def _succeeded(response) -> bool:
+    return isinstance(response, httpx.Response) and response.status_code == 200
+
+
+def _next_retry(response, retries: int, max_retries: int) -> int:
+    """Sleep before the next attempt and return its number, or raise ``ChargeFailed`` (which dead-letters)."""
+    from effectively_once.payments.client import ChargeFailed
+
+    if isinstance(response, httpx.Response):
+        status, reason = response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
+        if status not in RETRYABLE_STATUS:
+            raise ChargeFailed("rejected", reason, status, retries)
+    else:
+        status, reason = None, f"{type(response).__name__}: {response}"
+    if retries >= max_retries:
+        raise ChargeFailed("retries_exhausted", f"gave up after {retries} retries; last: {reason}", status, retries)
+    time.sleep(BACKOFF_SECONDS * 2 ** retries)
+    return retries + 1
+
+
+def _result(response: httpx.Response, retries: int, started: float):
+    from effectively_once.payments.client import ChargeResult
+
+    return ChargeResult(response.json()["id"], response.headers.get(REPLAY_HEADER) == "true", retries,
+                        (time.perf_counter() - started) * 1000)
+
+
+# -- the consumer steps (``--step``) -------------------------------------------------------------
+class _Provider:
+    """Stands in for ``ctx.provider``: the same connection and URL, another way to retry."""
+
+    def __init__(self, provider, charge) -> None:
+        self.url, self.max_retries, self._charge = provider.url, provider.max_retries, charge
+        # The consumer's own kept-alive connection: it already carries the API key.
+        self.http: httpx.Client = provider._http
+
+    def charge(self, msg: ChargeMessage, idempotency_key: str | None = None):
+        return self._charge(self.http, f"{self.url}/v1/charges", msg, idempotency_key, self.max_retries)
+
+
+class _Context:
+    """``ctx`` with its provider swapped; everything else (shop, layers, crash points) is the consumer's."""
+
+    def __init__(self, ctx, charge) -> None:
+        self._ctx, self.provider = ctx, _Provider(ctx.provider, charge)
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
+def step_forgetting_the_key_on_retry(ctx, msg: ChargeMessage):
+    """``process_message`` with the 2020 bug: its provider calls retry without the Idempotency-Key."""
+    from effectively_once.payments.steps import process_message
+
+    return process_message(_Context(ctx, charge_forgetting_the_key_on_retry), msg)
+
+
+def step_keeping_the_key(ctx, msg: ChargeMessage):
+    """``process_message`` with the fix: every attempt of a charge carries the same Idempotency-Key."""
+    from effectively_once.payments.steps import process_message
+
+    return process_message(_Context(ctx, charge_keeping_the_key), msg)
+
+
+# -- the lint rule on both ------------------------------------------------------------------------
+def lint_steps(path: str | Path | None = None) -> dict[str, list]:
+    """Run the post-mortem's lint rule on this module; return its findings grouped by charge function.
+
+    ``lint_paths`` reads the whole file; each finding is then attributed to the
+    function whose lines contain it, so the result says which implementation
+    the rule flags: ``{"charge_forgetting_the_key_on_retry": [...],
+    "charge_keeping_the_key": [], "elsewhere": []}``.
+    """
+    from effectively_once.incidents.lint import lint_paths
+
+    path = Path(path or __file__)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    spans = {node.name: (node.lineno, node.end_lineno) for node in tree.body
+             if isinstance(node, ast.FunctionDef) and node.name in CHARGE_FUNCTIONS.values()}
+    grouped: dict[str, list] = {name: [] for name in CHARGE_FUNCTIONS.values()}
+    grouped["elsewhere"] = []
+    for finding in lint_paths([path]):
+        owner = next((name for name, (lo, hi) in spans.items() if lo <= finding.line <= hi), "elsewhere")
+        grouped[owner].append(finding)
+    return grouped
+
+
+# -- the replay -----------------------------------------------------------------------------------
+@dataclass
+class Stripe2020Replay:
+    """One run of the pipeline with one of the two steps, and what it did to the money."""
+
+    fixed: bool
+    step: str
+    messages: int
+    fail_after_charge: float
+    seed: int
+    charges: int                 # ledger rows for the run's messages: each one is money that moved
+    charged_messages: int        # messages with at least one ledger row
+    duplicate_charges: int       # messages with more than one ledger row
+    charges_without_key: int     # ledger rows whose request carried no Idempotency-Key
+    retries: int                 # provider retries, summed over the consumer's events
+    key_replays: int             # messages the provider answered from its key store
+    dedup_hits: int
+    lost_charges: int
+    dlq: int
+    ledger_sample: object = field(default=None, repr=False)  # a Table of the ledger rows of a few messages
+
+    @property
+    def extra_charges(self) -> int:
+        """Money moved beyond one charge per message."""
+        return self.charges - self.charged_messages
+
+    @property
+    def ok(self) -> bool:
+        """True when every message was charged exactly once."""
+        return self.duplicate_charges == 0 and self.lost_charges == 0 and self.charged_messages == self.messages
+
+    def summary(self) -> dict[str, object]:
+        """The counts as plain data (what the HTML table shows)."""
+        return {
+            "step": "keeps the key on every retry (fix)" if self.fixed else "drops the key on retry (bug)",
+            "messages": self.messages,
+            "provider fail_after_charge": self.fail_after_charge,
+            "retries": self.retries,
+            "ledger rows (money moved)": self.charges,
+            "messages charged twice or more": self.duplicate_charges,
+            "extra charges": self.extra_charges,
+            "charges sent without a key": self.charges_without_key,
+            "answered from the key store": self.key_replays,
+            "dedup-table hits": self.dedup_hits,
+            "lost": self.lost_charges,
+        }
+
+    def verdict(self) -> str:
+        """One sentence on the outcome."""
+        if self.duplicate_charges:
+            return (f"{self.duplicate_charges} of {self.messages} customers were charged more than once "
+                    f"({self.extra_charges} extra charges), although the dedup table saw each message once.")
+        return (f"Every one of the {self.messages} messages was charged exactly once; "
+                f"{self.key_replays} retries were answered from the provider's key store.")
+
+    def _repr_html_(self) -> str:
+        colour = "#cf222e" if self.duplicate_charges else "#1a7f37"
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in self.summary().items())
+        return f"<p style='color:{colour}'><b>{html.escape(self.verdict())}</b></p><table>{rows}</table>"
+
+
+def replay(stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail_after_charge: float = 0.25,
+           timeout: float = 60.0, sample: int = 3) -> Stripe2020Replay:
+    """Run ``messages`` charges through the real consumer with the buggy (or fixed) step; count the ledger.
+
+    The provider fails after charging with probability ``fail_after_charge``
+    (its dice seeded with ``seed``): the money has moved, the consumer sees a
+    500 and retries. Both layers are on (dedup table and key), as in
+    production. ``sample`` messages charged most often are kept as a table of
+    their ledger rows.
+    """
+    import psycopg
+
+    from effectively_once.payments.lab import PaymentLab, Table
+
+    if not 0 < fail_after_charge <= 1:
+        raise ValueError(f"fail_after_charge must be a probability above 0, got {fail_after_charge!r}")
+    step = STEP_FIXED if fixed else STEP_BUGGY
+    with PaymentLab(stack, "both") as lab:
+        lab.start_provider(seed=seed, fail_after_charge=fail_after_charge)
+        lab.produce(messages, seed=seed)
+        lab.start_consumer(step=step, exit_when_idle=0.5)
+        lab.run_until_settled(timeout, step=step, exit_when_idle=0.5)
+        report = lab.report()
+        with psycopg.connect(lab.provider_dsn) as conn:
+            keyless, charged = conn.execute(
+                "SELECT count(*) FILTER (WHERE idempotency_key IS NULL), count(DISTINCT msg_id) FROM ledger"
+                " WHERE msg_id = ANY(%s)", (lab.msg_ids,)).fetchone()
+            worst = [row[0] for row in conn.execute(
+                "SELECT msg_id FROM ledger WHERE msg_id = ANY(%s) GROUP BY msg_id ORDER BY count(*) DESC, msg_id"
+                " LIMIT %s", (lab.msg_ids, sample))]
+            cur = conn.execute(
+                "SELECT msg_id, charge_id, coalesce(idempotency_key, '(none)') AS idempotency_key, amount, currency"
+                " FROM ledger WHERE msg_id = ANY(%s) ORDER BY msg_id, created_at", (worst,))
+            ledger = Table("provider: ledger", [d.name for d in cur.description], cur.fetchall())
+        with psycopg.connect(lab.shop_dsn) as conn:
+            retries = conn.execute("SELECT coalesce(sum(retries), 0) FROM consumer_events WHERE topic = %s",
+                                   (lab.topic,)).fetchone()[0]
+    return Stripe2020Replay(
+        fixed=fixed, step=step, messages=messages, fail_after_charge=fail_after_charge, seed=seed,
+        charges=report.charges, charged_messages=charged, duplicate_charges=report.duplicate_charges,
+        charges_without_key=keyless, retries=int(retries), key_replays=report.key_replays,
+        dedup_hits=report.dedup_hits, lost_charges=report.lost_charges, dlq=report.dlq, ledger_sample=ledger)
