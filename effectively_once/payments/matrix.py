@@ -1,0 +1,386 @@
+"""The crash matrix: every crash point against every layer set, run live, as one coloured table.
+
+    matrix = run_matrix(stack, CRASH_POINTS, LAYER_SETS, messages=3)
+    matrix                                            # HTML: what happened to the money, per cell
+    matrix.cell("after_provider_call", "dedup_only")  # -> MatrixCell: outcome "charged twice"
+
+Each cell is one ``run_scenario``: produce a few charges, SIGKILL the consumer
+at the crash point on the first message it handles, restart it, let it settle,
+count the ledger. One provider and one shop database serve every cell (each
+cell has its own topic, group and msg_id prefix, so nothing mixes), and the
+cells run a few at a time: they mostly wait for processes to start and for
+consumer groups to form. Both databases are dropped when the matrix is done;
+each cell keeps a small copy of its rows to look at.
+
+A ``step`` (``module:function``) plugs another per-message function into every
+consumer of the matrix: that is how an exercise checks a step written by hand.
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import inspect
+import os
+import shutil
+import tempfile
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import psycopg
+
+from effectively_once.payments.children import ProviderProcess
+from effectively_once.payments.consumer import CRASH_POINTS
+from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
+from effectively_once.payments.producer import charge_records
+
+__all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "CrashMatrix", "DID_NOT_RUN", "LOST", "MatrixCell",
+           "PluggedStep", "SideBySide", "run_matrix", "view"]
+
+CHARGED_ONCE, CHARGED_TWICE, LOST, DID_NOT_RUN = "charged once", "charged twice", "lost", "did not run"
+DEDUP, KEY, NOTHING = "dedup", "idempotency_key", "nothing needed"
+ABSORBERS = (DEDUP, KEY, NOTHING)
+
+_COLOURS = {CHARGED_ONCE: "#dafbe1", CHARGED_TWICE: "#ffd8d3", LOST: "#ffe7b3", DID_NOT_RUN: "#eaeef2"}
+_LAYER_NOTES = {
+    "both": "dedup table + Idempotency-Key",
+    "dedup_only": "dedup table, no key",
+    "idempotency_key_only": "key, no dedup table",
+    "none": "neither",
+    "dedup_as_written": "the lesson's snippet + key",
+}
+
+
+@dataclass
+class MatrixCell:
+    """One crash point x layer set: what the restart did, and what happened to the money."""
+
+    crash_at: str
+    layers: str
+    report: PaymentReport | None = None
+    results: list[str] = field(default_factory=list)   # the consumer_events results, e.g. ['replayed', 'charged']
+    dedup_hits: int = 0
+    pending: int = 0                                     # dedup rows still 'pending' once everything settled
+    shop: Table | None = None                            # msg_id, status, attempts
+    ledger: Table | None = None                          # msg_id, idempotency_key: one row per time money moved
+    error: str | None = None
+    keys_expired: bool = False                           # the provider forgot its keys between crash and restart
+
+    @property
+    def outcome(self) -> str:
+        """``charged once``, ``charged twice``, ``lost``, or ``did not run`` (the scenario itself failed)."""
+        if self.error is not None or self.report is None:
+            return DID_NOT_RUN
+        if self.report.duplicate_charges:
+            return CHARGED_TWICE
+        if self.report.lost_charges:
+            return LOST
+        return CHARGED_ONCE
+
+    @property
+    def ok(self) -> bool:
+        """True when every message was charged exactly once."""
+        return self.outcome == CHARGED_ONCE
+
+    @property
+    def absorbed_by(self) -> str | None:
+        """Which layer absorbed the redelivered message: ``dedup`` (skipped, provider not called),
+        ``idempotency_key`` (the provider replayed its first answer) or ``nothing needed`` (no money had
+        moved before the crash, so charging it was right). None when the money went wrong."""
+        if not self.ok:
+            return None
+        if "replayed" in self.results:
+            return KEY
+        if "skipped" in self.results:
+            return DEDUP
+        return NOTHING
+
+    @property
+    def how(self) -> str:
+        """A few words on how the redelivered message was handled."""
+        if self.outcome == DID_NOT_RUN:
+            return _last_line(self.error or "no report")[:120]
+        if self.outcome == LOST:
+            return "'pending' row skipped: never charged" if "skipped" in self.results else "never charged"
+        if self.outcome == CHARGED_TWICE:
+            why = "key expired" if self.keys_expired and "idempotency_key" in LAYER_SETS.get(self.layers, ()) \
+                else "no key"
+            return f"'pending' row charged again: {why}" if self.dedup_hits else f"redelivered: {why}, charged again"
+        if self.absorbed_by == KEY:
+            return "the key replayed the first charge"
+        if self.absorbed_by == DEDUP:
+            return "skipped a 'pending' row (row stays)" if self.pending else "row 'done': skipped"
+        if self.dedup_hits:
+            return "'pending' row retried: first charge"
+        return "nothing had moved: first charge"
+
+    def problem(self) -> str:
+        """One sentence on what went wrong (empty when the money came out right)."""
+        if self.ok:
+            return ""
+        where = f"crash at {self.crash_at} with layers {self.layers}"
+        if self.outcome == DID_NOT_RUN:
+            first = (self.error or "").strip().splitlines()[0] if self.error else "no report"
+            last = _last_line(self.error or "")
+            return f"{where}: the scenario did not run: {first}" + (f" ... {last}" if last != first else "")
+        r = self.report
+        if self.outcome == CHARGED_TWICE:
+            return f"{where}: {r.duplicate_charges} message(s) charged twice ({', '.join(r.duplicated)}): {self.how}"
+        return f"{where}: {r.lost_charges} message(s) never charged ({', '.join(r.lost)}): {self.how}"
+
+    def __repr__(self) -> str:
+        return f"<MatrixCell {self.crash_at} x {self.layers}: {self.outcome} ({self.how})>"
+
+
+@dataclass
+class CrashMatrix:
+    """Every cell of a crash matrix, with the table a notebook shows."""
+
+    crash_points: tuple[str, ...]
+    layer_sets: tuple[str, ...]
+    cells: dict[tuple[str, str], MatrixCell]
+    messages: int
+    seconds: float = 0.0
+    step: str | None = None
+    keys_expired: bool = False
+
+    def cell(self, crash_at: str, layers: str) -> MatrixCell:
+        """The cell of one crash point and one layer set (by name, e.g. ``dedup_only``)."""
+        try:
+            return self.cells[(crash_at, layers)]
+        except KeyError:
+            raise KeyError(f"no cell ({crash_at!r}, {layers!r}): the crash points are {', '.join(self.crash_points)} "
+                           f"and the layer sets {', '.join(self.layer_sets)}") from None
+
+    def row(self, crash_at: str) -> dict[str, MatrixCell]:
+        """The cells of one crash point, by layer set."""
+        return {layers: self.cell(crash_at, layers) for layers in self.layer_sets}
+
+    def column(self, layers: str) -> dict[str, MatrixCell]:
+        """The cells of one layer set, by crash point."""
+        return {point: self.cell(point, layers) for point in self.crash_points}
+
+    def holds(self, layers: str) -> bool:
+        """True when a layer set charged every message exactly once at every crash point."""
+        return all(c.ok for c in self.column(layers).values())
+
+    def outcomes(self) -> dict[tuple[str, str], str]:
+        """Every cell's outcome, as plain data."""
+        return {key: c.outcome for key, c in self.cells.items()}
+
+    def problems(self) -> list[str]:
+        """One sentence for each cell where the money went wrong."""
+        return [c.problem() for c in self.cells.values() if not c.ok]
+
+    def _repr_html_(self) -> str:
+        head = "".join(
+            f"<th style='text-align:center'><code>{html.escape(s)}</code><br>"
+            f"<small>{html.escape(_LAYER_NOTES.get(s, ''))}</small></th>" for s in self.layer_sets)
+        rows = []
+        for point in self.crash_points:
+            tds = []
+            for layers in self.layer_sets:
+                c = self.cell(point, layers)
+                tds.append(f"<td style='background:{_COLOURS[c.outcome]};color:#1f2328;text-align:center;"
+                           f"padding:4px 8px'><b>{html.escape(c.outcome)}</b><br>"
+                           f"<small>{html.escape(c.how)}</small></td>")
+            rows.append(f"<tr><th style='text-align:left'><code>{html.escape(point)}</code></th>{''.join(tds)}</tr>")
+        step = f", your step <code>{html.escape(self.step.split(':')[-1])}</code>" if self.step else ""
+        late = ", the provider's keys expired before it" if self.keys_expired else ""
+        caption = (f"<caption style='text-align:left'><b>crash point x layers</b>: {self.messages} "
+                   f"charge{'s' if self.messages != 1 else ''} per cell, SIGKILL on the "
+                   f"{'first one' if self.messages != 1 else 'charge'}, then a restart{late}{step}</caption>")
+        return (f"<table>{caption}<thead><tr><th>crash at</th>{head}</tr></thead>"
+                f"<tbody>{''.join(rows)}</tbody></table>")
+
+    def __repr__(self) -> str:
+        width = max(len(o) for o in (CHARGED_ONCE, CHARGED_TWICE, LOST, DID_NOT_RUN, *self.layer_sets)) + 2
+        lines = ["crash at".ljust(22) + "".join(s.ljust(width) for s in self.layer_sets)]
+        for point in self.crash_points:
+            lines.append(point.ljust(22) + "".join(self.cell(point, s).outcome.ljust(width)
+                                                   for s in self.layer_sets))
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def view(table: Table, *columns: str, title: str | None = None) -> Table:
+    """The same rows with only ``columns`` (all when none are named), under ``title`` if one is given:
+    a table narrow enough to read without scrolling."""
+    columns = columns or tuple(table.columns)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{table.title} has no column(s) {missing}; it has {', '.join(table.columns)}")
+    index = [table.columns.index(c) for c in columns]
+    return Table(title or table.title, list(columns), [tuple(row[i] for i in index) for row in table.rows])
+
+
+class SideBySide:
+    """Tables (anything with ``_repr_html_``) shown next to each other in a notebook."""
+
+    def __init__(self, *items: Any) -> None:
+        self.items = items
+
+    def _repr_html_(self) -> str:
+        parts = "".join(f"<div>{item._repr_html_()}</div>" for item in self.items)
+        return f"<div style='display:flex;gap:2em;align-items:flex-start;flex-wrap:wrap'>{parts}</div>"
+
+    def __repr__(self) -> str:
+        return "\n\n".join(repr(item) for item in self.items)
+
+
+def _msg_ids(messages: int, seed: int, run_id: str) -> list[str]:
+    return [dict(headers)["msg_id"].decode() for _, _, headers in charge_records(messages, seed=seed, prefix=run_id)]
+
+
+def _read_cell(cell: MatrixCell, ids: list[str], shop_dsn: str, provider_dsn: str) -> None:
+    """Copy the rows of one finished scenario into its cell (the databases are dropped afterwards)."""
+    with psycopg.connect(shop_dsn) as conn:
+        events = conn.execute("SELECT result, dedup_hit FROM consumer_events WHERE msg_id = ANY(%s) ORDER BY id",
+                              (ids,)).fetchall()
+        cur = conn.execute("SELECT msg_id, status, attempts FROM charges WHERE msg_id = ANY(%s) ORDER BY msg_id",
+                           (ids,))
+        cell.shop = Table("shop: charges", [d.name for d in cur.description], cur.fetchall())
+    with psycopg.connect(provider_dsn) as conn:
+        cur = conn.execute("SELECT msg_id, idempotency_key FROM ledger WHERE msg_id = ANY(%s)"
+                           " ORDER BY msg_id, created_at", (ids,))
+        cell.ledger = Table("provider: ledger", [d.name for d in cur.description], cur.fetchall())
+    cell.results = [result for result, _ in events]
+    cell.dedup_hits = sum(1 for _, hit in events if hit)
+    cell.pending = sum(1 for _, status, _ in cell.shop.rows if status == "pending")
+
+
+def run_matrix(stack, crash_points: Sequence[str] = CRASH_POINTS,
+               layer_sets: Iterable[str] | dict[str, Any] = tuple(LAYER_SETS), messages: int = 1, *, seed: int = 0,
+               step: str | None = None, expire_keys: bool = False, workers: int = 4, run_prefix: str = "mx", timeout: float = 90.0,
+               progress: Callable[[str], None] | None = None) -> CrashMatrix:
+    """Run every crash point against every layer set (by name) and return the ``CrashMatrix``.
+
+    ``messages`` charges per cell (the crash hits the first one the consumer
+    handles; with one, the rows of every cell are the same from run to run); ``step`` (``module:function``) replaces the consumer's
+    per-message function; ``expire_keys=True`` ages the provider's keys past
+    their TTL between each crash and its restart (a day goes by); ``workers`` cells run at once; ``progress`` gets one
+    line per finished cell. A cell whose scenario fails (a step that raises, a
+    consumer that never reaches its crash point) is recorded as ``did not run``
+    with the reason, so one bad cell does not hide the others.
+    """
+    points = tuple(crash_points)
+    unknown = [p for p in points if p not in CRASH_POINTS]
+    if unknown:
+        raise ValueError(f"unknown crash point(s) {unknown}: use {', '.join(CRASH_POINTS)}")
+    names = tuple(layer_sets)
+    for name in names:
+        resolve_layers(name)  # a clear error for a misspelt layer set, before anything starts
+    names = tuple(layer_set_name(resolve_layers(n)) if n not in LAYER_SETS else n for n in names)
+    if messages < 1:
+        raise ValueError("messages must be at least 1: the crash needs a message to crash on")
+
+    from effectively_once.stack import new_run_id
+
+    started = time.monotonic()
+    token = new_run_id()
+    provider_db, shop_db = f"matrix_provider_{token}", f"matrix_shop_{token}"
+    provider_dsn = stack.create_database(provider_db)
+    shop_dsn = stack.create_database(shop_db)
+    jobs = [(point, layers, f"{run_prefix}{i:02d}") for i, (point, layers) in
+            enumerate((p, s) for p in points for s in names)]
+    cells: dict[tuple[str, str], MatrixCell] = {}
+    lock = threading.Lock()
+    try:
+        with ProviderProcess(provider_dsn) as provider:
+            def run_one(job: tuple[str, str, str]) -> MatrixCell:
+                point, layers, run_id = job
+                cell = MatrixCell(point, layers, keys_expired=expire_keys)
+                try:
+                    cell.report = run_scenario(
+                        stack, point, layers, messages, seed=seed, provider=provider, shop_dsn=shop_dsn,
+                        run_id=run_id, expire_keys=expire_keys, exit_when_idle=0.5, timeout=timeout, consumer_options={"step": step})
+                except Exception as exc:  # recorded in the cell: the table says which scenario failed and why
+                    cell.error = f"{type(exc).__name__}: {exc}"
+                _read_cell(cell, _msg_ids(messages, seed, run_id), shop_dsn, provider.dsn)
+                with lock:
+                    cells[(point, layers)] = cell
+                    done = len(cells)
+                if progress:
+                    progress(f"{done}/{len(jobs)} crash at {point:<20} layers {layers:<21} {cell.outcome}")
+                return cell
+
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                list(pool.map(run_one, jobs))
+    finally:
+        stack.drop_database(provider_db)
+        stack.drop_database(shop_db)
+    ordered = {(p, s): cells[(p, s)] for p in points for s in names}
+    return CrashMatrix(points, names, ordered, messages, time.monotonic() - started, step, expire_keys)
+
+
+# -- a step written in a notebook, plugged into the real consumer ----------------------------
+STEP_HEADER = '''"""A per-message step written by hand, plugged into the consumer with --step."""
+from effectively_once.payments.messages import ChargeMessage, idempotency_key_for
+from effectively_once.payments.steps import Outcome
+
+'''
+
+
+class PluggedStep:
+    """A step function written to a module that consumer processes import (``--step module:function``).
+
+        with PluggedStep(charge_once) as step:
+            run_matrix(stack, CRASH_POINTS, ["both"], step=step.spec)
+
+    The function's source (a notebook cell's, too) goes to a file in a
+    temporary directory, after a header that imports ``ChargeMessage``,
+    ``idempotency_key_for`` and ``Outcome``; anything else the function needs
+    it imports itself. The directory is put on ``PYTHONPATH`` for the child
+    processes started while the step is plugged in; ``close()`` (or leaving
+    the ``with`` block, or interpreter exit) removes both.
+    """
+
+    def __init__(self, function: Callable) -> None:
+        if not callable(function) or not hasattr(function, "__code__"):
+            raise TypeError(f"{function!r} is not a function defined with def")
+        try:
+            source = textwrap.dedent(inspect.getsource(function))
+        except (OSError, TypeError) as exc:
+            raise ValueError(f"the source of {function.__name__} cannot be read ({exc}): define it with def "
+                             "in a notebook cell or a file") from None
+        text = STEP_HEADER + source
+        compile(text, f"<step {function.__name__}>", "exec")  # a syntax error here, not in a child process
+        self.directory = Path(tempfile.mkdtemp(prefix="eo-step-"))
+        self.module = f"plugged_step_{self.directory.name.replace('-', '_').lower()}"
+        (self.directory / f"{self.module}.py").write_text(text)
+        self.spec = f"{self.module}:{function.__name__}"
+        self._previous = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.directory), self._previous) if p)
+        self._closed = False
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Take the directory off ``PYTHONPATH`` and delete the module file."""
+        if self._closed:
+            return
+        self._closed = True
+        parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(self.directory)]
+        if parts:
+            os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+        else:
+            os.environ.pop("PYTHONPATH", None)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> "PluggedStep":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<PluggedStep {self.spec}{' (closed)' if self._closed else ''}>"
