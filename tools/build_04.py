@@ -381,7 +381,8 @@ def notebook_04():
               twice after the provider call; the key stops working once the provider forgets it. With both layers,
               and within the key's lifetime, every crash point ends with each message charged exactly once.
 
-            **Next:** `05_observability.ipynb` measures how often these paths are taken in a running system.
+            **Next:** `05_observability.ipynb` shows the same crashes on the numbers a production consumer exports:
+            lag, dedup hit rate, dead-letter depth.
             **Exercises:** `labs/04_kill_the_consumer.ipynb` (solutions in `solutions/04_kill_the_consumer.ipynb`):
             write the consumer's step yourself and run it through the real crash matrix, then predict which layer
             absorbs each redelivery.

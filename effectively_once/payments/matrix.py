@@ -104,7 +104,7 @@ class MatrixCell:
     def how(self) -> str:
         """A few words on how the redelivered message was handled."""
         if self.outcome == DID_NOT_RUN:
-            return _last_line(self.error or "no report")[:120]
+            return _last_line(self.error or "no report")
         if self.outcome == LOST:
             return "'pending' row skipped: never charged" if "skipped" in self.results else "never charged"
         if self.outcome == CHARGED_TWICE:
@@ -188,7 +188,7 @@ class CrashMatrix:
                 c = self.cell(point, layers)
                 tds.append(f"<td style='background:{_COLOURS[c.outcome]};color:#1f2328;text-align:center;"
                            f"padding:4px 8px'><b>{html.escape(c.outcome)}</b><br>"
-                           f"<small>{html.escape(c.how)}</small></td>")
+                           f"<small>{html.escape(_shorten(c.how))}</small></td>")
             rows.append(f"<tr><th style='text-align:left'><code>{html.escape(point)}</code></th>{''.join(tds)}</tr>")
         step = f", your step <code>{html.escape(self.step.split(':')[-1])}</code>" if self.step else ""
         late = ", the provider's keys expired before it" if self.keys_expired else ""
@@ -205,6 +205,10 @@ class CrashMatrix:
             lines.append(point.ljust(22) + "".join(self.cell(point, s).outcome.ljust(width)
                                                    for s in self.layer_sets))
         return "\n".join(line.rstrip() for line in lines)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _last_line(text: str) -> str:
@@ -260,17 +264,20 @@ def _read_cell(cell: MatrixCell, ids: list[str], shop_dsn: str, provider_dsn: st
 
 def run_matrix(stack, crash_points: Sequence[str] = CRASH_POINTS,
                layer_sets: Iterable[str] | dict[str, Any] = tuple(LAYER_SETS), messages: int = 1, *, seed: int = 0,
-               step: str | None = None, expire_keys: bool = False, workers: int = 4, run_prefix: str = "mx", timeout: float = 90.0,
-               progress: Callable[[str], None] | None = None) -> CrashMatrix:
+               step: str | None = None, expire_keys: bool = False, workers: int = 4, run_prefix: str = "mx",
+               timeout: float = 90.0, progress: Callable[[str], None] | None = None) -> CrashMatrix:
     """Run every crash point against every layer set (by name) and return the ``CrashMatrix``.
 
     ``messages`` charges per cell (the crash hits the first one the consumer
-    handles; with one, the rows of every cell are the same from run to run); ``step`` (``module:function``) replaces the consumer's
-    per-message function; ``expire_keys=True`` ages the provider's keys past
-    their TTL between each crash and its restart (a day goes by); ``workers`` cells run at once; ``progress`` gets one
-    line per finished cell. A cell whose scenario fails (a step that raises, a
-    consumer that never reaches its crash point) is recorded as ``did not run``
-    with the reason, so one bad cell does not hide the others.
+    handles; with one, the rows of every cell are the same from run to run);
+    ``step`` (``module:function``) replaces the consumer's per-message
+    function; ``expire_keys=True`` ages the provider's keys past their TTL
+    between each crash and its restart (a day goes by); ``workers`` cells run
+    at once; ``run_prefix`` starts each cell's run id (its msg_ids are
+    ``msg-<run_prefix>NN-00000`` ...); ``progress`` gets one line per
+    finished cell. A cell whose scenario fails (a step that raises, a consumer
+    that never reaches its crash point) is recorded as ``did not run`` with
+    the reason, so one bad cell does not hide the others.
     """
     points = tuple(crash_points)
     unknown = [p for p in points if p not in CRASH_POINTS]
@@ -279,7 +286,7 @@ def run_matrix(stack, crash_points: Sequence[str] = CRASH_POINTS,
     names = tuple(layer_sets)
     for name in names:
         resolve_layers(name)  # a clear error for a misspelt layer set, before anything starts
-    names = tuple(layer_set_name(resolve_layers(n)) if n not in LAYER_SETS else n for n in names)
+    names = tuple(dict.fromkeys(n if n in LAYER_SETS else layer_set_name(resolve_layers(n)) for n in names))
     if messages < 1:
         raise ValueError("messages must be at least 1: the crash needs a message to crash on")
 
@@ -302,7 +309,8 @@ def run_matrix(stack, crash_points: Sequence[str] = CRASH_POINTS,
                 try:
                     cell.report = run_scenario(
                         stack, point, layers, messages, seed=seed, provider=provider, shop_dsn=shop_dsn,
-                        run_id=run_id, expire_keys=expire_keys, exit_when_idle=0.5, timeout=timeout, consumer_options={"step": step})
+                        run_id=run_id, expire_keys=expire_keys, exit_when_idle=0.5, timeout=timeout,
+                        consumer_options={"step": step})
                 except Exception as exc:  # recorded in the cell: the table says which scenario failed and why
                     cell.error = f"{type(exc).__name__}: {exc}"
                 _read_cell(cell, _msg_ids(messages, seed, run_id), shop_dsn, provider.dsn)
