@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_notebooks import build, check, code, ignore_output, md  # noqa: E402
+from build_notebooks import build_targets, check, code, ignore_output, md  # noqa: E402
 
 
 def notebook_04():
@@ -584,13 +584,5 @@ TARGETS = {
 }
 
 
-def main(argv: list[str]) -> int:
-    """Build the notebooks whose path starts with one of ``argv`` (all when empty)."""
-    for target, cells in TARGETS.items():
-        if not argv or any(target.startswith(a) for a in argv):
-            build(cells(), target)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(build_targets(TARGETS, sys.argv[1:]))

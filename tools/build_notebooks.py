@@ -163,6 +163,18 @@ def reexecute(path: str | Path, *, timeout: int = 600) -> Path:
     return write(renumber(nb), path)
 
 
+def build_targets(targets: dict, argv: Sequence[str]) -> int:
+    """Build each ``{path: cells_function}`` whose path starts with one of ``argv`` (all when empty).
+
+    The command line of every ``tools/build_NN.py``: ``build_04.py solutions`` builds only the
+    solutions notebook, ``build_04.py`` builds both.
+    """
+    for target, cells in targets.items():
+        if not argv or any(target.startswith(a) for a in argv):
+            build(cells(), target)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: --execute or --strip notebooks in place."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
