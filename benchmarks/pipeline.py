@@ -6,9 +6,9 @@
     python benchmarks/pipeline.py [--messages 1000] [--producer-messages 20000] [--rounds 3]
 
 Runs on the stack ``python -m effectively_once up`` started, or on one it starts
-and stops. Consumer throughput is taken from the consumer's own event
-timestamps (first to last charge), so process start-up and group joins do not
-count. Rounds alternate the two sides so that drift on a shared machine hits both.
+and stops. Consumer throughput is timed on a warmed-up consumer, from just before the
+measured messages are produced to the last one's charge event, so process
+start-up and group joins do not count. Rounds alternate the two sides so that drift on a shared machine hits both.
 """
 
 from __future__ import annotations
@@ -26,45 +26,39 @@ import psycopg  # noqa: E402
 from effectively_once import stack as stack_mod  # noqa: E402
 from effectively_once.payments.children import ProviderProcess  # noqa: E402
 from effectively_once.payments.lab import PaymentLab  # noqa: E402
-from effectively_once.payments.producer import charge_records, send_records  # noqa: E402
+from effectively_once.measure import IDEMPOTENT, PLAIN, measure_idempotence_cost  # noqa: E402
 
 
 def consumer_rate(stack, provider: ProviderProcess, shop_dsn: str, variant: str, messages: int) -> float:
-    """Charges per second of one consumer over ``messages`` fresh messages."""
+    """Charges per second of a warmed-up consumer over ``messages`` fresh messages.
+
+    One message first warms the consumer up (group joined, provider connection
+    open). The clock then starts in PostgreSQL, the clock the consumer stamps its
+    events with, just before the measured messages are produced, and stops at the
+    last one's event. Every charge falls inside that interval, so batching the
+    dedup work cannot hide any of it (stamping each batch's events after the batch
+    would, if the interval started at the first event).
+    """
     layers = "none" if variant == "none" else "both"
-    with PaymentLab(stack, layers, provider=provider, shop_dsn=shop_dsn) as lab:
-        lab.produce(messages, seed=1)
-        consumer = lab.start_consumer(exit_when_idle=1.0, batch_dedup=variant == "both, per poll")
+    with PaymentLab(stack, layers, provider=provider, shop_dsn=shop_dsn) as lab, \
+            psycopg.connect(shop_dsn, autocommit=True) as conn:
+        lab.produce(1, seed=1)
+        consumer = lab.start_consumer(exit_when_idle=2.0, batch_dedup=variant == "both, per poll")
+        charged = "SELECT count(*), max(created_at) FROM consumer_events WHERE topic = %s AND result = 'charged'"
+        deadline = time.monotonic() + 60
+        while conn.execute(charged, (lab.topic,)).fetchone()[0] < 1:
+            if time.monotonic() > deadline or not consumer.running:
+                raise RuntimeError(f"the consumer never charged the warm-up message:\n{consumer.log_tail()}")
+            time.sleep(0.02)
+        started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        lab.produce(messages, seed=2)
         if consumer.wait(600) != 0:
             raise RuntimeError(f"the consumer failed:\n{consumer.log_tail()}")
-        with psycopg.connect(shop_dsn) as conn:
-            count, seconds = conn.execute(
-                "SELECT count(*), extract(epoch FROM max(created_at) - min(created_at)) FROM consumer_events"
-                " WHERE topic = %s AND result = 'charged'", (lab.topic,)).fetchone()
+        count, last = conn.execute(charged, (lab.topic,)).fetchone()
         report = lab.report()
-    if count != messages or not report.ok:
-        raise RuntimeError(f"{layers}: {count} of {messages} charged; {report}")
-    return (count - 1) / float(seconds)
-
-
-PRODUCERS = {
-    "non-idempotent": (False, {}),
-    "non-idempotent, 5 in flight": (False, {"max.in.flight.requests.per.connection": 5}),
-    "idempotent": (True, {}),
-}
-
-
-def producer_rate(stack, variant: str, messages: int) -> float:
-    """Messages per second of one producer, from the first send to the last acknowledgement."""
-    idempotent, config = PRODUCERS[variant]
-    topic = stack.create_topic(f"bench.producer.{stack_mod.new_run_id()}", partitions=3)
-    records = charge_records(messages, seed=5, prefix="bench")
-    try:
-        started = time.perf_counter()
-        send_records(stack, topic, records, idempotent=idempotent, config=config)
-        return messages / (time.perf_counter() - started)
-    finally:
-        stack.delete_topics(topic)
+    if count != messages + 1 or not report.ok:
+        raise RuntimeError(f"{layers}: {count} of {messages + 1} charged; {report}")
+    return messages / (last - started).total_seconds()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,29 +81,24 @@ def main(argv: list[str] | None = None) -> int:
                     rates[variant].append(consumer_rate(stack, provider, shop_dsn, variant, args.messages))
                     print(f"  consumer, layers {variant:<18} round {round_no + 1}: {rates[variant][-1]:7.1f} msg/s",
                           file=sys.stderr)
-        produced: dict[str, list[float]] = {v: [] for v in PRODUCERS}
-        for round_no in range(args.rounds):
-            order = tuple(PRODUCERS) if round_no % 2 == 0 else tuple(reversed(PRODUCERS))
-            for variant in order:
-                produced[variant].append(producer_rate(stack, variant, args.producer_messages))
-                print(f"  producer, {variant:<28} round {round_no + 1}: {produced[variant][-1]:9.0f} msg/s",
-                      file=sys.stderr)
+        # (b) shares its code with notebook 03: both sides warmed up, modes alternated round by round.
+        cost = measure_idempotence_cost(stack, messages=args.producer_messages, rounds=args.rounds,
+                                        progress=lambda s: print(f"  producer, {s}", file=sys.stderr))
     finally:
         stack.drop_database(f"bench_provider_{run}")
         stack.drop_database(f"bench_shop_{run}")
         if stack.owned:
             stack.stop()
     c = {v: statistics.median(r) for v, r in rates.items()}
-    p = {v: statistics.median(r) for v, r in produced.items()}
     print(f"broker: {stack.broker_flavor}; medians of {args.rounds} rounds")
     print(f"(a) consumer, {args.messages} messages: none {c['none']:.1f} msg/s; both layers per message "
           f"{c['both, per message']:.1f} msg/s; both layers, dedup per poll {c['both, per poll']:.1f} msg/s")
     print(f"    ratio both/none = {c['both, per poll'] / c['none']:.2f} (dedup per poll), "
           f"{c['both, per message'] / c['none']:.2f} (dedup per message)")
-    print(f"(b) producer, {args.producer_messages} messages: non-idempotent {p['non-idempotent']:.0f} msg/s "
-          f"(capped at 5 in flight: {p['non-idempotent, 5 in flight']:.0f}), idempotent {p['idempotent']:.0f} msg/s")
-    print(f"    ratio idempotent/non-idempotent = {p['idempotent'] / p['non-idempotent']:.2f}; "
-          f"vs the same 5-in-flight cap = {p['idempotent'] / p['non-idempotent, 5 in flight']:.2f}")
+    low, high = min(cost.round_ratios()), max(cost.round_ratios())
+    print(f"(b) producer, {args.producer_messages} messages: non-idempotent {cost.median_per_second(PLAIN):.0f} msg/s, "
+          f"idempotent {cost.median_per_second(IDEMPOTENT):.0f} msg/s")
+    print(f"    ratio idempotent/non-idempotent = {cost.ratio:.2f} (per-round ratios {low:.2f} to {high:.2f})")
     return 0
 
 
