@@ -290,10 +290,11 @@ def notebook_06():
 
             The paced redrive never touched the limit: it left the provider `50 - 15` charges per second for
             everyone else and drained in `messages / rate` seconds, a number you can compute before you start.
-            Pick the rate well under the limit, not just under it: records do not reach the consumers as evenly
-            as they leave the bucket. In the first second the redrive's producer is still connecting, so its
-            first sends arrive together, and a consumer that paused catches up at full speed. That bunching is
-            the bump at the start of the paced run's lower plot.
+            Pick the rate under the limit with room to spare. The limit is shared: the live checkouts need their
+            8 a second too. And records reach the consumers a little less evenly than they leave the bucket. One
+            unevenness the redrive removes itself: its first record waits for the producer's connection, and
+            the bucket's clock only runs once that record is out, so the paced records that would have queued
+            during the connection do not leave together as one burst.
         """),
         ignore_output("""
             peak = max(paced.accepted_in_last_second()[1])

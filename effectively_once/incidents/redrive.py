@@ -267,7 +267,8 @@ def redrive(stack, dlq_topic: str, source_topic: str, rate: float | None = None,
 
     consumer = Consumer(stack.consumer_config(**{
         "group.id": group or stack.group("redrive"), "enable.partition.eof": True, "logger": quiet_logger()}))
-    producer = Producer(stack.producer_config(logger=quiet_logger()))
+    # Paced records leave one by one (no linger): the bucket, not the client's batching, sets the rate.
+    producer = Producer(stack.producer_config(logger=quiet_logger(), **({"linger.ms": 0} if rate is not None else {})))
     bucket = TokenBucket(rate, burst) if rate is not None else None
     send_times: list[float] = []
     next_offsets: dict[int, int] = {}
@@ -294,6 +295,10 @@ def redrive(stack, dlq_topic: str, source_topic: str, rate: float | None = None,
             sent_at = now - first_send
             send_times.append(sent_at)
             producer.poll(0)
+            if bucket is not None and len(send_times) == 1:
+                # The first record waits for the connection and the producer id. Records paced during that
+                # wait would otherwise queue in the client and leave together the moment it ends.
+                producer.flush(30)
             next_offsets[msg.partition()] = msg.offset() + 1
             if on_send is not None:
                 on_send(SentRecord(index=len(send_times) - 1, sent_at=sent_at, key=msg.key(), value=msg.value(),
