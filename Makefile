@@ -19,7 +19,8 @@ setup: $(STAMP)
 
 lab: setup
 	$(BIN)/python -m effectively_once up --backend $(BACKEND)
-	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
+	@# JupyterLab refuses to run as root unless told to (containers, CI machines).
+	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/00_start_here.ipynb
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 test: setup
