@@ -772,18 +772,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Probe the running stack (or start a private one) and print the report."""
-    def to_stderr(*parts: Any, **_: Any) -> None:
-        print(*parts, file=sys.stderr, flush=True)
-
     try:
-        stack = stack_mod.attach_or_start(progress=to_stderr)
+        with stack_mod.command_stack() as stack:
+            report = probe(stack, only=args.only, progress=stack_mod.to_stderr)
     except stack_mod.StackError as exc:
         print(exc, file=sys.stderr)
         return 2
-    try:
-        report = probe(stack, only=args.only, progress=to_stderr)
-    finally:
-        if stack.owned:
-            stack.stop()
     print(json.dumps(report.as_dict()) if args.json else report.as_text())
     return 1 if args.strict and not report.all_hold else 0

@@ -190,19 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    def to_stderr(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
     try:
-        running = stack_mod.attach_or_start(progress=to_stderr)
+        with stack_mod.command_stack() as running:
+            cost = measure_idempotence_cost(running, messages=args.messages, rounds=args.rounds,
+                                            progress=stack_mod.to_stderr)
     except stack_mod.StackError as exc:
         print(exc, file=sys.stderr)
         return 2
-    try:
-        cost = measure_idempotence_cost(running, messages=args.messages, rounds=args.rounds, progress=to_stderr)
-    finally:
-        if running.owned:
-            running.stop()
     print(json.dumps(cost.as_dict()) if args.json else cost.as_text())
     return 0 if cost.all_acknowledged else 1
 

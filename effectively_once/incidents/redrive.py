@@ -332,15 +332,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Redrive on the running stack; exit 0 when done, 2 on bad input (one sentence and the fix)."""
-    from effectively_once.stack import StackError, attach_or_start
+    from effectively_once.stack import StackError, command_stack
 
     if args.rate is not None and not args.rate > 0:
         print(f"--rate must be a positive number of records per second, got {args.rate:g}.", file=sys.stderr)
-        return 2
-    try:
-        stack = attach_or_start(progress=lambda text: print(text, file=sys.stderr))
-    except StackError as exc:
-        print(exc, file=sys.stderr)
         return 2
     progress = {"next": time.monotonic() + 2.0}
 
@@ -350,13 +345,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"  redriven {record.index + 1} records so far...", file=sys.stderr, flush=True)
 
     try:
-        result = redrive(stack, args.dlq, args.to, rate=args.rate, limit=args.limit, burst=args.burst,
-                         on_send=report)
-    except RedriveError as exc:
+        with command_stack() as stack:
+            result = redrive(stack, args.dlq, args.to, rate=args.rate, limit=args.limit, burst=args.burst,
+                             on_send=report)
+    except (StackError, RedriveError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    finally:
-        stack.stop()  # stops only a stack this command started itself
     pace = "all at once" if result.rate is None else f"at most {result.rate:g}/s"
     print(f"redrove {result.sent} record(s) from {result.dlq_topic} to {result.source_topic} {pace} "
           f"in {result.elapsed_seconds:.1f} s (observed {result.observed_rate:.1f}/s).")

@@ -13,16 +13,18 @@ attached to (``attach_or_start``) belongs to whoever started it and is left runn
 from __future__ import annotations
 
 import atexit
+from contextlib import contextmanager
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from effectively_once.settings import eo_home, namespace
 from effectively_once.stack.processes import pid_alive, stop_pid
@@ -400,6 +402,24 @@ def attach_or_start(backend: str = "auto", progress: Callable[..., None] = print
         progress("the recorded stack is not healthy; starting a private one "
                  "(fix the shared one with `python -m effectively_once down` then `up`)")
     return start(backend, progress=progress)
+
+
+def to_stderr(*parts: Any, **_: Any) -> None:
+    """Progress for command-line tools: on stderr, so ``--json`` output on stdout stays clean."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def command_stack(backend: str = "auto", progress: Callable[..., None] = to_stderr) -> Iterator[Stack]:
+    """The stack a command runs on: the one ``up`` started, else a private one stopped at the end.
+
+    Raises ``StackError`` (one sentence with the fix) when neither can be had.
+    """
+    running = attach_or_start(backend, progress=progress)
+    try:
+        yield running
+    finally:
+        running.stop()  # a no-op for an attached stack: it belongs to `up`
 
 
 def stop_recorded(record: dict[str, Any]) -> list[str]:

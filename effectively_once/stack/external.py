@@ -21,7 +21,8 @@ def connect_external() -> Stack:
         raise StackError(
             f"The external backend needs {' and '.join(missing)}: set them to your workshop's "
             "cluster (e.g. EO_KAFKA_BOOTSTRAP=kafka.example:9092 "
-            "EO_POSTGRES_DSN=postgresql://user:pass@db.example/postgres), or use --backend embedded."
+            "EO_POSTGRES_DSN=postgresql://user:pass@db.example/postgres), or use the embedded backend "
+            "(`EO_BACKEND=embedded`, or `--backend embedded` where a command takes it)."
         )
     # Nothing was started here, so there is nothing of ours to stop.
     return Stack(backend="external", kafka_bootstrap=bootstrap, base_dsn=dsn, owned=False)
