@@ -135,6 +135,52 @@ class ProbeReport:
                 f"<tbody>{''.join(rows)}</tbody></table>")
 
 
+@dataclass
+class BrokerComparison:
+    """The probe run on two brokers, one table: a row per guarantee, a column per broker."""
+
+    reports: list[ProbeReport]
+
+    def __getitem__(self, broker_flavor: str) -> ProbeReport:
+        for report in self.reports:
+            if report.broker_flavor == broker_flavor:
+                return report
+        raise KeyError(f"no report for {broker_flavor!r}; the brokers are {[r.broker_flavor for r in self.reports]}")
+
+    def holds(self) -> dict[str, dict[str, bool]]:
+        """``{broker_flavor: {guarantee: holds}}``."""
+        return {report.broker_flavor: report.holds() for report in self.reports}
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(r.broker_flavor)} ({html.escape(r.backend)})</th>"
+                       for r in self.reports)
+        rows = []
+        for check in self.reports[0].checks:
+            cells = []
+            for report in self.reports:
+                mine = report[check.guarantee]
+                colour = "#d4edda" if mine.holds else "#f8d7da"
+                cells.append(f"<td style='text-align:left;background:{colour};color:#212529'>"
+                             f"<b>{'holds' if mine.holds else 'fails'}</b>: {html.escape(mine.evidence)}</td>")
+            rows.append(f"<tr><td style='text-align:left'>{html.escape(check.title)}</td>{''.join(cells)}</tr>")
+        return (f"<table><thead><tr><th style='text-align:left'>guarantee</th>{head}</tr></thead>"
+                f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def compare_brokers(stack: stack_mod.Stack, progress: Callable[..., None] = print) -> BrokerComparison:
+    """Probe ``stack``'s broker and, beside it, a private broker of the other kind (Apache Kafka or Tansu).
+
+    On Apache Kafka the other one is a Tansu started for a few seconds; on Tansu
+    it is an embedded Apache Kafka (when Java and its jars can be had).
+    """
+    other = "embedded" if stack.broker_flavor == "tansu" else "tansu"
+    here = probe(stack, progress=progress)
+    with stack_mod.private_broker(other, progress=progress) as private:
+        there = probe(private, progress=progress)
+    reports = sorted([here, there], key=lambda r: r.broker_flavor != "apache-kafka")
+    return BrokerComparison(reports)
+
+
 # -- helpers shared by the checks --------------------------------------------------------------
 def _kafka_error(exc: BaseException) -> str:
     """The Kafka error code name of an exception from confluent-kafka, else its text."""

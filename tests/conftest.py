@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ def session_home():
     home = Path(tempfile.mkdtemp(prefix="eo-test-home-"))
     os.environ["EO_HOME"] = str(home)
     yield home
+    shutil.rmtree(home, ignore_errors=True)
     if previous is None:
         os.environ.pop("EO_HOME", None)
     else:
@@ -51,7 +53,7 @@ def stack(session_home):
     record = json.loads((session_home / "stack.json").read_text())
     running = stack_mod.attach(record)
     yield running
-    down = run_cli("down")
+    down = run_cli("down", "--purge")
     assert down.returncode == 0, down.stderr
     left = [f"{name}={pid}" for name, pid in record["pids"].items() if pid_alive(pid)]
     assert not left, f"processes left running after `down`: {left}"

@@ -16,7 +16,7 @@ from effectively_once.guarantees import (IDEMPOTENT_PRODUCER, READ_COMMITTED, ST
                                          ZOMBIE_FENCED)
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.tansu_pass]
 
 
 @pytest.fixture(scope="module")

