@@ -32,7 +32,9 @@ def test_two_consumers_killed_at_random_for_45_s_charge_each_message_exactly_onc
     rng = random.Random(45)
     with PaymentLab(stack, "both") as lab:
         assert len(stack.admin().list_topics(lab.topic, timeout=10).topics[lab.topic].partitions) == 3
-        lab.set_faults(fail_after_charge=0.10, latency_ms=100)
+        # Each charge takes 250 ms at the provider: 200 charges are 25 s of work for two healthy consumers,
+        # so the kills land while there is work to take over.
+        lab.start_provider(fail_after_charge=0.10, latency_ms=250)
         ids = lab.produce(MESSAGES, seed=45)
         slots = [lab.start_consumer(exit_when_idle=None), lab.start_consumer(exit_when_idle=None)]
         kills = 0

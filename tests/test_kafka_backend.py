@@ -49,7 +49,9 @@ def mirror(tmp_path):
             name = self.path.rsplit("/", 1)[-1]
             if name in served["corrupt"]:
                 path = Path(self.translate_path(self.path))
-                path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+                data = bytearray(path.read_bytes())
+                data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the jar
+                path.write_bytes(bytes(data))
             return super().send_head()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
