@@ -3,7 +3,7 @@
 (a) consumer throughput with both layers (dedup table + Idempotency-Key) vs with none;
 (b) the idempotent producer (enable.idempotence, acks=all) vs a non-idempotent one (acks=all).
 
-    python benchmarks/pipeline.py [--messages 1000] [--producer-messages 20000] [--rounds 3]
+    python benchmarks/pipeline.py [--messages 1000] [--producer-messages 20000] [--rounds 3] [--backend tansu]
 
 Runs on the stack ``python -m effectively_once up`` started, or on one it starts
 and stops. Consumer throughput is timed on a warmed-up consumer, from just before the
@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=1000, help="charge messages per consumer run")
     parser.add_argument("--producer-messages", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", default="auto",
+                        help="with no running stack, start this one (embedded: Apache Kafka; tansu: Tansu)")
     args = parser.parse_args(argv)
-    stack = stack_mod.attach_or_start("auto", progress=lambda s: print(s, file=sys.stderr))
+    stack = stack_mod.attach_or_start(args.backend, progress=lambda s: print(s, file=sys.stderr))
     run = stack_mod.new_run_id()
     provider_dsn = stack.create_database(f"bench_provider_{run}")
     shop_dsn = stack.create_database(f"bench_shop_{run}")

@@ -51,7 +51,7 @@ def bare_kafka(base: Path) -> float:
     (root / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in broker.properties().items()))
     (root / "log4j2.properties").write_text("status = warn\nrootLogger.level = OFF\n")
     started = time.perf_counter()
-    subprocess.run(broker._java("kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c",
+    subprocess.run(broker._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}", "--config",
                                 str(root / "server.properties"), heap="-Xmx256m"), check=True,
                    capture_output=True)
     proc = subprocess.Popen(broker._java("kafka.Kafka", str(root / "server.properties")),

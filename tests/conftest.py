@@ -57,3 +57,12 @@ def stack(session_home):
     assert down.returncode == 0, down.stderr
     left = [f"{name}={pid}" for name, pid in record["pids"].items() if pid_alive(pid)]
     assert not left, f"processes left running after `down`: {left}"
+
+
+@pytest.fixture
+def private_home(tmp_path):
+    """A second, private EO_HOME for tests that bring a stack up and down themselves; purged at the end."""
+    env = os.environ.copy()
+    env["EO_HOME"] = str(tmp_path / "home")
+    yield env
+    run_cli("down", "--purge", env=env)

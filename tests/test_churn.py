@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.tansu_pass]
 
 MESSAGES = 200
 CHURN_SECONDS = 45.0
+SETTLE_SECONDS = 240.0
 
 
 def _charged(shop_dsn: str, ids: list[str]) -> int:
@@ -54,17 +55,24 @@ def test_two_consumers_killed_at_random_for_45_s_charge_each_message_exactly_onc
                     slots[i] = lab.start_consumer(exit_when_idle=None)
             time.sleep(0.05)
         during = _charged(lab.shop_dsn, ids)
+        with capsys.disabled():
+            print(f"\n[churn] {stack.broker_flavor}: {during} of {MESSAGES} charged during {CHURN_SECONDS:.0f} s of "
+                  f"churn ({kills} SIGKILLs)", flush=True)
         for consumer in slots:
             consumer.kill()
         lab.set_faults(fail_after_charge=0, latency_ms=0)
         settle_started = time.monotonic()
-        lab.run_until_settled(timeout=180)
+        try:
+            lab.run_until_settled(timeout=SETTLE_SECONDS)
+        except TimeoutError as exc:
+            last = lab.consumers[-1]
+            raise AssertionError(f"{_charged(lab.shop_dsn, ids)} of {MESSAGES} charged {SETTLE_SECONDS:.0f} s after "
+                                 f"the kills stopped ({exc}); the last consumer's log:\n{last.log_tail()}") from None
         settle = time.monotonic() - settle_started
         report = lab.report()
         charged_once = _charged(lab.shop_dsn, ids)
         with capsys.disabled():
-            print(f"\n[churn] {stack.broker_flavor}: {during} of {MESSAGES} charged during {CHURN_SECONDS:.0f} s of "
-                  f"churn ({kills} SIGKILLs); the rest within {settle:.1f} s after the kills stopped; "
+            print(f"[churn] {stack.broker_flavor}: the rest within {settle:.1f} s after the kills stopped; "
                   f"duplicates {report.duplicate_charges}, lost {report.lost_charges}")
     assert kills >= 10, f"only {kills} kills in {CHURN_SECONDS} s: the test did not churn the group"
     assert report.ok and report.charges == MESSAGES, report

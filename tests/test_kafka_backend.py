@@ -187,6 +187,14 @@ def test_embedded_without_java_is_one_sentence_with_the_fix(monkeypatch):
         stack_mod.start("embedded", progress=lambda *_: None)
 
 
+def test_cluster_ids_never_look_like_an_option():
+    from effectively_once.stack.kafka_broker import cluster_id
+
+    ids = [cluster_id() for _ in range(2000)]  # about 31 of 2000 raw ids would start with "-"
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
+
+
 # -- docker shares the embedded broker's settings ---------------------------------------------
 def test_docker_uses_the_same_broker_settings_and_version():
     from effectively_once.stack.docker import KAFKA_IMAGE, kafka_container_env
@@ -203,14 +211,6 @@ def test_docker_uses_the_same_broker_settings_and_version():
 
 
 # -- the broker as a process of the stack -------------------------------------------------------
-@pytest.fixture
-def private_home(tmp_path):
-    env = os.environ.copy()
-    env["EO_HOME"] = str(tmp_path / "home")
-    yield env
-    run_cli("down", "--purge", env=env)
-
-
 @pytest.mark.integration
 def test_a_killed_broker_is_unhealthy_and_up_restarts_it_with_its_log(private_home):
     assert run_cli("up", "--backend", "embedded", env=private_home).returncode == 0

@@ -135,15 +135,6 @@ def test_up_twice_says_so_and_exits_zero(stack):
     assert "already running" in result.stdout
 
 
-@pytest.fixture
-def private_home(tmp_path):
-    """A second, private EO_HOME for tests that bring a stack up and down themselves."""
-    env = os.environ.copy()
-    env["EO_HOME"] = str(tmp_path / "home")
-    yield env
-    run_cli("down", "--purge", env=env)
-
-
 def test_up_status_down_round_trip_leaves_nothing(private_home):
     assert run_cli("up", "--backend", BACKEND, env=private_home).returncode == 0
     report = json.loads(run_cli("status", "--json", env=private_home).stdout)

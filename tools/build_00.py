@@ -32,6 +32,7 @@ def notebook_00():
 
             from effectively_once.course import COURSE, course_map_html, round_trip, total_minutes
             from effectively_once.stack import attach_or_start, choose_backend
+            from effectively_once.stack.java import java_version
 
             SEED = 0  # nothing here is random; every notebook fixes its seed in this first cell
         """),
@@ -123,7 +124,7 @@ def notebook_00():
         ignore_output("""
             print(f"backend {stack.backend}, broker flavor {stack.broker_flavor}, version {stack.broker_version}")
             if stack.java:
-                print(f"Java: {stack.java}")
+                print(f"the broker runs on Java {java_version(stack.java)}")
         """),
         code("""
             expected = {"docker": "apache-kafka", "embedded": "apache-kafka", "tansu": "tansu"}.get(stack.backend)

@@ -36,6 +36,7 @@ def notebook_06():
         code("""
             import difflib
             import inspect
+            import os
             import subprocess
             import sys
             from pathlib import Path
@@ -147,7 +148,7 @@ def notebook_06():
             and exits 1 when it finds something (the path in its output depends on where the course lives):
         """),
         ignore_output("""
-            linted = subprocess.run([sys.executable, "-m", "effectively_once", "lint", stripe2020.__file__],
+            linted = subprocess.run([sys.executable, "-m", "effectively_once", "lint", os.path.relpath(stripe2020.__file__)],
                                     capture_output=True, text=True)
             print(linted.stdout, linted.stderr, f"exit status {linted.returncode}", sep="\\n")
         """),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from effectively_once.payments.messages import new_traceparent
+from effectively_once.progress import text_bar
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,7 @@ def produce_charges(target: Any, n: int, *, topic: str, seed: int = 0, prefix: s
     return [s.msg_id for s in landed]
 
 
-def text_progress(done: int, total: int) -> None:
-    """A one-line progress bar on stderr."""
-    width = 30
-    filled = int(width * done / max(total, 1))
-    end = "\n" if done >= total else ""
-    print(f"\rproducing [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr,
-          flush=True)
+text_progress = text_bar("producing")  # a one-line progress bar on stderr
 
 
 def main(argv: list[str] | None = None) -> int:

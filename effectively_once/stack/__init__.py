@@ -233,7 +233,7 @@ class Stack:
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td><code>{v}</code></td></tr>"
-                       for k, v in self.describe().items() if k != "pids")
+                       for k, v in self.describe().items() if k not in ("pids", "java"))
         return f"<table>{rows}</table>"
 
     def stop(self) -> None:

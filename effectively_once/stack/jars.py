@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from effectively_once.progress import text_bar
 from effectively_once.stack.kafka_settings import KAFKA_VERSION, SCALA_VERSION
 
 LOCK_FILE = Path(__file__).with_name("kafka-jars.lock")
@@ -116,20 +117,6 @@ def classpath() -> str:
     """The broker's class path: every pinned jar in the cache."""
     directory = cache_dir()
     return os.pathsep.join(str(directory / jar.filename) for jar in pinned_jars())
-
-
-# -- progress ------------------------------------------------------------------------------
-def text_bar(label: str) -> Callable[[int, int], None]:
-    """A one-line progress bar on stderr, redrawn in place."""
-
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / max(total, 1))
-        end = "\n" if done >= total else ""
-        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr,
-              flush=True)
-
-    return show
 
 
 # -- fetching ------------------------------------------------------------------------------

@@ -47,8 +47,15 @@ class BrokerStartError(RuntimeError):
 
 
 def cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes in URL-safe base64, as `kafka-storage random-uuid` prints."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes in URL-safe base64, as `kafka-storage random-uuid` prints.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one that starts with "-": a
+    command line would read it as an option (1 id in 64 would).
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 @dataclass
@@ -123,7 +130,7 @@ class KafkaBroker:
             return
         started = time.monotonic()
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c",
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}", "--config",
                        str(self.root / "server.properties"), heap="-Xmx256m"),
             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
         if result.returncode != 0:
