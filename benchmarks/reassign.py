@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import statistics
 import subprocess
@@ -50,11 +51,15 @@ def one_round(stack, protocol: str, topic: str) -> float:
 
     victim = subprocess.Popen([sys.executable, "-c", VICTIM, json.dumps(victim_config), topic],
                               stdout=subprocess.PIPE, text=True)
-    survivor = Consumer(config)
-    survivor.subscribe([topic])
+    survivor = None
     try:
         assert victim.stdout is not None
-        assert victim.stdout.readline().strip() == "assigned", "the victim never got a partition"
+        ready, _, _ = select.select([victim.stdout], [], [], 60)
+        if not ready or victim.stdout.readline().strip() != "assigned":
+            raise RuntimeError(f"{protocol}: the victim got no partition within 60 s")
+        # Only now the survivor: had it joined first, unpolled while we waited, it would hold every partition.
+        survivor = Consumer(config)
+        survivor.subscribe([topic])
         deadline = time.monotonic() + 60
         # Both must hold partitions (a stable split) before the kill.
         while time.monotonic() < deadline:
@@ -73,7 +78,8 @@ def one_round(stack, protocol: str, topic: str) -> float:
                 return time.monotonic() - killed
         raise RuntimeError(f"{protocol}: the survivor did not get all partitions within 60 s")
     finally:
-        survivor.close()
+        if survivor is not None:
+            survivor.close()
         if victim.poll() is None:
             victim.kill()
         victim.wait()
