@@ -27,11 +27,11 @@ lab: setup
 # notebooks 03 and 04). pytest exits 5 when it collected no test: a failure here.
 TANSU_PASS ?= 1
 test: setup
-	@$(BIN)/python -m pytest -m "not tansu_only" $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -m "not tansu_only" --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	if [ "$(TANSU_PASS)" = 1 ]; then \
 	  echo "== make test: the broker-dependent checks again, on Tansu =="; \
-	  EO_BACKEND=tansu $(BIN)/python -m pytest -m "tansu_pass or tansu_only" $(PYTEST_ARGS); rc2=$$?; \
+	  EO_BACKEND=tansu $(BIN)/python -m pytest -m "tansu_pass or tansu_only" --durations=5 $(PYTEST_ARGS); rc2=$$?; \
 	  if [ $$rc2 -eq 5 ]; then echo "make test: the Tansu pass collected no tests" >&2; rc2=1; fi; \
 	  if [ $$rc -eq 0 ]; then rc=$$rc2; fi; \
 	fi; exit $$rc
