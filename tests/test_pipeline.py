@@ -415,3 +415,29 @@ def test_the_consumer_command_refuses_bad_options(args, message):
             "--group", "g", "--shop-dsn", "postgresql://x@127.0.0.1:1/x", "--provider-url", "http://127.0.0.1:1"]
     result = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("code", ["ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS"])
+def test_a_commit_refused_by_a_rebalance_is_logged_not_fatal(code):
+    """Under group churn the coordinator refuses a commit from a generation that moved on (seen on Tansu):
+    the consumer carries on, since the new owner redelivers and the dedup table absorbs."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from effectively_once.payments.consumer import PaymentConsumer
+
+    class Refusing:
+        def __init__(self, error):
+            self.error = error
+
+        def commit(self, asynchronous=True):
+            raise KafkaException(KafkaError(self.error))
+
+    consumer = PaymentConsumer.__new__(PaymentConsumer)
+    lines: list[str] = []
+    consumer.log = lines.append
+    consumer.consumer = Refusing(getattr(KafkaError, code))
+    consumer.commit_offsets()
+    assert len(lines) == 1 and code in lines[0] and "redeliver" in lines[0]
+    consumer.consumer = Refusing(KafkaError._TRANSPORT)
+    with pytest.raises(KafkaException):
+        consumer.commit_offsets()  # anything else still stops the consumer

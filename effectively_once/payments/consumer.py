@@ -264,6 +264,28 @@ class PaymentConsumer:
                               error=error)
 
     # -- the loop -----------------------------------------------------------------------
+
+    def commit_offsets(self) -> None:
+        """Commit the batch's offsets; a commit refused because the group moved on is not fatal.
+
+        A rebalance between poll and commit (another member joined, or this one
+        was too slow) makes the coordinator refuse the commit with
+        ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID or REBALANCE_IN_PROGRESS. The
+        partitions' new owner starts from the last committed offset, so it gets
+        these records again: the dedup table and the Idempotency-Key absorb them.
+        Crashing here would only add one more rebalance.
+        """
+        from confluent_kafka import KafkaError, KafkaException
+
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in (KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                            KafkaError.REBALANCE_IN_PROGRESS):
+                raise
+            self.log(f"offset commit refused ({exc.args[0].name()}): the group rebalanced, so the partitions' "
+                     "new owner will redeliver these records and the dedup table will absorb them")
     def run(self) -> int:
         """Consume until SIGTERM, or until idle for ``exit_when_idle`` s once partitions are assigned."""
         def on_assign(consumer, partitions):
@@ -287,7 +309,7 @@ class PaymentConsumer:
                     # The DLQ copy must be durable before the offset moves past the original.
                     if self.dlq.flush(30) != 0:
                         raise RuntimeError("the dead-letter topic did not acknowledge; offsets left uncommitted")
-                    self.consumer.commit(asynchronous=False)
+                    self.commit_offsets()
                     last_activity = time.monotonic()
                     fetched_any = True
                 elif not self.assigned:
