@@ -39,7 +39,6 @@ BROKER_SETTINGS: dict[str, str] = {
     "group.consumer.session.timeout.ms": "2000",
     "group.consumer.min.heartbeat.interval.ms": "250",
     "group.consumer.heartbeat.interval.ms": "500",
-    # A consumer the course kills never leaves politely; nothing else needs tuning.
 }
 
 # The consumer session on the classic protocol: replaced about 2 s after a SIGKILL.
