@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -75,6 +76,10 @@ def test_missing_or_wrong_api_key_is_401(provider, headers):
     ({"amount": 0}, "amount"), ({"amount": -5}, "amount"), ({"amount": "12"}, "amount"), ({"amount": True}, "amount"),
     ({"currency": "dollars"}, "currency"), ({"currency": 840}, "currency"),
     ({"customer": ""}, "customer"), ({"metadata": "m"}, "metadata"),
+    ({"amount": 10**30}, "amount"), ({"amount": 100_000_000}, "amount"), ({"currency": "usd\n"}, "currency"),
+    ({"customer": "a\x00b"}, "customer"), ({"customer": "c" * 256}, "customer"),
+    ({"metadata": {f"k{i}": "v" for i in range(51)}}, "metadata"), ({"metadata": {"k" * 41: "v"}}, "metadata"),
+    ({"metadata": {"note": "v" * 501}}, "metadata.note"), ({"metadata": {"msg_id": ""}}, "metadata.msg_id"),
 ])
 def test_invalid_bodies_are_400_naming_the_field(provider, change, field):
     m = uid()
@@ -83,6 +88,29 @@ def test_invalid_bodies_are_400_naming_the_field(provider, change, field):
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == field, error
     assert ledger_count(provider, m) == 0
+
+
+@pytest.mark.parametrize("field", ["customer", "currency", "metadata.msg_id"])
+def test_a_lone_surrogate_is_400_naming_the_field_not_500(provider, field):
+    """JSON may escape a lone UTF-16 surrogate that UTF-8, and so PostgreSQL, cannot hold."""
+    m = uid()
+    charge = body(m)
+    if field == "metadata.msg_id":
+        charge["metadata"] = {"msg_id": "m\ud800"}
+    else:
+        charge[field] = "\ud800ab" if field == "currency" else "c\ud800"
+    raw = json.dumps(charge).encode()  # ensure_ascii: the surrogate travels as the escape \\ud800
+    response = httpx.post(f"{provider.url}/v1/charges", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field
+    assert ledger_count(provider, m) == 0
+
+
+def test_the_largest_amount_stripe_accepts_is_charged(provider):
+    m = uid()
+    response = post(provider, {**body(m), "amount": 99_999_999})
+    assert response.status_code == 200 and response.json()["amount"] == 99_999_999
+    assert ledger_count(provider, m) == 1
 
 
 def test_a_body_that_is_not_json_is_400(provider):

@@ -131,7 +131,33 @@ def _error(status: int, kind: str, message: str, param: str | None = None,
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+# Stripe's limits: amounts up to 99,999,999 in the smallest unit; metadata of at most 50 keys,
+# keys up to 40 characters, values up to 500 (https://docs.stripe.com/api/metadata).
+MAX_AMOUNT = 99_999_999
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_LENGTH = 40
+MAX_METADATA_VALUE_LENGTH = 500
+
+
+def _text(param: str, value: Any, max_length: int, *, allow_empty: bool = False) -> str:
+    """``value`` as a storable string, or ``ValueError((param, why))``.
+
+    JSON can carry what PostgreSQL cannot store: a NUL, or a lone UTF-16
+    surrogate (``"\\ud800"``) that is not valid UTF-8. Both are the client's
+    mistake, so they get a 400 naming the field, never a 500 from the database.
+    """
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise ValueError((param, f"{param} must be a non-empty string"))
+    if len(value) > max_length:
+        raise ValueError((param, f"{param} must be at most {max_length} characters"))
+    if "\x00" in value:
+        raise ValueError((param, f"{param} must not contain a NUL character"))
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError((param, f"{param} must be valid UTF-8 (it holds a lone surrogate)")) from None
+    return value
 
 
 def validate_charge(body: Any) -> dict[str, Any]:
@@ -139,20 +165,18 @@ def validate_charge(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValueError(("body", "the body must be a JSON object"))
     amount = body.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise ValueError(("amount", "amount must be a positive integer number of cents"))
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
+        raise ValueError(("amount", f"amount must be a whole number of cents from 1 to {MAX_AMOUNT:,}"))
     currency = body.get("currency")
-    if not isinstance(currency, str) or not _CURRENCY.match(currency):
+    if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
         raise ValueError(("currency", "currency must be a three-letter ISO code such as 'usd'"))
-    customer = body.get("customer")
-    if not isinstance(customer, str) or not customer or len(customer) > 255:
-        raise ValueError(("customer", "customer must be a non-empty string of at most 255 characters"))
+    customer = _text("customer", body.get("customer"), 255)
     metadata = body.get("metadata", {})
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ValueError(("metadata", "metadata must be an object of string values"))
-    msg_id = metadata.get("msg_id")
-    if msg_id is not None and not msg_id:
-        raise ValueError(("metadata.msg_id", "metadata.msg_id must not be empty"))
+    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_KEYS:
+        raise ValueError(("metadata", f"metadata must be an object of at most {MAX_METADATA_KEYS} string values"))
+    for key, value in metadata.items():
+        _text("metadata", key, MAX_METADATA_KEY_LENGTH)
+        _text(f"metadata.{key}", value, MAX_METADATA_VALUE_LENGTH, allow_empty=key != "msg_id")
     return {"amount": amount, "currency": currency.lower(), "customer": customer, "metadata": metadata}
 
 
