@@ -183,8 +183,18 @@ def test_without_mvn_or_a_repository_the_message_names_both_and_the_fallback(mon
 
 def test_embedded_without_java_is_one_sentence_with_the_fix(monkeypatch):
     monkeypatch.setenv("EO_JAVA", "none")
-    with pytest.raises(stack_mod.StackError, match="Install Java 17.*EO_BACKEND=tansu"):
+    with pytest.raises(stack_mod.StackError, match="needs Java.*make setup.*JAVA_HOME.*EO_BACKEND=tansu"):
         stack_mod.start("embedded", progress=lambda *_: None)
+
+
+def test_embedded_without_its_jars_names_the_jar_fix_not_java(monkeypatch, tmp_path, no_mvn):
+    monkeypatch.setenv("EO_JAR_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("EO_MAVEN_REPOSITORY", raising=False)
+    with pytest.raises(stack_mod.StackError) as raised:
+        stack_mod.start("embedded", progress=lambda *_: None)
+    message = str(raised.value)
+    assert "needs its jars" in message and "EO_MAVEN_REPOSITORY" in message and "EO_BACKEND=tansu" in message
+    assert "JAVA_HOME" not in message, "a Java is there: the fix is the jars"
 
 
 def test_cluster_ids_never_look_like_an_option():

