@@ -441,3 +441,45 @@ def test_a_commit_refused_by_a_rebalance_is_logged_not_fatal(code):
     consumer.consumer = Refusing(KafkaError._TRANSPORT)
     with pytest.raises(KafkaException):
         consumer.commit_offsets()  # anything else still stops the consumer
+
+
+def test_a_refused_dead_letter_write_is_sent_again_before_the_offset_moves():
+    """flush() empties the queue even when the broker refused a write: the refused copy must be resent."""
+    from confluent_kafka import KafkaError
+
+    from effectively_once.payments.consumer import PaymentConsumer
+
+    class Sent:
+        def topic(self):
+            return "t.dlq"
+
+        def key(self):
+            return b"k"
+
+        def value(self):
+            return b"v"
+
+        def headers(self):
+            return []
+
+    class FlakyDlq:
+        def __init__(self, owner, refusals):
+            self.owner, self.refusals, self.produced = owner, refusals, 0
+
+        def produce(self, topic, key=None, value=None, headers=None, on_delivery=None):
+            self.produced += 1
+
+        def flush(self, timeout):
+            if self.refusals:
+                self.refusals -= 1
+                self.owner._dlq_delivered(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION), Sent())
+            return 0
+
+    consumer = PaymentConsumer.__new__(PaymentConsumer)
+    consumer.log, consumer._dlq_failed = (lambda line: None), []
+    consumer.dlq = FlakyDlq(consumer, refusals=1)
+    consumer.flush_dlq()
+    assert consumer.dlq.produced == 1, "the refused copy was sent again"
+    consumer.dlq = FlakyDlq(consumer, refusals=5)
+    with pytest.raises(RuntimeError, match="offsets left uncommitted"):
+        consumer.flush_dlq()

@@ -177,6 +177,7 @@ class PaymentConsumer:
         self.dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
                              "linger.ms": 0, "logger": quiet_logger(), "message.max.bytes": 4 * 2**20})
         self._ensure_dlq_topic(bootstrap)
+        self._dlq_failed: list = []
         self.assigned = False
         self.stopping = False
         self.counts = {"processed": 0, "charged": 0, "replayed": 0, "skipped": 0, "dead_lettered": 0}
@@ -246,7 +247,8 @@ class PaymentConsumer:
         }
         out = [(k, v) for k, v in headers.items() if not k.startswith("dlq.")]
         out += [(k, v.encode()) for k, v in extra.items()]
-        self.dlq.produce(self.dlq_topic, key=record.key(), value=record.value(), headers=out)
+        self.dlq.produce(self.dlq_topic, key=record.key(), value=record.value(), headers=out,
+                         on_delivery=self._dlq_delivered)
         self.counts["dead_lettered"] += 1
         self.log(f"dead-lettered {record.topic()}[{record.partition()}]@{record.offset()}: {kind}: {reason[:200]}")
 
@@ -264,6 +266,33 @@ class PaymentConsumer:
                               error=error)
 
     # -- the loop -----------------------------------------------------------------------
+
+    def _dlq_delivered(self, err, msg) -> None:
+        """Delivery report of a dead-letter write: keep the ones the broker refused, to send again."""
+        if err is not None:
+            self._dlq_failed.append((msg, err))
+
+    def flush_dlq(self, attempts: int = 3) -> None:
+        """Wait until every dead-letter write of the batch is acknowledged; resend the refused ones.
+
+        ``flush`` only says the queue is empty: a write the broker refused also
+        leaves it, with an error in its delivery report. Committing past such a
+        record would lose it, so it is sent again, and if it still fails the
+        consumer stops with the offsets uncommitted (the record is redelivered).
+        """
+        for attempt in range(1, attempts + 1):
+            if self.dlq.flush(30) != 0:
+                raise RuntimeError("the dead-letter topic did not acknowledge; offsets left uncommitted")
+            failed, self._dlq_failed = self._dlq_failed, []
+            if not failed:
+                return
+            self.log(f"{len(failed)} dead-letter write(s) refused ({failed[0][1]}); sending again ({attempt}/{attempts})")
+            if attempt == attempts:
+                raise RuntimeError(f"the dead-letter topic refused {len(failed)} record(s) ({failed[0][1]}); "
+                                   "offsets left uncommitted, so they will be redelivered")
+            for msg, _ in failed:
+                self.dlq.produce(msg.topic(), key=msg.key(), value=msg.value(), headers=msg.headers(),
+                                 on_delivery=self._dlq_delivered)
 
     def commit_offsets(self) -> None:
         """Commit the batch's offsets; a commit refused because the group moved on is not fatal.
@@ -307,8 +336,7 @@ class PaymentConsumer:
                 if records:
                     self.handle_batch(records)
                     # The DLQ copy must be durable before the offset moves past the original.
-                    if self.dlq.flush(30) != 0:
-                        raise RuntimeError("the dead-letter topic did not acknowledge; offsets left uncommitted")
+                    self.flush_dlq()
                     self.commit_offsets()
                     last_activity = time.monotonic()
                     fetched_any = True
