@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 BACKEND ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: setup lab test up down status doctor labs environment
+.PHONY: setup lab check test test-notebook notebooks up down status doctor labs environment
 
 # Re-runs are fast: pip runs again only when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -22,11 +22,20 @@ lab: setup
 	@# JupyterLab refuses to run as root unless told to (containers, CI machines).
 	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/00_start_here.ipynb
 
+# The fast checks, no services needed (about a minute): lint, types, every notebook
+# against its source, labs against solutions, and the unit tests.
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python tools/notebooks.py check
+	$(BIN)/python tools/make_labs.py --check
+	$(BIN)/python -m pytest -q -m "not integration and not browser" -p no:cacheprovider $(PYTEST_ARGS)
+
 # Two passes: everything on the default broker (embedded Apache Kafka), then the
 # checks that differ by broker on Tansu, the light fallback (stack, probe, churn,
 # notebooks 03 and 04). pytest exits 5 when it collected no test: a failure here.
 TANSU_PASS ?= 1
-test: setup
+test: check
 	@$(BIN)/python -m pytest -m "not tansu_only" --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	if [ "$(TANSU_PASS)" = 1 ]; then \
@@ -35,6 +44,18 @@ test: setup
 	  if [ $$rc2 -eq 5 ]; then echo "make test: the Tansu pass collected no tests" >&2; rc2=1; fi; \
 	  if [ $$rc -eq 0 ]; then rc=$$rc2; fi; \
 	fi; exit $$rc
+
+# One notebook's nbval (its solution and lab too, when it has them): make test-notebook NB=04
+test-notebook: setup
+	@test -n "$(NB)" || { echo "usage: make test-notebook NB=04" >&2; exit 2; }
+	$(BIN)/python -m pytest tests/test_notebooks.py -k "$(NB)" $(PYTEST_ARGS)
+
+# Rebuild notebooks from their sources against the stack, then labs/: make notebooks NB=04
+notebooks: setup
+	@test -n "$(NB)" || { echo "usage: make notebooks NB=04 (or NB=notebooks/04, NB=solutions/04)" >&2; exit 2; }
+	$(BIN)/python -m effectively_once up --backend $(BACKEND)
+	$(BIN)/python tools/notebooks.py execute $(NB)
+	$(BIN)/python tools/make_labs.py
 
 up: setup
 	$(BIN)/python -m effectively_once up --backend $(BACKEND)

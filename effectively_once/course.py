@@ -12,29 +12,35 @@ from effectively_once.stack import Stack, new_run_id, quiet_logger
 
 @dataclass(frozen=True)
 class Notebook:
-    """One notebook of the course: its file stem, title, what it teaches, and minutes."""
+    """One notebook of the course: its file stem, title, what it teaches, and minutes.
+
+    ``minutes`` is the notebook's own "Time:" line; ``exercise_minutes`` is its
+    exercise notebook's (in ``solutions/`` and ``labs/``), when it has one.
+    ``tools/notebooks.py course`` writes both, and README's course map, from here.
+    """
 
     stem: str
     title: str
     teaches: str
     minutes: int
     needs_services: bool
+    exercise_minutes: int | None = None
 
 
 COURSE = (
     Notebook("00_start_here", "Start here", "the map, choosing a backend, a live check of your services", 10, True),
     Notebook("01_two_generals", "The Two Generals", "why exactly-once delivery is impossible, and why one-sided "
-             "dedup makes exactly-once processing possible", 25, False),
+             "dedup makes exactly-once processing possible", 25, False, exercise_minutes=20),
     Notebook("02_message_loss", "Watching messages get lost", "at-most-once, at-least-once, the idempotent "
-             "producer and effectively-once, animated and counted", 25, False),
+             "producer and effectively-once, animated and counted", 25, False, exercise_minutes=20),
     Notebook("03_kafka_guarantees", "What Kafka guarantees", "producer ids and sequence numbers, transactions, "
-             "read_committed, zombie fencing, and what Kafka's exactly-once cannot span", 30, True),
+             "read_committed, zombie fencing, and what Kafka's exactly-once cannot span", 30, True, exercise_minutes=25),
     Notebook("04_kill_the_consumer", "Kill the consumer", "a real payment pipeline killed with SIGKILL at every "
-             "step; the dedup table and the Idempotency-Key; the traps in the textbook snippet", 40, True),
+             "step; the dedup table and the Idempotency-Key; the traps in the textbook snippet", 40, True, exercise_minutes=25),
     Notebook("05_observability", "Seeing delivery semantics", "lag, DLQ depth and age, dedup hit rate, "
-             "side-effect and retry p99, trace ids, alert rules", 30, True),
+             "side-effect and retry p99, trace ids, alert rules", 30, True, exercise_minutes=20),
     Notebook("06_incidents", "Four real incidents", "Stripe 2020, AWS SQS 2019, Stripe 2023 and Slack 2022, "
-             "replayed before and after the fix", 35, True),
+             "replayed before and after the fix", 35, True, exercise_minutes=30),
     Notebook("07_review", "Review", "the lesson's questions, answered with what you measured", 15, False),
 )
 
