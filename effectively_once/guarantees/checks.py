@@ -300,7 +300,6 @@ def probe(stack: stack_mod.Stack, *, only: Iterable[str] | None = None,
     return ProbeReport(stack.broker_flavor, stack.backend, checks, time.monotonic() - started)
 
 
-
 def compare_brokers(stack: stack_mod.Stack, progress: Callable[..., None] = print) -> BrokerComparison:
     """Probe ``stack``'s broker and, beside it, a private broker of the other kind (Apache Kafka or Tansu).
 
