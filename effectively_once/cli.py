@@ -24,7 +24,7 @@ from effectively_once.stack.processes import pid_alive
 
 PLUGIN_COMMANDS = {
     "demo": "effectively_once.payments.demo",
-    "probe": "effectively_once.guarantees",
+    "probe": "effectively_once.guarantees.cli",
     "lint": "effectively_once.incidents.lint",
     "redrive": "effectively_once.incidents.redrive",
 }

@@ -7,6 +7,8 @@ three failures that broker is known for, and the idempotent producer must hold.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -14,7 +16,9 @@ import pytest
 from effectively_once import guarantees
 from effectively_once.guarantees import (IDEMPOTENT_PRODUCER, READ_COMMITTED, STALE_GENERATION,
                                          ZOMBIE_FENCED)
-from tests.conftest import run_cli
+from effectively_once.guarantees.crc32c import crc32c
+from effectively_once.guarantees.wire import varint
+from tests.conftest import ROOT, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.tansu_pass]
 
@@ -122,6 +126,13 @@ def test_probe_command_prints_json(stack):
 
 
 def test_wire_helpers_match_the_protocol():
-    assert guarantees._crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    assert [guarantees._varint(n) for n in (0, -1, 1, 63, -64, 64)] == [
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert [varint(n) for n in (0, -1, 1, 63, -64, 64)] == [
         b"\x00", b"\x01", b"\x02", b"\x7e", b"\x7f", b"\x80\x01"]
+
+
+def test_the_package_runs_as_a_command_of_its_own():
+    result = subprocess.run([sys.executable, "-m", "effectively_once.guarantees", "--help"], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "python -m effectively_once.guarantees" in result.stdout and "--only CHECK" in result.stdout

@@ -32,12 +32,7 @@ import json
 from dataclasses import dataclass
 
 from effectively_once import stack as stack_mod
-from effectively_once.guarantees import (
-    OPERATION_TIMEOUT,
-    _read_values,
-    _transactional_producer,
-    try_zombie_commit,
-)
+from effectively_once.guarantees import OPERATION_TIMEOUT, read_values, transactional_producer, try_zombie_commit
 
 
 @dataclass
@@ -101,13 +96,13 @@ def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
     batch = _charges(run, charges)
     zombie = successor = None
     try:
-        zombie = _transactional_producer(stack, transactional_id)
+        zombie = transactional_producer(stack, transactional_id)
         zombie.begin_transaction()
         for value in batch:
             zombie.produce(topic, value=value.encode(), headers={"instance": b"A"}, partition=0)
         zombie.flush(OPERATION_TIMEOUT)  # A stalls here, its transaction open
 
-        successor = _transactional_producer(stack, transactional_id)  # B starts during the rolling restart
+        successor = transactional_producer(stack, transactional_id)  # B starts during the rolling restart
         successor.begin_transaction()
         for value in batch:  # A never committed its input offsets, so B redoes the same batch
             successor.produce(topic, value=value.encode(), headers={"instance": b"B"}, partition=0)
@@ -121,7 +116,7 @@ def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
         ender = Producer(stack.producer_config(logger=stack_mod.quiet_logger()))
         ender.produce(topic, value=marker.encode(), partition=0)
         ender.flush(OPERATION_TIMEOUT)
-        seen = _read_values(stack, topic, [0], stop_when=lambda values: marker in values, timeout=15.0)
+        seen = read_values(stack, topic, [0], stop_when=lambda values: marker in values, timeout=15.0)
         seen = [value for value in seen if value != marker]
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("create table naive_ledger (id bigserial primary key, msg_id text, amount int)")

@@ -40,19 +40,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from effectively_once.schemas import load
+
 ANSWERING_STEP = "effectively_once.incidents.stripe2023:answering_step"
 ANSWERING_BATCH_STEP = "effectively_once.incidents.stripe2023:answering_batch_step"
 DEFAULT_MESSAGES = 150
 DEFAULT_PROVIDER_LIMIT = 50.0
 DEFAULT_LIVE_RATE = 8.0
-ANSWERS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS provider_answers (
-    id          bigserial PRIMARY KEY,
-    at          double precision NOT NULL,   -- seconds since the epoch, as time.time() gives them
-    status      integer NOT NULL,
-    consumer_pid integer NOT NULL
-)
-"""
+ANSWERS_SCHEMA = load("stripe2023_answers.sql")
 _ANSWERS_LOCK = 0x45_4F_32_33  # serialises concurrent creation of the table by several consumers
 
 

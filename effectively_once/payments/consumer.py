@@ -33,6 +33,7 @@ from effectively_once.observe.exporter import DEFAULT_WINDOW_SECONDS, ConsumerTe
 from effectively_once.observe.spans import configure_tracing
 from effectively_once.payments.client import ChargeFailed, ProviderClient
 from effectively_once.payments.messages import DEFAULT_API_KEY, MalformedMessage, parse_charge, trace_id_of
+from effectively_once.schemas import load
 
 CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_provider_call", "after_status_update")
 LAYERS = ("dedup", "dedup_as_written", "idempotency_key")
@@ -42,33 +43,7 @@ DEFAULT_BATCH_STEP = "effectively_once.payments.steps:process_batch"
 # silence that short is not yet "idle".
 FIRST_FETCH_GRACE = 3.0
 
-SHOP_SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (
-    msg_id     text PRIMARY KEY,
-    status     text        NOT NULL CHECK (status IN ('pending', 'done')),
-    charge_id  text,
-    attempts   integer     NOT NULL DEFAULT 1,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS consumer_events (
-    id             bigserial PRIMARY KEY,
-    msg_id         text,
-    topic          text        NOT NULL,
-    partition      integer     NOT NULL,
-    "offset"       bigint      NOT NULL,
-    result         text        NOT NULL,
-    dedup_hit      boolean     NOT NULL DEFAULT false,
-    side_effect_ms double precision,
-    retries        integer     NOT NULL DEFAULT 0,
-    trace_id       text,
-    error          text,
-    layers         text        NOT NULL,
-    consumer_pid   integer     NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE INDEX IF NOT EXISTS consumer_events_msg_id_idx ON consumer_events (msg_id);
-"""
+SHOP_SCHEMA = load("shop.sql")
 _MIGRATION_LOCK = 0x45_4F_53_48  # serialises concurrent migrations of one shop database
 
 

@@ -17,6 +17,12 @@ Stripe's documented rules:
 Without a key every request moves money: that is what makes a retried request
 a duplicate charge.
 
+``Provider`` holds the settings and connection pools and has one method per
+route; ``create_app(...)`` is ``Provider(...).app()``. The decisions are plain
+functions: ``validate_charge`` and ``check_idempotency_key`` raise
+``BadRequest`` naming the field, and ``answer_for_taken_key`` says what a
+request gets when another request already holds its key.
+
 Fault knobs for the labs (at start, or at run time through ``POST /admin/faults``):
 ``latency_ms``; ``fail_after_charge`` (probability that the money moves and the
 client then gets a 500, or with ``fail_after_charge_mode="drop"`` a dropped
@@ -34,6 +40,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -51,34 +58,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from effectively_once.payments.messages import DEFAULT_API_KEY, REPLAY_HEADER
+from effectively_once.schemas import load
 
 DEFAULT_KEY_TTL_SECONDS = 86400
 MAX_KEY_CHARS = 255
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
-    charge_id       text PRIMARY KEY,
-    msg_id          text,
-    idempotency_key text,
-    customer        text        NOT NULL,
-    amount          bigint      NOT NULL CHECK (amount > 0),
-    currency        text        NOT NULL,
-    trace_id        text,
-    created_at      timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE INDEX IF NOT EXISTS ledger_msg_id_idx ON ledger (msg_id);
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key          text PRIMARY KEY,
-    fingerprint  text        NOT NULL,
-    state        text        NOT NULL CHECK (state IN ('in_flight', 'done')),
-    status_code  integer,
-    response     jsonb,
-    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-    locked_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    completed_at timestamptz
-);
-CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx ON idempotency_keys (created_at);
-"""
+SCHEMA = load("provider.sql")
 
 # Any constant will do: it only serialises concurrent migrations of one database.
 _MIGRATION_LOCK = 0x45_4F_50_52
@@ -89,6 +74,32 @@ def migrate(conn: psycopg.Connection) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute(SCHEMA)
+
+
+def _error(status: int, kind: str, message: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"type": kind, "message": message}
+    if param:
+        body["param"] = param
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+class BadRequest(ValueError):
+    """A request the client got wrong, naming the field: it becomes a 400 ``invalid_request_error``.
+
+    A ``ValueError`` whose ``args[0]`` is ``(param, message)``.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__((param, message))
+        self.param, self.message = param, message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def response(self) -> JSONResponse:
+        """The 400 answer naming the field."""
+        return _error(400, "invalid_request_error", self.message, param=self.param)
 
 
 @dataclass
@@ -103,32 +114,24 @@ class Faults:
     key_ttl_seconds: float = DEFAULT_KEY_TTL_SECONDS
 
     def update(self, changes: dict[str, Any]) -> None:
-        """Apply ``changes`` (a partial dict), or raise ``ValueError`` naming the bad field."""
+        """Apply ``changes`` (a partial dict), or raise ``BadRequest`` naming the bad field (and change nothing)."""
         known = {f.name: f.type for f in fields(self)}
         staged = asdict(self)
         for name, value in changes.items():
             if name not in known:
-                raise ValueError(f"{name}: unknown fault; known ones are {', '.join(known)}")
+                raise BadRequest(name, f"{name}: unknown fault; known ones are {', '.join(known)}")
             if name == "fail_after_charge_mode":
                 if value not in ("500", "drop"):
-                    raise ValueError("fail_after_charge_mode: must be '500' or 'drop'")
+                    raise BadRequest(name, "fail_after_charge_mode: must be '500' or 'drop'")
                 staged[name] = value
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name}: must be a number >= 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise BadRequest(name, f"{name}: must be a finite number >= 0")
             if name.startswith("fail_") and value > 1:
-                raise ValueError(f"{name}: a probability between 0 and 1")
+                raise BadRequest(name, f"{name}: a probability between 0 and 1")
             staged[name] = float(value)
         for name, value in staged.items():
             setattr(self, name, value)
-
-
-def _error(status: int, kind: str, message: str, param: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": kind, "message": message}
-    if param:
-        body["param"] = param
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
@@ -141,39 +144,39 @@ MAX_METADATA_VALUE_LENGTH = 500
 
 
 def _text(param: str, value: Any, max_length: int, *, allow_empty: bool = False) -> str:
-    """``value`` as a storable string, or ``ValueError((param, why))``.
+    """``value`` as a storable string, or ``BadRequest(param, why)``.
 
     JSON can carry what PostgreSQL cannot store: a NUL, or a lone UTF-16
     surrogate (``"\\ud800"``) that is not valid UTF-8. Both are the client's
     mistake, so they get a 400 naming the field, never a 500 from the database.
     """
     if not isinstance(value, str) or (not value and not allow_empty):
-        raise ValueError((param, f"{param} must be a non-empty string"))
+        raise BadRequest(param, f"{param} must be a non-empty string")
     if len(value) > max_length:
-        raise ValueError((param, f"{param} must be at most {max_length} characters"))
+        raise BadRequest(param, f"{param} must be at most {max_length} characters")
     if "\x00" in value:
-        raise ValueError((param, f"{param} must not contain a NUL character"))
+        raise BadRequest(param, f"{param} must not contain a NUL character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError((param, f"{param} must be valid UTF-8 (it holds a lone surrogate)")) from None
+        raise BadRequest(param, f"{param} must be valid UTF-8 (it holds a lone surrogate)") from None
     return value
 
 
 def validate_charge(body: Any) -> dict[str, Any]:
-    """Check a ``POST /v1/charges`` body; raise ``ValueError((param, message))`` on the first bad field."""
+    """Check a ``POST /v1/charges`` body; raise ``BadRequest`` naming the first bad field."""
     if not isinstance(body, dict):
-        raise ValueError(("body", "the body must be a JSON object"))
+        raise BadRequest("body", "the body must be a JSON object")
     amount = body.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
-        raise ValueError(("amount", f"amount must be a whole number of cents from 1 to {MAX_AMOUNT:,}"))
+        raise BadRequest("amount", f"amount must be a whole number of cents from 1 to {MAX_AMOUNT:,}")
     currency = body.get("currency")
     if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
-        raise ValueError(("currency", "currency must be a three-letter ISO code such as 'usd'"))
+        raise BadRequest("currency", "currency must be a three-letter ISO code such as 'usd'")
     customer = _text("customer", body.get("customer"), 255)
     metadata = body.get("metadata", {})
     if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_KEYS:
-        raise ValueError(("metadata", f"metadata must be an object of at most {MAX_METADATA_KEYS} string values"))
+        raise BadRequest("metadata", f"metadata must be an object of at most {MAX_METADATA_KEYS} string values")
     for key, value in metadata.items():
         _text("metadata", key, MAX_METADATA_KEY_LENGTH)
         _text(f"metadata.{key}", value, MAX_METADATA_VALUE_LENGTH, allow_empty=key != "msg_id")
@@ -228,54 +231,149 @@ class _DroppedResponse(Response):
         raise ConnectionAbortedError("fail_after_charge: the connection was dropped on purpose")
 
 
-def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None = None,
-               in_flight_timeout: float = 30.0, seed: int | None = None, announce: str | None = None,
-               pool_size: int = 8) -> Starlette:
-    """The provider as an ASGI app over the database at ``dsn``."""
-    faults = faults or Faults()
-    rng = random.Random(seed)
-    pool = _Pool(dsn, pool_size)
-    # Claiming a key need not wait for the disk: if the server crashed before flushing the
-    # claim, no money moved either (that commit does wait, and flushes the log up to it),
-    # so after a crash the key simply counts as new.
-    claims = _Pool(dsn, pool_size, options="-c synchronous_commit=off")
-    recent: collections.deque[float] = collections.deque()
-    last_prune = [0.0]
+def check_idempotency_key(key: str | None) -> str | None:
+    """The ``Idempotency-Key`` header as given (None when absent), or ``BadRequest`` when empty or too long."""
+    if key is not None and (not key or len(key) > MAX_KEY_CHARS):
+        raise BadRequest("Idempotency-Key",
+                         f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters long (got {len(key)}).")
+    return key
+
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def trace_id_of_header(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header, or None when it is missing or malformed."""
+    match = _TRACEPARENT.match(traceparent or "")
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """What ``idempotency_keys`` holds for a key: its request's fingerprint, state and stored response."""
+
+    fingerprint: str
+    state: str
+    status_code: int | None = None
+    response: Any = None
+
+
+def answer_for_taken_key(stored: StoredKey | None, digest: str) -> JSONResponse:
+    """The answer to a request whose key another request already holds (Stripe's rules).
+
+    ``stored`` is the key's row (None when it was pruned meanwhile), ``digest``
+    the fingerprint of this request. Other parameters: 400 ``idempotency_error``;
+    the first request still in flight: 409; done: its stored response, replayed.
+    """
+    if stored is None:  # pruned between the two statements: the client may simply retry
+        return _error(409, "idempotency_key_in_use", "The key was pruned while in use; retry the request.",
+                      param="Idempotency-Key")
+    if stored.fingerprint != digest:
+        return _error(400, "idempotency_error",
+                      "Keys for idempotent requests can only be used with the same parameters "
+                      "they were first used with.", param="Idempotency-Key")
+    if stored.state == "in_flight":
+        return _error(409, "idempotency_key_in_use",
+                      "There is currently another in-progress request using this Idempotency-Key; "
+                      "retry after it completes.", param="Idempotency-Key")
+    return JSONResponse(stored.response, status_code=stored.status_code, headers={REPLAY_HEADER: "true"})
+
+
+class Provider:
+    """The provider service: its settings, fault knobs and connection pools, and one method per route.
+
+    ``app()`` is the ASGI app; its lifespan opens and closes the pools. Outside
+    a server, ``async with Provider(dsn) as provider:`` does the same, and the
+    route methods can be awaited with a Starlette ``Request``.
+    """
+
+    def __init__(self, dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None = None,
+                 in_flight_timeout: float = 30.0, seed: int | None = None, announce: str | None = None,
+                 pool_size: int = 8) -> None:
+        self.dsn = dsn
+        self.api_key = api_key
+        self.faults = faults or Faults()
+        self.in_flight_timeout = in_flight_timeout
+        self.announce = announce
+        self.rng = random.Random(seed)
+        self.pool = _Pool(dsn, pool_size)
+        # Claiming a key need not wait for the disk: if the server crashed before flushing the
+        # claim, no money moved either (that commit does wait, and flushes the log up to it),
+        # so after a crash the key simply counts as new.
+        self.claims = _Pool(dsn, pool_size, options="-c synchronous_commit=off")
+        self._recent: collections.deque[float] = collections.deque()
+        self._last_prune = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the tables if missing and open the connection pools."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            migrate(conn)
+        await self.pool.open()
+        await self.claims.open()
+        if self.announce:
+            print(self.announce, flush=True)
+
+    async def close(self) -> None:
+        """Close the connection pools."""
+        await self.pool.close()
+        await self.claims.close()
+
+    async def __aenter__(self) -> Provider:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            migrate(conn)
-        await pool.open()
-        await claims.open()
-        if announce:
-            print(announce, flush=True)
-        yield
-        await pool.close()
-        await claims.close()
+    async def lifespan(self, app: Starlette):
+        """The app's lifespan: the pools are open while it serves."""
+        async with self:
+            yield
 
-    def authorised(request: Request) -> bool:
+    def routes(self) -> list[Route]:
+        """One route per handler method."""
+        return [
+            Route("/v1/charges", self.create_charge, methods=["POST"]),
+            Route("/v1/charges", self.list_charges, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/admin/faults", self.admin_faults, methods=["GET", "POST"]),
+            Route("/admin/expire-keys", self.admin_expire_keys, methods=["POST"]),
+        ]
+
+    def app(self) -> Starlette:
+        """The provider as an ASGI app."""
+        return Starlette(routes=self.routes(), lifespan=self.lifespan)
+
+    # -- helpers of the handlers -------------------------------------------------------------
+    def authorised(self, request: Request) -> bool:
+        """True when the request carries ``Authorization: Bearer <this provider's api key>``."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), api_key)
+        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), self.api_key)
 
+    @staticmethod
     def unauthorised() -> JSONResponse:
+        """The 401 answer."""
         return _error(401, "authentication_error",
                       "Invalid API key: send the header 'Authorization: Bearer <api key>'.")
 
-    def over_rate_limit() -> bool:
-        limit = faults.rate_limit_per_second
+    def over_rate_limit(self) -> bool:
+        """True when this request is one too many for ``faults.rate_limit_per_second``; else counts it."""
+        limit = self.faults.rate_limit_per_second
         if limit <= 0:
             return False
         now = time.monotonic()
-        while recent and recent[0] <= now - 1.0:
-            recent.popleft()
-        if len(recent) >= limit:
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= limit:
             return True
-        recent.append(now)
+        self._recent.append(now)
         return False
 
-    async def move_money(conn, params: dict, key: str | None, trace_id: str | None) -> dict:
+    async def move_money(self, conn: psycopg.AsyncConnection, params: dict, key: str | None,
+                         trace_id: str | None) -> dict:
         """Insert the ledger row (the money moving) and, under a key, store the response, atomically."""
         charge_id = "ch_" + secrets.token_hex(12)
         response = {"id": charge_id, "object": "charge", "amount": params["amount"],
@@ -296,16 +394,17 @@ def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None =
                 (*row, psycopg.types.json.Jsonb(response), key))
         return response
 
-    async def claim(conn, key: str, digest: str):
+    async def claim(self, conn: psycopg.AsyncConnection, key: str, digest: str) -> JSONResponse | None:
         """Record ``key`` in flight. Returns None when this request owns it, else the response to give.
 
         One upsert decides most cases: a new key is inserted; a key past its TTL
         counts as new and is overwritten; a key left in flight longer than
         ``in_flight_timeout`` by a request that died is taken over (safe, because
-        moving money and completing the key happen in one statement).
+        moving money and completing the key happen in one statement). Otherwise
+        ``answer_for_taken_key`` decides.
         """
-        ttl = faults.key_ttl_seconds
-        async with claims.connection() as fast:
+        ttl = self.faults.key_ttl_seconds
+        async with self.claims.connection() as fast:
             cur = await fast.execute(
                 "INSERT INTO idempotency_keys AS k (key, fingerprint, state) VALUES (%s, %s, 'in_flight')"
                 " ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, state = 'in_flight',"
@@ -314,10 +413,10 @@ def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None =
                 " WHERE k.created_at < clock_timestamp() - make_interval(secs => %s)"
                 "    OR (k.state = 'in_flight' AND k.fingerprint = EXCLUDED.fingerprint"
                 "        AND k.locked_at < clock_timestamp() - make_interval(secs => %s))"
-                " RETURNING key", (key, digest, ttl, in_flight_timeout))
+                " RETURNING key", (key, digest, ttl, self.in_flight_timeout))
             owned = await cur.fetchone() is not None
-        if time.monotonic() - last_prune[0] > 30:
-            last_prune[0] = time.monotonic()
+        if time.monotonic() - self._last_prune > 30:
+            self._last_prune = time.monotonic()
             await conn.execute("DELETE FROM idempotency_keys"
                                " WHERE created_at < clock_timestamp() - make_interval(secs => %s)", (ttl,))
         if owned:
@@ -325,24 +424,14 @@ def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None =
         cur = await conn.execute(
             "SELECT fingerprint, state, status_code, response FROM idempotency_keys WHERE key = %s", (key,))
         row = await cur.fetchone()
-        if row is None:  # pruned between the two statements: the client may simply retry
-            return _error(409, "idempotency_key_in_use", "The key was pruned while in use; retry the request.",
-                          param="Idempotency-Key")
-        stored_digest, state, status_code, response = row
-        if stored_digest != digest:
-            return _error(400, "idempotency_error",
-                          "Keys for idempotent requests can only be used with the same parameters "
-                          "they were first used with.", param="Idempotency-Key")
-        if state == "in_flight":
-            return _error(409, "idempotency_key_in_use",
-                          "There is currently another in-progress request using this Idempotency-Key; "
-                          "retry after it completes.", param="Idempotency-Key")
-        return JSONResponse(response, status_code=status_code, headers={REPLAY_HEADER: "true"})
+        return answer_for_taken_key(StoredKey(*row) if row else None, digest)
 
-    async def create_charge(request: Request) -> Response:
-        if not authorised(request):
-            return unauthorised()
-        if over_rate_limit():
+    # -- the routes --------------------------------------------------------------------------
+    async def create_charge(self, request: Request) -> Response:
+        """``POST /v1/charges``: move money once per Idempotency-Key."""
+        if not self.authorised(request):
+            return self.unauthorised()
+        if self.over_rate_limit():
             return _error(429, "rate_limit_error", "Too many requests: slow down and retry with backoff.",
                           headers={"Retry-After": "1"})
         try:
@@ -351,25 +440,19 @@ def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None =
             return _error(400, "invalid_request_error", "The body is not valid JSON.", param="body")
         try:
             params = validate_charge(body)
-        except ValueError as exc:
-            param, message = exc.args[0]
-            return _error(400, "invalid_request_error", message, param=param)
-        key = request.headers.get("idempotency-key")
-        if key is not None and (not key or len(key) > MAX_KEY_CHARS):
-            return _error(400, "invalid_request_error",
-                          f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters long (got {len(key)}).",
-                          param="Idempotency-Key")
-        traceparent = request.headers.get("traceparent", "")
-        trace_match = re.match(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$", traceparent)
-        trace_id = trace_match.group(1) if trace_match else None
-        async with pool.connection() as conn:
+            key = check_idempotency_key(request.headers.get("idempotency-key"))
+        except BadRequest as exc:
+            return exc.response()
+        trace_id = trace_id_of_header(request.headers.get("traceparent"))
+        faults = self.faults
+        async with self.pool.connection() as conn:
             if key is not None:
-                answer = await claim(conn, key, fingerprint(request.url.path, params))
+                answer = await self.claim(conn, key, fingerprint(request.url.path, params))
                 if answer is not None:
                     return answer
             if faults.latency_ms > 0:
                 await asyncio.sleep(faults.latency_ms / 1000)
-            if faults.fail_before_charge and rng.random() < faults.fail_before_charge:
+            if faults.fail_before_charge and self.rng.random() < faults.fail_before_charge:
                 failure = {"error": {"type": "api_error", "message": "An internal error occurred; no money moved."}}
                 if key is not None:
                     await conn.execute(
@@ -377,18 +460,19 @@ def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None =
                         " completed_at = clock_timestamp() WHERE key = %s",
                         (psycopg.types.json.Jsonb(failure), key))
                 return JSONResponse(failure, status_code=500)
-            response = await move_money(conn, params, key, trace_id)
-        if faults.fail_after_charge and rng.random() < faults.fail_after_charge:
+            response = await self.move_money(conn, params, key, trace_id)
+        if faults.fail_after_charge and self.rng.random() < faults.fail_after_charge:
             if faults.fail_after_charge_mode == "drop":
                 return _DroppedResponse()
             return _error(500, "api_error", "An error occurred after the charge was created.")
         return JSONResponse(response)
 
-    async def list_charges(request: Request) -> Response:
-        if not authorised(request):
-            return unauthorised()
+    async def list_charges(self, request: Request) -> Response:
+        """``GET /v1/charges[?msg_id=...]``: the ledger, oldest first (at most 100)."""
+        if not self.authorised(request):
+            return self.unauthorised()
         msg_id = request.query_params.get("msg_id")
-        async with pool.connection() as conn:
+        async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT charge_id, msg_id, idempotency_key, customer, amount, currency, trace_id, created_at"
                 " FROM ledger WHERE (%s::text IS NULL OR msg_id = %s) ORDER BY created_at LIMIT 100",
@@ -398,45 +482,46 @@ def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None =
                  "currency": r[5], "trace_id": r[6], "created": r[7].isoformat()} for r in rows]
         return JSONResponse({"object": "list", "data": data})
 
-    async def healthz(request: Request) -> Response:
-        async with pool.connection() as conn:
+    async def healthz(self, request: Request) -> Response:
+        """``GET /healthz``: ok when the database answers."""
+        async with self.pool.connection() as conn:
             await conn.execute("SELECT 1")
         return JSONResponse({"status": "ok"})
 
-    async def admin_faults(request: Request) -> Response:
-        if not authorised(request):
-            return unauthorised()
+    async def admin_faults(self, request: Request) -> Response:
+        """``GET /admin/faults``: the fault knobs; ``POST`` changes some of them."""
+        if not self.authorised(request):
+            return self.unauthorised()
         if request.method == "POST":
             try:
                 changes = await request.json()
-                if not isinstance(changes, dict):
-                    raise ValueError("body: must be a JSON object of fault settings")
-                faults.update(changes)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or not UTF-8
                 return _error(400, "invalid_request_error", "The body is not valid JSON.", param="body")
-            except ValueError as exc:
-                param = str(exc).split(":", 1)[0]
-                return _error(400, "invalid_request_error", str(exc), param=param)
-        return JSONResponse(asdict(faults))
+            try:
+                if not isinstance(changes, dict):
+                    raise BadRequest("body", "body: must be a JSON object of fault settings")
+                self.faults.update(changes)
+            except BadRequest as exc:
+                return exc.response()
+        return JSONResponse(asdict(self.faults))
 
-    async def admin_expire_keys(request: Request) -> Response:
-        """Age every stored key past the TTL, as if a day had gone by."""
-        if not authorised(request):
-            return unauthorised()
-        async with pool.connection() as conn:
+    async def admin_expire_keys(self, request: Request) -> Response:
+        """``POST /admin/expire-keys``: age every stored key past the TTL, as if a day had gone by."""
+        if not self.authorised(request):
+            return self.unauthorised()
+        async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "UPDATE idempotency_keys SET created_at = created_at - make_interval(secs => %s)",
-                (faults.key_ttl_seconds + 1,))
+                (self.faults.key_ttl_seconds + 1,))
         return JSONResponse({"aged": cur.rowcount})
 
-    routes = [
-        Route("/v1/charges", create_charge, methods=["POST"]),
-        Route("/v1/charges", list_charges, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/admin/faults", admin_faults, methods=["GET", "POST"]),
-        Route("/admin/expire-keys", admin_expire_keys, methods=["POST"]),
-    ]
-    return Starlette(routes=routes, lifespan=lifespan)
+
+def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None = None,
+               in_flight_timeout: float = 30.0, seed: int | None = None, announce: str | None = None,
+               pool_size: int = 8) -> Starlette:
+    """The provider as an ASGI app over the database at ``dsn`` (``Provider(...).app()``)."""
+    return Provider(dsn, api_key, faults, in_flight_timeout=in_flight_timeout, seed=seed, announce=announce,
+                    pool_size=pool_size).app()
 
 
 LISTENING = "provider listening on "
@@ -469,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                        "fail_after_charge_mode": args.fail_after_charge_mode,
                        "fail_before_charge": args.fail_before_charge,
                        "rate_limit_per_second": args.rate_limit, "key_ttl_seconds": args.key_ttl_seconds})
-    except ValueError as exc:
+    except BadRequest as exc:
         parser.error(str(exc))
     try:
         with psycopg.connect(args.dsn, connect_timeout=5):

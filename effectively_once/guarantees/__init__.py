@@ -1,0 +1,65 @@
+"""Which Kafka guarantees does the broker at hand actually give? ``probe(stack)`` asks it, live.
+
+Each check makes the broker face one situation the lesson relies on and reports
+what a ``read_committed`` consumer (or the group coordinator) actually did:
+
+- ``idempotent_producer``: an idempotent producer with ``acks=all`` is accepted,
+  and a resent batch (same producer id, epoch and sequence, exactly what a
+  client retry sends after a lost response) is stored once. The same resend
+  without a producer id is shown as the control: it is stored twice.
+- ``read_committed_hides_aborted``: records of an aborted transaction never
+  reach a ``read_committed`` consumer.
+- ``zombie_fenced``: a second producer initialising the same ``transactional.id``
+  aborts the first one's open transaction; the zombie's records never reach a
+  ``read_committed`` consumer.
+- ``stale_generation_rejected``: a transactional offset commit carrying the
+  consumer-group metadata of a member that has since been replaced is refused
+  (KIP-447), and the group's committed offset does not move.
+
+Apache Kafka gives all four. Tansu, the embedded broker, gives only the first;
+the probe shows that rather than assuming it.
+
+``kafka_txn_vs_postgres(stack)`` shows why none of this reaches PostgreSQL: a
+Kafka transaction and a database transaction side by side commit and roll back
+independently.
+
+The package, by concern:
+
+- ``checks``: the four checks, ``probe`` and ``compare_brokers``;
+- ``report``: the guarantee names, ``Check``, ``ProbeReport``, ``BrokerComparison`` and how they render;
+- ``clients``: the confluent-kafka clients the checks share, and their timeouts;
+- ``wire``: a minimal Kafka wire-protocol client that resends a batch as a client retry would;
+- ``crc32c``: the record batch checksum;
+- ``demo``: ``kafka_txn_vs_postgres``;
+- ``cli``: ``python -m effectively_once probe`` (and ``python -m effectively_once.guarantees``).
+"""
+
+from __future__ import annotations
+
+from effectively_once.guarantees.checks import (CHECKS, check_idempotent_producer, check_read_committed,
+                                                check_stale_generation, check_zombie_fenced, compare_brokers,
+                                                probe, try_zombie_commit)
+from effectively_once.guarantees.cli import HELP, add_arguments, run
+from effectively_once.guarantees.clients import (OPERATION_TIMEOUT, READ_TIMEOUT, ZOMBIE_COMMIT_TIMEOUT,
+                                                 delete_groups, kafka_error, read_values, transactional_producer)
+from effectively_once.guarantees.demo import (KAFKA_COMMITS, POSTGRES_COMMITS, SplitOutcome, TxnVsPostgres,
+                                              kafka_txn_vs_postgres)
+from effectively_once.guarantees.report import (IDEMPOTENT_PRODUCER, READ_COMMITTED, STALE_GENERATION, TITLES,
+                                                ZOMBIE_FENCED, BrokerComparison, Check, ProbeReport)
+from effectively_once.guarantees.wire import WireClient, nullable_string, record_batch, varint
+
+# Private names that code outside the package imported when it was a single module.
+from effectively_once.guarantees.crc32c import crc32c as _crc32c  # noqa: E402, F401
+
+_varint = varint
+_read_values = read_values
+_transactional_producer = transactional_producer
+
+__all__ = [
+    "BrokerComparison", "CHECKS", "Check", "HELP", "IDEMPOTENT_PRODUCER", "KAFKA_COMMITS", "OPERATION_TIMEOUT",
+    "POSTGRES_COMMITS", "ProbeReport", "READ_COMMITTED", "READ_TIMEOUT", "STALE_GENERATION", "SplitOutcome", "TITLES",
+    "TxnVsPostgres", "WireClient", "ZOMBIE_COMMIT_TIMEOUT", "ZOMBIE_FENCED", "add_arguments",
+    "check_idempotent_producer", "check_read_committed", "check_stale_generation", "check_zombie_fenced",
+    "compare_brokers", "delete_groups", "kafka_error", "kafka_txn_vs_postgres", "nullable_string",
+    "probe", "read_values", "record_batch", "run", "transactional_producer", "try_zombie_commit", "varint",
+]

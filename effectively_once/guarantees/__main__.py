@@ -1,0 +1,3 @@
+from effectively_once.guarantees.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The confluent-kafka clients the checks (and the incident replays) share, and how long they wait."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from effectively_once import stack as stack_mod
+
+# How long a check waits for the broker before it calls the outcome. Short on
+# purpose: a broker that does not fence a zombie makes the zombie's commit hang
+# for the whole timeout.
+OPERATION_TIMEOUT = 10.0
+ZOMBIE_COMMIT_TIMEOUT = 2.0
+READ_TIMEOUT = 8.0
+
+
+def kafka_error(exc: BaseException) -> str:
+    """The Kafka error code name of an exception from confluent-kafka, else its text."""
+    arg = exc.args[0] if getattr(exc, "args", None) else None
+    if hasattr(arg, "name"):
+        return arg.name()
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def read_values(stack: stack_mod.Stack, topic: str, partitions: Iterable[int], *,
+                stop_when: Callable[[list[str]], bool], timeout: float = READ_TIMEOUT,
+                field: str = "value") -> list[str]:
+    """Values (or with ``field="key"`` keys) a fresh ``read_committed`` consumer sees from the start of ``partitions``.
+
+    Reads until ``stop_when(values)`` or ``timeout``. The consumer is assigned
+    partitions directly (no group join, no offset commit), so it leaves no group behind.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    if field not in ("value", "key"):
+        raise ValueError(f"field must be 'value' or 'key', not {field!r}")
+    consumer = Consumer(stack.consumer_config(**{
+        "group.id": stack.group(f"probe-reader-{stack_mod.new_run_id()}"),
+        "isolation.level": "read_committed",
+        "logger": stack_mod.quiet_logger(),
+    }))
+    values: list[str] = []
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not stop_when(values):
+            msg = consumer.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            values.append(getattr(msg, field)().decode())
+    finally:
+        consumer.close()
+    return values
+
+
+def transactional_producer(stack: stack_mod.Stack, transactional_id: str, **overrides: Any):
+    """A confluent-kafka producer with ``transactional_id``, its transactions initialised."""
+    from confluent_kafka import Producer
+
+    producer = Producer(stack.producer_config(**{
+        "transactional.id": transactional_id,
+        "logger": stack_mod.quiet_logger(),
+        **overrides,
+    }))
+    producer.init_transactions(OPERATION_TIMEOUT)
+    return producer
+
+
+def delete_groups(stack: stack_mod.Stack, *groups: str) -> None:
+    """Delete consumer groups (best effort).
+
+    Tansu advertises DeleteGroups but never answers it (a request waits out any
+    timeout), so on Tansu the groups are left; they hold only a committed offset.
+    """
+    if stack.broker_flavor == "tansu":
+        return
+    try:
+        futures = stack.admin().delete_consumer_groups(list(groups), request_timeout=5)
+        for future in futures.values():
+            try:
+                future.result(timeout=5)
+            except Exception:
+                pass
+    except Exception:
+        pass

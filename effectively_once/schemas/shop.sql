@@ -1,0 +1,26 @@
+-- The shop's database: the consumer's dedup table and its log of every message it handled.
+CREATE TABLE IF NOT EXISTS charges (
+    msg_id     text PRIMARY KEY,
+    status     text        NOT NULL CHECK (status IN ('pending', 'done')),
+    charge_id  text,
+    attempts   integer     NOT NULL DEFAULT 1,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS consumer_events (
+    id             bigserial PRIMARY KEY,
+    msg_id         text,
+    topic          text        NOT NULL,
+    partition      integer     NOT NULL,
+    "offset"       bigint      NOT NULL,
+    result         text        NOT NULL,
+    dedup_hit      boolean     NOT NULL DEFAULT false,
+    side_effect_ms double precision,
+    retries        integer     NOT NULL DEFAULT 0,
+    trace_id       text,
+    error          text,
+    layers         text        NOT NULL,
+    consumer_pid   integer     NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS consumer_events_msg_id_idx ON consumer_events (msg_id);
