@@ -190,3 +190,14 @@ def test_make_check_passes_fast_and_fails_on_a_drifted_notebook(tmp_path):
                              timeout=300)
     assert drifted.returncode != 0
     assert f"{NOTEBOOK}: cell 0 (markdown) differs" in drifted.stderr, drifted.stdout[-2000:] + drifted.stderr
+
+
+def test_code_changed_in_both_files_without_a_rerun_is_caught(tree):
+    """The source and the .ipynb agree, but the stored outputs came from the code before the edit."""
+    _edit_cell(tree / f"{NOTEBOOK}.ipynb", _first_cell(tree, "code"), "MESSAGES = 3", "MESSAGES = 4")
+    source = tree / "sources" / f"{NOTEBOOK}.md"
+    source.write_text(source.read_text().replace("MESSAGES = 3", "MESSAGES = 4", 1))
+    result = _check(tree)
+    assert result.returncode == 1
+    assert "differs" not in result.stderr, result.stderr
+    assert f"{NOTEBOOK}: its outputs did not come from the code it holds" in result.stderr

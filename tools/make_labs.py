@@ -7,7 +7,8 @@ In a code cell of a solution notebook, the learner's part sits between two
 marker lines::
 
     ### BEGIN SOLUTION
-    # HINT: one line that helps without giving the answer away
+    # HINT: a line that helps without giving the answer away
+    # HINT: (a long hint goes on several HINT lines, joined with spaces)
     ...the solution...
     ### END SOLUTION
 
@@ -54,7 +55,7 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
             if lines[end].strip() != END:
                 raise SolutionMarkupError(f"{where}: {BEGIN!r} on line {i + 1} is followed by another BEGIN")
             hints = [m.group("hint") for m in map(HINT.match, lines[i + 1:end]) if m]
-            hint = hints[0] if hints else DEFAULT_HINT
+            hint = " ".join(hints) if hints else DEFAULT_HINT
             out.append(f"{indent}raise NotImplementedError({json.dumps(hint)})")
             replaced += 1
             i = end + 1

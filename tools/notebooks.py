@@ -24,6 +24,7 @@ learner's does. After rebuilding a solution, ``tools/make_labs.py`` rewrites
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -47,6 +48,9 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|tmp|private/var)/
 TIME_LINE = re.compile(r"\*\*Time:\*\* about (\d+) minutes")
 README_BEGIN = "<!-- course map: written by `python tools/notebooks.py course` from effectively_once/course.py -->"
 README_END = "<!-- end of course map -->"
+# The .ipynb's metadata key holding a digest of the code its outputs came from: `execute` writes it,
+# `check` compares it, so code edited after the last run (outputs now stale) fails the check.
+DIGEST_KEY = "executed_code_sha256"
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,12 @@ def strip(nb: NotebookNode) -> NotebookNode:
     return renumber(nb)
 
 
+def code_digest(nb: NotebookNode) -> str:
+    """A digest of every code cell's source and tags, in order: what the stored outputs came from."""
+    code = [[c.source, list(c.metadata.get("tags", []))] for c in nb.cells if c.cell_type == "code"]
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()
+
+
 def _key(cell: NotebookNode) -> tuple[str, str, tuple[str, ...]]:
     return cell.cell_type, cell.source, tuple(cell.metadata.get("tags", []))
 
@@ -161,6 +171,9 @@ def differences(source: NotebookNode, executed: NotebookNode) -> list[str]:
 def hygiene(nb: NotebookNode) -> list[str]:
     """What must never be committed in an executed notebook: unstable ids, widget state, machine paths."""
     problems = []
+    if nb.metadata.get(DIGEST_KEY) != code_digest(nb):
+        problems.append("its outputs did not come from the code it holds (a code cell changed after the last run, "
+                        "or it never ran through `tools/notebooks.py execute`)")
     if "widgets" in nb.metadata:
         problems.append("saved widget state in metadata.widgets")
     for i, cell in enumerate(nb.cells):
@@ -193,8 +206,9 @@ def check_pair(pair: Pair) -> list[str]:
                else f"`make notebooks NB={pair.name}` re-executes it")
         problems.append(f"{pair.name}: the source wins; {fix} (or, to keep an edit made to the .ipynb, "
                         f"`python tools/notebooks.py adopt {pair.name}`)")
-    problems += [f"{pair.name}: {p} (run `python tools/notebooks.py strip {pair.name}`)"
-                 for p in hygiene(executed)]
+    for problem in hygiene(executed):
+        fix = f"make notebooks NB={pair.name}" if "outputs" in problem else f"python tools/notebooks.py strip {pair.name}"
+        problems.append(f"{pair.name}: {problem} (run `{fix}`)")
     return problems
 
 
@@ -214,6 +228,7 @@ def execute_pair(pair: Pair, timeout: int = 900) -> None:
     nb = read_source(pair.source)
     NotebookClient(nb, timeout=timeout, kernel_name=KERNELSPEC["name"], record_timing=False,
                    resources={"metadata": {"path": str(pair.ipynb.parent)}}).execute()
+    nb.metadata[DIGEST_KEY] = code_digest(nb)
     write_ipynb(nb, pair.ipynb)
     found = hygiene(nb)
     if found:
