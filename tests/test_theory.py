@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from effectively_once.theory import channel, generals
 from effectively_once.theory.generals import ATTACK, RETREAT, Run
 
-
 # --- Two Generals ---------------------------------------------------------------------------
 
 

@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from effectively_once import stack as stack_mod
-from effectively_once.guarantees.clients import (OPERATION_TIMEOUT, ZOMBIE_COMMIT_TIMEOUT, delete_groups,
-                                                 kafka_error, read_values, transactional_producer)
-from effectively_once.guarantees.report import (IDEMPOTENT_PRODUCER, READ_COMMITTED, STALE_GENERATION, TITLES,
-                                                ZOMBIE_FENCED, BrokerComparison, Check, ProbeReport)
+from effectively_once.guarantees.clients import (
+    OPERATION_TIMEOUT,
+    ZOMBIE_COMMIT_TIMEOUT,
+    delete_groups,
+    kafka_error,
+    read_values,
+    transactional_producer,
+)
+from effectively_once.guarantees.report import (
+    IDEMPOTENT_PRODUCER,
+    READ_COMMITTED,
+    STALE_GENERATION,
+    TITLES,
+    ZOMBIE_FENCED,
+    BrokerComparison,
+    Check,
+    ProbeReport,
+)
 from effectively_once.guarantees.wire import WireClient, record_batch
 
 

@@ -37,9 +37,9 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 HELP = "flag HTTP POST calls without an Idempotency-Key header (Stripe 2020 lint rule)"
 

@@ -46,8 +46,9 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from effectively_once.schemas import load
 
@@ -164,7 +165,7 @@ class SqsQueue:
         """Close the connection."""
         self.conn.close()
 
-    def __enter__(self) -> "SqsQueue":
+    def __enter__(self) -> SqsQueue:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,7 +195,7 @@ class VisibilityHeartbeat:
                 return  # the handle is stale: someone else owns the message now
             self.extensions += 1
 
-    def __enter__(self) -> "VisibilityHeartbeat":
+    def __enter__(self) -> VisibilityHeartbeat:
         self._thread.start()
         return self
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 CONSUMER_LAG_MESSAGES = "consumer_lag_messages"
 DLQ_DEPTH = "dlq_depth"
@@ -167,7 +168,7 @@ class Series:
             raise ValueError(f"series {self.name}: timestamps must be strictly increasing")
 
     @classmethod
-    def from_points(cls, name: str, points: Iterable[tuple[float, float]], **labels: str) -> "Series":
+    def from_points(cls, name: str, points: Iterable[tuple[float, float]], **labels: str) -> Series:
         """A series from ``(timestamp, value)`` pairs (sorted by time here)."""
         ordered = sorted(points)
         return cls(name, tuple(t for t, _ in ordered), tuple(v for _, v in ordered), dict(labels))
@@ -178,7 +179,7 @@ class Series:
     def __iter__(self) -> Iterator[tuple[float, float]]:
         return iter(zip(self.timestamps, self.values))
 
-    def between(self, start: float, end: float) -> "Series":
+    def between(self, start: float, end: float) -> Series:
         """The points with ``start <= timestamp <= end``."""
         kept = [(t, v) for t, v in self if start <= t <= end]
         return Series(self.name, tuple(t for t, _ in kept), tuple(v for _, v in kept), dict(self.labels))

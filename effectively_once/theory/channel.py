@@ -28,8 +28,8 @@ animation (:func:`message_events`) describe the very same runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class Semantics:
     idempotent_producer: bool
     consumer_dedup: bool
 
-    def with_retries(self, retries: int) -> "Semantics":
+    def with_retries(self, retries: int) -> Semantics:
         """The same semantic with another retry budget (at-most-once keeps 0)."""
         if self.retries == 0:
             return self
