@@ -123,7 +123,8 @@ def check_read_committed(stack: stack_mod.Stack) -> Check:
         if holds:
             evidence = f"saw the {len(delivered)} committed records and none of the {len(aborted)} aborted ones"
         elif leaked:
-            evidence = f"saw {len(leaked)} of {len(aborted)} aborted records ({', '.join(leaked)}) next to the committed ones"
+            evidence = (f"saw {len(leaked)} of {len(aborted)} aborted records ({', '.join(leaked)}) "
+                        "next to the committed ones")
         else:
             evidence = f"the committed records did not arrive in order (saw {seen})"
         return Check(READ_COMMITTED, holds, evidence, {"seen": seen, "aborted": aborted, "committed": committed})

@@ -22,6 +22,7 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 CONSUMER_LAG_MESSAGES = "consumer_lag_messages"
@@ -164,7 +165,7 @@ class Series:
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
         if len(self.timestamps) != len(self.values):
             raise ValueError(f"series {self.name}: {len(self.timestamps)} timestamps but {len(self.values)} values")
-        if any(b <= a for a, b in zip(self.timestamps, self.timestamps[1:])):
+        if any(b <= a for a, b in pairwise(self.timestamps)):
             raise ValueError(f"series {self.name}: timestamps must be strictly increasing")
 
     @classmethod
@@ -177,7 +178,7 @@ class Series:
         return len(self.timestamps)
 
     def __iter__(self) -> Iterator[tuple[float, float]]:
-        return iter(zip(self.timestamps, self.values))
+        return iter(zip(self.timestamps, self.values, strict=True))
 
     def between(self, start: float, end: float) -> Series:
         """The points with ``start <= timestamp <= end``."""
