@@ -109,6 +109,7 @@ def dlq_age_seconds_p99(first_seen_times: Iterable[float], now: float) -> float:
 
 
 def _dedup_outcome(event: Any) -> str | None:
+    outcome: object
     if isinstance(event, str):
         outcome = event
     elif isinstance(event, Mapping):
@@ -117,7 +118,7 @@ def _dedup_outcome(event: Any) -> str | None:
             return None  # another kind of consumer event
     else:
         raise TypeError(f"a dedup event is an outcome string or a mapping with a 'dedup' key, got {event!r:.60}")
-    if outcome not in DEDUP_OUTCOMES:
+    if not isinstance(outcome, str) or outcome not in DEDUP_OUTCOMES:
         raise ValueError(f"unknown dedup outcome {outcome!r}: expected one of {sorted(DEDUP_OUTCOMES)}")
     return outcome
 

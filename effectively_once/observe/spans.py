@@ -50,6 +50,8 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 def _span_line(span: ReadableSpan, event: str) -> dict[str, Any]:
     context = span.get_span_context()
+    if context is None:
+        raise ValueError(f"span {span.name!r} has no span context, so it has no trace id to write")
     parent = span.parent
     return {
         "event": event,
