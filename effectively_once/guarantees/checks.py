@@ -36,7 +36,7 @@ from effectively_once.guarantees.wire import WireClient, record_batch
 
 def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
     """An idempotent acks=all producer is accepted and its retried batch is stored once."""
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaError, Producer
 
     run = stack_mod.new_run_id()
     topic = stack.create_topic(f"probe-idempotence-{run}", partitions=1)
@@ -44,10 +44,14 @@ def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
         # 1. The client the course uses, configured as the lesson says.
         producer = Producer(stack.producer_config(logger=stack_mod.quiet_logger()))
         failures: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                failures.append(err.name())
+
         client_values = [f"client-{run}-{i}" for i in range(5)]
         for value in client_values:
-            producer.produce(topic, value=value.encode(), partition=0,
-                             on_delivery=lambda err, msg: err and failures.append(err.name()))
+            producer.produce(topic, value=value.encode(), partition=0, on_delivery=on_delivery)
         left = producer.flush(OPERATION_TIMEOUT)
         if left or failures:
             return Check(IDEMPOTENT_PRODUCER, False,
