@@ -42,7 +42,7 @@ while True:
 """
 
 
-def one_round(stack, protocol: str, topic: str) -> float:
+def one_round(stack: stack_mod.Stack, protocol: str, topic: str) -> float:
     group = stack.group(f"reassign.{protocol}.{stack_mod.new_run_id()}")
     config = {"bootstrap.servers": stack.kafka_bootstrap, "group.id": group, "auto.offset.reset": "earliest",
               "enable.auto.commit": False, "logger": stack_mod.quiet_logger(), **consumer_group_settings(protocol)}
