@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 
 from effectively_once.theory import channel
 
@@ -38,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'semantic':<38} {'numpy msg/s':>14} {'loop msg/s':>12} {'ratio':>7}")
     ratios = []
     for semantics in channel.SEMANTICS:
-        fast_s, fast = best_of(args.repeats, lambda: channel.simulate(draws, semantics))
-        loop_s, loop = best_of(1, lambda: channel.simulate_loop(draws, semantics))
+        fast_s, fast = best_of(args.repeats, partial(channel.simulate, draws, semantics))
+        loop_s, loop = best_of(1, partial(channel.simulate_loop, draws, semantics))
         if fast != loop:
             print(f"MISMATCH for {semantics.name}:\n  numpy {fast}\n  loop  {loop}", file=sys.stderr)
             return 1

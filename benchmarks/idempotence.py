@@ -19,7 +19,7 @@ DEFAULTS = ["--messages", "20000", "--rounds", "9"]
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    for flag, value in zip(DEFAULTS[::2], DEFAULTS[1::2]):
+    for flag, value in zip(DEFAULTS[::2], DEFAULTS[1::2], strict=True):
         if flag not in args:
             args += [flag, value]
     sys.exit(measure.main(args))

@@ -24,12 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg  # noqa: E402
 
 from effectively_once import stack as stack_mod  # noqa: E402
+from effectively_once.measure import IDEMPOTENT, PLAIN, measure_idempotence_cost  # noqa: E402
 from effectively_once.payments.children import ProviderProcess  # noqa: E402
 from effectively_once.payments.lab import PaymentLab  # noqa: E402
-from effectively_once.measure import IDEMPOTENT, PLAIN, measure_idempotence_cost  # noqa: E402
 
 
-def consumer_rate(stack, provider: ProviderProcess, shop_dsn: str, variant: str, messages: int) -> float:
+def consumer_rate(stack: stack_mod.Stack, provider: ProviderProcess, shop_dsn: str, variant: str,
+                  messages: int) -> float:
     """Charges per second of a warmed-up consumer over ``messages`` fresh messages.
 
     One message first warms the consumer up (group joined, provider connection

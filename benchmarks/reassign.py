@@ -42,7 +42,7 @@ while True:
 """
 
 
-def one_round(stack, protocol: str, topic: str) -> float:
+def one_round(stack: stack_mod.Stack, protocol: str, topic: str) -> float:
     group = stack.group(f"reassign.{protocol}.{stack_mod.new_run_id()}")
     config = {"bootstrap.servers": stack.kafka_bootstrap, "group.id": group, "auto.offset.reset": "earliest",
               "enable.auto.commit": False, "logger": stack_mod.quiet_logger(), **consumer_group_settings(protocol)}
@@ -92,7 +92,8 @@ def main() -> int:
     args = parser.parse_args()
     with stack_mod.start(args.backend, progress=lambda *a: print(*a, file=sys.stderr)) as stack:
         if stack.broker_flavor != "apache-kafka":
-            print(f"this measures Apache Kafka's group protocols; the {args.backend} backend runs {stack.broker_flavor}")
+            print(f"this measures Apache Kafka's group protocols; "
+                  f"the {args.backend} backend runs {stack.broker_flavor}")
             return 2
         topic = stack.create_topic(f"reassign.{stack_mod.new_run_id()}", partitions=3)
         times: dict[str, list[float]] = {"classic": [], "consumer": []}
@@ -105,8 +106,9 @@ def main() -> int:
         classic, consumer = (statistics.median(times[p]) for p in ("classic", "consumer"))
         print(f"\nSIGKILL to all partitions reassigned, median of {args.rounds} rounds (Apache Kafka "
               f"{stack.broker_version}, 2 s sessions):")
-        print(f"  classic protocol : {classic:.2f} s  (range {min(times['classic']):.2f}-{max(times['classic']):.2f})")
-        print(f"  consumer protocol: {consumer:.2f} s  (range {min(times['consumer']):.2f}-{max(times['consumer']):.2f})")
+        for label, protocol, median in (("classic protocol ", "classic", classic),
+                                        ("consumer protocol", "consumer", consumer)):
+            print(f"  {label}: {median:.2f} s  (range {min(times[protocol]):.2f}-{max(times[protocol]):.2f})")
         print(f"  ratio consumer/classic: {consumer / classic:.2f}x")
         stack.delete_topics(topic)
     return 0

@@ -16,8 +16,9 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from effectively_once import stack as stack_mod
 from effectively_once.payments.producer import charge_records, producer_config

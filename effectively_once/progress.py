@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def text_bar(label: str, width: int = 30) -> Callable[[int, int], None]:

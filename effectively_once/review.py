@@ -176,7 +176,19 @@ OPEN_QUESTIONS = (
     ),
 )
 
-SUMMARY = """
+# (layer, the window it closes, the window it leaves open)
+LAYERS = (
+    ("idempotent producer (`enable.idempotence=true`, `acks=all`)", "a producer retry after a lost ack",
+     "anything after the broker"),
+    ("dedup table (`INSERT ... ON CONFLICT DO NOTHING`, `pending` then `done`)", "a redelivery after the status update",
+     "the gap between the provider call and `done`"),
+    ("provider `Idempotency-Key` derived from `msg_id`", "a retried call after the money moved",
+     "a retry after the provider dropped the key (24 h)"),
+)
+LAYERS_TABLE = "\n".join(["| layer | closes | does not close |", "|---|---|---|",
+                          *(f"| {layer} | {closes} | {leaves_open} |" for layer, closes, leaves_open in LAYERS)])
+
+SUMMARY = f"""
 ### The course on one page
 
 **Impossible:** exactly-once *delivery*. Over a channel that can lose messages, no finite protocol gives both
@@ -187,11 +199,7 @@ the broker plus a consumer that makes every side effect idempotent.
 
 **The three layers and the windows they close**
 
-| layer | closes | does not close |
-|---|---|---|
-| idempotent producer (`enable.idempotence=true`, `acks=all`) | a producer retry after a lost ack | anything after the broker |
-| dedup table (`INSERT ... ON CONFLICT DO NOTHING`, `pending` then `done`) | a redelivery after the status update | the gap between the provider call and `done` |
-| provider `Idempotency-Key` derived from `msg_id` | a retried call after the money moved | a retry after the provider dropped the key (24 h) |
+{LAYERS_TABLE}
 
 **The traps:** a `pending` row must be retried, never skipped; the dedup table alone double-charges when the
 consumer dies after the provider call; a key past its TTL is a new key; and a Kafka-protocol broker is not

@@ -14,8 +14,7 @@ import psycopg
 import pytest
 
 from effectively_once import guarantees
-from effectively_once.guarantees import (IDEMPOTENT_PRODUCER, READ_COMMITTED, STALE_GENERATION,
-                                         ZOMBIE_FENCED)
+from effectively_once.guarantees import IDEMPOTENT_PRODUCER, READ_COMMITTED, STALE_GENERATION, ZOMBIE_FENCED
 from effectively_once.guarantees.crc32c import crc32c
 from effectively_once.guarantees.wire import varint
 from tests.conftest import ROOT, run_cli

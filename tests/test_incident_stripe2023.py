@@ -22,7 +22,7 @@ def test_the_limiter_view_counts_accepted_charges_in_the_trailing_second():
     replay = _replay([(0.0, 200), (0.2, 200), (0.4, 429), (0.9, 200), (1.1, 200)], finished=[(1.1, "charged", 1)],
                      live=[(0.5, 200), (0.6, 429)])
     times, counts = replay.accepted_in_last_second(step=0.1)
-    at = dict(zip((round(t, 1) for t in times), counts))
+    at = dict(zip((round(t, 1) for t in times), counts, strict=True))
     assert at[0.0] == 1 and at[0.5] == 3 and at[0.9] == 4   # 0.0, 0.2, live 0.5, 0.9 (429s not counted)
     assert at[1.1] == 4                                       # 0.0 has left the window, 1.1 has come in
     assert at[1.3] == 3                                       # and 0.2 has left it too

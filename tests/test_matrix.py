@@ -8,8 +8,18 @@ import psycopg
 import pytest
 
 from effectively_once.payments.lab import PaymentReport, Table
-from effectively_once.payments.matrix import (CHARGED_ONCE, CHARGED_TWICE, DID_NOT_RUN, LOST, CrashMatrix, MatrixCell,
-                                              PluggedStep, SideBySide, run_matrix, view)
+from effectively_once.payments.matrix import (
+    CHARGED_ONCE,
+    CHARGED_TWICE,
+    DID_NOT_RUN,
+    LOST,
+    CrashMatrix,
+    MatrixCell,
+    PluggedStep,
+    SideBySide,
+    run_matrix,
+    view,
+)
 from tests.test_pipeline import step_that_forgets_the_key
 
 

@@ -39,7 +39,8 @@ def test_ratio_is_taken_between_medians_and_rounds_show_the_spread():
 def test_a_missing_ack_or_an_error_is_not_hidden_by_the_ratio():
     short = IdempotenceCost("tansu", 1000, 1, [_run(IDEMPOTENT, 1, 0.5, acknowledged=999), _run(PLAIN, 1, 0.5)])
     assert not short.all_acknowledged
-    failed = IdempotenceCost("tansu", 1000, 1, [_run(IDEMPOTENT, 1, 0.5), _run(PLAIN, 1, 0.5, errors=["_MSG_TIMED_OUT"])])
+    failed = IdempotenceCost("tansu", 1000, 1,
+                             [_run(IDEMPOTENT, 1, 0.5), _run(PLAIN, 1, 0.5, errors=["_MSG_TIMED_OUT"])])
     assert not failed.all_acknowledged
 
 

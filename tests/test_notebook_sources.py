@@ -186,8 +186,8 @@ def test_make_check_passes_fast_and_fails_on_a_drifted_notebook(tmp_path):
     tree = _copy_tree(tmp_path / "course")
     _edit_cell(tree / f"{NOTEBOOK}.ipynb", _first_cell(tree, "markdown"), "Kill", "Kil")
     venv = ROOT / ".venv"
-    drifted = subprocess.run(["make", "-o", "setup", "check", f"VENV={venv}"], cwd=tree, env=env, capture_output=True, text=True,
-                             timeout=300)
+    drifted = subprocess.run(["make", "-o", "setup", "check", f"VENV={venv}"], cwd=tree, env=env,
+                             capture_output=True, text=True, timeout=300)
     assert drifted.returncode != 0
     assert f"{NOTEBOOK}: cell 0 (markdown) differs" in drifted.stderr, drifted.stdout[-2000:] + drifted.stderr
 

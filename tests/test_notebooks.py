@@ -115,7 +115,8 @@ def _make_labs():
 
 def test_make_labs_replaces_the_solution_and_keeps_the_rest():
     make_labs = _make_labs()
-    source = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    # HINT: add one\n    return x + y\n    ### END SOLUTION\n"
+    source = ("def f(x):\n    y = 1\n"
+              "    ### BEGIN SOLUTION\n    # HINT: add one\n    return x + y\n    ### END SOLUTION\n")
     out, replaced = make_labs.strip_solutions(source)
     assert replaced == 1
     assert out == 'def f(x):\n    y = 1\n    raise NotImplementedError("add one")\n'

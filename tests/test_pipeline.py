@@ -108,7 +108,7 @@ def matrix(stack, shared):
     jobs.append(("after_provider_call", "both", "forgetful"))
     with ThreadPoolExecutor(max_workers=3) as pool:
         reports = list(pool.map(scenario, jobs))
-    return dict(zip([(p, layers, e) for p, layers, e in jobs], reports))
+    return dict(zip([(p, layers, e) for p, layers, e in jobs], reports, strict=True))
 
 
 def test_matrix_covers_every_crash_point_and_layer_set():
@@ -359,7 +359,7 @@ def test_malformed_messages_end_in_the_dlq_and_the_consumer_survives(stack, shar
     assert report.lost_charges == 0 and report.duplicate_charges == 0, report
     assert report.charges == 4 and report.dlq == len(bad), report
     by_source = {(int(r["headers"]["dlq.source_partition"]), int(r["headers"]["dlq.source_offset"])): r for r in dlq}
-    for sent, value in zip(sent_bad, bad):
+    for sent, value in zip(sent_bad, bad, strict=True):
         record = by_source[(sent.partition, sent.offset)]
         assert record["value"] == value, "the DLQ must keep the original bytes"
         assert record["headers"]["dlq.error_type"] == "malformed"

@@ -100,7 +100,8 @@ def test_a_lone_surrogate_is_400_naming_the_field_not_500(provider, field):
     else:
         charge[field] = "\ud800ab" if field == "currency" else "c\ud800"
     raw = json.dumps(charge).encode()  # ensure_ascii: the surrogate travels as the escape \\ud800
-    response = httpx.post(f"{provider.url}/v1/charges", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    response = httpx.post(f"{provider.url}/v1/charges", content=raw,
+                          headers={**AUTH, "Content-Type": "application/json"})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == field
     assert ledger_count(provider, m) == 0

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,9 +18,18 @@ from starlette.responses import Response
 
 from effectively_once import stack as stack_mod
 from effectively_once.payments.messages import DEFAULT_API_KEY, REPLAY_HEADER
-from effectively_once.payments.provider import (MAX_KEY_CHARS, BadRequest, Faults, Provider, StoredKey,
-                                                answer_for_taken_key, check_idempotency_key, fingerprint,
-                                                trace_id_of_header, validate_charge)
+from effectively_once.payments.provider import (
+    MAX_KEY_CHARS,
+    BadRequest,
+    Faults,
+    Provider,
+    StoredKey,
+    answer_for_taken_key,
+    check_idempotency_key,
+    fingerprint,
+    trace_id_of_header,
+    validate_charge,
+)
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
 

@@ -9,8 +9,15 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from effectively_once.observe.spans import (CONSUMER_SPAN, JsonLinesSpanExporter, SpanStartRecorder,
-                                            find_duplicate_traces, load_spans, message_span, outgoing_traceparent)
+from effectively_once.observe.spans import (
+    CONSUMER_SPAN,
+    JsonLinesSpanExporter,
+    SpanStartRecorder,
+    find_duplicate_traces,
+    load_spans,
+    message_span,
+    outgoing_traceparent,
+)
 from effectively_once.observe.tracing import parse_traceparent
 from effectively_once.payments.lab import PaymentLab
 from effectively_once.payments.producer import charge_records

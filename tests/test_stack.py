@@ -205,5 +205,6 @@ def test_doctor_reports_each_check():
 
 
 def test_stack_errors_show_as_one_sentence_in_a_notebook():
-    error = stack_mod.StackError("Docker is not running: start Docker, or use EO_BACKEND=embedded.")
-    assert error._render_traceback_() == ["StackError: Docker is not running: start Docker, or use EO_BACKEND=embedded."]
+    sentence = "Docker is not running: start Docker, or use EO_BACKEND=embedded."
+    error = stack_mod.StackError(sentence)
+    assert error._render_traceback_() == [f"StackError: {sentence}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -11,7 +12,6 @@ from hypothesis import strategies as st
 
 from effectively_once.theory import channel, generals
 from effectively_once.theory.generals import ATTACK, RETREAT, Run
-
 
 # --- Two Generals ---------------------------------------------------------------------------
 
@@ -75,7 +75,7 @@ def test_proof_walks_from_all_delivered_to_a_contradiction(n):
     steps = generals.proof_steps(n)
     assert len(steps) == n + 2
     assert steps[0].run == Run(ATTACK, n, n) and steps[0].forced == ATTACK
-    for before, after in zip(steps[:-2], steps[1:-1]):
+    for before, after in pairwise(steps[:-1]):
         assert after.run.delivered == before.run.delivered - 1
         view = Run.view_a if after.unaware == "A" else Run.view_b
         assert view(after.run) == view(before.run)

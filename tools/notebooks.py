@@ -28,9 +28,9 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import jupytext
 import nbformat
@@ -145,7 +145,7 @@ def _key(cell: NotebookNode) -> tuple[str, str, tuple[str, ...]]:
 def _first_difference(want: str, have: str) -> str:
     """Where two cell sources part: the line number and both versions of that line."""
     a, b = want.split("\n"), have.split("\n")
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     line_a = a[n] if n < len(a) else "(nothing)"
     line_b = b[n] if n < len(b) else "(nothing)"
     return f"line {n + 1}: source {line_a[:70]!r}, .ipynb {line_b[:70]!r}"
@@ -154,7 +154,7 @@ def _first_difference(want: str, have: str) -> str:
 def differences(source: NotebookNode, executed: NotebookNode) -> list[str]:
     """How ``executed``'s cells differ from ``source``'s, one line each (empty when they agree)."""
     problems = []
-    for i, (want, have) in enumerate(zip(source.cells, executed.cells)):
+    for i, (want, have) in enumerate(zip(source.cells, executed.cells, strict=False)):
         if _key(want) != _key(have):
             if want.cell_type != have.cell_type:
                 problems.append(f"cell {i} is {want.cell_type} in the source, {have.cell_type} in the .ipynb")
@@ -200,9 +200,8 @@ def check_pair(pair: Pair) -> list[str]:
     executed = nbformat.read(str(pair.ipynb), as_version=4)
     problems = [f"{pair.name}: {p}" for p in differences(read_source(pair.source), executed)]
     if problems:
-        only_prose = all(_key(a) == _key(b) for a, b in zip(read_source(pair.source).cells, executed.cells)
-                         if a.cell_type == b.cell_type == "code")
-        fix = (f"`python tools/notebooks.py prose {pair.name}` carries the markdown over" if only_prose
+        fix = (f"`python tools/notebooks.py prose {pair.name}` carries the markdown over"
+               if only_prose_differs(read_source(pair.source), executed)
                else f"`make notebooks NB={pair.name}` re-executes it")
         problems.append(f"{pair.name}: the source wins; {fix} (or, to keep an edit made to the .ipynb, "
                         f"`python tools/notebooks.py adopt {pair.name}`)")
@@ -235,18 +234,22 @@ def execute_pair(pair: Pair, timeout: int = 900) -> None:
         raise SystemExit(f"{pair.name}: written, but {'; '.join(found)}")
 
 
+def only_prose_differs(source: NotebookNode, executed: NotebookNode) -> bool:
+    """True when both have the same cells in the same order and every code cell agrees."""
+    if [c.cell_type for c in source.cells] != [c.cell_type for c in executed.cells]:
+        return False
+    return all(_key(a) == _key(b) for a, b in zip(source.cells, executed.cells, strict=True) if a.cell_type == "code")
+
+
 def carry_prose(pair: Pair) -> bool:
     """Copy the source's markdown cells into the .ipynb when only markdown changed; True when it wrote."""
     source = read_source(pair.source)
     executed = nbformat.read(str(pair.ipynb), as_version=4)
-    shape = [c.cell_type for c in source.cells] == [c.cell_type for c in executed.cells]
-    code_same = shape and all(_key(a) == _key(b) for a, b in zip(source.cells, executed.cells)
-                              if a.cell_type == "code")
-    if not code_same:
+    if not only_prose_differs(source, executed):
         raise SystemExit(f"{pair.name}: code cells (or the cell order) changed, so the outputs would be stale: "
                          f"run `make notebooks NB={pair.name}`")
     changed = False
-    for want, have in zip(source.cells, executed.cells):
+    for want, have in zip(source.cells, executed.cells, strict=True):
         if want.cell_type == "markdown" and _key(want) != _key(have):
             have.source = want.source
             have.metadata = want.metadata

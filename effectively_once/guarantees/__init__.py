@@ -36,21 +36,48 @@ The package, by concern:
 
 from __future__ import annotations
 
-from effectively_once.guarantees.checks import (CHECKS, check_idempotent_producer, check_read_committed,
-                                                check_stale_generation, check_zombie_fenced, compare_brokers,
-                                                probe, try_zombie_commit)
+from effectively_once.guarantees.checks import (
+    CHECKS,
+    check_idempotent_producer,
+    check_read_committed,
+    check_stale_generation,
+    check_zombie_fenced,
+    compare_brokers,
+    probe,
+    try_zombie_commit,
+)
 from effectively_once.guarantees.cli import HELP, add_arguments, run
-from effectively_once.guarantees.clients import (OPERATION_TIMEOUT, READ_TIMEOUT, ZOMBIE_COMMIT_TIMEOUT,
-                                                 delete_groups, kafka_error, read_values, transactional_producer)
-from effectively_once.guarantees.demo import (KAFKA_COMMITS, POSTGRES_COMMITS, SplitOutcome, TxnVsPostgres,
-                                              kafka_txn_vs_postgres)
-from effectively_once.guarantees.report import (IDEMPOTENT_PRODUCER, READ_COMMITTED, STALE_GENERATION, TITLES,
-                                                ZOMBIE_FENCED, BrokerComparison, Check, ProbeReport)
+from effectively_once.guarantees.clients import (
+    OPERATION_TIMEOUT,
+    READ_TIMEOUT,
+    ZOMBIE_COMMIT_TIMEOUT,
+    delete_groups,
+    kafka_error,
+    read_values,
+    transactional_producer,
+)
+from effectively_once.guarantees.crc32c import crc32c as _crc32c  # noqa: F401 (a private name, see below)
+from effectively_once.guarantees.demo import (
+    KAFKA_COMMITS,
+    POSTGRES_COMMITS,
+    SplitOutcome,
+    TxnVsPostgres,
+    kafka_txn_vs_postgres,
+)
+from effectively_once.guarantees.report import (
+    IDEMPOTENT_PRODUCER,
+    READ_COMMITTED,
+    STALE_GENERATION,
+    TITLES,
+    ZOMBIE_FENCED,
+    BrokerComparison,
+    Check,
+    ProbeReport,
+)
 from effectively_once.guarantees.wire import WireClient, nullable_string, record_batch, varint
 
-# Private names that code outside the package imported when it was a single module.
-from effectively_once.guarantees.crc32c import crc32c as _crc32c  # noqa: E402, F401
-
+# Private names that code outside the package imported when it was a single module
+# (and _crc32c, imported above under its private name so the submodule attribute stays the module).
 _varint = varint
 _read_values = read_values
 _transactional_producer = transactional_producer

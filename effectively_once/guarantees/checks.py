@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from effectively_once import stack as stack_mod
-from effectively_once.guarantees.clients import (OPERATION_TIMEOUT, ZOMBIE_COMMIT_TIMEOUT, delete_groups,
-                                                 kafka_error, read_values, transactional_producer)
-from effectively_once.guarantees.report import (IDEMPOTENT_PRODUCER, READ_COMMITTED, STALE_GENERATION, TITLES,
-                                                ZOMBIE_FENCED, BrokerComparison, Check, ProbeReport)
+from effectively_once.guarantees.clients import (
+    OPERATION_TIMEOUT,
+    ZOMBIE_COMMIT_TIMEOUT,
+    delete_groups,
+    kafka_error,
+    read_values,
+    transactional_producer,
+)
+from effectively_once.guarantees.report import (
+    IDEMPOTENT_PRODUCER,
+    READ_COMMITTED,
+    STALE_GENERATION,
+    TITLES,
+    ZOMBIE_FENCED,
+    BrokerComparison,
+    Check,
+    ProbeReport,
+)
 from effectively_once.guarantees.wire import WireClient, record_batch
 
 
 def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
     """An idempotent acks=all producer is accepted and its retried batch is stored once."""
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaError, Producer
 
     run = stack_mod.new_run_id()
     topic = stack.create_topic(f"probe-idempotence-{run}", partitions=1)
@@ -29,10 +44,14 @@ def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
         # 1. The client the course uses, configured as the lesson says.
         producer = Producer(stack.producer_config(logger=stack_mod.quiet_logger()))
         failures: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                failures.append(err.name())
+
         client_values = [f"client-{run}-{i}" for i in range(5)]
         for value in client_values:
-            producer.produce(topic, value=value.encode(), partition=0,
-                             on_delivery=lambda err, msg: err and failures.append(err.name()))
+            producer.produce(topic, value=value.encode(), partition=0, on_delivery=on_delivery)
         left = producer.flush(OPERATION_TIMEOUT)
         if left or failures:
             return Check(IDEMPOTENT_PRODUCER, False,
@@ -108,7 +127,8 @@ def check_read_committed(stack: stack_mod.Stack) -> Check:
         if holds:
             evidence = f"saw the {len(delivered)} committed records and none of the {len(aborted)} aborted ones"
         elif leaked:
-            evidence = f"saw {len(leaked)} of {len(aborted)} aborted records ({', '.join(leaked)}) next to the committed ones"
+            evidence = (f"saw {len(leaked)} of {len(aborted)} aborted records ({', '.join(leaked)}) "
+                        "next to the committed ones")
         else:
             evidence = f"the committed records did not arrive in order (saw {seen})"
         return Check(READ_COMMITTED, holds, evidence, {"seen": seen, "aborted": aborted, "committed": committed})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from effectively_once import stack as stack_mod
 
@@ -18,8 +19,9 @@ READ_TIMEOUT = 8.0
 def kafka_error(exc: BaseException) -> str:
     """The Kafka error code name of an exception from confluent-kafka, else its text."""
     arg = exc.args[0] if getattr(exc, "args", None) else None
-    if hasattr(arg, "name"):
-        return arg.name()
+    name = getattr(arg, "name", None)  # a KafkaError, whose name() is the code's name
+    if callable(name):
+        return str(name())
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 

@@ -53,7 +53,8 @@ class TxnVsPostgres:
         for s in self.scenarios:
             colour = "#d4edda" if s.agree else "#f8d7da"
             rows.append(
-                f"<tr style='background:{colour};color:#212529'><td style='text-align:left'>{html.escape(s.scenario)}</td>"
+                f"<tr style='background:{colour};color:#212529'>"
+                f"<td style='text-align:left'>{html.escape(s.scenario)}</td>"
                 f"<td>{html.escape(s.kafka_transaction)}</td><td>{html.escape(s.postgres_transaction)}</td>"
                 f"<td>{html.escape(', '.join(s.kafka_holds) or '(nothing)')}</td>"
                 f"<td>{html.escape(', '.join(s.postgres_holds) or '(nothing)')}</td>"

@@ -37,9 +37,9 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 HELP = "flag HTTP POST calls without an Idempotency-Key header (Stripe 2020 lint rule)"
 
@@ -212,8 +212,10 @@ class _Checker:
         if depth > 20:
             return _Unknown("its headers are built through too many variables")
         if isinstance(node, ast.Dict):
-            parts = [HAS_KEY if _is_key(k) else NO_KEY for k in node.keys if k is not None]
-            parts += [self.expr_state(v, at, depth + 1) for k, v in zip(node.keys, node.values) if k is None]
+            parts: list[object] = [HAS_KEY if _is_key(k) else NO_KEY for k in node.keys if k is not None]
+            # A None key is a `**mapping` unpacked into the dict: its value's state counts.
+            parts += [self.expr_state(v, at, depth + 1)
+                      for k, v in zip(node.keys, node.values, strict=True) if k is None]
             return _combine(NO_KEY, *parts)
         if isinstance(node, ast.Constant) and node.value is None:
             return NO_KEY

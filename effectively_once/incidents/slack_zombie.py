@@ -32,6 +32,7 @@ import json
 from dataclasses import dataclass
 
 from effectively_once import stack as stack_mod
+from effectively_once.db import one
 from effectively_once.guarantees import OPERATION_TIMEOUT, read_values, transactional_producer, try_zombie_commit
 
 
@@ -129,8 +130,8 @@ def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
                 inserted = conn.execute("insert into charges values (%s, %s) on conflict do nothing",
                                         (charge["msg_id"], charge["amount"])).rowcount
                 absorbed += inserted == 0
-            naive = conn.execute("select count(*) from naive_ledger").fetchone()[0]
-            deduped = conn.execute("select count(*) from charges").fetchone()[0]
+            naive = one(conn.execute("select count(*) from naive_ledger"), "the naive ledger's count")[0]
+            deduped = one(conn.execute("select count(*) from charges"), "the deduplicated charges' count")[0]
         # Both instances wrote the same bytes; a record beyond one copy per charge is the zombie's.
         zombie_delivered = max(0, len(seen) - len(set(seen)))
         return ZombieReplay(stack.broker_flavor, charges, zombie_commit, len(seen), zombie_delivered, naive,

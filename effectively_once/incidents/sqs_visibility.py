@@ -46,10 +46,17 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from effectively_once.db import one
 from effectively_once.schemas import load
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from effectively_once.stack import Stack
 
 FIXES = (None, "extend_visibility", "dedup")
 POLL_SECONDS = 0.01  # an idle worker asks again this often; far below any timeout used here
@@ -87,8 +94,8 @@ class SqsQueue:
 
     def send(self, body: str) -> int:
         """Enqueue ``body``, visible at once; return the message id."""
-        row = self.conn.execute("INSERT INTO sqs_messages (body) VALUES (%s) RETURNING id", (body,)).fetchone()
-        return int(row[0])
+        cur = self.conn.execute("INSERT INTO sqs_messages (body) VALUES (%s) RETURNING id", (body,))
+        return int(one(cur, "the id of the message just sent")[0])
 
     def receive(self, visibility_timeout: float, max_messages: int = 1) -> list[ReceivedMessage]:
         """Take up to ``max_messages`` visible messages and hide them for ``visibility_timeout`` s.
@@ -158,13 +165,13 @@ class SqsQueue:
 
     def depth(self) -> int:
         """How many messages are in the queue (visible or in flight)."""
-        return int(self.conn.execute("SELECT count(*) FROM sqs_messages").fetchone()[0])
+        return int(one(self.conn.execute("SELECT count(*) FROM sqs_messages"), "the queue depth")[0])
 
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
 
-    def __enter__(self) -> "SqsQueue":
+    def __enter__(self) -> SqsQueue:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,7 +201,7 @@ class VisibilityHeartbeat:
                 return  # the handle is stale: someone else owns the message now
             self.extensions += 1
 
-    def __enter__(self) -> "VisibilityHeartbeat":
+    def __enter__(self) -> VisibilityHeartbeat:
         self._thread.start()
         return self
 
@@ -305,7 +312,10 @@ class SqsReplay:
         if ax is None:
             _, ax = plt.subplots(figsize=(8, 3.5))
         nth: dict[int, int] = {}
-        first_x, first_y, again_x, again_y = [], [], [], []
+        first_x: list[float] = []
+        first_y: list[float] = []
+        again_x: list[float] = []
+        again_y: list[float] = []
         for row in sorted(self.side_effects, key=lambda r: r["start"]):
             k = nth.get(row["message_id"], 0)
             nth[row["message_id"]] = k + 1
@@ -381,7 +391,8 @@ class _Counters:
                 setattr(self, name, getattr(self, name) + amount)
 
 
-def _run_side_effect(conn, message: ReceivedMessage, worker: str, fix: str | None, counters: _Counters) -> None:
+def _run_side_effect(conn: psycopg.Connection, message: ReceivedMessage, worker: str, fix: str | None,
+                     counters: _Counters) -> None:
     seconds = float(json.loads(message.body)["work_seconds"])
     if fix == "dedup":
         # The dedup row and the side effect commit together: a second delivery
@@ -392,15 +403,20 @@ def _run_side_effect(conn, message: ReceivedMessage, worker: str, fix: str | Non
             if claimed is None:
                 counters.add(absorbed=1)
                 return
-            effect = conn.execute("INSERT INTO side_effects (message_id, worker, started_at) "
-                                  "VALUES (%s, %s, clock_timestamp()) RETURNING id", (message.id, worker)).fetchone()[0]
+            effect = _start_side_effect(conn, message, worker)
             time.sleep(seconds)
             conn.execute("UPDATE side_effects SET ended_at = clock_timestamp() WHERE id = %s", (effect,))
         return
-    effect = conn.execute("INSERT INTO side_effects (message_id, worker, started_at) "
-                          "VALUES (%s, %s, clock_timestamp()) RETURNING id", (message.id, worker)).fetchone()[0]
+    effect = _start_side_effect(conn, message, worker)
     time.sleep(seconds)
     conn.execute("UPDATE side_effects SET ended_at = clock_timestamp() WHERE id = %s", (effect,))
+
+
+def _start_side_effect(conn: psycopg.Connection, message: ReceivedMessage, worker: str) -> int:
+    """Record that ``worker`` starts the side effect of ``message``; return the record's id."""
+    cur = conn.execute("INSERT INTO side_effects (message_id, worker, started_at) "
+                       "VALUES (%s, %s, clock_timestamp()) RETURNING id", (message.id, worker))
+    return int(one(cur, f"the side effect {worker} started for message {message.id}")[0])
 
 
 def _worker(name: str, dsn: str, fix: str | None, visibility_timeout: float, max_receives: int,
@@ -429,7 +445,7 @@ def _worker(name: str, dsn: str, fix: str | None, visibility_timeout: float, max
         stop.set()
 
 
-def replay(stack, fix: str | None = None, *, messages: int = 40, visibility_timeout: float = 0.3,
+def replay(stack: Stack, fix: str | None = None, *, messages: int = 40, visibility_timeout: float = 0.3,
            seed: int = 7, workers: int = 10, max_receives: int = 3, slow_fraction: float = 0.1,
            timeout: float = 60.0) -> SqsReplay:
     """Run the SQS visibility-timeout replay on a fresh database and return what happened.
@@ -453,7 +469,7 @@ def replay(stack, fix: str | None = None, *, messages: int = 40, visibility_time
             queue.create_schema()
             planned = plan_durations(messages, visibility_timeout, seed, slow_fraction)
             durations = {queue.send(json.dumps({"n": n, "work_seconds": d})): d for n, d in enumerate(planned)}
-            run_start = queue.conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            run_start = one(queue.conn.execute("SELECT clock_timestamp()"), "the database clock")[0]
             counters, stop = _Counters(), threading.Event()
             threads = [threading.Thread(target=_worker, name=f"worker-{i}", daemon=True,
                                         args=(f"worker-{i}", dsn, fix, visibility_timeout, max_receives,
@@ -464,9 +480,9 @@ def replay(stack, fix: str | None = None, *, messages: int = 40, visibility_time
             try:
                 # Done when nothing is in flight and nothing can still be received.
                 while not stop.is_set():
-                    live = queue.conn.execute(
+                    live = one(queue.conn.execute(
                         "SELECT count(*) FROM sqs_messages WHERE receive_count < %s "
-                        "OR visible_at > clock_timestamp()", (max_receives,)).fetchone()[0]
+                        "OR visible_at > clock_timestamp()", (max_receives,)), "the messages still live")[0]
                     if live == 0:
                         break
                     if time.monotonic() - started > timeout:
@@ -527,7 +543,7 @@ class DeleteRaceReplay:
         return f"<p>{html.escape(self.verdict())}</p><table>{rows}</table>"
 
 
-def replay_delete_race(stack, atomic: bool = False, *, visibility_timeout: float = 0.3,
+def replay_delete_race(stack: Stack, atomic: bool = False, *, visibility_timeout: float = 0.3,
                        reappear_after: float = 0.1) -> DeleteRaceReplay:
     """Replay a ChangeMessageVisibility that overlaps a DeleteMessage, in a fixed interleaving.
 
@@ -569,7 +585,7 @@ def replay_delete_race(stack, atomic: bool = False, *, visibility_timeout: float
             if again:
                 _run_side_effect(worker_b.conn, again[0], "worker-b", None, _Counters())
                 worker_b.delete(again[0].receipt_handle)
-            runs = int(worker_a.conn.execute("SELECT count(*) FROM side_effects").fetchone()[0])
+            runs = int(one(worker_a.conn.execute("SELECT count(*) FROM side_effects"), "the side-effect runs")[0])
         return DeleteRaceReplay(atomic=atomic, delete_returned=bool(deleted and deleted[0]),
                                 reappeared=bool(again), side_effect_runs=runs)
     finally:

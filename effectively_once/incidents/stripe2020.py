@@ -32,10 +32,26 @@ import html
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 import httpx
 
+from effectively_once.db import one
 from effectively_once.payments.messages import REPLAY_HEADER, ChargeMessage, child_traceparent
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from effectively_once.payments.client import ChargeResult, ProviderClient
+    from effectively_once.payments.consumer import StepContext
+    from effectively_once.payments.steps import Outcome
+    from effectively_once.stack import Stack
+
+    # (client, URL, message, key, retries) -> the charge, the signature of the two ways to retry below.
+    ChargeFunction = Callable[[httpx.Client, str, ChargeMessage, str | None, int], ChargeResult]
+
+# A provider's answer: a response, or the error of a connection that dropped.
+Answer = httpx.Response | httpx.TransportError
 
 STEP_BUGGY = "effectively_once.incidents.stripe2020:step_forgetting_the_key_on_retry"
 STEP_FIXED = "effectively_once.incidents.stripe2020:step_keeping_the_key"
@@ -52,6 +68,7 @@ def charge_forgetting_the_key_on_retry(http: httpx.Client, url: str, msg: Charge
     if key is not None:
         headers["Idempotency-Key"] = key
     started, retries = time.perf_counter(), 0
+    response: Answer
     try:
         response = http.post(url, json=msg.body(), headers=headers)
     except httpx.TransportError as exc:
@@ -74,6 +91,7 @@ def charge_keeping_the_key(http: httpx.Client, url: str, msg: ChargeMessage, key
     if key is not None:
         headers["Idempotency-Key"] = key
     started, retries = time.perf_counter(), 0
+    response: Answer
     try:
         response = http.post(url, json=msg.body(), headers=headers)
     except httpx.TransportError as exc:
@@ -88,11 +106,11 @@ def charge_keeping_the_key(http: httpx.Client, url: str, msg: ChargeMessage, key
     return _result(response, retries, started)
 
 
-def _succeeded(response) -> bool:
+def _succeeded(response: Answer) -> TypeGuard[httpx.Response]:
     return isinstance(response, httpx.Response) and response.status_code == 200
 
 
-def _next_retry(response, retries: int, max_retries: int) -> int:
+def _next_retry(response: Answer, retries: int, max_retries: int) -> int:
     """Sleep before the next attempt and return its number, or raise ``ChargeFailed`` (which dead-letters)."""
     from effectively_once.payments.client import ChargeFailed
 
@@ -108,7 +126,7 @@ def _next_retry(response, retries: int, max_retries: int) -> int:
     return retries + 1
 
 
-def _result(response: httpx.Response, retries: int, started: float):
+def _result(response: httpx.Response, retries: int, started: float) -> ChargeResult:
     from effectively_once.payments.client import ChargeResult
 
     return ChargeResult(response.json()["id"], response.headers.get(REPLAY_HEADER) == "true", retries,
@@ -119,33 +137,38 @@ def _result(response: httpx.Response, retries: int, started: float):
 class _Provider:
     """Stands in for ``ctx.provider``: the same connection and URL, another way to retry."""
 
-    def __init__(self, provider, charge) -> None:
+    def __init__(self, provider: ProviderClient, charge: ChargeFunction) -> None:
         self.url, self.max_retries, self._charge = provider.url, provider.max_retries, charge
         # The consumer's own kept-alive connection: it already carries the API key.
         self.http: httpx.Client = provider._http
 
-    def charge(self, msg: ChargeMessage, idempotency_key: str | None = None):
+    def charge(self, msg: ChargeMessage, idempotency_key: str | None = None) -> ChargeResult:
         return self._charge(self.http, f"{self.url}/v1/charges", msg, idempotency_key, self.max_retries)
 
 
 class _Context:
     """``ctx`` with its provider swapped; everything else (shop, layers, crash points) is the consumer's."""
 
-    def __init__(self, ctx, charge) -> None:
-        self._ctx, self.provider = ctx, _Provider(ctx.provider, charge)
+    def __init__(self, ctx: StepContext, charge: ChargeFunction) -> None:
+        self._ctx, self.shop, self.provider = ctx, ctx.shop, _Provider(ctx.provider, charge)
 
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
+    def uses(self, layer: str) -> bool:
+        """The consumer's layers."""
+        return self._ctx.uses(layer)
+
+    def crash_point(self, name: str) -> None:
+        """The consumer's crash points, counted once per process."""
+        self._ctx.crash_point(name)
 
 
-def step_forgetting_the_key_on_retry(ctx, msg: ChargeMessage):
+def step_forgetting_the_key_on_retry(ctx: StepContext, msg: ChargeMessage) -> Outcome:
     """``process_message`` with the 2020 bug: its provider calls retry without the Idempotency-Key."""
     from effectively_once.payments.steps import process_message
 
     return process_message(_Context(ctx, charge_forgetting_the_key_on_retry), msg)
 
 
-def step_keeping_the_key(ctx, msg: ChargeMessage):
+def step_keeping_the_key(ctx: StepContext, msg: ChargeMessage) -> Outcome:
     """``process_message`` with the fix: every attempt of a charge carries the same Idempotency-Key."""
     from effectively_once.payments.steps import process_message
 
@@ -165,7 +188,7 @@ def lint_steps(path: str | Path | None = None) -> dict[str, list]:
 
     path = Path(path or __file__)
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    spans = {node.name: (node.lineno, node.end_lineno) for node in tree.body
+    spans = {node.name: (node.lineno, node.end_lineno or node.lineno) for node in tree.body
              if isinstance(node, ast.FunctionDef) and node.name in CHARGE_FUNCTIONS.values()}
     grouped: dict[str, list] = {name: [] for name in CHARGE_FUNCTIONS.values()}
     grouped["elsewhere"] = []
@@ -237,7 +260,7 @@ class Stripe2020Replay:
         return f"<p style='color:{colour}'><b>{html.escape(self.verdict())}</b></p><table>{rows}</table>"
 
 
-def replay(stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail_after_charge: float = 0.25,
+def replay(stack: Stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail_after_charge: float = 0.25,
            timeout: float = 60.0, sample: int = 3) -> Stripe2020Replay:
     """Run ``messages`` charges through the real consumer with the buggy (or fixed) step; count the ledger.
 
@@ -260,20 +283,23 @@ def replay(stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail_after_
         lab.start_consumer(step=step, exit_when_idle=0.5)
         lab.run_until_settled(timeout, step=step, exit_when_idle=0.5)
         report = lab.report()
+        if lab.provider_dsn is None:
+            raise RuntimeError("the lab started no provider database, so there is no ledger to read")
         with psycopg.connect(lab.provider_dsn) as conn:
-            keyless, charged = conn.execute(
+            keyless, charged = one(conn.execute(
                 "SELECT count(*) FILTER (WHERE idempotency_key IS NULL), count(DISTINCT msg_id) FROM ledger"
-                " WHERE msg_id = ANY(%s)", (lab.msg_ids,)).fetchone()
+                " WHERE msg_id = ANY(%s)", (lab.msg_ids,)), "the ledger's counts")
             worst = [row[0] for row in conn.execute(
                 "SELECT msg_id FROM ledger WHERE msg_id = ANY(%s) GROUP BY msg_id ORDER BY count(*) DESC, msg_id"
                 " LIMIT %s", (lab.msg_ids, sample))]
             cur = conn.execute(
                 "SELECT msg_id, charge_id, coalesce(idempotency_key, '(none)') AS idempotency_key, amount, currency"
                 " FROM ledger WHERE msg_id = ANY(%s) ORDER BY msg_id, created_at", (worst,))
+            assert cur.description is not None  # a SELECT always describes its columns
             ledger = Table("provider: ledger", [d.name for d in cur.description], cur.fetchall())
         with psycopg.connect(lab.shop_dsn) as conn:
-            retries = conn.execute("SELECT coalesce(sum(retries), 0) FROM consumer_events WHERE topic = %s",
-                                   (lab.topic,)).fetchone()[0]
+            retries = one(conn.execute("SELECT coalesce(sum(retries), 0) FROM consumer_events WHERE topic = %s",
+                                       (lab.topic,)), "the consumer's retries")[0]
     return Stripe2020Replay(
         fixed=fixed, step=step, messages=messages, fail_after_charge=fail_after_charge, seed=seed,
         charges=report.charges, charged_messages=charged, duplicate_charges=report.duplicate_charges,

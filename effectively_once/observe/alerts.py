@@ -16,11 +16,10 @@ one ``Firing`` per interval, each with a message a person on call can act on.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
 
-from effectively_once.observe.metrics import (DEDUP_CHECK_HIT_RATE, DLQ_AGE_SECONDS_P99, DLQ_DEPTH,
-                                              Series)
+from effectively_once.observe.metrics import DEDUP_CHECK_HIT_RATE, DLQ_AGE_SECONDS_P99, DLQ_DEPTH, Series
 
 DeployWindow = tuple[float, float]
 

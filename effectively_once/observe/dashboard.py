@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from effectively_once.observe import metrics
 from effectively_once.observe.scrape import LAG_FROM_WATERMARKS, Recorder

@@ -26,12 +26,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
 from effectively_once.observe import metrics, spans
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RETRY_BUCKETS = (0, 1, 2, 3, 5, 8, 13)
@@ -75,7 +79,7 @@ class ConsumerTelemetry:
         self._lock = threading.Lock()
         self._lag_labels: set[tuple[str, str]] = set()
         self._lag_checked = 0.0
-        self._server = None
+        self._server: WSGIServer | None = None
         self.url: str | None = None
 
     # -- fed by the poll loop ------------------------------------------------------------
@@ -101,8 +105,9 @@ class ConsumerTelemetry:
         called_provider = duration is not None or kind in ("rejected", "retries_exhausted")
         if called_provider:
             self.retries.observe(retries)
-        trace_attrs = {"eo.result": result, "eo.dedup_hit": dedup_hit, "eo.retries": retries}
-        if duration is not None:
+        trace_attrs: dict[str, str | bool | int | float] = {
+            "eo.result": result, "eo.dedup_hit": dedup_hit, "eo.retries": retries}
+        if side_effect_ms is not None:
             trace_attrs["eo.side_effect_ms"] = side_effect_ms
         span = spans.trace.get_current_span()
         if span.is_recording():

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
+from itertools import pairwise
+from typing import Any
 
 CONSUMER_LAG_MESSAGES = "consumer_lag_messages"
 DLQ_DEPTH = "dlq_depth"
@@ -107,6 +109,7 @@ def dlq_age_seconds_p99(first_seen_times: Iterable[float], now: float) -> float:
 
 
 def _dedup_outcome(event: Any) -> str | None:
+    outcome: object
     if isinstance(event, str):
         outcome = event
     elif isinstance(event, Mapping):
@@ -115,7 +118,7 @@ def _dedup_outcome(event: Any) -> str | None:
             return None  # another kind of consumer event
     else:
         raise TypeError(f"a dedup event is an outcome string or a mapping with a 'dedup' key, got {event!r:.60}")
-    if outcome not in DEDUP_OUTCOMES:
+    if not isinstance(outcome, str) or outcome not in DEDUP_OUTCOMES:
         raise ValueError(f"unknown dedup outcome {outcome!r}: expected one of {sorted(DEDUP_OUTCOMES)}")
     return outcome
 
@@ -163,11 +166,11 @@ class Series:
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
         if len(self.timestamps) != len(self.values):
             raise ValueError(f"series {self.name}: {len(self.timestamps)} timestamps but {len(self.values)} values")
-        if any(b <= a for a, b in zip(self.timestamps, self.timestamps[1:])):
+        if any(b <= a for a, b in pairwise(self.timestamps)):
             raise ValueError(f"series {self.name}: timestamps must be strictly increasing")
 
     @classmethod
-    def from_points(cls, name: str, points: Iterable[tuple[float, float]], **labels: str) -> "Series":
+    def from_points(cls, name: str, points: Iterable[tuple[float, float]], **labels: str) -> Series:
         """A series from ``(timestamp, value)`` pairs (sorted by time here)."""
         ordered = sorted(points)
         return cls(name, tuple(t for t, _ in ordered), tuple(v for _, v in ordered), dict(labels))
@@ -176,9 +179,9 @@ class Series:
         return len(self.timestamps)
 
     def __iter__(self) -> Iterator[tuple[float, float]]:
-        return iter(zip(self.timestamps, self.values))
+        return iter(zip(self.timestamps, self.values, strict=True))
 
-    def between(self, start: float, end: float) -> "Series":
+    def between(self, start: float, end: float) -> Series:
         """The points with ``start <= timestamp <= end``."""
         kept = [(t, v) for t, v in self if start <= t <= end]
         return Series(self.name, tuple(t for t, _ in kept), tuple(v for _, v in kept), dict(self.labels))

@@ -28,9 +28,10 @@ import json
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -49,6 +50,8 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 def _span_line(span: ReadableSpan, event: str) -> dict[str, Any]:
     context = span.get_span_context()
+    if context is None:
+        raise ValueError(f"span {span.name!r} has no span context, so it has no trace id to write")
     parent = span.parent
     return {
         "event": event,

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -276,6 +277,10 @@ def answer_for_taken_key(stored: StoredKey | None, digest: str) -> JSONResponse:
         return _error(409, "idempotency_key_in_use",
                       "There is currently another in-progress request using this Idempotency-Key; "
                       "retry after it completes.", param="Idempotency-Key")
+    if stored.status_code is None:
+        # Every statement that sets state 'done' sets the status code with it.
+        raise RuntimeError("an idempotency key is 'done' without a stored status code: the provider database "
+                           "was written by something else; recreate it")
     return JSONResponse(stored.response, status_code=stored.status_code, headers={REPLAY_HEADER: "true"})
 
 
@@ -391,7 +396,7 @@ class Provider:
                 f"WITH charge AS ({insert} RETURNING charge_id)"
                 " UPDATE idempotency_keys SET state = 'done', status_code = 200, response = %s,"
                 " completed_at = clock_timestamp() WHERE key = %s",
-                (*row, psycopg.types.json.Jsonb(response), key))
+                (*row, Jsonb(response), key))
         return response
 
     async def claim(self, conn: psycopg.AsyncConnection, key: str, digest: str) -> JSONResponse | None:
@@ -458,7 +463,7 @@ class Provider:
                     await conn.execute(
                         "UPDATE idempotency_keys SET state = 'done', status_code = 500, response = %s,"
                         " completed_at = clock_timestamp() WHERE key = %s",
-                        (psycopg.types.json.Jsonb(failure), key))
+                        (Jsonb(failure), key))
                 return JSONResponse(failure, status_code=500)
             response = await self.move_money(conn, params, key, trace_id)
         if faults.fail_after_charge and self.rng.random() < faults.fail_after_charge:

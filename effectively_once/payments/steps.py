@@ -20,8 +20,45 @@ whole poll batch is done, commits the Kafka offsets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
+from effectively_once.db import one
 from effectively_once.payments.messages import ChargeMessage, idempotency_key_for
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from effectively_once.payments.client import ChargeFailed, ChargeResult
+
+
+class Provider(Protocol):
+    """What a step calls to move money: ``ProviderClient``, or a stand-in that retries another way."""
+
+    def charge(self, msg: ChargeMessage, idempotency_key: str | None = None) -> ChargeResult:
+        """Charge ``msg``, retrying with ``idempotency_key``; raise ``ChargeFailed`` when it gives up."""
+        ...
+
+
+class Context(Protocol):
+    """What a step uses of its ``ctx``: the consumer's ``StepContext`` has all of it.
+
+    A wrapper that swaps the provider (the Stripe 2020 replay's buggy retry)
+    is a ``Context`` too.
+    """
+
+    @property
+    def shop(self) -> psycopg.Connection: ...
+
+    @property
+    def provider(self) -> Provider: ...
+
+    def uses(self, layer: str) -> bool:
+        """True when ``layer`` is switched on."""
+        ...
+
+    def crash_point(self, name: str) -> None:
+        """Mark a crash point, where the lab may SIGKILL the process."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +73,7 @@ class Outcome:
     side_effect_ms: float | None = None
 
 
-def process_message(ctx, msg: ChargeMessage) -> Outcome:
+def process_message(ctx: Context, msg: ChargeMessage) -> Outcome:
     """Charge ``msg`` effectively once: dedup row, provider call with a key, mark done."""
     ctx.crash_point("before_dedup_insert")
     dedup_hit = False
@@ -50,7 +87,8 @@ def process_message(ctx, msg: ChargeMessage) -> Outcome:
                 # The lesson's literal rule: "0 rows inserted: already processed, skip".
                 # A 'pending' row left by a crash is skipped too, and its charge is lost.
                 return Outcome("skipped", dedup_hit=True)
-            status = ctx.shop.execute("SELECT status FROM charges WHERE msg_id = %s", (msg.msg_id,)).fetchone()[0]
+            cur = ctx.shop.execute("SELECT status FROM charges WHERE msg_id = %s", (msg.msg_id,))
+            status = one(cur, f"the dedup row of {msg.msg_id}, which the INSERT just found")[0]
             if status == "done":
                 return Outcome("skipped", dedup_hit=True)
             # 'pending': an earlier attempt died between this row and 'done'. Whether the
@@ -72,7 +110,7 @@ def process_message(ctx, msg: ChargeMessage) -> Outcome:
                    retries=result.retries, side_effect_ms=result.duration_ms)
 
 
-def process_batch(ctx, msgs: list[ChargeMessage]) -> list:
+def process_batch(ctx: Context, msgs: list[ChargeMessage]) -> list[Outcome | ChargeFailed]:
     """The same three layers with the dedup work done once per poll instead of once per message.
 
     One INSERT claims every msg_id of the batch, each message is charged in
@@ -101,7 +139,7 @@ def process_batch(ctx, msgs: list[ChargeMessage]) -> list:
                                  " WHERE msg_id = ANY(%s) AND status = 'pending'", (old,))
     ctx.crash_point("after_dedup_insert")
 
-    results: list = []
+    results: list[Outcome | ChargeFailed] = []
     charged: dict[str, str] = {}
     seen: set[str] = set()
     for msg in msgs:

@@ -28,8 +28,8 @@ animation (:func:`message_events`) describe the very same runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class Semantics:
     idempotent_producer: bool
     consumer_dedup: bool
 
-    def with_retries(self, retries: int) -> "Semantics":
+    def with_retries(self, retries: int) -> Semantics:
         """The same semantic with another retry budget (at-most-once keeps 0)."""
         if self.retries == 0:
             return self
@@ -129,8 +129,9 @@ def draw(n_messages: int, message_loss: float, ack_loss: float, *, max_retries: 
     sends = np.full((n_messages, width), STORED_ACKED, dtype=np.int8)
     sends[u < message_loss + (1.0 - message_loss) * ack_loss] = STORED_ACK_LOST
     sends[u < message_loss] = SEND_LOST
+    redeliveries: np.ndarray
     if ack_loss >= 1.0:
-        redeliveries = np.full((n_messages, width), width, dtype=np.int16)
+        redeliveries = np.full((n_messages, width), width, dtype=np.int8)
     else:
         # Failures before the first landed commit (geometric, by inversion), capped at the budget.
         with np.errstate(divide="ignore"):

@@ -38,8 +38,8 @@ lose nothing. Only the induction in :func:`proof_steps` covers every ``n``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 

@@ -52,7 +52,7 @@ def run_svg(run: Run, decisions: tuple[str, str] | None = None, *, title: str | 
         parts.append(f'<text x="{width / 2}" y="{(y1 + y2) / 2 - 6}" text-anchor="middle" fill="#555" '
                      f'font-size="11">{label}</text>')
     if decisions:
-        for x, decision in zip((xa, xb), decisions):
+        for x, decision in zip((xa, xb), decisions, strict=True):
             colour = _COLOURS.get(decision, "#333")
             parts.append(f'<text x="{x}" y="{height - 18}" text-anchor="middle" fill="{colour}" '
                          f'font-weight="bold">{escape(decision)}</text>')

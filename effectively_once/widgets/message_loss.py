@@ -150,7 +150,8 @@ def diagram_svg(events: list[Event], step: int, *, speed_ms: int = 400, title: s
 def counters_html(values: dict[str, int], semantics_name: str) -> str:
     """The live counters as a small HTML table."""
     rows = "".join(f'<tr><td style="padding:1px 8px">{escape(k)}</td>'
-                   f'<td style="text-align:right;padding:1px 8px" class="eo-counter" data-name="{escape(k)}">{v}</td></tr>'
+                   f'<td style="text-align:right;padding:1px 8px" class="eo-counter" '
+                   f'data-name="{escape(k)}">{v}</td></tr>'
                    for k, v in values.items())
     return (f'<div style="font-family:sans-serif;font-size:12px"><b>{escape(semantics_name)}</b>'
             f'<table>{rows}</table></div>')
