@@ -120,7 +120,8 @@ def test_make_labs_replaces_the_solution_and_keeps_the_rest():
     out, replaced = make_labs.strip_solutions(source)
     assert replaced == 1
     assert out == 'def f(x):\n    y = 1\n    raise NotImplementedError("add one")\n'
-    two_lines = "    ### BEGIN SOLUTION\n    # HINT: read the status\n    # HINT: of the row\n    pass\n    ### END SOLUTION"
+    two_lines = ("    ### BEGIN SOLUTION\n    # HINT: read the status\n    # HINT: of the row\n"
+                 "    pass\n    ### END SOLUTION")
     assert make_labs.strip_solutions(two_lines)[0] == '    raise NotImplementedError("read the status of the row")'
     with pytest.raises(make_labs.SolutionMarkupError, match="has no"):
         make_labs.strip_solutions("### BEGIN SOLUTION\nx = 1\n")

@@ -206,7 +206,8 @@ def check_pair(pair: Pair) -> list[str]:
         problems.append(f"{pair.name}: the source wins; {fix} (or, to keep an edit made to the .ipynb, "
                         f"`python tools/notebooks.py adopt {pair.name}`)")
     for problem in hygiene(executed):
-        fix = f"make notebooks NB={pair.name}" if "outputs" in problem else f"python tools/notebooks.py strip {pair.name}"
+        fix = (f"make notebooks NB={pair.name}" if "outputs" in problem
+               else f"python tools/notebooks.py strip {pair.name}")
         problems.append(f"{pair.name}: {problem} (run `{fix}`)")
     return problems
 
