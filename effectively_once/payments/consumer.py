@@ -150,7 +150,7 @@ class PaymentConsumer:
                  telemetry: ConsumerTelemetry | None = None) -> None:
         from confluent_kafka import Consumer, Producer
 
-        from effectively_once.stack import quiet_logger
+        from effectively_once.kafka import quiet_logger
         from effectively_once.payments.steps import process_batch, process_message
 
         if crash_at is not None and crash_at not in CRASH_POINTS:
@@ -186,7 +186,7 @@ class PaymentConsumer:
     def _ensure_dlq_topic(self, bootstrap: str) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        from effectively_once.stack import quiet_logger
+        from effectively_once.kafka import quiet_logger
 
         admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()})
         for future in admin.create_topics([NewTopic(self.dlq_topic, 1, 1)], request_timeout=15).values():
