@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from effectively_once.stack import Stack, new_run_id, quiet_logger
+from effectively_once.kafka import poll_records, quiet_logger
+from effectively_once.stack import Stack, new_run_id
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,11 @@ def round_trip(stack: Stack, messages: int = 3, timeout: float = 30.0) -> RoundT
     consumer = Consumer(stack.consumer_config(**{"group.id": stack.group(f"hello.{run}"), "logger": quiet_logger()}))
     consumer.subscribe([topic])
     received: list[str] = []
-    deadline = time.monotonic() + timeout
     try:
-        while len(received) < len(sent) and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                received.append(msg.value().decode())
+        for msg in poll_records(consumer, timeout=timeout) if sent else ():
+            received.append(msg.value().decode())
+            if len(received) == len(sent):
+                break
     finally:
         consumer.close()
         stack.delete_topics(topic)

@@ -417,6 +417,22 @@ def test_the_consumer_command_refuses_bad_options(args, message):
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
+def test_a_lab_refuses_bad_consumer_settings_before_starting_a_process(stack):
+    """The dedup/dedup_as_written conflict used to surface as a child exiting with code 2."""
+    with PaymentLab(stack, run_id="badsettings") as lab:
+        lab.start_provider()
+        with pytest.raises(ValueError, match="^layers: dedup and dedup_as_written .*pick one"):
+            lab.start_consumer(layers=("dedup", "dedup_as_written"))
+        with pytest.raises(ValueError, match="^crash_on: must be at least 1"):
+            lab.start_consumer(crash_at="after_provider_call", crash_on=0)
+        with pytest.raises(ValueError, match="^batch_sise: not a consumer setting"):
+            lab.start_consumer(batch_sise=10)
+        assert lab.consumers == []
+        settings = lab.consumer_settings(crash_at="after_provider_call", max_retries=2)
+        assert (settings.topic, settings.group, settings.layers) == (lab.topic, lab.group, lab.layers)
+        assert settings.max_retries == 2 and settings.exit_when_idle == 1.0
+
+
 @pytest.mark.parametrize("code", ["ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS"])
 def test_a_commit_refused_by_a_rebalance_is_logged_not_fatal(code):
     """Under group churn the coordinator refuses a commit from a generation that moved on (seen on Tansu):

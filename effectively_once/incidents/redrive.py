@@ -25,26 +25,23 @@ from __future__ import annotations
 
 import argparse
 import html
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from effectively_once.kafka import assign_topic, poll_records, quiet_logger
+from effectively_once.protocol import REDRIVEN_AT, is_dlq_header
+
 HELP = "republish a dead-letter topic to its source topic, optionally rate-limited (--rate N per second)"
-REDRIVEN_AT = "redriven-at"
-DLQ_HEADER_PREFIXES = ("dlq", "x-dlq")
 TOKEN_EPSILON = 1e-9
 IDLE_SECONDS = 3.0  # a partition that sends neither records nor end-of-partition for this long counts as drained
 
 
 class RedriveError(RuntimeError):
     """A redrive could not run; the message says why and what to do."""
-
-
-def is_dlq_header(name: str) -> bool:
-    """True for the headers a dead-letter queue adds (``dlq-error``, ``dlq-source-offset``, ...)."""
-    return name.lower().startswith(DLQ_HEADER_PREFIXES)
 
 
 # -- pacing ---------------------------------------------------------------------------------------
@@ -204,34 +201,17 @@ def resolve_topic(stack, name: str) -> str:
 
 def _dlq_records(consumer, topic: str, limit: int | None):
     """Yield the records of ``topic`` from the group's committed offsets to the end, then stop."""
-    from confluent_kafka import KafkaError, TopicPartition
+    from confluent_kafka import KafkaException, TopicPartition
 
     metadata = consumer.list_topics(topic, timeout=10).topics[topic]
     partitions = sorted(metadata.partitions)
     committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-    # assign() rather than subscribe(): one reader, no group rebalance to wait for
-    consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else -2)
-                     for tp in committed])
-    at_end: set[int] = set()
-    yielded = 0
-    last_activity = time.monotonic()
-    while len(at_end) < len(partitions):
-        if limit is not None and yielded >= limit:
-            return
-        msg = consumer.poll(0.2)
-        if msg is None:
-            if time.monotonic() - last_activity > IDLE_SECONDS:
-                return
-            continue
-        last_activity = time.monotonic()
-        if msg.error():
-            if msg.error().code() == KafkaError._PARTITION_EOF:
-                at_end.add(msg.partition())
-                continue
-            raise RedriveError(f"Reading {topic} failed: {msg.error().str()}.")
-        at_end.discard(msg.partition())
-        yielded += 1
-        yield msg
+    assign_topic(consumer, topic, partitions, {tp.partition: tp.offset for tp in committed})
+    records = poll_records(consumer, until_end=partitions, quiet=IDLE_SECONDS, skip_errors=False, batch=1)
+    try:
+        yield from itertools.islice(records, limit)
+    except KafkaException as exc:
+        raise RedriveError(f"Reading {topic} failed: {exc.args[0].str()}.") from None
 
 
 def redrive(stack, dlq_topic: str, source_topic: str, rate: float | None = None, limit: int | None = None, *,
@@ -247,8 +227,6 @@ def redrive(stack, dlq_topic: str, source_topic: str, rate: float | None = None,
     this thread after each record is handed to the producer.
     """
     from confluent_kafka import Consumer, Producer, TopicPartition
-
-    from effectively_once.stack import quiet_logger
 
     if rate is not None and not rate > 0:
         raise RedriveError(f"--rate must be a positive number of records per second, got {rate!r}.")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from effectively_once import stack as stack_mod
 from effectively_once.db import one
 from effectively_once.guarantees import OPERATION_TIMEOUT, read_values, transactional_producer, try_zombie_commit
+from effectively_once.kafka import quiet_logger
 
 
 @dataclass
@@ -114,7 +115,7 @@ def replay(stack: stack_mod.Stack, charges: int = 5) -> ZombieReplay:
         # An end marker, written after everything else, tells the reader when it has seen the lot. (Waiting
         # for the partition's end offset instead would be wrong on Tansu, whose end offset can fall short.)
         marker = json.dumps({"end_marker": run})
-        ender = Producer(stack.producer_config(logger=stack_mod.quiet_logger()))
+        ender = Producer(stack.producer_config(logger=quiet_logger()))
         ender.produce(topic, value=marker.encode(), partition=0)
         ender.flush(OPERATION_TIMEOUT)
         seen = read_values(stack, topic, [0], stop_when=lambda values: marker in values, timeout=15.0)

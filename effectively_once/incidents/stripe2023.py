@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from effectively_once import protocol
+from effectively_once.kafka import ensure_topic
 from effectively_once.schemas import load
 
 ANSWERING_STEP = "effectively_once.incidents.stripe2023:answering_step"
@@ -119,10 +121,10 @@ def dlq_records(n: int, *, seed: int, prefix: str, source_topic: str, group: str
 
     records = []
     for offset, (key, value, headers) in enumerate(charge_records(n, seed=seed, prefix=prefix)):
-        extra = {"dlq.error_type": "retries_exhausted",
-                 "dlq.reason": "gave up after 5 retries; last: HTTP 503: api_error: the card network is down",
-                 "dlq.source_topic": source_topic, "dlq.source_partition": str(offset % 3),
-                 "dlq.source_offset": str(offset // 3), "dlq.consumer_group": group}
+        extra = {protocol.DLQ_ERROR_TYPE: "retries_exhausted",
+                 protocol.DLQ_REASON: "gave up after 5 retries; last: HTTP 503: api_error: the card network is down",
+                 protocol.DLQ_SOURCE_TOPIC: source_topic, protocol.DLQ_SOURCE_PARTITION: str(offset % 3),
+                 protocol.DLQ_SOURCE_OFFSET: str(offset // 3), protocol.DLQ_CONSUMER_GROUP: group}
         records.append((key, value, headers + [(k, v.encode()) for k, v in extra.items()]))
     return records
 
@@ -289,19 +291,6 @@ def plot_side_by_side(flood: FloodReplay, paced: FloodReplay, bin_seconds: float
     return fig
 
 
-def _ensure_topic(stack, name: str, partitions: int = 1) -> None:
-    """Create topic ``name`` (a full name) unless it exists."""
-    from confluent_kafka.admin import NewTopic
-
-    admin = stack.admin()  # kept alive until its futures resolve
-    for future in admin.create_topics([NewTopic(name, partitions, 1)], request_timeout=15).values():
-        try:
-            future.result(timeout=20)
-        except Exception as exc:
-            if "already exists" not in str(exc) and "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-
-
 class LiveTraffic:
     """Checkout traffic that does not go through the queue: charges POSTed straight to the provider.
 
@@ -416,7 +405,7 @@ class FloodLab:
         lab = self.lab
         self.runs += 1
         dlq = f"{lab.topic}.dlq.{self.runs}"
-        _ensure_topic(self.stack, dlq)
+        ensure_topic(self.stack.kafka_bootstrap, dlq)
         self._topics.append(dlq)
         self.say(f"parking {messages} dead-lettered charges in {dlq}...")
         records = dlq_records(messages, seed=seed, prefix=f"{lab.run_id}r{self.runs}", source_topic=lab.topic,

@@ -34,8 +34,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from effectively_once.kafka import assign_topic, poll_records, quiet_logger
 from effectively_once.observe import metrics
 from effectively_once.observe.metrics import Series
+from effectively_once.protocol import DLQ_FIRST_SEEN, DLQ_SOURCE_TOPIC
 
 LAG_FROM_WATERMARKS = "lag_from_watermarks"
 CONSUMERS_UP = "consumers_up"
@@ -113,8 +115,6 @@ class _Broker:
     def __init__(self, bootstrap: str, topic: str, group: str, dlq_topic: str) -> None:
         from confluent_kafka import Consumer
 
-        from effectively_once.stack import quiet_logger
-
         self.topic, self.dlq_topic = topic, dlq_topic
         # Same group id, never subscribed: it reads the group's commits without joining the group.
         self.offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
@@ -138,20 +138,13 @@ class _Broker:
 
     def read_dlq(self) -> list[dict[str, str]]:
         """Headers of every DLQ record so far (read incrementally, from the topic's start)."""
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
         if not self.dlq_assigned:
-            meta = self.dlq.list_topics(self.dlq_topic, timeout=5).topics.get(self.dlq_topic)
-            if meta is None or meta.error is not None or not meta.partitions:
-                return self.dlq_records  # no consumer has created it yet
-            self.dlq.assign([TopicPartition(self.dlq_topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-            self.dlq_assigned = True
-        while True:
-            batch = [r for r in self.dlq.consume(500, timeout=0.05) if not r.error()]
-            self.dlq_records += [{k: (v or b"").decode("utf-8", "replace") for k, v in (r.headers() or [])}
-                                 for r in batch]
-            if not batch:
-                return self.dlq_records
+            self.dlq_assigned = bool(assign_topic(self.dlq, self.dlq_topic, timeout=5))
+            if not self.dlq_assigned:
+                return self.dlq_records  # no consumer has created the topic yet
+        self.dlq_records += [{k: (v or b"").decode("utf-8", "replace") for k, v in (r.headers() or [])}
+                             for r in poll_records(self.dlq, quiet=0, batch=500, wait=0.05)]
+        return self.dlq_records
 
     def close(self) -> None:
         self.offsets.close()
@@ -280,10 +273,10 @@ class Recorder:
             from_watermarks = metrics.consumer_lag_messages(broker.high_watermarks(self.partitions), committed)
             sample[LAG_FROM_WATERMARKS] = sum(from_watermarks.values())
             dlq = broker.read_dlq()
-            depth = metrics.dlq_depth((h.get("dlq.source_topic", "?") for h in dlq), known_sources=[self.topic])
+            depth = metrics.dlq_depth((h.get(DLQ_SOURCE_TOPIC, "?") for h in dlq), known_sources=[self.topic])
             sample["dlq_depth_by_source"] = depth
             sample[metrics.DLQ_DEPTH] = sum(depth.values())
-            seen = [t for t in (first_seen_seconds(h.get("dlq.first_seen")) for h in dlq) if t is not None]
+            seen = [t for t in (first_seen_seconds(h.get(DLQ_FIRST_SEEN)) for h in dlq) if t is not None]
             sample[metrics.DLQ_AGE_SECONDS_P99] = metrics.dlq_age_seconds_p99(seen, wall)
         self.samples.append(sample)
         return sample
@@ -313,8 +306,6 @@ class Recorder:
 def high_watermarks(bootstrap: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
     """The broker's high watermark (the offset it says the next record will get) of each partition."""
     from confluent_kafka import Consumer, TopicPartition
-
-    from effectively_once.stack import quiet_logger
 
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "eo-watermarks", "logger": quiet_logger()})
     try:

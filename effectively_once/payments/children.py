@@ -8,9 +8,7 @@ that exits leaves nothing running.
 from __future__ import annotations
 
 import atexit
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,7 +19,9 @@ from typing import Any
 
 import httpx
 
+from effectively_once import protocol
 from effectively_once.payments.messages import DEFAULT_API_KEY
+from effectively_once.payments.settings import ConsumerSettings
 from effectively_once.stack.processes import stop_pid, wait_until
 
 
@@ -145,9 +145,7 @@ class ProviderProcess(Child):
         super().start()
 
         def announced() -> bool:
-            match = re.search(r"provider listening on (http://\S+)", self.log_tail(20000))
-            if match:
-                self.url = match.group(1)
+            self.url = protocol.parse_provider_listening(self.log_tail(20000))
             return self.url is not None
 
         try:
@@ -189,48 +187,22 @@ class ProviderProcess(Child):
 
 
 class ConsumerProcess(Child):
-    """One run of ``python -m effectively_once.payments.consumer`` (see its ``--help``)."""
+    """One run of ``python -m effectively_once.payments.consumer`` with the given ``ConsumerSettings``."""
 
     name = "consumer"
 
-    def __init__(self, *, bootstrap: str, topic: str, group: str, shop_dsn: str, provider_url: str,
-                 api_key: str = DEFAULT_API_KEY, layers: tuple[str, ...] | list[str] = ("dedup", "idempotency_key"),
-                 crash_at: str | None = None, crash_on: int = 1, exit_when_idle: float | None = 1.0,
-                 step: str | None = None, batch_size: int = 100, poll_timeout: float = 0.1,
-                 max_retries: int = 5, batch_dedup: bool = False, consumer_config: dict | None = None,
-                 metrics_port: int | None = None, metrics_window: float | None = None,
-                 spans_file: str | Path | None = None, log_dir: Path | None = None) -> None:
-        argv = [sys.executable, "-m", "effectively_once.payments.consumer", "--bootstrap", bootstrap,
-                "--topic", topic, "--group", group, "--shop-dsn", shop_dsn, "--provider-url", provider_url,
-                "--api-key", api_key, "--layers", ",".join(layers) or "none", "--batch-size", str(batch_size),
-                "--poll-timeout", str(poll_timeout), "--max-retries", str(max_retries)]
-        if crash_at:
-            argv += ["--crash-at", crash_at, "--crash-on", str(crash_on)]
-        if exit_when_idle is not None:
-            argv += ["--exit-when-idle", str(exit_when_idle)]
-        if step:
-            argv += ["--step", step]
-        if batch_dedup:
-            argv.append("--batch-dedup")
-        if consumer_config:
-            argv += ["--consumer-config", json.dumps(consumer_config)]
-        if metrics_port is not None:
-            argv += ["--metrics-port", str(metrics_port)]
-        if metrics_window is not None:
-            argv += ["--metrics-window", str(metrics_window)]
-        if spans_file is not None:
-            argv += ["--spans-file", str(spans_file)]
-        super().__init__(argv, log_dir)
-        self.layers, self.crash_at, self.crash_on = tuple(layers), crash_at, crash_on
-        self.serves_metrics = metrics_port is not None
+    def __init__(self, settings: ConsumerSettings, *, log_dir: Path | None = None) -> None:
+        super().__init__(settings.command(), log_dir)
+        self.settings = settings
+        self.layers, self.crash_at, self.crash_on = settings.layers, settings.crash_at, settings.crash_on
+        self.serves_metrics = settings.metrics_port is not None
         self._metrics_url: str | None = None
 
     @property
     def metrics_url(self) -> str | None:
         """The consumer's ``/metrics`` URL once it has printed it (None without ``metrics_port``)."""
         if self._metrics_url is None and self.serves_metrics:
-            match = re.search(r"metrics on (http://\S+)", self.log_tail(20000))
-            self._metrics_url = match.group(1) if match else None
+            self._metrics_url = protocol.parse_metrics_on(self.log_tail(20000))
         return self._metrics_url
 
     def wait_for_metrics(self, timeout: float = 30.0) -> str:
@@ -244,7 +216,7 @@ class ConsumerProcess(Child):
     @property
     def crashed_at_point(self) -> bool:
         """True when the process killed itself at its crash point (not from outside)."""
-        return self.killed_by_sigkill and "crash point" in self.log_tail(5000)
+        return self.killed_by_sigkill and protocol.parse_crash_point_reached(self.log_tail(5000)) is not None
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"

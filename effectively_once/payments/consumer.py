@@ -17,7 +17,6 @@ writes a span per message (see ``effectively_once.observe.exporter`` and ``.span
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -25,20 +24,19 @@ import signal
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable, Iterable
 
 import psycopg
 
-from effectively_once.observe.exporter import DEFAULT_WINDOW_SECONDS, ConsumerTelemetry
+from effectively_once import protocol
+from effectively_once.kafka import ensure_topic, is_partition_eof, quiet_logger, refused_by_rebalance
+from effectively_once.observe.exporter import ConsumerTelemetry
 from effectively_once.observe.spans import configure_tracing
 from effectively_once.payments.client import ChargeFailed, ProviderClient
-from effectively_once.payments.messages import DEFAULT_API_KEY, MalformedMessage, parse_charge, trace_id_of
+from effectively_once.payments.messages import MalformedMessage, parse_charge, trace_id_of
+from effectively_once.payments.settings import ConsumerSettings, build_parser
+from effectively_once.protocol import CRASH_POINTS, LAYERS
 from effectively_once.schemas import load
-
-CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_provider_call", "after_status_update")
-LAYERS = ("dedup", "dedup_as_written", "idempotency_key")
-DEFAULT_STEP = "effectively_once.payments.steps:process_message"
-DEFAULT_BATCH_STEP = "effectively_once.payments.steps:process_batch"
 # After an assignment the first fetch can take a while (offset look-ups, a busy machine):
 # silence that short is not yet "idle".
 FIRST_FETCH_GRACE = 3.0
@@ -52,19 +50,6 @@ def migrate_shop(conn: psycopg.Connection) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute(SHOP_SCHEMA)
-
-
-def parse_layers(text: str) -> frozenset[str]:
-    """``"dedup,idempotency_key"`` -> the set of layers; ``none`` (or empty) -> no layer."""
-    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
-    if parts in ([], ["none"]):
-        return frozenset()
-    unknown = [p for p in parts if p not in LAYERS]
-    if unknown:
-        raise ValueError(f"unknown layer(s) {', '.join(unknown)}: use {', '.join(LAYERS)} or none")
-    if "dedup" in parts and "dedup_as_written" in parts:
-        raise ValueError("dedup and dedup_as_written are two versions of one layer: pick one")
-    return frozenset(parts)
 
 
 def load_step(spec: str) -> Callable:
@@ -81,9 +66,9 @@ def load_step(spec: str) -> Callable:
 class StepContext:
     """What a step function may use: the shop database, the provider, the layers, the crash points."""
 
-    def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: frozenset[str],
+    def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: Iterable[str],
                  crash_at: str | None = None, crash_on: int = 1) -> None:
-        self.shop, self.provider, self.layers = shop, provider, layers
+        self.shop, self.provider, self.layers = shop, provider, frozenset(layers)
         self.crash_at, self.crash_on = crash_at, crash_on
         self.reached: dict[str, int] = {}
 
@@ -99,7 +84,7 @@ class StepContext:
             raise ValueError(f"unknown crash point {name!r}; the crash points are {', '.join(CRASH_POINTS)}")
         self.reached[name] = self.reached.get(name, 0) + 1
         if name == self.crash_at and self.reached[name] == self.crash_on:
-            print(f"crash point {name} reached for the {self.crash_on}. time: SIGKILL", flush=True)
+            print(protocol.crash_point_reached(name, self.crash_on), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -117,59 +102,44 @@ def _msg_id_of(value: bytes | None, headers: dict[str, bytes]) -> str | None:
 class PaymentConsumer:
     """The poll loop: reads charges, runs the step on each, dead-letters what cannot be charged."""
 
-    def __init__(self, *, bootstrap: str, topic: str, group: str, shop_dsn: str, provider_url: str,
-                 api_key: str = DEFAULT_API_KEY, layers: frozenset[str] = frozenset(), step: Callable | None = None,
-                 crash_at: str | None = None, crash_on: int = 1, exit_when_idle: float | None = None,
-                 batch_size: int = 100, poll_timeout: float = 0.1, max_retries: int = 5, batch_dedup: bool = False,
-                 consumer_config: dict[str, Any] | None = None, log: Callable[[str], None] = print,
-                 telemetry: ConsumerTelemetry | None = None) -> None:
+    def __init__(self, settings: ConsumerSettings, *, step: Callable | None = None,
+                 log: Callable[[str], None] = print, telemetry: ConsumerTelemetry | None = None) -> None:
+        """Connect to the shop, the provider and the broker as ``settings`` say.
+
+        ``step`` is the step function itself (default: ``settings.step_spec``, imported).
+        """
         from confluent_kafka import Consumer, Producer
 
-        from effectively_once.stack import quiet_logger
-        from effectively_once.payments.steps import process_batch, process_message
-
-        if crash_at is not None and crash_at not in CRASH_POINTS:
-            raise ValueError(f"unknown crash point {crash_at!r}; use one of {', '.join(CRASH_POINTS)}")
-        self.topic, self.group, self.dlq_topic = topic, group, f"{topic}.dlq"
-        self.layers, self.batch_dedup = layers, batch_dedup
-        self.step = step or (process_batch if batch_dedup else process_message)
-        self.exit_when_idle, self.batch_size, self.poll_timeout = exit_when_idle, batch_size, poll_timeout
+        self.settings = settings
+        self.topic, self.group, self.dlq_topic = settings.topic, settings.group, f"{settings.topic}.dlq"
+        self.layers, self.batch_dedup = frozenset(settings.layers), settings.batch_dedup
+        self.step = step or load_step(settings.step_spec)
+        self.exit_when_idle, self.batch_size = settings.exit_when_idle, settings.batch_size
+        self.poll_timeout = settings.poll_timeout
         self.log = log
-        self.shop = psycopg.connect(shop_dsn, autocommit=True)
+        self.shop = psycopg.connect(settings.shop_dsn, autocommit=True)
         migrate_shop(self.shop)
         # The events table is telemetry: a commit that waits for the disk buys nothing there.
-        self.events = psycopg.connect(shop_dsn, autocommit=True)
+        self.events = psycopg.connect(settings.shop_dsn, autocommit=True)
         self.events.execute("SET synchronous_commit = off")
-        self.provider = ProviderClient(provider_url, api_key, max_retries=max_retries)
-        self.ctx = StepContext(self.shop, self.provider, layers, crash_at, crash_on)
+        self.provider = ProviderClient(settings.provider_url, settings.api_key, max_retries=settings.max_retries)
+        self.ctx = StepContext(self.shop, self.provider, self.layers, settings.crash_at, settings.crash_on)
         config = {
-            "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+            "bootstrap.servers": settings.bootstrap, "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "isolation.level": "read_committed", "logger": quiet_logger(),
-            **(consumer_config or {}),
+            **settings.consumer_config,
         }
-        config["group.id"] = group
+        config["group.id"] = settings.group
         self.consumer = Consumer(config)
-        self.dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+        self.dlq = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
                              "linger.ms": 0, "logger": quiet_logger(), "message.max.bytes": 4 * 2**20})
-        self._ensure_dlq_topic(bootstrap)
+        ensure_topic(settings.bootstrap, self.dlq_topic)
         self._dlq_failed: list = []
         self.assigned = False
         self.stopping = False
         self.counts = {"processed": 0, "charged": 0, "replayed": 0, "skipped": 0, "dead_lettered": 0}
-        self.telemetry = telemetry or ConsumerTelemetry(dedup=bool(layers & {"dedup", "dedup_as_written"}))
-
-    def _ensure_dlq_topic(self, bootstrap: str) -> None:
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        from effectively_once.stack import quiet_logger
-
-        admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()})
-        for future in admin.create_topics([NewTopic(self.dlq_topic, 1, 1)], request_timeout=15).values():
-            try:
-                future.result(timeout=20)
-            except Exception as exc:
-                if "already exists" not in str(exc) and "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
+        self.telemetry = telemetry or ConsumerTelemetry(dedup=settings.uses_dedup,
+                                                        window_seconds=settings.metrics_window)
 
     # -- one poll batch -----------------------------------------------------------------
     def handle_batch(self, records: list) -> int:
@@ -212,15 +182,15 @@ class PaymentConsumer:
     def dead_letter(self, record, headers: dict[str, bytes], kind: str, reason: str) -> None:
         """Send ``record`` to ``<topic>.dlq`` with why, where it came from and when it was seen."""
         extra = {
-            "dlq.error_type": kind,
-            "dlq.reason": reason[:1000],
-            "dlq.source_topic": record.topic(),
-            "dlq.source_partition": str(record.partition()),
-            "dlq.source_offset": str(record.offset()),
-            "dlq.first_seen": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "dlq.consumer_group": self.group,
+            protocol.DLQ_ERROR_TYPE: kind,
+            protocol.DLQ_REASON: reason[:1000],
+            protocol.DLQ_SOURCE_TOPIC: record.topic(),
+            protocol.DLQ_SOURCE_PARTITION: str(record.partition()),
+            protocol.DLQ_SOURCE_OFFSET: str(record.offset()),
+            protocol.DLQ_FIRST_SEEN: datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            protocol.DLQ_CONSUMER_GROUP: self.group,
         }
-        out = [(k, v) for k, v in headers.items() if not k.startswith("dlq.")]
+        out = [(k, v) for k, v in headers.items() if not k.startswith(protocol.DLQ_PREFIX)]
         out += [(k, v.encode()) for k, v in extra.items()]
         self.dlq.produce(self.dlq_topic, key=record.key(), value=record.value(), headers=out,
                          on_delivery=self._dlq_delivered)
@@ -279,14 +249,12 @@ class PaymentConsumer:
         these records again: the dedup table and the Idempotency-Key absorb them.
         Crashing here would only add one more rebalance.
         """
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaException
 
         try:
             self.consumer.commit(asynchronous=False)
         except KafkaException as exc:
-            code = exc.args[0].code() if exc.args else None
-            if code not in (KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
-                            KafkaError.REBALANCE_IN_PROGRESS):
+            if not refused_by_rebalance(exc):
                 raise
             self.log(f"offset commit refused ({exc.args[0].name()}): the group rebalanced, so the partitions' "
                      "new owner will redeliver these records and the dedup table will absorb them")
@@ -303,7 +271,7 @@ class PaymentConsumer:
                 records = []
                 for record in self.consumer.consume(self.batch_size, timeout=self.poll_timeout):
                     if record.error():
-                        if record.error().code() != -191:  # _PARTITION_EOF is not an error
+                        if not is_partition_eof(record.error()):
                             self.log(f"consumer error: {record.error()}")
                         continue
                     records.append(record)
@@ -337,64 +305,18 @@ class PaymentConsumer:
             self.telemetry.close()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The consumer's command line."""
-    parser = argparse.ArgumentParser(prog="python -m effectively_once.payments.consumer",
-                                     description="Consume charge messages and charge them through the provider.")
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--shop-dsn", required=True)
-    parser.add_argument("--provider-url", required=True)
-    parser.add_argument("--api-key", default=os.environ.get("EO_PROVIDER_API_KEY", DEFAULT_API_KEY))
-    parser.add_argument("--layers", default="dedup,idempotency_key",
-                        help="comma list of dedup, dedup_as_written, idempotency_key; or none")
-    parser.add_argument("--step", default=None,
-                        help=f"the per-message function, as module:function (default {DEFAULT_STEP}; "
-                             f"with --batch-dedup, a per-batch function, default {DEFAULT_BATCH_STEP})")
-    parser.add_argument("--batch-dedup", action="store_true",
-                        help="do the dedup-table work once per poll batch instead of once per message")
-    parser.add_argument("--crash-at", choices=CRASH_POINTS, default=None)
-    parser.add_argument("--crash-on", type=int, default=1, help="crash the Nth time the crash point is reached")
-    parser.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--poll-timeout", type=float, default=0.1)
-    parser.add_argument("--max-retries", type=int, default=5)
-    parser.add_argument("--consumer-config", default="{}",
-                        help="JSON of extra librdkafka settings (e.g. session timeouts)")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus metrics on this port (0: a free one, printed at start)")
-    parser.add_argument("--metrics-window", type=float, default=DEFAULT_WINDOW_SECONDS, metavar="SECONDS",
-                        help="the window of the lesson's gauges (hit rate, p99s)")
-    parser.add_argument("--spans-file", default=None, metavar="PATH",
-                        help="append this consumer's spans to PATH as JSON lines")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the consumer until it is stopped, idle, or killed."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        layers = parse_layers(args.layers)
-        step_spec = args.step or (DEFAULT_BATCH_STEP if args.batch_dedup else DEFAULT_STEP)
-        step = load_step(step_spec)
-        extra = json.loads(args.consumer_config)
+        settings = ConsumerSettings.from_argv(argv)
+        step = load_step(settings.step_spec)
     except (ValueError, ImportError) as exc:
         parser.error(str(exc))
-    if args.crash_on < 1:
-        parser.error("--crash-on counts from 1")
-    configure_tracing(args.spans_file)
-    telemetry = ConsumerTelemetry(dedup=bool(layers & {"dedup", "dedup_as_written"}),
-                                  window_seconds=args.metrics_window)
+    configure_tracing(settings.spans_file)
+    telemetry = ConsumerTelemetry(dedup=settings.uses_dedup, window_seconds=settings.metrics_window)
     try:
-        consumer = PaymentConsumer(
-            bootstrap=args.bootstrap, topic=args.topic, group=args.group, shop_dsn=args.shop_dsn,
-            provider_url=args.provider_url, api_key=args.api_key, layers=layers, step=step,
-            crash_at=args.crash_at, crash_on=args.crash_on, exit_when_idle=args.exit_when_idle,
-            batch_size=args.batch_size, poll_timeout=args.poll_timeout, max_retries=args.max_retries,
-            batch_dedup=args.batch_dedup, consumer_config=extra, log=lambda line: print(line, flush=True),
-            telemetry=telemetry)
+        consumer = PaymentConsumer(settings, step=step, log=lambda line: print(line, flush=True), telemetry=telemetry)
     except psycopg.OperationalError as exc:
         print(f"The consumer cannot reach the shop database ({str(exc).strip().splitlines()[0]}); "
               "check --shop-dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
@@ -404,10 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         consumer.stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
-    if args.metrics_port is not None:
-        print(f"metrics on {telemetry.serve(args.metrics_port)}", flush=True)
-    print(f"consumer started: topic {args.topic}, group {args.group}, layers "
-          f"{','.join(sorted(layers)) or 'none'}, step {step_spec}", flush=True)
+    if settings.metrics_port is not None:
+        print(protocol.metrics_on(telemetry.serve(settings.metrics_port)), flush=True)
+    print(f"consumer started: topic {settings.topic}, group {settings.group}, layers "
+          f"{','.join(sorted(settings.layers)) or 'none'}, step {settings.step_spec}", flush=True)
     code = consumer.run()
     print("consumer finished: " + json.dumps(consumer.counts), flush=True)
     return code

@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from effectively_once.payments.consumer import CRASH_POINTS
 from effectively_once.payments.lab import LAYER_SETS, REPORT_KEYS, PaymentReport, resolve_layers, run_scenario
+from effectively_once.protocol import CRASH_POINTS
 
 HELP = "run one crash scenario of the payment pipeline and report duplicate and lost charges"
 

@@ -24,40 +24,24 @@ from typing import Any, Iterable, Iterator
 
 import psycopg
 
+from effectively_once.kafka import quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
-from effectively_once.payments.consumer import CRASH_POINTS, LAYERS, migrate_shop
+from effectively_once.payments.consumer import migrate_shop
 from effectively_once.payments.producer import Sent, charge_records, send_records
 from effectively_once.payments.messages import DEFAULT_API_KEY
 from effectively_once.payments.provider import migrate
-
-LAYER_SETS: dict[str, tuple[str, ...]] = {
-    "both": ("dedup", "idempotency_key"),
-    "dedup_only": ("dedup",),
-    "idempotency_key_only": ("idempotency_key",),
-    "none": (),
-    # The lesson's snippet as printed: its dedup rule skips any existing row, even a 'pending' one.
-    "dedup_as_written": ("dedup_as_written", "idempotency_key"),
-}
+from effectively_once.payments.settings import LAYER_SETS, ConsumerSettings, resolve_layers
+from effectively_once.protocol import (
+    CRASH_POINTS,
+    DLQ_ERROR_TYPE,
+    DLQ_REASON,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+)
 
 REPORT_KEYS = ("messages", "charges", "duplicate_charges", "lost_charges", "dedup_hits", "key_replays", "dlq")
 
 __all__ = ["CRASH_POINTS", "LAYER_SETS", "PaymentLab", "PaymentReport", "Table", "resolve_layers", "run_scenario"]
-
-
-def resolve_layers(layers: str | Iterable[str] | None) -> tuple[str, ...]:
-    """A layer set by name (``both``, ``dedup_only``, ...), as a comma list, or as a sequence of layers."""
-    if layers is None:
-        return LAYER_SETS["both"]
-    if isinstance(layers, str):
-        if layers in LAYER_SETS:
-            return LAYER_SETS[layers]
-        layers = [p.strip() for p in layers.split(",") if p.strip() and p.strip() != "none"]
-    chosen = tuple(layers)
-    unknown = [layer for layer in chosen if layer not in LAYERS]
-    if unknown:
-        raise ValueError(f"unknown layer(s) {unknown}: use a set name ({', '.join(LAYER_SETS)}) "
-                         f"or layers among {', '.join(LAYERS)}")
-    return chosen
 
 
 def layer_set_name(layers: Iterable[str]) -> str:
@@ -234,22 +218,38 @@ class PaymentLab:
         return sent
 
     # -- consuming -----------------------------------------------------------------------
-    def start_consumer(self, layers: str | Iterable[str] | None = None, crash_at: str | None = None,
-                       crash_on: int = 1, *, exit_when_idle: float | None = 1.0, step: str | None = None,
-                       **options: Any) -> ConsumerProcess:
-        """Start a consumer process (``layers`` defaults to the lab's) that may crash at ``crash_at``."""
+    def consumer_settings(self, layers: str | Iterable[str] | None = None, crash_at: str | None = None,
+                          crash_on: int = 1, *, exit_when_idle: float | None = 1.0, step: str | None = None,
+                          **options: Any) -> ConsumerSettings:
+        """The ``ConsumerSettings`` of a consumer of this lab; ``options`` are further settings by name.
+
+        Raises ``ValueError`` naming the setting when one is wrong, before any process starts.
+        """
+        unknown = sorted(set(options) - set(ConsumerSettings.names()))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a consumer setting; the settings are "
+                             f"{', '.join(ConsumerSettings.names())}")
+        chosen = resolve_layers(layers) if layers is not None else self.layers
         provider = self._need_provider()
-        if crash_at is not None and crash_at not in CRASH_POINTS:
-            raise ValueError(f"unknown crash point {crash_at!r}: use one of {', '.join(CRASH_POINTS)}")
         config = {k: v for k, v in self.stack.consumer_config().items()
                   if k in ("session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms", "group.protocol")}
         settings: dict[str, Any] = dict(
             bootstrap=self.stack.kafka_bootstrap, topic=self.topic, group=self.group, shop_dsn=self.shop_dsn,
-            provider_url=provider.url, api_key=self.api_key,
-            layers=resolve_layers(layers) if layers is not None else self.layers, crash_at=crash_at,
+            provider_url=provider.url, api_key=self.api_key, layers=chosen, crash_at=crash_at,
             crash_on=crash_on, exit_when_idle=exit_when_idle, step=step, consumer_config=config)
         settings.update(options)  # e.g. max_retries, batch_size, or a wrong api_key for a lab
-        consumer = ConsumerProcess(**settings)
+        return ConsumerSettings(**settings)
+
+    def start_consumer(self, layers: str | Iterable[str] | None = None, crash_at: str | None = None,
+                       crash_on: int = 1, *, exit_when_idle: float | None = 1.0, step: str | None = None,
+                       **options: Any) -> ConsumerProcess:
+        """Start a consumer process (``layers`` defaults to the lab's) that may crash at ``crash_at``.
+
+        ``options`` are further ``ConsumerSettings`` by name (``batch_dedup``,
+        ``max_retries``, ``metrics_port``, ...); they are checked before the process starts.
+        """
+        consumer = ConsumerProcess(self.consumer_settings(layers, crash_at, crash_on, exit_when_idle=exit_when_idle,
+                                                          step=step, **options))
         consumer.start()
         self.consumers.append(consumer)
         return consumer
@@ -262,8 +262,6 @@ class PaymentLab:
         those reliably.
         """
         from confluent_kafka import Consumer, TopicPartition
-
-        from effectively_once.stack import quiet_logger
 
         if not self.sent:
             return 0
@@ -322,40 +320,23 @@ class PaymentLab:
         Reads from the beginning until it has at least as many records as the
         consumers logged as dead-lettered and the topic has gone quiet.
         """
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        from effectively_once.stack import quiet_logger
+        from confluent_kafka import Consumer
 
         expected = self._dead_lettered_events()
         reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, "group.id": f"{self.group}.dlq-reader",
                            "enable.auto.commit": False, "logger": quiet_logger()})
-        out: list[dict[str, Any]] = []
         try:
-            metadata = reader.list_topics(self.dlq_topic, timeout=10).topics.get(self.dlq_topic)
-            if metadata is None or metadata.error is not None:
-                return []
-            reader.assign([TopicPartition(self.dlq_topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
-            deadline = time.monotonic() + timeout
-            quiet_since = time.monotonic()
-            while time.monotonic() < deadline:
-                records = [r for r in reader.consume(100, timeout=0.1) if not r.error()]
-                for record in records:
-                    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers() or [])}
-                    out.append({"headers": headers, "value": record.value(), "partition": record.partition(),
-                                "offset": record.offset()})
-                if records:
-                    quiet_since = time.monotonic()
-                elif len(out) >= expected and time.monotonic() - quiet_since > 0.3:
-                    break
+            return [{"headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers() or [])},
+                     "value": record.value(), "partition": record.partition(), "offset": record.offset()}
+                    for record in read_topic(reader, self.dlq_topic, quiet=0.3, at_least=expected, timeout=timeout)]
         finally:
             reader.close()
-        return out
 
     def report(self) -> PaymentReport:
         """Count what the run did to the money (see ``PaymentReport``)."""
         ledger = self._ledger_counts()
         dlq = self.dlq_records()
-        dead = {(int(r["headers"].get("dlq.source_partition", -1)), int(r["headers"].get("dlq.source_offset", -1)))
+        dead = {(int(r["headers"].get(DLQ_SOURCE_PARTITION, -1)), int(r["headers"].get(DLQ_SOURCE_OFFSET, -1)))
                 for r in dlq}
         lost = [s.msg_id or f"{self.topic}[{s.partition}]@{s.offset}" for s in self.sent
                 if ledger.get(s.msg_id or "", 0) == 0 and (s.partition, s.offset) not in dead]
@@ -400,8 +381,8 @@ class PaymentLab:
 
     def dlq_rows(self) -> Table:
         """The dead-letter topic: where each record came from and why it is there."""
-        rows = [(r["headers"].get("msg_id"), r["headers"].get("dlq.error_type"), r["headers"].get("dlq.reason"),
-                 r["headers"].get("dlq.source_partition"), r["headers"].get("dlq.source_offset"))
+        rows = [(r["headers"].get("msg_id"), r["headers"].get(DLQ_ERROR_TYPE), r["headers"].get(DLQ_REASON),
+                 r["headers"].get(DLQ_SOURCE_PARTITION), r["headers"].get(DLQ_SOURCE_OFFSET))
                 for r in self.dlq_records()]
         return Table("dead-letter topic", ["msg_id", "error_type", "reason", "source_partition", "source_offset"],
                      rows)

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable, Sequence
 import psycopg
 
 from effectively_once.payments.children import ProviderProcess
-from effectively_once.payments.consumer import CRASH_POINTS
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
+from effectively_once.protocol import CRASH_POINTS
 from effectively_once.payments.producer import charge_records
 
 __all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "CrashMatrix", "DID_NOT_RUN", "LOST", "MatrixCell",

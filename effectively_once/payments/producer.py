@@ -36,7 +36,7 @@ def charge_value(msg_id: str, customer: str, amount: int, currency: str = "usd")
 
 def producer_config(bootstrap: str, *, idempotent: bool = True, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for the charge producer (idempotent, acks=all by default)."""
-    from effectively_once.stack import quiet_logger
+    from effectively_once.kafka import quiet_logger
 
     config: dict[str, Any] = {"bootstrap.servers": bootstrap, "linger.ms": 5, "logger": quiet_logger()}
     if idempotent:

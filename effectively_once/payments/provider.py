@@ -529,7 +529,7 @@ def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None =
                     pool_size=pool_size).app()
 
 
-LISTENING = "provider listening on "
+from effectively_once.protocol import LISTENING  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

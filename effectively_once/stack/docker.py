@@ -12,10 +12,12 @@ when it exits (``up`` keeps that process alive).
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
-from effectively_once.stack import Stack, StackError, docker_available
+from effectively_once.stack.core import Stack, StackError
 from effectively_once.stack.kafka_broker import answers_metadata, cluster_id
 from effectively_once.stack.kafka_settings import DOCKER_IMAGE, KAFKA_VERSION, docker_environment
 from effectively_once.stack.processes import free_port
@@ -29,6 +31,26 @@ DOCKER_MISSING = (
     "Docker is not running ({why}): start Docker, or use the Docker-free backend "
     "with `EO_BACKEND=embedded` (or `--backend embedded`)."
 )
+
+
+def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
+    """Whether a Docker daemon answers a ping within ``timeout`` s, and why not if it does not."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host and not Path("/var/run/docker.sock").exists():
+        return False, "no Docker engine found: DOCKER_HOST is unset and /var/run/docker.sock does not exist"
+    try:
+        import docker
+    except ImportError:
+        return False, "the docker Python package is not installed"
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        client.close()
+        return True, "a Docker daemon answered"
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return False, f"no Docker daemon answered ({reason[:120]})"
+
 
 
 def kafka_container_env(host_port: int) -> dict[str, str]:

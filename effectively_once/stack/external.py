@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from effectively_once.stack import Stack, StackError
+from effectively_once.stack.core import Stack, StackError
 
 
 def connect_external() -> Stack:

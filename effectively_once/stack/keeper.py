@@ -15,12 +15,13 @@ import os
 import signal
 import threading
 
-from effectively_once import stack as stack_mod
 from effectively_once.settings import eo_home
+from effectively_once.stack.backends import LOCAL_BACKENDS, BACKENDS, choose_backend, start
+from effectively_once.stack.state import read_state, state_path
 
 
 def _write_state(record: dict) -> None:
-    path = stack_mod.state_path()
+    path = state_path()
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, path)
@@ -28,7 +29,7 @@ def _write_state(record: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m effectively_once.stack.keeper")
-    parser.add_argument("--backend", default="auto", choices=stack_mod.BACKENDS)
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     args = parser.parse_args(argv)
 
     stop_event = threading.Event()
@@ -38,17 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     root = eo_home() / "stack"
     root.mkdir(parents=True, exist_ok=True)
     try:
-        if stack_mod.choose_backend(args.backend)[0] in stack_mod.LOCAL_BACKENDS:
-            running = stack_mod.start(args.backend, root=root)
+        if choose_backend(args.backend)[0] in LOCAL_BACKENDS:
+            running = start(args.backend, root=root)
         else:
-            running = stack_mod.start(args.backend)
+            running = start(args.backend)
     except Exception as exc:
         _write_state({"ready": False, "error": str(exc), "pids": {"keeper": os.getpid()}})
         print(f"could not start the stack: {exc}", flush=True)
         return 1
 
     record = running.describe()
-    record.update(ready=True, root=str(root) if running.backend in stack_mod.LOCAL_BACKENDS else None)
+    record.update(ready=True, root=str(root) if running.backend in LOCAL_BACKENDS else None)
     record["pids"] = {"keeper": os.getpid(), **running.pids}
     _write_state(record)
     print(f"stack ready: {json.dumps(record)}", flush=True)
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         running.stop()
-        path = stack_mod.state_path()
-        current = stack_mod.read_state()
+        path = state_path()
+        current = read_state()
         if current and current.get("pids", {}).get("keeper") == os.getpid():
             path.unlink(missing_ok=True)
     return 0

@@ -1,0 +1,177 @@
+"""The Kafka client helpers the package needs, written once.
+
+- ``quiet_logger()``: a logger that keeps librdkafka's connection chatter out of notebooks;
+- ``ensure_topic(bootstrap, name)``: create a topic unless it exists;
+- ``assign_topic`` / ``poll_records`` / ``read_topic``: read a topic from the start (or from
+  given offsets) until it goes quiet, until every partition's end, or until the caller has its marker;
+- ``refused_by_rebalance``, ``is_partition_eof``, ``topic_already_exists``: what a Kafka error means.
+
+The consumer process imports this module, not ``effectively_once.stack``: a
+child that is killed and restarted many times should not load the code that
+starts brokers. confluent_kafka is imported inside the functions, as elsewhere
+in the package, so that importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, Iterator
+
+# The coordinator refuses an offset commit with one of these when the group moved on between
+# poll and commit; the partitions' new owner redelivers from the last committed offset.
+REBALANCE_ERRORS = ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS")
+
+
+def quiet_logger() -> logging.Logger:
+    """A logger for librdkafka clients that keeps connection chatter out of notebooks.
+
+    Retries against a broker that is down are expected (health checks do
+    exactly that); errors still reach the caller as exceptions.
+    """
+    logger = logging.getLogger("effectively_once.kafka")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    return logger
+
+
+# -- what an error means ----------------------------------------------------------------------------
+def error_code(error: Any) -> int | None:
+    """The librdkafka code of a ``KafkaError``, or of the ``KafkaError`` a ``KafkaException`` carries."""
+    if hasattr(error, "code") and callable(error.code):
+        return error.code()
+    args = getattr(error, "args", ())
+    if args and hasattr(args[0], "code"):
+        return args[0].code()
+    return None
+
+
+def refused_by_rebalance(error: Any) -> bool:
+    """True when a commit was refused because the group rebalanced (see ``REBALANCE_ERRORS``)."""
+    from confluent_kafka import KafkaError
+
+    return error_code(error) in {getattr(KafkaError, name) for name in REBALANCE_ERRORS}
+
+
+def is_partition_eof(error: Any) -> bool:
+    """True for the end-of-partition event a consumer with ``enable.partition.eof`` sends (not an error)."""
+    from confluent_kafka import KafkaError
+
+    return error_code(error) == KafkaError._PARTITION_EOF
+
+
+def topic_already_exists(error: Any) -> bool:
+    """True when a topic could not be created because it exists already.
+
+    Some Kafka-protocol brokers answer with the code, others only say so in the message.
+    """
+    from confluent_kafka import KafkaError
+
+    return error_code(error) == KafkaError.TOPIC_ALREADY_EXISTS or "already exists" in str(error).lower()
+
+
+# -- topics -----------------------------------------------------------------------------------------
+def ensure_topic(bootstrap: str, name: str, partitions: int = 1, *, config: dict[str, Any] | None = None) -> str:
+    """Create topic ``name`` (its full name) with ``partitions`` partitions unless it exists; return the name.
+
+    ``config`` adds client settings (e.g. SASL) to the admin client's.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions!r}")
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger(), **(config or {})})
+    # The admin client must outlive its futures.
+    for future in admin.create_topics([NewTopic(name, partitions, 1)], request_timeout=15).values():
+        try:
+            future.result(timeout=20)
+        except Exception as exc:
+            if not topic_already_exists(exc):
+                raise
+    return name
+
+
+# -- reading a topic ----------------------------------------------------------------------------------
+def assign_topic(consumer, topic: str, partitions: Iterable[int] | None = None,
+                 offsets: dict[int, int] | None = None, timeout: float = 10.0) -> list[int]:
+    """Assign ``consumer`` to ``topic``'s partitions (all of them by default) and return them.
+
+    Each partition starts at ``offsets[p]`` when given (and not negative), else
+    at its beginning. ``assign`` rather than ``subscribe``: one reader, no
+    group join, no rebalance to wait for. Returns ``[]`` (and assigns nothing)
+    when the topic does not exist yet.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    if partitions is None:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return []
+        partitions = metadata.partitions
+    chosen = sorted(partitions)
+    starts = offsets or {}
+    consumer.assign([TopicPartition(topic, p, starts[p] if starts.get(p, -1) >= 0 else OFFSET_BEGINNING)
+                     for p in chosen])
+    return chosen
+
+
+def poll_records(consumer, *, quiet: float | None = None, at_least: int = 0, timeout: float | None = None,
+                 until_end: Iterable[int] | None = None, skip_errors: bool = True, batch: int = 100,
+                 wait: float = 0.1) -> Iterator:
+    """Yield the records an assigned (or subscribed) consumer fetches, until one of the stops below.
+
+    - ``quiet``: no record (nor end-of-partition event) for this many seconds,
+      once at least ``at_least`` records were yielded (0 s: the first empty fetch);
+    - ``timeout``: this many seconds in all;
+    - ``until_end``: every one of these partitions has reached its end (the
+      consumer needs ``enable.partition.eof``);
+    - the caller stops iterating (it found its marker, or has enough).
+
+    An error other than end-of-partition is skipped when ``skip_errors``,
+    else raised as a ``KafkaException``.
+    """
+    from confluent_kafka import KafkaException
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending_ends = set(until_end) if until_end is not None else None
+    yielded = 0
+    last_activity = time.monotonic()
+    while deadline is None or time.monotonic() < deadline:
+        if pending_ends is not None and not pending_ends:
+            return
+        fetched = consumer.consume(batch, timeout=wait)
+        if fetched:
+            last_activity = time.monotonic()
+        for record in fetched:
+            error = record.error()
+            if error is not None:
+                if is_partition_eof(error):
+                    if pending_ends is not None:
+                        pending_ends.discard(record.partition())
+                    continue
+                if skip_errors:
+                    continue
+                raise KafkaException(error)
+            if pending_ends is not None:
+                pending_ends.add(record.partition())  # more may follow this one
+            yielded += 1
+            yield record
+        if not fetched and quiet is not None and yielded >= at_least and time.monotonic() - last_activity >= quiet:
+            return
+
+
+def read_topic(consumer, topic: str, partitions: Iterable[int] | None = None,
+               offsets: dict[int, int] | None = None, **stops: Any) -> Iterator:
+    """Assign ``consumer`` to ``topic`` from the start (or ``offsets``) and yield its records.
+
+    ``stops`` are those of ``poll_records`` (``quiet``, ``at_least``,
+    ``timeout``, ``skip_errors``); ``until_end=True`` stops at the end of every
+    assigned partition. Yields nothing when the topic does not exist.
+    """
+    chosen = assign_topic(consumer, topic, partitions, offsets)
+    if not chosen:
+        return
+    if stops.get("until_end") is True:
+        stops["until_end"] = chosen
+    yield from poll_records(consumer, **stops)

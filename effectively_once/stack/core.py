@@ -1,0 +1,216 @@
+"""A running stack: a Kafka-protocol broker and a PostgreSQL server, the names in them, and how to stop it.
+
+``Stack`` is what every backend returns (see ``backends.start``); it owns the
+processes it started and stops them by pid.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from effectively_once.kafka import ensure_topic, quiet_logger
+from effectively_once.settings import namespace
+from effectively_once.stack.processes import pid_alive
+
+
+class StackError(RuntimeError):
+    """A stack could not be started or reached; the message says what to do."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the learner needs the sentence and the fix,
+        # not the frames of the package.
+        return [f"StackError: {self}"]
+
+
+
+def new_run_id() -> str:
+    """A short random id for names that must not collide between runs."""
+    return uuid.uuid4().hex[:8]
+
+
+
+@dataclass
+class Stack:
+    """A running Kafka-protocol broker and PostgreSQL server, and how to reach them."""
+
+    backend: str
+    kafka_bootstrap: str
+    base_dsn: str
+    broker_flavor: str = "unknown"
+    broker_version: str | None = None
+    java: str | None = None
+    namespace: str = field(default_factory=namespace)
+    pids: dict[str, int] = field(default_factory=dict)
+    owned: bool = True
+    _stoppers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    # -- names -------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        """The namespaced name of topic ``name`` (e.g. ``alice.payments.charges``)."""
+        return f"{self.namespace}.{name}"
+
+    def group(self, name: str) -> str:
+        """The namespaced name of consumer group ``name``."""
+        return f"{self.namespace}.{name}"
+
+    def database(self, name: str) -> str:
+        """The namespaced name of database ``name`` (e.g. ``alice_shop``)."""
+        return f"{self.namespace}_{name}"
+
+    # -- PostgreSQL --------------------------------------------------------------------
+    def postgres_dsn(self, database: str = "postgres") -> str:
+        """A libpq URI for ``database`` on this stack's server (the name is used as given)."""
+        base, _, query = self.base_dsn.partition("?")
+        head = base.rsplit("/", 1)[0]
+        return f"{head}/{database}" + (f"?{query}" if query else "")
+
+    def create_database(self, name: str, *, fresh: bool = True) -> str:
+        """Create the namespaced database ``name`` (dropped first when ``fresh``) and return its DSN."""
+        import psycopg
+        from psycopg import sql
+
+        db = self.database(name)
+        with psycopg.connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
+            if fresh:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+            exists = conn.execute("select 1 from pg_database where datname = %s", (db,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+        return self.postgres_dsn(db)
+
+    def drop_database(self, name: str) -> None:
+        """Drop the namespaced database ``name`` if it exists."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(self.database(name))))
+
+    # -- Kafka -------------------------------------------------------------------------
+    def admin(self):
+        """A confluent-kafka AdminClient for this broker."""
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient({"bootstrap.servers": self.kafka_bootstrap, "logger": quiet_logger()})
+
+    def create_topic(self, name: str, partitions: int = 3) -> str:
+        """Create the namespaced topic ``name`` (if missing) and return its full name."""
+        return ensure_topic(self.kafka_bootstrap, self.topic(name), partitions)
+
+    def delete_topics(self, *full_names: str) -> None:
+        """Delete topics by their full names (best effort)."""
+        if not full_names:
+            return
+        admin = self.admin()
+        for future in admin.delete_topics(list(full_names), operation_timeout=10).values():
+            try:
+                future.result(timeout=15)
+            except Exception:
+                pass
+
+    def list_topics(self) -> list[str]:
+        """Every topic on the broker this learner can see (namespaced ones only)."""
+        md = self.admin().list_topics(timeout=10)
+        prefix = f"{self.namespace}."
+        return sorted(t for t in md.topics if t.startswith(prefix))
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        """Producer settings: idempotent, acks=all, as the lesson prescribes."""
+        config = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+        }
+        config.update(overrides)
+        return config
+
+    def consumer_config(self, **overrides: Any) -> dict[str, Any]:
+        """Consumer settings that suit this broker.
+
+        Tansu holds a JoinGroup for about session.timeout.ms / 2, so a short
+        session keeps the lab snappy there. On an Apache Kafka this course
+        started (embedded or docker) the broker accepts a 2 s session (see
+        ``kafka_settings``); any other Kafka refuses a session.timeout.ms below
+        its group.min.session.timeout.ms, 6000 by default.
+        """
+        if self.broker_flavor == "tansu":
+            timing = {"session.timeout.ms": 1000, "heartbeat.interval.ms": 250}
+        elif self.backend in ("embedded", "docker"):
+            from effectively_once.stack.kafka_settings import consumer_group_settings
+
+            timing = consumer_group_settings()
+        else:
+            timing = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+        config = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "max.poll.interval.ms": 30000,
+            **timing,
+        }
+        config.update(overrides)
+        return config
+
+    # -- health and life cycle -----------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Live checks: a metadata request to the broker, ``select 1`` to PostgreSQL, each pid."""
+        result: dict[str, Any] = {"broker": False, "postgres": False, "processes": {}}
+        try:
+            md = self.admin().list_topics(timeout=3)
+            result["broker"] = bool(md.brokers)
+        except Exception as exc:
+            result["broker_error"] = str(exc).splitlines()[0][:200]
+        try:
+            import psycopg
+
+            with psycopg.connect(self.postgres_dsn("postgres"), connect_timeout=3) as conn:
+                result["postgres"] = conn.execute("select 1").fetchone() == (1,)
+        except Exception as exc:
+            result["postgres_error"] = str(exc).splitlines()[0][:200] if str(exc) else repr(exc)
+        for name, pid in self.pids.items():
+            result["processes"][name] = pid_alive(pid)
+        result["healthy"] = bool(result["broker"] and result["postgres"] and all(result["processes"].values()))
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """What this stack is, as plain data (what ``status --json`` prints)."""
+        return {
+            "backend": self.backend,
+            "broker_flavor": self.broker_flavor,
+            "broker_version": self.broker_version,
+            "java": self.java,
+            "kafka_bootstrap": self.kafka_bootstrap,
+            "postgres_dsn": self.postgres_dsn("postgres"),
+            "namespace": self.namespace,
+            "pids": dict(self.pids),
+        }
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td><code>{v}</code></td></tr>"
+                       for k, v in self.describe().items() if k not in ("pids", "java"))
+        return f"<table>{rows}</table>"
+
+    def stop(self) -> None:
+        """Stop every process this stack started (by pid). An attached stack is left running."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for stopper in reversed(self._stoppers):
+            try:
+                stopper()
+            except Exception:
+                pass
+        self._stoppers.clear()
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+

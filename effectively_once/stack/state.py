@@ -1,0 +1,123 @@
+"""The detached stack that ``python -m effectively_once up`` records, and attaching to it.
+
+``up`` starts a keeper process that records the running stack in
+``$EO_HOME/stack.json``; ``attach`` and ``attach_or_start`` read that record.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from effectively_once.settings import eo_home
+from effectively_once.stack.backends import start
+from effectively_once.stack.core import Stack, StackError
+from effectively_once.stack.processes import pid_alive, stop_pid
+
+STATE_FILE = "stack.json"
+
+
+def state_path() -> Path:
+    """Where ``up`` records the running stack: ``$EO_HOME/stack.json``."""
+    return eo_home() / STATE_FILE
+
+
+def read_state() -> dict[str, Any] | None:
+    """The record ``up`` wrote, or None when nothing was started."""
+    path = state_path()
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def attach(record: dict[str, Any] | None = None) -> Stack:
+    """A ``Stack`` for the stack ``up`` started; stopping it leaves the processes running."""
+    record = record or read_state()
+    if not record or not record.get("ready"):
+        raise StackError("No stack is running: start one with `python -m effectively_once up`.")
+    return Stack(
+        backend=record["backend"],
+        kafka_bootstrap=record["kafka_bootstrap"],
+        base_dsn=record["postgres_dsn"],
+        broker_flavor=record.get("broker_flavor", "unknown"),
+        broker_version=record.get("broker_version"),
+        java=record.get("java"),
+        pids={k: int(v) for k, v in record.get("pids", {}).items()},
+        owned=False,
+    )
+
+
+def attach_or_start(backend: str = "auto", progress: Callable[..., None] = print) -> Stack:
+    """Attach to the stack ``up`` started, else start one that stops when this kernel exits."""
+    record = read_state()
+    if record and record.get("ready"):
+        stack = attach(record)
+        if stack.health()["healthy"]:
+            progress(f"attached to the running {stack.backend} stack ({stack.broker_flavor})")
+            return stack
+        progress("the recorded stack is not healthy; starting a private one "
+                 "(fix the shared one with `python -m effectively_once down` then `up`)")
+    return start(backend, progress=progress)
+
+
+def to_stderr(*parts: Any, **_: Any) -> None:
+    """Progress for command-line tools: on stderr, so ``--json`` output on stdout stays clean."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def command_stack(backend: str = "auto", progress: Callable[..., None] = to_stderr) -> Iterator[Stack]:
+    """The stack a command runs on: the one ``up`` started, else a private one stopped at the end.
+
+    Raises ``StackError`` (one sentence with the fix) when neither can be had.
+    """
+    running = attach_or_start(backend, progress=progress)
+    try:
+        yield running
+    finally:
+        running.stop()  # a no-op for an attached stack: it belongs to `up`
+
+
+def stop_recorded(record: dict[str, Any], purge: bool = False) -> list[str]:
+    """Stop every process listed in an ``up`` record, keeper first; return what was stopped.
+
+    The stack's files (Kafka's log, PostgreSQL's data) stay for the next ``up``
+    unless ``purge``.
+    """
+    stopped = []
+    pids = record.get("pids", {})
+    keeper = pids.get("keeper")
+    if keeper and stop_pid(int(keeper), timeout=30):
+        stopped.append(f"keeper (pid {keeper})")
+    for name, pid in pids.items():
+        if name != "keeper" and stop_pid(int(pid), timeout=10):
+            stopped.append(f"{name} (pid {pid})")
+    root = record.get("root")
+    if root and purge:
+        shutil.rmtree(root, ignore_errors=True)
+    return stopped
+
+
+
+def wait_for_state(timeout: float, keeper_pid: int) -> dict[str, Any]:
+    """Wait until the keeper process records a ready stack (or dies)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = read_state()
+        if record and record.get("ready") and record.get("pids", {}).get("keeper") == keeper_pid:
+            return record
+        if record and record.get("error"):
+            raise StackError(record["error"])
+        if not pid_alive(keeper_pid):
+            raise StackError("The stack's keeper process exited while starting; see "
+                             f"{eo_home() / 'keeper.log'} for why.")
+        time.sleep(0.1)
+    raise StackError(f"The stack was not ready after {timeout:.0f} s; see {eo_home() / 'keeper.log'}.")
