@@ -35,9 +35,11 @@ COURSE = (
     Notebook("02_message_loss", "Watching messages get lost", "at-most-once, at-least-once, the idempotent "
              "producer and effectively-once, animated and counted", 25, False, exercise_minutes=20),
     Notebook("03_kafka_guarantees", "What Kafka guarantees", "producer ids and sequence numbers, transactions, "
-             "read_committed, zombie fencing, and what Kafka's exactly-once cannot span", 30, True, exercise_minutes=25),
+             "read_committed, zombie fencing, and what Kafka's exactly-once cannot span", 30, True,
+             exercise_minutes=25),
     Notebook("04_kill_the_consumer", "Kill the consumer", "a real payment pipeline killed with SIGKILL at every "
-             "step; the dedup table and the Idempotency-Key; the traps in the textbook snippet", 40, True, exercise_minutes=25),
+             "step; the dedup table and the Idempotency-Key; the traps in the textbook snippet", 40, True,
+             exercise_minutes=25),
     Notebook("05_observability", "Seeing delivery semantics", "lag, DLQ depth and age, dedup hit rate, "
              "side-effect and retry p99, trace ids, alert rules", 30, True, exercise_minutes=20),
     Notebook("06_incidents", "Four real incidents", "Stripe 2020, AWS SQS 2019, Stripe 2023 and Slack 2022, "

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 # The coordinator refuses an offset commit with one of these when the group moved on between
 # poll and commit; the partitions' new owner redelivers from the last committed offset.

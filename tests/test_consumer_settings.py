@@ -135,6 +135,8 @@ def test_the_consumer_command_reports_a_setting_error_with_exit_2():
 
 
 def test_the_lab_names_keep_working():
-    from effectively_once.payments.lab import CRASH_POINTS as lab_points, LAYER_SETS as lab_sets, resolve_layers as r
+    from effectively_once.payments.lab import CRASH_POINTS as lab_points
+    from effectively_once.payments.lab import LAYER_SETS as lab_sets
+    from effectively_once.payments.lab import resolve_layers as r
 
     assert lab_points == CRASH_POINTS and lab_sets is LAYER_SETS and r is resolve_layers

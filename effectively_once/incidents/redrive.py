@@ -28,9 +28,10 @@ import html
 import itertools
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from effectively_once.kafka import assign_topic, poll_records, quiet_logger
 from effectively_once.protocol import REDRIVEN_AT, is_dlq_header

@@ -37,8 +37,9 @@ import html
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from effectively_once import protocol
 from effectively_once.kafka import ensure_topic
@@ -325,7 +326,7 @@ class LiveTraffic:
                 except httpx.TransportError:
                     self.answers.append((time.time(), 0))
 
-    def __enter__(self) -> "LiveTraffic":
+    def __enter__(self) -> LiveTraffic:
         self._thread.start()
         return self
 
@@ -360,7 +361,7 @@ class FloodLab:
         self.runs = 0
         self._topics: list[str] = []
 
-    def start(self) -> "FloodLab":
+    def start(self) -> FloodLab:
         """Start the provider and the consumer pool; return once every consumer has handled a charge."""
         import psycopg
 
@@ -465,7 +466,7 @@ class FloodLab:
         if self.lab is not None:
             self.lab.stop()
 
-    def __enter__(self) -> "FloodLab":
+    def __enter__(self) -> FloodLab:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -27,9 +27,10 @@ from __future__ import annotations
 import atexit
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -175,7 +176,7 @@ class Recorder:
         self.t0 = time.time()
 
     @classmethod
-    def for_lab(cls, lab, interval: float = 0.25, rate_window: float = 2.0) -> "Recorder":
+    def for_lab(cls, lab, interval: float = 0.25, rate_window: float = 2.0) -> Recorder:
         """A recorder of a ``PaymentLab``: its consumers started with ``metrics_port``, its topic and DLQ."""
         def targets() -> list[str]:
             return [c.metrics_url for c in list(lab.consumers) if c.running and c.metrics_url]
@@ -186,7 +187,7 @@ class Recorder:
                    rate_window=rate_window)
 
     # -- life cycle ----------------------------------------------------------------------
-    def start(self) -> "Recorder":
+    def start(self) -> Recorder:
         """Start sampling (t = 0 is now)."""
         self._broker = _Broker(self.bootstrap, self.topic, self.group, self.dlq_topic)
         self.t0 = time.time()
@@ -207,7 +208,7 @@ class Recorder:
             self._broker = None
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         return self.start() if self._thread is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,8 @@ from outside. Each event is marked on the recorder, so the plots can show it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 Action = tuple[float, str, Callable[[Any], Any]]
 

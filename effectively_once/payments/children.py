@@ -38,7 +38,7 @@ class Child:
         self.log_path = self.log_dir / f"{self.name}-{time.time_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Child":
+    def start(self) -> Child:
         """Start the process (its stdout and stderr go to ``log_path``)."""
         with open(self.log_path, "ab") as log:
             # A session of its own: Ctrl-C in a notebook must not reach the pipeline's processes.
@@ -108,7 +108,7 @@ class Child:
         except OSError:
             return ""
 
-    def __enter__(self) -> "Child":
+    def __enter__(self) -> Child:
         if self.proc is None:
             self.start()
         return self
@@ -140,7 +140,7 @@ class ProviderProcess(Child):
         self._initial_faults = faults
         self.url: str | None = None
 
-    def start(self, timeout: float = 30.0) -> "ProviderProcess":
+    def start(self, timeout: float = 30.0) -> ProviderProcess:
         """Start the provider and wait until it prints its address and answers ``/healthz``."""
         super().start()
 

@@ -23,8 +23,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
-from typing import Callable, Iterable
 
 import psycopg
 
@@ -37,6 +37,7 @@ from effectively_once.payments.messages import MalformedMessage, parse_charge, t
 from effectively_once.payments.settings import ConsumerSettings, build_parser
 from effectively_once.protocol import CRASH_POINTS, LAYERS
 from effectively_once.schemas import load
+
 # After an assignment the first fetch can take a while (offset look-ups, a busy machine):
 # silence that short is not yet "idle".
 FIRST_FETCH_GRACE = 3.0
@@ -231,7 +232,8 @@ class PaymentConsumer:
             failed, self._dlq_failed = self._dlq_failed, []
             if not failed:
                 return
-            self.log(f"{len(failed)} dead-letter write(s) refused ({failed[0][1]}); sending again ({attempt}/{attempts})")
+            self.log(f"{len(failed)} dead-letter write(s) refused ({failed[0][1]}); "
+                     f"sending again ({attempt}/{attempts})")
             if attempt == attempts:
                 raise RuntimeError(f"the dead-letter topic refused {len(failed)} record(s) ({failed[0][1]}); "
                                    "offsets left uncommitted, so they will be redelivered")

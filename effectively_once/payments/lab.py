@@ -19,16 +19,17 @@ import atexit
 import html
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import psycopg
 
 from effectively_once.kafka import quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
 from effectively_once.payments.consumer import migrate_shop
-from effectively_once.payments.producer import Sent, charge_records, send_records
 from effectively_once.payments.messages import DEFAULT_API_KEY
+from effectively_once.payments.producer import Sent, charge_records, send_records
 from effectively_once.payments.provider import migrate
 from effectively_once.payments.settings import LAYER_SETS, ConsumerSettings, resolve_layers
 from effectively_once.protocol import (
@@ -70,7 +71,7 @@ class Table:
 
     def records(self) -> list[dict[str, Any]]:
         """The rows as dicts keyed by column name."""
-        return [dict(zip(self.columns, row)) for row in self.rows]
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
     def column(self, name: str) -> list[Any]:
         """Every value of one column."""
@@ -89,7 +90,7 @@ class Table:
         cells = [list(self.columns)] + [[_cell(v) for v in row] for row in self.rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
         lines = [f"{self.title} ({len(self.rows)} rows)"]
-        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
         return "\n".join(lines)
 
 
@@ -376,7 +377,8 @@ class PaymentLab:
         """The consumers' ``consumer_events``: one row per message handled, in order."""
         return self._table(self.shop_dsn, "shop: consumer_events",
                            "SELECT msg_id, result, dedup_hit, retries, round(side_effect_ms::numeric, 1)"
-                           " AS side_effect_ms, trace_id, error FROM consumer_events WHERE topic = %s ORDER BY id LIMIT %s",
+                           " AS side_effect_ms, trace_id, error FROM consumer_events WHERE topic = %s"
+                           " ORDER BY id LIMIT %s",
                            (self.topic, limit))
 
     def dlq_rows(self) -> Table:
@@ -406,7 +408,7 @@ class PaymentLab:
                 self.stack.drop_database(f"provider_{self._token}")
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> "PaymentLab":
+    def __enter__(self) -> PaymentLab:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -27,17 +27,18 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import psycopg
 
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
-from effectively_once.protocol import CRASH_POINTS
 from effectively_once.payments.producer import charge_records
+from effectively_once.protocol import CRASH_POINTS
 
 __all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "CrashMatrix", "DID_NOT_RUN", "LOST", "MatrixCell",
            "PluggedStep", "SideBySide", "run_matrix", "view"]
@@ -384,7 +385,7 @@ class PluggedStep:
         shutil.rmtree(self.directory, ignore_errors=True)
         atexit.unregister(self.close)
 
-    def __enter__(self) -> "PluggedStep":
+    def __enter__(self) -> PluggedStep:
         return self
 
     def __exit__(self, *exc: object) -> None:

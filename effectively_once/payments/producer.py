@@ -13,8 +13,9 @@ import json
 import random
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from effectively_once.payments.messages import new_traceparent
 from effectively_once.progress import text_bar

@@ -19,8 +19,9 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from effectively_once.observe.exporter import DEFAULT_WINDOW_SECONDS
 from effectively_once.payments.messages import DEFAULT_API_KEY
@@ -204,7 +205,7 @@ class ConsumerSettings:
         return [sys.executable, "-m", CONSUMER_MODULE, *self.to_argv()]
 
     @classmethod
-    def from_argv(cls, argv: list[str] | None = None) -> "ConsumerSettings":
+    def from_argv(cls, argv: list[str] | None = None) -> ConsumerSettings:
         """Read settings from a command line (``sys.argv[1:]`` when None).
 
         A malformed number or a missing required option ends the program as

@@ -10,9 +10,10 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from effectively_once.kafka import quiet_logger
 from effectively_once.settings import eo_home

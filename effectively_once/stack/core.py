@@ -7,8 +7,9 @@ processes it started and stops them by pid.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from effectively_once.kafka import ensure_topic, quiet_logger
 from effectively_once.settings import namespace
@@ -208,7 +209,7 @@ class Stack:
                 pass
         self._stoppers.clear()
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from effectively_once.stack.core import Stack, StackError
 from effectively_once.stack.kafka_broker import answers_metadata, cluster_id

@@ -18,12 +18,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from effectively_once.progress import text_bar
 from effectively_once.stack.kafka_settings import KAFKA_VERSION, SCALA_VERSION

@@ -15,9 +15,9 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from effectively_once.stack import jars
 from effectively_once.stack.java import JavaRuntime, find_java

@@ -16,7 +16,7 @@ import signal
 import threading
 
 from effectively_once.settings import eo_home
-from effectively_once.stack.backends import LOCAL_BACKENDS, BACKENDS, choose_backend, start
+from effectively_once.stack.backends import BACKENDS, LOCAL_BACKENDS, choose_backend, start
 from effectively_once.stack.state import read_state, state_path
 
 

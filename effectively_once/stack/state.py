@@ -10,9 +10,10 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from effectively_once.settings import eo_home
 from effectively_once.stack.backends import start
