@@ -126,7 +126,8 @@ def poll_records(consumer, *, quiet: float | None = None, at_least: int = 0, tim
       once at least ``at_least`` records were yielded (0 s: the first empty fetch);
     - ``timeout``: this many seconds in all;
     - ``until_end``: every one of these partitions has reached its end (the
-      consumer needs ``enable.partition.eof``);
+      consumer needs ``enable.partition.eof``), once at least ``at_least``
+      records were yielded;
     - the caller stops iterating (it found its marker, or has enough).
 
     An error other than end-of-partition is skipped when ``skip_errors``,
@@ -139,7 +140,7 @@ def poll_records(consumer, *, quiet: float | None = None, at_least: int = 0, tim
     yielded = 0
     last_activity = time.monotonic()
     while deadline is None or time.monotonic() < deadline:
-        if pending_ends is not None and not pending_ends:
+        if pending_ends is not None and not pending_ends and yielded >= at_least:
             return
         fetched = consumer.consume(batch, timeout=wait)
         if fetched:

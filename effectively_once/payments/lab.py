@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from effectively_once.db import one
 from effectively_once.kafka import quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
 from effectively_once.payments.consumer import migrate_shop
@@ -110,6 +111,7 @@ class PaymentReport:
     key_replays: int
     dlq: int
     layers: tuple[str, ...] = ()
+    dead_lettered: int = 0          # distinct source records in the DLQ (``dlq`` counts writes, at-least-once)
     crash_at: str | None = None
     duplicated: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
@@ -318,18 +320,20 @@ class PaymentLab:
     def dlq_records(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Every record in the run's dead-letter topic: its headers and value, oldest first.
 
-        Reads from the beginning until it has at least as many records as the
-        consumers logged as dead-lettered and the topic has gone quiet.
+        Reads from the beginning to the end of every partition, and on until it
+        has at least as many records as the consumers logged as dead-lettered
+        (a write still in flight), or ``timeout``.
         """
         from confluent_kafka import Consumer
 
         expected = self._dead_lettered_events()
         reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, "group.id": f"{self.group}.dlq-reader",
-                           "enable.auto.commit": False, "logger": quiet_logger()})
+                           "enable.auto.commit": False, "enable.partition.eof": True, "logger": quiet_logger()})
         try:
             return [{"headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers() or [])},
                      "value": record.value(), "partition": record.partition(), "offset": record.offset()}
-                    for record in read_topic(reader, self.dlq_topic, quiet=0.3, at_least=expected, timeout=timeout)]
+                    for record in read_topic(reader, self.dlq_topic, until_end=True, at_least=expected,
+                                             timeout=timeout)]
         finally:
             reader.close()
 
@@ -342,14 +346,14 @@ class PaymentLab:
         lost = [s.msg_id or f"{self.topic}[{s.partition}]@{s.offset}" for s in self.sent
                 if ledger.get(s.msg_id or "", 0) == 0 and (s.partition, s.offset) not in dead]
         with psycopg.connect(self.shop_dsn) as conn:
-            hits, replays = conn.execute(
+            hits, replays = one(conn.execute(
                 "SELECT count(*) FILTER (WHERE dedup_hit), count(*) FILTER (WHERE result = 'replayed')"
-                " FROM consumer_events WHERE topic = %s", (self.topic,)).fetchone()
+                " FROM consumer_events WHERE topic = %s", (self.topic,)), "the run's consumer events")
         crash_points = [c.crash_at for c in self.consumers if c.crash_at]
         return PaymentReport(
             messages=len(self.sent), charges=sum(ledger.values()),
             duplicate_charges=sum(1 for n in ledger.values() if n > 1), lost_charges=len(lost),
-            dedup_hits=hits, key_replays=replays, dlq=len(dlq), layers=self.layers,
+            dedup_hits=hits, key_replays=replays, dlq=len(dlq), dead_lettered=len(dead), layers=self.layers,
             crash_at=crash_points[0] if crash_points else None,
             duplicated=sorted(m for m, n in ledger.items() if n > 1), lost=lost,
             shop_dsn=self.shop_dsn, provider_dsn=self.provider_dsn)
