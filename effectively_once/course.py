@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from effectively_once.db import one
 from effectively_once.kafka import poll_records, quiet_logger
 from effectively_once.stack import Stack, new_run_id
 
@@ -112,5 +113,5 @@ def round_trip(stack: Stack, messages: int = 3, timeout: float = 30.0) -> RoundT
         consumer.close()
         stack.delete_topics(topic)
     with psycopg.connect(stack.postgres_dsn("postgres"), connect_timeout=5) as conn:
-        answer = conn.execute("select 1").fetchone()[0]
+        answer = one(conn.execute("select 1"), "select 1")[0]
     return RoundTrip(sent, received, answer, time.monotonic() - started)

@@ -22,3 +22,10 @@ def one(cursor: Cursor[Row], what: str) -> Row:
     if row is None:
         raise RuntimeError(f"expected a row for {what}, but the query returned none")
     return row
+
+
+def columns(cursor: Cursor) -> list[str]:
+    """The column names of the result ``cursor`` holds (a statement that returns no rows has none)."""
+    if cursor.description is None:
+        raise RuntimeError("the statement returned no result set, so it has no columns")
+    return [column.name for column in cursor.description]

@@ -37,6 +37,15 @@ def quiet_logger() -> logging.Logger:
     return logger
 
 
+def admin_client(bootstrap: str, config: dict[str, Any] | None = None):
+    """A quiet confluent-kafka AdminClient for ``bootstrap``; ``config`` adds client settings (e.g. SASL)."""
+    from confluent_kafka.admin import AdminClient
+
+    # A logger object is a valid value here, though the client's type stubs allow only str, int and float.
+    settings: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet_logger(), **(config or {})}
+    return AdminClient(settings)
+
+
 # -- what an error means ----------------------------------------------------------------------------
 def error_code(error: Any) -> int | None:
     """The librdkafka code of a ``KafkaError``, or of the ``KafkaError`` a ``KafkaException`` carries."""
@@ -78,11 +87,11 @@ def ensure_topic(bootstrap: str, name: str, partitions: int = 1, *, config: dict
 
     ``config`` adds client settings (e.g. SASL) to the admin client's.
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions!r}")
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger(), **(config or {})})
+    admin = admin_client(bootstrap, config)
     # The admin client must outlive its futures.
     for future in admin.create_topics([NewTopic(name, partitions, 1)], request_timeout=15).values():
         try:

@@ -39,11 +39,15 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from effectively_once import protocol
+from effectively_once.db import one
 from effectively_once.kafka import ensure_topic
 from effectively_once.schemas import load
+
+if TYPE_CHECKING:
+    from effectively_once.payments.lab import PaymentLab
 
 ANSWERING_STEP = "effectively_once.incidents.stripe2023:answering_step"
 ANSWERING_BATCH_STEP = "effectively_once.incidents.stripe2023:answering_batch_step"
@@ -356,7 +360,7 @@ class FloodLab:
         self.stack, self.provider_limit, self.consumers = stack, float(provider_limit), consumers
         self.batch_dedup = batch_dedup
         self.say = progress or (lambda text: None)
-        self.lab = None
+        self.lab: PaymentLab | None = None
         self.pool: list = []
         self.runs = 0
         self._topics: list[str] = []
@@ -367,16 +371,16 @@ class FloodLab:
 
         from effectively_once.payments.lab import PaymentLab
 
-        self.lab = PaymentLab(self.stack, "both")
+        lab = self.lab = PaymentLab(self.stack, "both")
         try:
-            self.lab.start_provider(rate_limit_per_second=self.provider_limit)
-            with psycopg.connect(self.lab.shop_dsn, autocommit=True) as conn:
+            lab.start_provider(rate_limit_per_second=self.provider_limit)
+            with psycopg.connect(lab.shop_dsn, autocommit=True) as conn:
                 conn.execute(ANSWERS_SCHEMA)
             self.say(f"starting {self.consumers} consumers, waiting until each holds a partition...")
             step = ANSWERING_BATCH_STEP if self.batch_dedup else ANSWERING_STEP
-            self.pool = [self.lab.start_consumer(step=step, batch_dedup=self.batch_dedup, exit_when_idle=None)
+            self.pool = [lab.start_consumer(step=step, batch_dedup=self.batch_dedup, exit_when_idle=None)
                          for _ in range(self.consumers)]
-            _wait_for_every_consumer(self.lab, self.pool, self.lab.shop_dsn, timeout=30)
+            _wait_for_every_consumer(lab, self.pool, lab.shop_dsn, timeout=30)
         except BaseException:
             self.stop()
             raise
@@ -404,6 +408,9 @@ class FloodLab:
         if messages < 1:
             raise ValueError(f"messages must be at least 1, got {messages!r}")
         lab = self.lab
+        if lab.provider is None or lab.provider.url is None or lab.provider_dsn is None:
+            raise RuntimeError("the FloodLab's provider is not running: start the FloodLab first")
+        provider_url, provider_dsn = lab.provider.url, lab.provider_dsn
         self.runs += 1
         dlq = f"{lab.topic}.dlq.{self.runs}"
         ensure_topic(self.stack.kafka_bootstrap, dlq)
@@ -418,7 +425,7 @@ class FloodLab:
 
         self.say("redriving " + ("everything at once..." if rate is None else f"at {rate:g} records/s..."))
         first_send: list[float] = []
-        live = LiveTraffic(lab.provider.url, lab.api_key, live_rate, f"live-{lab.run_id}-{self.runs}") \
+        live = LiveTraffic(provider_url, lab.api_key, live_rate, f"live-{lab.run_id}-{self.runs}") \
             if live_rate > 0 else contextlib.nullcontext()
         with live:
             result = redrive(self.stack, dlq, lab.topic, rate=rate, group=f"{lab.group}.redrive",
@@ -428,8 +435,8 @@ class FloodLab:
             deadline = time.monotonic() + timeout
             with psycopg.connect(lab.shop_dsn, autocommit=True) as conn:
                 while True:
-                    done = conn.execute("SELECT count(DISTINCT msg_id) FROM consumer_events WHERE msg_id = ANY(%s)",
-                                        (msg_ids,)).fetchone()[0]
+                    done = one(conn.execute("SELECT count(DISTINCT msg_id) FROM consumer_events"
+                                            " WHERE msg_id = ANY(%s)", (msg_ids,)), "the count of handled charges")[0]
                     if done >= len(msg_ids):
                         break
                     self._check_pool()
@@ -445,11 +452,11 @@ class FloodLab:
             answers = [(float(at) - t0, int(status)) for at, status in conn.execute(
                 "SELECT at, status FROM provider_answers WHERE at >= %s AND at <= %s ORDER BY at", (t0, t_end))]
         live_answers = [(at - t0, status) for at, status in getattr(live, "answers", []) if t0 <= at <= t_end]
-        with psycopg.connect(lab.provider_dsn) as conn:
-            charged, twice = conn.execute(
+        with psycopg.connect(provider_dsn) as conn:
+            charged, twice = one(conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE n > 1) FROM"
                 " (SELECT msg_id, count(*) AS n FROM ledger WHERE msg_id = ANY(%s) GROUP BY msg_id) AS per_message",
-                (msg_ids,)).fetchone()
+                (msg_ids,)), "the ledger's counts")
         return FloodReplay(rate=rate, messages=messages, provider_limit=self.provider_limit,
                            consumers=self.consumers, redrive=result, answers=answers, finished=finished,
                            live=live_answers, live_rate=live_rate, charged_messages=int(charged),

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 
 CONSUMER_LAG_MESSAGES = "consumer_lag_messages"
 DLQ_DEPTH = "dlq_depth"
@@ -41,6 +41,9 @@ DEDUP_DONE = "done"           # the row is 'done': skip, the charge already happ
 DEDUP_PENDING = "pending"     # the row is 'pending': a crash mid-charge, recover with the same key
 DEDUP_HITS = frozenset({DEDUP_DONE, DEDUP_PENDING})
 DEDUP_OUTCOMES = frozenset({DEDUP_INSERTED}) | DEDUP_HITS
+
+# Whatever names a partition: 0, or ("charges", 0).
+Partition = TypeVar("Partition", bound=Hashable)
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -67,8 +70,8 @@ def p99(values: Iterable[float]) -> float:
     return percentile(values, 99)
 
 
-def consumer_lag_messages(end_offsets: Mapping[Hashable, int], committed_offsets: Mapping[Hashable, int],
-                          start_offsets: Mapping[Hashable, int] | None = None) -> dict[Hashable, int]:
+def consumer_lag_messages(end_offsets: Mapping[Partition, int], committed_offsets: Mapping[Partition, int],
+                          start_offsets: Mapping[Partition, int] | None = None) -> dict[Partition, int]:
     """Per partition: how many messages are past the group's committed offset.
 
     ``end_offsets`` are the high watermarks (the offset the next message will
@@ -77,7 +80,7 @@ def consumer_lag_messages(end_offsets: Mapping[Hashable, int], committed_offsets
     lags from its first offset: ``start_offsets[p]``, else 0. Lag is never negative.
     """
     start_offsets = start_offsets or {}
-    lag = {}
+    lag: dict[Partition, int] = {}
     for partition, end in end_offsets.items():
         committed = committed_offsets.get(partition)
         if committed is None or committed < 0:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -23,6 +23,8 @@ from effectively_once import protocol
 from effectively_once.payments.messages import DEFAULT_API_KEY
 from effectively_once.payments.settings import ConsumerSettings
 from effectively_once.stack.processes import stop_pid, wait_until
+
+ChildT = TypeVar("ChildT", bound="Child")
 
 
 class Child:
@@ -79,7 +81,7 @@ class Child:
 
     def kill(self) -> None:
         """SIGKILL the process now, as a crash would, and collect its exit status."""
-        if self.running:
+        if self.proc is not None and self.running:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
@@ -108,7 +110,7 @@ class Child:
         except OSError:
             return ""
 
-    def __enter__(self) -> Child:
+    def __enter__(self: ChildT) -> ChildT:
         if self.proc is None:
             self.start()
         return self
@@ -211,7 +213,9 @@ class ConsumerProcess(Child):
             raise ValueError("this consumer was started without metrics_port")
         wait_until(lambda: self.metrics_url is not None, timeout, "the consumer's /metrics", proc=self.proc,
                    log=self.log_path)
-        return self.metrics_url
+        url = self.metrics_url
+        assert url is not None, "wait_until returned before the consumer announced its /metrics"
+        return url
 
     @property
     def crashed_at_point(self) -> bool:

@@ -191,7 +191,8 @@ class PaymentConsumer:
             protocol.DLQ_FIRST_SEEN: datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             protocol.DLQ_CONSUMER_GROUP: self.group,
         }
-        out = [(k, v) for k, v in headers.items() if not k.startswith(protocol.DLQ_PREFIX)]
+        out: list[tuple[str, str | bytes | None]] = [
+            (k, v) for k, v in headers.items() if not k.startswith(protocol.DLQ_PREFIX)]
         out += [(k, v.encode()) for k, v in extra.items()]
         self.dlq.produce(self.dlq_topic, key=record.key(), value=record.value(), headers=out,
                          on_delivery=self._dlq_delivered)

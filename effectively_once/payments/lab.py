@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from effectively_once.db import one
+from effectively_once.db import columns, one
 from effectively_once.kafka import quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
 from effectively_once.payments.consumer import migrate_shop
@@ -212,7 +212,7 @@ class PaymentLab:
         records = charge_records(n, seed=seed, prefix=self.run_id, start=len(self.sent))
         sent = send_records(self.stack, self.topic, records, progress=progress)
         self.sent.extend(sent)
-        return [s.msg_id for s in sent]
+        return [s.msg_id for s in sent if s.msg_id]
 
     def produce_raw(self, values: Iterable[bytes | None], key: bytes | None = b"raw") -> list[Sent]:
         """Publish arbitrary record values (malformed ones, for the DLQ); return where they landed."""
@@ -314,8 +314,9 @@ class PaymentLab:
 
     def _dead_lettered_events(self) -> int:
         with psycopg.connect(self.shop_dsn) as conn:
-            return conn.execute("SELECT count(DISTINCT (partition, \"offset\")) FROM consumer_events"
-                                " WHERE result = 'dead_lettered' AND topic = %s", (self.topic,)).fetchone()[0]
+            return one(conn.execute("SELECT count(DISTINCT (partition, \"offset\")) FROM consumer_events"
+                                    " WHERE result = 'dead_lettered' AND topic = %s", (self.topic,)),
+                       "the count of dead-lettered events")[0]
 
     def dlq_records(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Every record in the run's dead-letter topic: its headers and value, oldest first.
@@ -363,7 +364,7 @@ class PaymentLab:
             return Table(title, [], [])
         with psycopg.connect(dsn) as conn:
             cur = conn.execute(sql, params)
-            return Table(title, [d.name for d in cur.description], cur.fetchall())
+            return Table(title, columns(cur), cur.fetchall())
 
     def shop_rows(self, limit: int = 50) -> Table:
         """The shop's dedup table ``charges``, by msg_id."""

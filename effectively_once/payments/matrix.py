@@ -35,6 +35,7 @@ from typing import Any
 
 import psycopg
 
+from effectively_once.db import columns
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
 from effectively_once.payments.producer import charge_records
@@ -130,6 +131,8 @@ class MatrixCell:
             last = _last_line(self.error or "")
             return f"{where}: the scenario did not run: {first}" + (f" ... {last}" if last != first else "")
         r = self.report
+        if r is None:
+            return f"{where}: no report"
         if self.outcome == CHARGED_TWICE:
             return f"{where}: {r.duplicate_charges} message(s) charged twice ({', '.join(r.duplicated)}): {self.how}"
         return f"{where}: {r.lost_charges} message(s) never charged ({', '.join(r.lost)}): {self.how}"
@@ -253,11 +256,11 @@ def _read_cell(cell: MatrixCell, ids: list[str], shop_dsn: str, provider_dsn: st
                               (ids,)).fetchall()
         cur = conn.execute("SELECT msg_id, status, attempts FROM charges WHERE msg_id = ANY(%s) ORDER BY msg_id",
                            (ids,))
-        cell.shop = Table("shop: charges", [d.name for d in cur.description], cur.fetchall())
+        cell.shop = Table("shop: charges", columns(cur), cur.fetchall())
     with psycopg.connect(provider_dsn) as conn:
         cur = conn.execute("SELECT msg_id, idempotency_key FROM ledger WHERE msg_id = ANY(%s)"
                            " ORDER BY msg_id, created_at", (ids,))
-        cell.ledger = Table("provider: ledger", [d.name for d in cur.description], cur.fetchall())
+        cell.ledger = Table("provider: ledger", columns(cur), cur.fetchall())
     cell.results = [result for result, _ in events]
     cell.dedup_hits = sum(1 for _, hit in events if hit)
     cell.pending = sum(1 for _, status, _ in cell.shop.rows if status == "pending")

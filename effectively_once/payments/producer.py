@@ -13,7 +13,7 @@ import json
 import random
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ def _bootstrap_of(target: Any) -> str:
     return target if isinstance(target, str) else target.kafka_bootstrap
 
 
-def send_records(target: Any, topic: str, records: list[tuple[bytes | None, bytes | None, list]], *,
+def send_records(target: Any, topic: str, records: Sequence[tuple[bytes | None, bytes | None, list]], *,
                  idempotent: bool = True, progress: Callable[[int, int], None] | None = None,
                  timeout: float = 60.0, config: dict[str, Any] | None = None) -> list[Sent]:
     """Produce ``(key, value, headers)`` records in order; return where each one landed.
@@ -123,7 +123,7 @@ def produce_charges(target: Any, n: int, *, topic: str, seed: int = 0, prefix: s
     landed = send_records(target, topic, records, idempotent=idempotent, progress=progress)
     if sent is not None:
         sent.extend(landed)
-    return [s.msg_id for s in landed]
+    return [s.msg_id for s in landed if s.msg_id]
 
 
 text_progress = text_bar("producing")  # a one-line progress bar on stderr

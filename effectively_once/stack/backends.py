@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from effectively_once.kafka import quiet_logger
+from effectively_once.kafka import admin_client
 from effectively_once.settings import eo_home
 from effectively_once.stack.core import Stack, StackError
 from effectively_once.stack.docker import docker_available
@@ -31,9 +31,9 @@ def detect_broker_flavor(bootstrap: str, timeout: float = 10.0) -> str:
     (hundreds of entries, ``node.id`` or ``broker.id`` among them). Tansu answers
     with an empty list. Anything else is reported as ``kafka-compatible``.
     """
-    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    from confluent_kafka.admin import ConfigResource, ResourceType
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()})
+    admin = admin_client(bootstrap)
     md = admin.list_topics(timeout=timeout)
     if not md.brokers:
         raise StackError(f"The broker at {bootstrap} answered with no brokers in its metadata.")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from effectively_once.kafka import ensure_topic, quiet_logger
+from effectively_once.kafka import admin_client, ensure_topic
 from effectively_once.settings import namespace
 from effectively_once.stack.processes import pid_alive
 
@@ -94,9 +94,7 @@ class Stack:
     # -- Kafka -------------------------------------------------------------------------
     def admin(self):
         """A confluent-kafka AdminClient for this broker."""
-        from confluent_kafka.admin import AdminClient
-
-        return AdminClient({"bootstrap.servers": self.kafka_bootstrap, "logger": quiet_logger()})
+        return admin_client(self.kafka_bootstrap)
 
     def create_topic(self, name: str, partitions: int = 3) -> str:
         """Create the namespaced topic ``name`` (if missing) and return its full name."""
@@ -139,6 +137,7 @@ class Stack:
         ``kafka_settings``); any other Kafka refuses a session.timeout.ms below
         its group.min.session.timeout.ms, 6000 by default.
         """
+        timing: dict[str, Any]
         if self.broker_flavor == "tansu":
             timing = {"session.timeout.ms": 1000, "heartbeat.interval.ms": 250}
         elif self.backend in ("embedded", "docker"):

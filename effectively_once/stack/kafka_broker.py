@@ -173,12 +173,10 @@ class KafkaBroker:
 
 def answers_metadata(bootstrap: str, timeout: float = 2.0) -> bool:
     """True when a broker at ``bootstrap`` answers a metadata request naming at least one broker."""
-    from confluent_kafka.admin import AdminClient
-
-    from effectively_once.kafka import quiet_logger
+    from effectively_once.kafka import admin_client
 
     try:
-        md = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()}).list_topics(timeout=timeout)
+        md = admin_client(bootstrap).list_topics(timeout=timeout)
     except Exception:
         return False
     return bool(md.brokers)
