@@ -31,10 +31,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from effectively_once.kafka import assign_topic, poll_records, quiet_logger
 from effectively_once.protocol import REDRIVEN_AT, is_dlq_header
+
+if TYPE_CHECKING:
+    from effectively_once.stack import Stack
 
 HELP = "republish a dead-letter topic to its source topic, optionally rate-limited (--rate N per second)"
 TOKEN_EPSILON = 1e-9
@@ -188,7 +191,7 @@ class RedriveResult:
         return ax.figure
 
 
-def resolve_topic(stack, name: str) -> str:
+def resolve_topic(stack: Stack, name: str) -> str:
     """The full name of topic ``name`` (as given, or namespaced), or a ``RedriveError`` that lists the choices."""
     topics = set(stack.admin().list_topics(timeout=10).topics)
     for candidate in (name, stack.topic(name)):
@@ -215,7 +218,7 @@ def _dlq_records(consumer, topic: str, limit: int | None):
         raise RedriveError(f"Reading {topic} failed: {exc.args[0].str()}.") from None
 
 
-def redrive(stack, dlq_topic: str, source_topic: str, rate: float | None = None, limit: int | None = None, *,
+def redrive(stack: Stack, dlq_topic: str, source_topic: str, rate: float | None = None, limit: int | None = None, *,
             burst: float = 1.0, group: str | None = None,
             on_send: Callable[[SentRecord], None] | None = None) -> RedriveResult:
     """Republish the records of ``dlq_topic`` to ``source_topic`` and return what was sent, and when.

@@ -47,7 +47,12 @@ from effectively_once.kafka import ensure_topic
 from effectively_once.schemas import load
 
 if TYPE_CHECKING:
+    from effectively_once.payments.client import ChargeFailed
+    from effectively_once.payments.consumer import StepContext
     from effectively_once.payments.lab import PaymentLab
+    from effectively_once.payments.messages import ChargeMessage
+    from effectively_once.payments.steps import Outcome
+    from effectively_once.stack import Stack
 
 ANSWERING_STEP = "effectively_once.incidents.stripe2023:answering_step"
 ANSWERING_BATCH_STEP = "effectively_once.incidents.stripe2023:answering_batch_step"
@@ -68,7 +73,7 @@ def _record_answer(response) -> None:
     _answers.append((time.time(), response.status_code))
 
 
-def _hook(ctx) -> None:
+def _hook(ctx: StepContext) -> None:
     """Record every HTTP answer of the provider on the consumer's connection (once per process)."""
     http = ctx.provider._http  # the consumer's kept-alive connection to the provider
     if id(http) not in _hooked:
@@ -81,7 +86,7 @@ def _hook(ctx) -> None:
         _schema_ready[0] = True
 
 
-def _save_answers(ctx) -> None:
+def _save_answers(ctx: StepContext) -> None:
     rows, _answers[:] = list(_answers), []
     if rows:
         # Telemetry: not worth waiting for the disk, which the charges themselves do.
@@ -92,7 +97,7 @@ def _save_answers(ctx) -> None:
                                 [(at, status, os.getpid()) for at, status in rows])
 
 
-def answering_step(ctx, msg):
+def answering_step(ctx: StepContext, msg: ChargeMessage) -> Outcome:
     """The course's ``process_message``, with every HTTP answer of the provider saved to ``provider_answers``.
 
     Retries happen inside the provider client, out of the step's sight; an
@@ -108,7 +113,7 @@ def answering_step(ctx, msg):
         _save_answers(ctx)
 
 
-def answering_batch_step(ctx, msgs):
+def answering_batch_step(ctx: StepContext, msgs: list[ChargeMessage]) -> list[Outcome | ChargeFailed]:
     """``process_batch`` (the consumer's ``--batch-dedup`` mode) with the provider's answers saved likewise."""
     from effectively_once.payments.steps import process_batch
 
@@ -353,7 +358,7 @@ class FloodLab:
     Everything is stopped and dropped on exit.
     """
 
-    def __init__(self, stack, *, provider_limit: float = DEFAULT_PROVIDER_LIMIT, consumers: int = 3,
+    def __init__(self, stack: Stack, *, provider_limit: float = DEFAULT_PROVIDER_LIMIT, consumers: int = 3,
                  batch_dedup: bool = True, progress: Callable[[str], None] | None = None) -> None:
         if consumers < 1 or not provider_limit > 0:
             raise ValueError("consumers must be at least 1 and provider_limit above 0")
@@ -501,7 +506,7 @@ def _wait_for_every_consumer(lab, consumers: list, shop_dsn: str, timeout: float
             time.sleep(0.5)
 
 
-def replay(stack, rate: float | None = None, messages: int = DEFAULT_MESSAGES, *,
+def replay(stack: Stack, rate: float | None = None, messages: int = DEFAULT_MESSAGES, *,
            provider_limit: float = DEFAULT_PROVIDER_LIMIT, consumers: int = 3, seed: int = 0,
            batch_dedup: bool = True, live_rate: float = DEFAULT_LIVE_RATE, timeout: float = 90.0,
            progress: Callable[[str], None] | None = None) -> FloodReplay:

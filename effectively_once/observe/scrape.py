@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,6 +39,9 @@ from effectively_once.kafka import assign_topic, poll_records, quiet_logger
 from effectively_once.observe import metrics
 from effectively_once.observe.metrics import Series
 from effectively_once.protocol import DLQ_FIRST_SEEN, DLQ_SOURCE_TOPIC
+
+if TYPE_CHECKING:
+    from effectively_once.stack import Stack
 
 LAG_FROM_WATERMARKS = "lag_from_watermarks"
 CONSUMERS_UP = "consumers_up"
@@ -316,7 +319,7 @@ def high_watermarks(bootstrap: str, topic: str, partitions: Sequence[int]) -> di
         probe.close()
 
 
-def _partition_count(stack, topic: str) -> int:
+def _partition_count(stack: Stack, topic: str) -> int:
     admin = stack.admin()
     meta = admin.list_topics(topic, timeout=10).topics.get(topic)
     return len(meta.partitions) if meta is not None and meta.partitions else 1

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -40,6 +40,9 @@ from effectively_once.protocol import (
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_PARTITION,
 )
+
+if TYPE_CHECKING:
+    from effectively_once.stack import Stack
 
 REPORT_KEYS = ("messages", "charges", "duplicate_charges", "lost_charges", "dedup_hits", "key_replays", "dlq")
 
@@ -145,9 +148,9 @@ class PaymentReport:
 class PaymentLab:
     """One payment pipeline run: its topic, group, shop database, provider, and consumers."""
 
-    def __init__(self, stack, layers: str | Iterable[str] = ("dedup", "idempotency_key"), run_id: str | None = None,
-                 *, provider: ProviderProcess | None = None, shop_dsn: str | None = None, partitions: int = 3,
-                 keep: bool = False, api_key: str = DEFAULT_API_KEY) -> None:
+    def __init__(self, stack: Stack, layers: str | Iterable[str] = ("dedup", "idempotency_key"),
+                 run_id: str | None = None, *, provider: ProviderProcess | None = None, shop_dsn: str | None = None,
+                 partitions: int = 3, keep: bool = False, api_key: str = DEFAULT_API_KEY) -> None:
         from effectively_once.stack import new_run_id
 
         self.stack = stack
@@ -424,7 +427,7 @@ class PaymentLab:
                 f"consumers={len(self.consumers)}>")
 
 
-def run_scenario(stack, crash_at: str | None, layers: str | Iterable[str] = "both", messages: int = 5, *,
+def run_scenario(stack: Stack, crash_at: str | None, layers: str | Iterable[str] = "both", messages: int = 5, *,
                  seed: int = 0, provider: ProviderProcess | None = None, expire_keys: bool = False,
                  crash_on: int = 1, keep: bool = False, run_id: str | None = None, timeout: float = 60.0,
                  faults: dict[str, Any] | None = None, shop_dsn: str | None = None,

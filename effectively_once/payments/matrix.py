@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -40,6 +40,9 @@ from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
 from effectively_once.payments.producer import charge_records
 from effectively_once.protocol import CRASH_POINTS
+
+if TYPE_CHECKING:
+    from effectively_once.stack import Stack
 
 __all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "CrashMatrix", "DID_NOT_RUN", "LOST", "MatrixCell",
            "PluggedStep", "SideBySide", "run_matrix", "view"]
@@ -266,7 +269,7 @@ def _read_cell(cell: MatrixCell, ids: list[str], shop_dsn: str, provider_dsn: st
     cell.pending = sum(1 for _, status, _ in cell.shop.rows if status == "pending")
 
 
-def run_matrix(stack, crash_points: Sequence[str] = CRASH_POINTS,
+def run_matrix(stack: Stack, crash_points: Sequence[str] = CRASH_POINTS,
                layer_sets: Iterable[str] | dict[str, Any] = tuple(LAYER_SETS), messages: int = 1, *, seed: int = 0,
                step: str | None = None, expire_keys: bool = False, workers: int = 4, run_prefix: str = "mx",
                timeout: float = 90.0, progress: Callable[[str], None] | None = None) -> CrashMatrix:
