@@ -32,6 +32,7 @@ from effectively_once.guarantees.report import (
     ProbeReport,
 )
 from effectively_once.guarantees.wire import WireClient, record_batch
+from effectively_once.kafka import quiet_logger
 
 
 def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
@@ -42,7 +43,7 @@ def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
     topic = stack.create_topic(f"probe-idempotence-{run}", partitions=1)
     try:
         # 1. The client the course uses, configured as the lesson says.
-        producer = Producer(stack.producer_config(logger=stack_mod.quiet_logger()))
+        producer = Producer(stack.producer_config(logger=quiet_logger()))
         failures: list[str] = []
 
         def on_delivery(err: KafkaError | None, _msg: object) -> None:
@@ -233,12 +234,12 @@ def check_stale_generation(stack: stack_mod.Stack) -> Check:
     group = stack.group(f"probe-generation-{run}")
     first = second = producer = None
     try:
-        filler = Producer(stack.producer_config(logger=stack_mod.quiet_logger()))
+        filler = Producer(stack.producer_config(logger=quiet_logger()))
         for i in range(8):
             filler.produce(topic, value=f"record-{i}".encode(), partition=i % 2)
         filler.flush(OPERATION_TIMEOUT)
 
-        config = stack.consumer_config(**{"group.id": group, "logger": stack_mod.quiet_logger()})
+        config = stack.consumer_config(**{"group.id": group, "logger": quiet_logger()})
         first = Consumer(config)
         first.subscribe([topic])
         if not _wait_for_assignment(first, 30):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from effectively_once import stack as stack_mod
+from effectively_once.kafka import quiet_logger, read_topic
 
 # How long a check waits for the broker before it calls the outcome. Short on
 # purpose: a broker that does not fence a zombie makes the zombie's commit hang
@@ -33,24 +33,22 @@ def read_values(stack: stack_mod.Stack, topic: str, partitions: Iterable[int], *
     Reads until ``stop_when(values)`` or ``timeout``. The consumer is assigned
     partitions directly (no group join, no offset commit), so it leaves no group behind.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import Consumer
 
     if field not in ("value", "key"):
         raise ValueError(f"field must be 'value' or 'key', not {field!r}")
     consumer = Consumer(stack.consumer_config(**{
         "group.id": stack.group(f"probe-reader-{stack_mod.new_run_id()}"),
         "isolation.level": "read_committed",
-        "logger": stack_mod.quiet_logger(),
+        "logger": quiet_logger(),
     }))
     values: list[str] = []
     try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not stop_when(values):
-            msg = consumer.poll(0.1)
-            if msg is None or msg.error():
-                continue
-            values.append(getattr(msg, field)().decode())
+        if not stop_when(values):
+            for record in read_topic(consumer, topic, partitions, timeout=timeout):
+                values.append(getattr(record, field)().decode())
+                if stop_when(values):
+                    break
     finally:
         consumer.close()
     return values
@@ -62,7 +60,7 @@ def transactional_producer(stack: stack_mod.Stack, transactional_id: str, **over
 
     producer = Producer(stack.producer_config(**{
         "transactional.id": transactional_id,
-        "logger": stack_mod.quiet_logger(),
+        "logger": quiet_logger(),
         **overrides,
     }))
     producer.init_transactions(OPERATION_TIMEOUT)
