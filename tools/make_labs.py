@@ -82,6 +82,7 @@ def make_lab(solution: nbformat.NotebookNode, name: str = "notebook") -> nbforma
     if total == 0:
         raise SolutionMarkupError(f"{name}: no {BEGIN!r} block found, so the lab would be the solution")
     lab.metadata.pop("widgets", None)
+    lab.metadata.pop("executed_code_sha256", None)   # tools/notebooks.py's record of what ran: a lab has not run
     return lab
 
 
