@@ -287,14 +287,35 @@ def exhaustive_checks(max_messages: int = 6) -> list[CheckResult]:
 # --- the asymmetry: one-sided certainty ------------------------------------------------------
 
 
+class ConsumerCrashed(Exception):
+    """The consumer died at its crash point, the way SIGKILL or a pulled plug stops a real one."""
+
+
+WRITE_ORDERS = ("atomic", "effect_then_log", "log_then_effect")
+
+
 class DedupLog:
     """A consumer's record of the message ids it has processed.
 
     The consumer alone decides whether to run a side effect, from its own log:
     it needs no answer from the producer, so no agreement is involved.
+
+    That gives exactly-once *processing* only when a crash cannot fall between
+    the side effect and the log entry: both commit atomically (in one database
+    transaction, ``write_order="atomic"``), or the effect is itself idempotent
+    (a repeat of it changes nothing, as a payment provider's Idempotency-Key
+    makes a charge). Written one after the other, a crash in between either
+    repeats the effect on redelivery (``"effect_then_log"``) or loses it
+    (``"log_then_effect"``, which is what acknowledging a message before
+    processing it amounts to). :func:`crash_then_redeliver` shows all three.
+
+    The log stands for durable storage: it outlives a crash of the consumer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, write_order: str = "atomic") -> None:
+        if write_order not in WRITE_ORDERS:
+            raise ValueError(f"write_order must be one of {WRITE_ORDERS}, got {write_order!r}")
+        self.write_order = write_order
         self._seen: set[str] = set()
         self.hits = 0
 
@@ -304,14 +325,50 @@ class DedupLog:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def process(self, msg_id: str, effect: Callable[[], None]) -> bool:
-        """Run ``effect`` unless ``msg_id`` was processed before; True when it ran."""
+    def process(self, msg_id: str, effect: Callable[[], None], *, crash_between: bool = False) -> bool:
+        """Run ``effect`` unless ``msg_id`` was processed before; True when it ran.
+
+        With ``crash_between`` the consumer dies between the effect and the log
+        entry (raising :class:`ConsumerCrashed`): what survives depends on the
+        write order. In an atomic write a crash before the commit rolls back both.
+        """
         if msg_id in self._seen:
             self.hits += 1
             return False
-        effect()
-        self._seen.add(msg_id)
+        if self.write_order == "atomic":
+            if crash_between:
+                raise ConsumerCrashed(f"died before committing {msg_id}: neither effect nor log entry kept")
+            effect()
+            self._seen.add(msg_id)
+        elif self.write_order == "effect_then_log":
+            effect()
+            if crash_between:
+                raise ConsumerCrashed(f"died after the effect of {msg_id}, before its log entry")
+            self._seen.add(msg_id)
+        else:
+            self._seen.add(msg_id)
+            if crash_between:
+                raise ConsumerCrashed(f"died after logging {msg_id}, before its effect")
+            effect()
         return True
+
+
+def crash_then_redeliver(write_order: str, msg_id: str = "msg-000") -> dict[str, int]:
+    """Deliver one message, crash the consumer mid-way, deliver the message again.
+
+    The first delivery dies between the effect and the log entry; its offset
+    was never committed, so the broker delivers the message a second time to a
+    fresh consumer that reads the same (durable) log. Returns how many times
+    the effect ran in all (1: exactly once) and how many deliveries the log skipped.
+    """
+    log = DedupLog(write_order)
+    effects: list[str] = []
+    try:
+        log.process(msg_id, lambda: effects.append(msg_id), crash_between=True)
+    except ConsumerCrashed:
+        pass
+    log.process(msg_id, lambda: effects.append(msg_id))
+    return {"effects": len(effects), "dedup_hits": log.hits}
 
 
 def deliver_with_duplicates(msg_ids: Iterable[str], *, duplicate_rate: float, seed: int = 0) -> list[str]:
