@@ -11,7 +11,7 @@ step is called once per poll batch (``steps:process_batch``), so the dedup
 table costs one INSERT and one UPDATE per batch rather than per message. ``--crash-at POINT
 --crash-on N`` makes the process SIGKILL itself the Nth time it reaches POINT.
 Every record ends as a charge, a dedup skip or a DLQ entry; none is dropped.
-``--metrics-port`` serves the lesson's metrics for Prometheus and ``--spans-file``
+``--metrics-port`` serves the consumer's metrics (lag, dedup hit rate, p99s) for Prometheus and ``--spans-file``
 writes a span per message (see ``effectively_once.observe.exporter`` and ``.spans``).
 """
 

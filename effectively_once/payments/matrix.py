@@ -57,7 +57,7 @@ _LAYER_NOTES = {
     "dedup_only": "dedup table, no key",
     "idempotency_key_only": "key, no dedup table",
     "none": "neither",
-    "dedup_as_written": "the lesson's snippet + key",
+    "dedup_as_written": "skip any existing row + key",
 }
 
 

@@ -36,7 +36,8 @@ LAYER_SETS: dict[str, tuple[str, ...]] = {
     "dedup_only": ("dedup",),
     "idempotency_key_only": ("idempotency_key",),
     "none": (),
-    # The lesson's snippet as printed: its dedup rule skips any existing row, even a 'pending' one.
+    # The textbook recipe to the letter ("if 0 rows inserted: already processed, skip"): it skips any
+    # existing row, even a 'pending' one left by a crash.
     "dedup_as_written": ("dedup_as_written", "idempotency_key"),
 }
 
@@ -127,7 +128,7 @@ class ConsumerSettings:
                                               text=lambda v: json.dumps(v, sort_keys=True))
     metrics_port: int | None = _option("serve Prometheus metrics on this port (0: a free one, printed at start)",
                                        default=None, parse=int)
-    metrics_window: float = _option("the window of the lesson's gauges (hit rate, p99s)",
+    metrics_window: float = _option("the window of the rolling gauges (hit rate, p99s)",
                                     default=DEFAULT_WINDOW_SECONDS, parse=float, metavar="SECONDS")
     spans_file: str | None = _option("append this consumer's spans to PATH as JSON lines", default=None,
                                      metavar="PATH")

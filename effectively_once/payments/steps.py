@@ -5,7 +5,7 @@ one sitting, and replaced: the consumer takes ``--step module:function``.
 ``ctx`` (a ``StepContext``, see consumer.py) gives it:
 
 - ``ctx.shop``: a psycopg connection to the shop database, in autocommit mode,
-  so each statement below is its own transaction (the lesson's BEGIN/COMMIT);
+  so each statement below is its own transaction (its own BEGIN/COMMIT);
 - ``ctx.provider.charge(msg, idempotency_key=...)``: the HTTP call that moves
   money, retried on 5xx/429/timeouts with the same key; it raises
   ``ChargeFailed`` when it gives up, which sends the message to the DLQ;
@@ -84,7 +84,7 @@ def process_message(ctx: Context, msg: ChargeMessage) -> Outcome:
         if inserted == 0:
             dedup_hit = True
             if ctx.uses("dedup_as_written"):
-                # The lesson's literal rule: "0 rows inserted: already processed, skip".
+                # The textbook recipe's rule to the letter: "0 rows inserted: already processed, skip".
                 # A 'pending' row left by a crash is skipped too, and its charge is lost.
                 return Outcome("skipped", dedup_hit=True)
             cur = ctx.shop.execute("SELECT status FROM charges WHERE msg_id = %s", (msg.msg_id,))
