@@ -38,12 +38,24 @@ def test_dlq_depth_by_source():
     assert metrics.dlq_depth([]) == {}
 
 
-def test_dlq_age_p99():
+def test_dlq_oldest_age_is_the_maximum():
     now = 10_000.0
-    assert metrics.dlq_age_seconds_p99([now - 10, now - 7200, now - 30], now) == 7200
-    assert metrics.dlq_age_seconds_p99([], now) == 0.0
+    assert metrics.dlq_oldest_age_seconds([now - 10, now - 7200, now - 30], now) == 7200
+    assert metrics.dlq_oldest_age_seconds([], now) == 0.0
     ages = [now - i for i in range(1, 201)]
-    assert metrics.dlq_age_seconds_p99(ages, now) == 198
+    assert metrics.dlq_oldest_age_seconds(ages, now) == 200, "the oldest, not the 198th of 200"
+
+
+def test_one_forgotten_message_among_many_young_ones_fires_the_age_alert():
+    now = 100_000.0
+    young = [now - 60] * 999          # a thousand messages dead-lettered a minute ago...
+    forgotten = [now - 86_400]        # ...and one left there for a day
+    oldest = metrics.dlq_oldest_age_seconds(young + forgotten, now)
+    assert oldest == 86_400
+    assert metrics.p99([now - t for t in young + forgotten]) == 60, "a p99 would hide the forgotten one"
+    series = Series.from_points(metrics.DLQ_OLDEST_AGE_SECONDS, [(now, oldest)])
+    [firing] = alerts.dlq_age_alert(series)
+    assert firing.peak == 86_400 and "1 day" not in firing.message and "24 h" in firing.message
 
 
 def test_dedup_hit_rate_counts_blocked_inserts():
@@ -99,7 +111,7 @@ def test_dlq_depth_fires_on_any_message_and_only_then():
 
 
 def test_dlq_age_fires_over_one_hour():
-    series = Series.from_points(metrics.DLQ_AGE_SECONDS_P99, [(0, 600), (600, 3600), (1200, 4200), (1800, 5400)])
+    series = Series.from_points(metrics.DLQ_OLDEST_AGE_SECONDS, [(0, 600), (600, 3600), (1200, 4200), (1800, 5400)])
     firings = alerts.dlq_age_alert(series)
     assert [(f.start, f.end, f.peak) for f in firings] == [(1200, 1800, 5400)]
     assert "1 h 30 min" in firings[0].message  # the peak, readable
@@ -112,6 +124,7 @@ def test_sustained_hit_rate_fires_after_the_window():
     assert (firings[0].start, firings[0].end) == (1500, 1800)  # fires once 5 minutes have passed
     assert firings[0].peak == 0.08
     assert "8.00%" in firings[0].message and "outside any deploy window" in firings[0].message
+    assert "max.poll.interval.ms" in firings[0].message and "early ack" not in firings[0].message
 
 
 def test_a_short_blip_does_not_fire():

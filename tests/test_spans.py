@@ -35,12 +35,16 @@ def _tracer(path):
 
 def test_a_message_span_is_a_child_of_the_producers_traceparent(tmp_path):
     provider, tracer = _tracer(tmp_path / "spans.jsonl")
-    with message_span(PARENT, {"messaging.message.id": "m-1"}, tracer=tracer) as span:
+    attributes = {"messaging.message.id": "m-1", "messaging.destination.name": "charges"}
+    with message_span(PARENT, attributes, tracer=tracer) as span:
         outgoing = outgoing_traceparent(PARENT)
     provider.shutdown()
     [record] = load_spans(tmp_path / "spans.jsonl")
     assert record.trace_id == "0af7651916cd43dd8448eb211c80319c" and record.parent_span_id == "b7ad6b7169203331"
-    assert record.finished and record.msg_id == "m-1" and record.name == CONSUMER_SPAN
+    assert record.finished and record.msg_id == "m-1" and record.name == "process charges" and record.kind == "consumer"
+    # The messaging conventions: the process span links to the message's creation context.
+    assert record.links == ("b7ad6b7169203331",)
+    assert record.attributes["messaging.operation.name"] == record.attributes["messaging.operation.type"] == "process"
     # The provider call's parent is the consumer span itself.
     assert parse_traceparent(outgoing) == (record.trace_id, f"{span.get_span_context().span_id:016x}")
 
@@ -69,14 +73,27 @@ def test_find_duplicate_traces_groups_consumer_spans_by_trace(tmp_path):
     path = tmp_path / "spans.jsonl"
     lines = []
     for i, (trace, msg) in enumerate([("a" * 32, "m-1"), ("b" * 32, "m-2"), ("a" * 32, "m-1"), ("c" * 32, "m-1")]):
-        lines.append({"event": "end", "name": CONSUMER_SPAN, "kind": "consumer", "trace_id": trace,
+        lines.append({"event": "end", "name": "process charges", "kind": "consumer", "trace_id": trace,
                       "span_id": f"{i + 1:016x}", "parent_span_id": None, "start": float(i), "end": i + 0.5,
                       "status": "unset", "attributes": {"messaging.message.id": msg}, "pid": 1})
-    lines.append(dict(lines[1], name="POST /v1/charges", span_id=f"{9:016x}"))  # not a consumer span
+    lines.append(dict(lines[1], name="POST /v1/charges", kind="client", span_id=f"{9:016x}"))  # not a consumer span
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     [duplicate] = find_duplicate_traces(load_spans(path))
     assert duplicate.trace_id == "a" * 32 and duplicate.msg_ids == {"m-1"} and len(duplicate.spans) == 2
     # Same msg_id under another trace ("c"...) is another message as far as tracing knows: not grouped.
+
+
+def test_two_consumer_groups_in_one_trace_are_not_a_duplicate(tmp_path):
+    path = tmp_path / "spans.jsonl"
+    lines = [{"event": "end", "name": "process charges", "kind": "consumer", "trace_id": "a" * 32,
+              "span_id": f"{i + 1:016x}", "parent_span_id": None, "start": float(i), "end": i + 0.5,
+              "status": "unset", "pid": 1,
+              "attributes": {"messaging.message.id": "m-1", "messaging.consumer.group.name": group}}
+             for i, group in enumerate(["shop", "audit", "shop"])]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    [duplicate] = find_duplicate_traces(load_spans(path))
+    assert [s.attributes["messaging.consumer.group.name"] for s in duplicate.spans] == ["shop", "shop"], \
+        "each group processes every message once: only a second span in the same group is a duplicate"
 
 
 @pytest.mark.integration

@@ -1,13 +1,19 @@
-"""Alert rules as code, evaluated over metric series, with the lesson's thresholds.
+"""Alert rules as code, evaluated over metric series.
 
 - ``DLQ_NOT_EMPTY``: any non-zero ``dlq_depth`` (a message in the DLQ is a payment
   nobody has made yet);
-- ``DLQ_TOO_OLD``: ``dlq_age_seconds_p99`` over one hour;
+- ``DLQ_TOO_OLD``: ``dlq_oldest_age_seconds`` (the oldest message's age, a
+  maximum) over one hour;
 - ``DEDUP_HIT_RATE_HIGH``: ``dedup_check_hit_rate`` above 1 % sustained for a
   window (5 minutes by default) outside deploy windows. A deploy restarts
   consumers, and a restarted consumer re-reads what it had not committed, so
-  hits during a deploy are expected; outside one they mean the broker is
-  redelivering (rebalances, early acks, a broker problem).
+  hits during a deploy are expected. Outside one, records are being delivered
+  again: offset commits that are late, missing or failing; a poll batch whose
+  processing outlasts ``max.poll.interval.ms``, so the member is removed and
+  its partitions replayed; rebalances from crashes, restarts or scaling; or an
+  upstream re-publish or a DLQ redrive. (Acknowledging too early is not among
+  them: it loses a message when the consumer dies between the ack and the
+  effect, and redelivers nothing.)
 
 A rule fires over intervals: ``rule.evaluate(series, deploy_windows)`` returns
 one ``Firing`` per interval, each with a message a person on call can act on.
@@ -19,7 +25,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from effectively_once.observe.metrics import DEDUP_CHECK_HIT_RATE, DLQ_AGE_SECONDS_P99, DLQ_DEPTH, Series
+from effectively_once.observe.metrics import DEDUP_CHECK_HIT_RATE, DLQ_DEPTH, DLQ_OLDEST_AGE_SECONDS, Series
 
 DeployWindow = tuple[float, float]
 
@@ -122,13 +128,14 @@ DLQ_NOT_EMPTY = AlertRule(
     "DlqNotEmpty", DLQ_DEPTH, threshold=0.0, unit="count",
     meaning="Messages are waiting in the dead-letter queue: read their reasons, fix, then redrive at a limited rate")
 DLQ_TOO_OLD = AlertRule(
-    "DlqMessagesTooOld", DLQ_AGE_SECONDS_P99, threshold=3600.0, unit="seconds",
-    meaning="Dead-lettered messages have waited over an hour: someone must triage them now")
+    "DlqMessagesTooOld", DLQ_OLDEST_AGE_SECONDS, threshold=3600.0, unit="seconds",
+    meaning="The oldest dead-lettered message has waited over an hour: someone must triage it now")
 DEDUP_HIT_RATE_HIGH = AlertRule(
     "DedupHitRateHigh", DEDUP_CHECK_HIT_RATE, threshold=0.01, for_seconds=300.0, ignore_deploy_windows=True,
     unit="ratio",
-    meaning="The broker is redelivering: look for consumer-group rebalances, early acks or a broker problem; "
-            "the dedup table is absorbing it, so no money moved twice")
+    meaning="Records are being delivered again: check offset commits (late, missing or failing), poll batches "
+            "that outlast max.poll.interval.ms, consumer-group rebalances (crashes, restarts, scaling), and any "
+            "upstream re-publish or DLQ redrive; the dedup table is absorbing it, so no money moved twice")
 
 RULES = (DLQ_NOT_EMPTY, DLQ_TOO_OLD, DEDUP_HIT_RATE_HIGH)
 
@@ -139,7 +146,7 @@ def dlq_depth_alert(series: Series) -> list[Firing]:
 
 
 def dlq_age_alert(series: Series, threshold_seconds: float = 3600.0) -> list[Firing]:
-    """Fires where ``dlq_age_seconds_p99`` is above ``threshold_seconds`` (one hour by default)."""
+    """Fires where ``dlq_oldest_age_seconds`` is above ``threshold_seconds`` (one hour by default)."""
     return replace(DLQ_TOO_OLD, threshold=threshold_seconds).evaluate(series)
 
 

@@ -10,14 +10,16 @@ raw material, as Prometheus likes it (a query computes rates from counters)
     ``retry_count``                            histogram of the retries each provider call needed
     ``dlq_messages_total{error_type}``         records this consumer sent to the dead-letter topic
     ``messages_processed_total{result}``       charged, replayed, skipped, dead_lettered
-the lesson's metrics, by name, over the last ``window_seconds``
+the per-consumer metrics, by name, over the last ``window_seconds``
     ``dedup_check_hit_rate``, ``side_effect_duration_p99`` (seconds), ``retry_count_p99``
-    ``consumer_lag_messages{topic,partition}`` high watermark minus this consumer's position
+    ``consumer_lag_messages{topic,partition}`` the client's cached end offset minus this consumer's position
 
-The lag a consumer reports about itself has two blind spots, which is why the
-lesson lists it as a per-broker metric: it vanishes when the consumer dies
-(exactly when lag grows), and it trusts the broker's high watermark, which
-Tansu reports short of the last record. ``observe.scrape`` therefore also
+The lag a consumer reports about itself has two blind spots, which is why lag
+belongs with the broker's metrics: it vanishes when the consumer dies (exactly
+when lag grows), and it trusts the end offset the broker reports, which Tansu
+reports short of the last record. (For a ``read_committed`` consumer the end
+that matters is the last stable offset, not the high watermark: records after
+an open transaction cannot be read yet.) ``observe.scrape`` therefore also
 measures lag from outside, from the records the producer had acknowledged.
 """
 
@@ -47,12 +49,13 @@ class ConsumerTelemetry:
     """Metrics (own registry) and spans of one consumer process.
 
     ``dedup`` says whether the consumer runs a dedup layer: without one there
-    is no dedup check to count.
+    is no dedup check to count. ``group`` is the consumer group, recorded on
+    every message span as ``messaging.consumer.group.name``.
     """
 
     def __init__(self, *, dedup: bool = True, window_seconds: float = DEFAULT_WINDOW_SECONDS,
-                 registry: CollectorRegistry | None = None) -> None:
-        self.dedup, self.window_seconds = dedup, window_seconds
+                 registry: CollectorRegistry | None = None, group: str | None = None) -> None:
+        self.dedup, self.window_seconds, self.group = dedup, window_seconds, group
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.dedup_checks = Counter("dedup_checks", "Dedup INSERTs tried", registry=r)
@@ -66,7 +69,7 @@ class ConsumerTelemetry:
                                  registry=r)
         self.dlq_sends = Counter("dlq_messages", "Records sent to the dead-letter topic", ["error_type"], registry=r)
         self.processed = Counter("messages_processed", "Messages taken to their end", ["result"], registry=r)
-        self.lag = Gauge(metrics.CONSUMER_LAG_MESSAGES, "High watermark minus this consumer's position",
+        self.lag = Gauge(metrics.CONSUMER_LAG_MESSAGES, "Cached end offset minus this consumer's position",
                          ["topic", "partition"], registry=r)
         Gauge(metrics.DEDUP_CHECK_HIT_RATE, "Share of dedup checks that hit, over the window",
               registry=r).set_function(self.hit_rate)
@@ -116,10 +119,13 @@ class ConsumerTelemetry:
             self._recent.append((time.monotonic(), outcome, duration, retries if called_provider else None))
 
     def message_span(self, traceparent: str | bytes | None, msg_id: str | None, base: Mapping[str, Any]):
-        """The span of one message (see ``observe.spans.message_span``)."""
+        """The ``process {topic}`` span of one message (see ``observe.spans.message_span``)."""
         attributes = {"messaging.system": "kafka", "messaging.destination.name": base.get("topic", ""),
                       "messaging.destination.partition.id": str(base.get("partition", "")),
                       "messaging.kafka.offset": int(base.get("offset", -1))}
+        group = base.get("group") or self.group
+        if group:
+            attributes["messaging.consumer.group.name"] = group
         if msg_id:
             attributes["messaging.message.id"] = msg_id
         return spans.message_span(traceparent, attributes)
@@ -147,7 +153,7 @@ class ConsumerTelemetry:
             self.lag.remove(*labels)
         self._lag_labels = seen
 
-    # -- the lesson's metrics over the window --------------------------------------------
+    # -- the per-consumer metrics over the window ---------------------------------------
     def _window(self) -> list[tuple[float, str | None, float | None, int | None]]:
         cutoff = time.monotonic() - self.window_seconds
         with self._lock:

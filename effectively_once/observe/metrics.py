@@ -1,12 +1,12 @@
-"""The lesson's delivery-semantics metrics, as pure functions (no I/O), and a small time series.
+"""Six delivery-semantics metrics, as pure functions (no I/O), and a small time series.
 
-Names follow the lesson exactly, so a dashboard, an alert rule and a notebook
-cell all say the same thing:
+One name per metric, used by the dashboard, the alert rules and the notebooks alike:
 
 per broker
-    ``consumer_lag_messages``   end offset minus committed offset, per partition
+    ``consumer_lag_messages``   readable end of the partition minus committed offset, per partition
     ``dlq_depth``               messages waiting in the dead-letter queue, by source queue
-    ``dlq_age_seconds_p99``     how long DLQ messages have waited (p99 of their ages)
+    ``dlq_oldest_age_seconds``  how long the oldest DLQ message has waited (the maximum age, not a
+                                percentile: one forgotten message among many fresh ones must show)
 per consumer
     ``dedup_check_hit_rate``    share of dedup INSERTs blocked by the UNIQUE constraint
     ``side_effect_duration_p99``  p99 of the side effect's duration, in seconds
@@ -27,15 +27,15 @@ from typing import Any, TypeVar
 
 CONSUMER_LAG_MESSAGES = "consumer_lag_messages"
 DLQ_DEPTH = "dlq_depth"
-DLQ_AGE_SECONDS_P99 = "dlq_age_seconds_p99"
+DLQ_OLDEST_AGE_SECONDS = "dlq_oldest_age_seconds"
 DEDUP_CHECK_HIT_RATE = "dedup_check_hit_rate"
 SIDE_EFFECT_DURATION_P99 = "side_effect_duration_p99"
 RETRY_COUNT_P99 = "retry_count_p99"
-METRIC_NAMES = (CONSUMER_LAG_MESSAGES, DLQ_DEPTH, DLQ_AGE_SECONDS_P99, DEDUP_CHECK_HIT_RATE,
+METRIC_NAMES = (CONSUMER_LAG_MESSAGES, DLQ_DEPTH, DLQ_OLDEST_AGE_SECONDS, DEDUP_CHECK_HIT_RATE,
                 SIDE_EFFECT_DURATION_P99, RETRY_COUNT_P99)
 
-# What the consumer's dedup INSERT can report. The lesson counts a "hit" each time
-# the UNIQUE constraint blocks the INSERT, whatever the existing row's state.
+# What the consumer's dedup INSERT can report. A "hit" is each time the UNIQUE
+# constraint blocks the INSERT, whatever the existing row's state.
 DEDUP_INSERTED = "inserted"   # no row yet: a first delivery (a miss)
 DEDUP_DONE = "done"           # the row is 'done': skip, the charge already happened
 DEDUP_PENDING = "pending"     # the row is 'pending': a crash mid-charge, recover with the same key
@@ -74,8 +74,13 @@ def consumer_lag_messages(end_offsets: Mapping[Partition, int], committed_offset
                           start_offsets: Mapping[Partition, int] | None = None) -> dict[Partition, int]:
     """Per partition: how many messages are past the group's committed offset.
 
-    ``end_offsets`` are the high watermarks (the offset the next message will
-    get); keys are whatever names a partition (``0`` or ``("charges", 0)``).
+    ``end_offsets`` are the last offsets the group's consumers may read up to:
+    the high watermark (the offset below which every in-sync replica holds the
+    log; it can trail the log-end offset, the one the leader gives the next
+    record) for ``read_uncommitted`` consumers, and the last stable offset (LSO,
+    which stops before the first record of a transaction still open; KIP-98)
+    for ``read_committed`` ones. Keys are whatever names a partition (``0`` or
+    ``("charges", 0)``).
     A partition with no commit (missing, or negative as librdkafka reports it)
     lags from its first offset: ``start_offsets[p]``, else 0. Lag is never negative.
     """
@@ -101,14 +106,17 @@ def dlq_depth(sources: Iterable[str], known_sources: Iterable[str] = ()) -> dict
     return depth
 
 
-def dlq_age_seconds_p99(first_seen_times: Iterable[float], now: float) -> float:
-    """p99 of how long the messages now in the DLQ have waited, in seconds (0.0 when it is empty).
+def dlq_oldest_age_seconds(first_seen_times: Iterable[float], now: float) -> float:
+    """How long the oldest message now in the DLQ has waited, in seconds (0.0 when it is empty).
 
     ``first_seen_times`` are when each message entered the DLQ (seconds, same
-    clock as ``now``). An empty DLQ has nothing waiting, hence 0.0.
+    clock as ``now``). The maximum, not a p99: with a thousand messages
+    dead-lettered a minute ago and one forgotten for a day, a p99 says one
+    minute, and the forgotten payment is exactly what the alert is for. An
+    empty DLQ has nothing waiting, hence 0.0.
     """
     ages = [max(now - t, 0.0) for t in first_seen_times]
-    return p99(ages) if ages else 0.0
+    return max(ages, default=0.0)
 
 
 def _dedup_outcome(event: Any) -> str | None:
@@ -146,7 +154,11 @@ def side_effect_duration_p99(durations: Iterable[float]) -> float:
 
 
 def retry_count_p99(retry_counts: Iterable[int]) -> float:
-    """p99 of how many retries each message needed (0.0 when no message was handled)."""
+    """p99 of how many retries each message needed (0.0 when no message was handled).
+
+    Sustained high values usually point downstream, not at the consumer: the
+    provider answers 429s or 5xx, or times out, and every call needs retries.
+    """
     values = list(retry_counts)
     return p99(values) if values else 0.0
 

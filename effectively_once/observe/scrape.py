@@ -12,11 +12,16 @@ own parser; ``scrape(url)`` fetches and parses one endpoint.
   ``side_effect_duration_p99`` and ``retry_count_p99`` (the worst consumer);
 - from the broker, whatever the consumers' state: ``consumer_lag_messages`` per
   partition, as the records the producer had acknowledged that the group has
-  not committed past yet, and for comparison the same from the broker's high
-  watermarks (``lag_from_watermarks``); Tansu reports high watermarks short of
-  the last record, so the second one undercounts there;
+  not committed past yet, and for comparison the same from the end offsets the
+  broker reports (``lag_from_watermarks``). That end offset is the high
+  watermark, the offset below which every in-sync replica holds the log (it can
+  trail the log-end offset, the one the next record will get); a
+  ``read_committed`` group can only read up to the last stable offset (KIP-98),
+  which stops before an open transaction. Tansu reports high watermarks short
+  of the last record, so the second measure undercounts there;
 - from the dead-letter topic, read from its start: ``dlq_depth`` by source
-  topic and ``dlq_age_seconds_p99`` from each record's ``dlq.first_seen`` header.
+  topic and ``dlq_oldest_age_seconds`` (the maximum age) from each record's
+  ``dlq.first_seen`` header.
 
 Times are seconds since the recorder started. ``recorder.series(name, **labels)``
 gives a ``Series`` the alert rules of ``observe.alerts`` evaluate.
@@ -43,6 +48,7 @@ from effectively_once.protocol import DLQ_FIRST_SEEN, DLQ_SOURCE_TOPIC
 if TYPE_CHECKING:
     from effectively_once.stack import Stack
 
+# Lag measured from the end offset the broker reports (its high watermark), not from acknowledged records.
 LAG_FROM_WATERMARKS = "lag_from_watermarks"
 CONSUMERS_UP = "consumers_up"
 
@@ -281,7 +287,7 @@ class Recorder:
             sample["dlq_depth_by_source"] = depth
             sample[metrics.DLQ_DEPTH] = sum(depth.values())
             seen = [t for t in (first_seen_seconds(h.get(DLQ_FIRST_SEEN)) for h in dlq) if t is not None]
-            sample[metrics.DLQ_AGE_SECONDS_P99] = metrics.dlq_age_seconds_p99(seen, wall)
+            sample[metrics.DLQ_OLDEST_AGE_SECONDS] = metrics.dlq_oldest_age_seconds(seen, wall)
         self.samples.append(sample)
         return sample
 
@@ -308,7 +314,15 @@ class Recorder:
 
 
 def high_watermarks(bootstrap: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
-    """The broker's high watermark (the offset it says the next record will get) of each partition."""
+    """The high watermark the broker reports for each partition.
+
+    It is the offset below which every in-sync replica holds the log, which can
+    trail the log-end offset (the offset the leader gives the next record) while
+    followers catch up; on one broker with every record acknowledged the two
+    agree. A ``read_committed`` consumer reads only up to the last stable offset
+    (LSO, KIP-98), before the first record of a transaction still open, so its
+    lag is measured against the LSO, not against this.
+    """
     from confluent_kafka import Consumer, TopicPartition
 
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "eo-watermarks", "logger": quiet_logger()})

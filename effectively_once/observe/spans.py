@@ -1,8 +1,13 @@
 """Spans of the consumer process, written where a notebook can read them, and duplicates found in them.
 
 The consumer (a separate process) uses the OpenTelemetry SDK: one span per
-message it processes, a child of the producer's W3C ``traceparent`` taken from
-the Kafka headers, and current while the step runs, so the HTTP call to the
+message it processes, shaped after the messaging semantic conventions
+(https://opentelemetry.io/docs/specs/semconv/messaging/messaging-spans/): kind
+CONSUMER, named ``process {topic}``, with ``messaging.operation.name`` and
+``messaging.operation.type`` set to ``process``, and a *link* to the message's
+creation context, the W3C ``traceparent`` the producer put in the Kafka headers.
+For a single message the span is also that context's child, so it stays in the
+message's trace. It is current while the step runs, so the HTTP call to the
 provider carries the consumer span as its parent (``outgoing_traceparent``).
 
 A notebook cannot hold an in-memory exporter inside another process, so
@@ -16,9 +21,13 @@ A notebook cannot hold an in-memory exporter inside another process, so
   start keeps the crashed attempt visible: it loads as an *unfinished* span.
 
 ``load_spans(path)`` reads the file back; ``find_duplicate_traces(spans)``
-returns the traces holding two or more consumer spans: one message processed
-twice. Two distinct messages never share a trace, because the producer starts
-a new trace for each one.
+returns the traces holding two or more consumer spans. That reads as "one
+message processed twice" only under three conditions, all true in this course:
+one trace per message (the producer starts a new trace for each record, rather
+than sending a batch from inside one request's trace), one consumer group
+reading the topic (two groups each process every message, once each, and
+their spans share the trace), and no sampling (a sampler that drops one
+attempt's span hides the duplicate).
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from effectively_once.observe.tracing import child_traceparent
 
 SERVICE_NAME = "payments-consumer"
-CONSUMER_SPAN = "process charge"
+PROCESS = "process"        # messaging.operation.name and messaging.operation.type of a consumer's span
+CONSUMER_SPAN = PROCESS    # the span name's first word; the full name is "process {topic}"
 TRACER_NAME = "effectively_once.payments.consumer"
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -60,6 +70,8 @@ def _span_line(span: ReadableSpan, event: str) -> dict[str, Any]:
         "trace_id": f"{context.trace_id:032x}",
         "span_id": f"{context.span_id:016x}",
         "parent_span_id": f"{parent.span_id:016x}" if parent is not None else None,
+        "links": [{"trace_id": f"{link.context.trace_id:032x}", "span_id": f"{link.context.span_id:016x}"}
+                  for link in span.links],
         "start": span.start_time / 1e9 if span.start_time else None,
         "end": span.end_time / 1e9 if event == "end" and span.end_time else None,
         "status": span.status.status_code.name.lower() if event == "end" else "unset",
@@ -133,13 +145,23 @@ def configure_tracing(spans_file: str | os.PathLike | None = None,
 @contextlib.contextmanager
 def message_span(traceparent: str | bytes | None, attributes: Mapping[str, Any] | None = None,
                  tracer: trace.Tracer | None = None) -> Iterator[trace.Span]:
-    """A consumer span for one message, child of the producer's ``traceparent`` (a new trace without one)."""
+    """The ``process {topic}`` span of one message: it links to the producer's ``traceparent`` and is its child.
+
+    Without a ``traceparent`` the span starts a new trace and has no link.
+    ``attributes`` should hold ``messaging.destination.name`` (it names the
+    span); the operation's name and type are set here.
+    """
     if isinstance(traceparent, bytes):
         traceparent = traceparent.decode("ascii", "replace")
     parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+    creation = trace.get_current_span(parent).get_span_context() if parent is not None else None
+    links = [trace.Link(creation)] if creation is not None and creation.is_valid else []
+    attributes = {"messaging.operation.name": PROCESS, "messaging.operation.type": PROCESS, **(attributes or {})}
+    destination = attributes.get("messaging.destination.name")
+    name = f"{PROCESS} {destination}" if destination else PROCESS
     tracer = tracer or trace.get_tracer(TRACER_NAME)
-    with tracer.start_as_current_span(CONSUMER_SPAN, context=parent, kind=SpanKind.CONSUMER,
-                                      attributes=dict(attributes or {})) as span:
+    with tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER, links=links,
+                                      attributes=attributes) as span:
         yield span
 
 
@@ -165,6 +187,7 @@ class SpanRecord:
     status: str
     pid: int
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    links: tuple[str, ...] = ()   # span ids this span links to (the creation context, for a process span)
 
     @property
     def finished(self) -> bool:
@@ -197,7 +220,8 @@ def load_spans(path: str | os.PathLike) -> list[SpanRecord]:
             merged[record["span_id"]] = record
     spans = [SpanRecord(name=r["name"], kind=r["kind"], trace_id=r["trace_id"], span_id=r["span_id"],
                         parent_span_id=r["parent_span_id"], start=r["start"], end=r["end"], status=r["status"],
-                        pid=r["pid"], attributes=r.get("attributes") or {}) for r in merged.values()]
+                        pid=r["pid"], attributes=r.get("attributes") or {},
+                        links=tuple(link["span_id"] for link in r.get("links") or ())) for r in merged.values()]
     return sorted(spans, key=lambda s: (s.start, s.span_id))
 
 
@@ -219,12 +243,25 @@ class DuplicateTrace:
         return [s.pid for s in self.spans]
 
 
-def find_duplicate_traces(spans: Iterable[SpanRecord], name: str = CONSUMER_SPAN) -> list[DuplicateTrace]:
-    """Traces with two or more spans called ``name`` (consumer spans, finished or not), first seen first."""
-    by_trace: dict[str, list[SpanRecord]] = defaultdict(list)
+def is_process_span(span: SpanRecord) -> bool:
+    """A consumer's ``process`` span (its name is ``process`` or ``process {topic}``)."""
+    return span.kind == "consumer" and span.name.split(" ", 1)[0] == PROCESS
+
+
+def find_duplicate_traces(spans: Iterable[SpanRecord]) -> list[DuplicateTrace]:
+    """Traces with two or more consumer ``process`` spans (finished or not), first seen first.
+
+    Two such spans in one trace mean one message processed twice only with one
+    trace per message, one consumer group and no sampling: a second group
+    processes every message once more under the same trace, and a sampler can
+    drop an attempt's span. Spans are therefore grouped per trace *and* per
+    ``messaging.consumer.group.name`` when they carry it; sampling must stay
+    off for these spans for a missing duplicate to mean anything.
+    """
+    by_trace: dict[tuple[str, Any], list[SpanRecord]] = defaultdict(list)
     for span in spans:
-        if span.name == name:
-            by_trace[span.trace_id].append(span)
+        if is_process_span(span):
+            by_trace[(span.trace_id, span.attributes.get("messaging.consumer.group.name"))].append(span)
     found = [DuplicateTrace(trace_id, tuple(sorted(group, key=lambda s: s.start)))
-             for trace_id, group in by_trace.items() if len(group) > 1]
+             for (trace_id, _), group in by_trace.items() if len(group) > 1]
     return sorted(found, key=lambda d: d.spans[0].start)
