@@ -1,4 +1,4 @@
-"""The lesson's review questions, as data: choices, the right one, and feedback that cites the course.
+"""The course's review questions, as data: choices, the right one, and feedback that cites the course.
 
 The widgets in ``effectively_once.widgets.quiz`` only render these; what is
 right and what each answer teaches lives here, so it can be tested.
@@ -101,14 +101,20 @@ DEDUP_SPIKE = MultipleChoice(
         Choice("Customers are submitting each payment twice.", False,
                "A customer's second click is a new message with a new msg_id, so it does not hit the dedup "
                "table at all; that problem needs an idempotency key at the front door."),
-        Choice("The broker is redelivering messages whose offsets were never committed: consumers are unstable "
-               "(crashes, a rebalance, a poll loop that exceeds max.poll.interval.ms).", True,
+        Choice("The broker is redelivering messages whose offsets were not committed in time: commits that are "
+               "late, missing or failed (a crash before the commit), a rebalance, or a poll batch whose "
+               "processing outlasts max.poll.interval.ms.", True,
                "Right. Notebook 05 produced exactly this picture: killing and restarting consumers made the "
                "group rebalance, uncommitted offsets were delivered again, the hit rate spiked and lag grew, "
-               "while the ledger showed no charge twice. The dedup table absorbed it; the cause to fix is the "
-               "consumers' instability."),
+               "while the ledger showed no charge twice. The dedup table absorbed it; the cause to fix is why "
+               "the commits did not land. (An upstream re-publish or a DLQ redrive in that window gives the "
+               "same picture: rule those out too.)"),
         Choice("PostgreSQL is running out of disk.", False,
                "That shows up as failed INSERTs and errors, not as successful duplicate detection."),
+        Choice("The consumers acknowledge (commit offsets for) messages before they finish processing them.", False,
+               "An early commit loses messages, it does not repeat them: a consumer that dies after committing "
+               "and before the side effect leaves a message nobody will deliver again, so nothing hits the dedup "
+               "table. That is why notebook 04's consumer commits its offsets only after the whole batch is handled."),
     ),
 )
 
@@ -118,10 +124,14 @@ OPEN_QUESTIONS = (
         prompt="State the Two Generals' Problem, and explain the asymmetry that makes exactly-once processing "
                "achievable although exactly-once delivery is not.",
         model_answer=(
-            "Two parties can only talk through a channel that may lose any message. No finite protocol gives "
-            "both of them certainty that they agree: take the last message of a protocol that supposedly "
-            "works; its sender decides the same whether or not it arrives, so the protocol must work without "
-            "it, and by induction with no messages at all, which is absurd. Delivery exactly once needs both "
+            "Two generals can only talk through messengers, and any messenger may be captured (lost). They "
+            "want a protocol that always ends in agreement, attacks when the order is attack and every "
+            "message arrives, and retreats when the order is retreat. No finite protocol can. Suppose one "
+            "did, and start from the run where every message arrives: both attack. Remove the last message: "
+            "its sender cannot tell it was lost, sees what it saw before and still attacks, so by agreement "
+            "the other general attacks too. Repeat, by induction, one message at a time, down to the run "
+            "where no message arrives: both must still attack. But there B sees exactly what it sees when "
+            "the order was retreat, where it must retreat: a contradiction. Delivery exactly once needs both "
             "the sender and the receiver to be certain, so it is impossible. Processing exactly once needs "
             "only the consumer to be certain, and it can be: it keeps a durable log of the message ids it has "
             "processed and skips any it has seen. One-sided certainty is enough."),
@@ -129,7 +139,11 @@ OPEN_QUESTIONS = (
             Point("messages can be lost, so no finite protocol gives both sides certainty",
                   ("lost", "lose", "captured", "unreliable", "certainty", "certain")),
             Point("the proof removes the last message, by induction down to none",
-                  ("last message", "induction", "zero messages", "no messages")),
+                  ("last message", "induction", "zero messages", "no messages", "no message")),
+            Point("each step keeps agreement: the sender cannot tell, so both still attack",
+                  ("agreement", "agree", "cannot tell", "can't tell")),
+            Point("it ends in a contradiction: with nothing delivered they must still attack",
+                  ("contradiction", "absurd")),
             Point("processing needs only the consumer's certainty: a dedup log",
                   ("dedup", "one-sided", "one side", "consumer", "log")),
         ),
@@ -160,17 +174,23 @@ OPEN_QUESTIONS = (
         prompt="What does a sustained dedup_check_hit_rate above 1% outside deploy windows indicate, and what "
                "do you do about it?",
         model_answer=(
-            "The broker is redelivering messages that were already processed, which means offsets are not "
-            "being committed after processing: consumers crash or restart, the group keeps rebalancing, a "
-            "poll loop exceeds max.poll.interval.ms, or the code acknowledges at the wrong moment. The dedup "
-            "layer is working (no money moves twice), so the fix is the consumers' stability: look at restarts, "
-            "rebalances, lag and side-effect p99 against the poll interval, not at the dedup table."),
+            "Messages that were already processed are arriving again. Mostly the broker is redelivering them "
+            "because their offsets were not committed in time: a commit that is late, missing or failed (a "
+            "consumer that crashes or restarts before it commits), processing that outlasts "
+            "max.poll.interval.ms (the whole poll batch counts, not one message), so the consumer is removed "
+            "from the group, or a rebalance. Or they were sent again from upstream: a producer re-published "
+            "them, or someone redrove a dead-letter queue. Committing too early is not a cause: it loses "
+            "messages, it does not repeat them. The dedup layer is working (no money moves twice), so look "
+            "for the cause: commit errors, restarts, rebalances, batch processing time against "
+            "max.poll.interval.ms, and any redrive or re-publish in that window, not the dedup table."),
         points=(
-            Point("redelivery of already-processed messages", ("redeliver", "redelivery", "delivered again")),
-            Point("consumer instability or rebalances", ("rebalance", "crash", "restart", "unstable",
-                                                         "max.poll.interval")),
-            Point("dedup is working; fix the consumers", ("dedup is working", "absorb", "no money",
-                                                          "not a dedup failure", "consumer")),
+            Point("redelivery of already-processed messages", ("redeliver", "redelivery", "delivered again",
+                                                               "arriving again")),
+            Point("why: late or failed commits, a slow poll batch, rebalances, a re-publish or redrive",
+                  ("commit", "rebalance", "crash", "restart", "unstable", "max.poll.interval", "redrive",
+                   "re-publish", "republish")),
+            Point("dedup is working; find the cause elsewhere", ("dedup is working", "dedup layer is working",
+                                                                 "absorb", "no money", "not a dedup failure")),
         ),
         where="notebook 05",
     ),
@@ -206,9 +226,14 @@ consumer dies after the provider call; a key past its TTL is a new key; and a Ka
 necessarily Apache Kafka (probe it).
 
 **What to watch:** `consumer_lag_messages`, `dlq_depth` (alert at any), `dlq_age_seconds_p99` (alert over an
-hour), `dedup_check_hit_rate` (near zero; a sustained spike means redelivery), `side_effect_duration_p99`
-(against your timeouts), `retry_count_p99`, and one trace id per message end to end.
+hour), `dedup_check_hit_rate` (near zero; a sustained spike means processed messages are arriving again: late,
+missing or failed commits, a poll batch that outlasts `max.poll.interval.ms`, rebalances, an upstream re-publish
+or a redrive), `side_effect_duration_p99` (against your timeouts), `retry_count_p99`, and one trace id per
+message end to end. Committing too early does not show here: it loses messages instead.
 
-**The incidents:** Stripe 2020, SQS 2019, Stripe 2023 and Slack 2022 all broke in the consumer or in an
-operational procedure, not in the broker's guarantee. Broker guarantees are necessary and never sufficient.
+**The incidents:** Stripe 2020, SQS 2019, Stripe 2023 and Slack 2022 are illustrative accounts (no public
+post-mortem was found for them), each paired with documented evidence of its mechanism. In the first three the
+broker or queue kept its promises and the invariant broke in the consumer or in an operational procedure. In
+Slack's the broker itself failed to fence a zombie producer, and the consumer's dedup table is what would have
+held. Broker guarantees are necessary and never sufficient.
 """

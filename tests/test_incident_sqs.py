@@ -1,4 +1,4 @@
-"""The AWS SQS 2019 replay on the real PostgreSQL: duplicates without a fix, none with either fix."""
+"""The SQS visibility-timeout model on the real PostgreSQL: duplicates without a fix, none with either fix."""
 
 from __future__ import annotations
 

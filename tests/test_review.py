@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from effectively_once.review import DEDUP_SPIKE, KAFKA_EOS_AND_POSTGRES, OPEN_QUESTIONS, Choice, MultipleChoice
+from effectively_once import review
+from effectively_once.incidents import lint, redrive, slack_zombie, sqs_visibility, stripe2020, stripe2023
+from effectively_once.review import (
+    DEDUP_SPIKE,
+    KAFKA_EOS_AND_POSTGRES,
+    OPEN_QUESTIONS,
+    SUMMARY,
+    Choice,
+    MultipleChoice,
+)
 from effectively_once.widgets.quiz import MultipleChoiceWidget, OpenQuestionWidget
 
 
@@ -37,3 +46,37 @@ def test_open_question_points_follow_the_text():
     made = dict(widget.answer("An idempotent producer, a dedup table with ON CONFLICT, and an Idempotency-Key."))
     assert all(made.values()), made
     assert "Model answer" in widget.feedback.value
+
+
+def test_the_two_generals_model_answer_keeps_agreement_and_ends_in_a_contradiction():
+    question = next(q for q in OPEN_QUESTIONS if q.key == "two_generals")
+    answer = question.model_answer.lower()
+    assert "cannot tell" in answer and "by agreement" in answer, "each step needs the agreement requirement"
+    assert "no message arrives" in answer and "contradiction" in answer, "the induction must end in a contradiction"
+    assert all(ok for _, ok in question.points_made(question.model_answer))
+    assert not any(ok for _, ok in question.points_made("Exactly-once delivery is hard."))
+
+
+def test_early_acknowledgement_is_taught_as_loss_not_as_a_cause_of_dedup_hits():
+    early = next(c for c in DEDUP_SPIKE.choices if "before they finish processing" in c.text)
+    assert not early.correct and "loses messages" in early.feedback
+    spike = next(q for q in OPEN_QUESTIONS if q.key == "hit_rate_spike")
+    for cause in ("late, missing or failed", "max.poll.interval.ms", "whole poll batch", "rebalance",
+                  "re-published", "redrove"):
+        assert cause in spike.model_answer, cause
+    assert "acknowledges at the wrong moment" not in spike.model_answer
+    assert "Committing too early is not a cause" in spike.model_answer
+    assert "max.poll.interval.ms" in SUMMARY and "redrive" in SUMMARY
+
+
+def test_the_review_tells_the_incidents_as_notebook_06_does():
+    assert "no public\npost-mortem was found" in SUMMARY
+    assert "Slack's the broker itself failed to fence a zombie" in SUMMARY.replace("\n", " ")
+    texts = [SUMMARY, review.__doc__ or "", *(q.prompt + q.model_answer for q in OPEN_QUESTIONS),
+             *(c.text + c.feedback for q in (KAFKA_EOS_AND_POSTGRES, DEDUP_SPIKE) for c in q.choices)]
+    texts += [module.__doc__ or "" for module in (lint, redrive, slack_zombie, sqs_visibility, stripe2020, stripe2023)]
+    for text in texts:
+        assert "the lesson" not in text.lower(), text[:80]
+    for module in (redrive, slack_zombie, stripe2020, stripe2023):
+        assert "no public post-mortem" in " ".join((module.__doc__ or "").split()), module.__name__
+    assert "does not reconstruct that bug" in " ".join((sqs_visibility.__doc__ or "").split())

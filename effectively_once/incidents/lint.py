@@ -1,4 +1,4 @@
-"""The lint rule from Stripe's 2020 post-mortem: an HTTP POST in consumer code needs an Idempotency-Key.
+"""A lint rule of the kind the Stripe 2020 account calls for: an HTTP POST in consumer code needs an Idempotency-Key.
 
 ``python -m effectively_once lint PATH...`` reads Python files (directories are
 searched for ``*.py``) and prints ``file:line: reason`` for each POST whose
@@ -41,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-HELP = "flag HTTP POST calls without an Idempotency-Key header (Stripe 2020 lint rule)"
+HELP = "flag HTTP POST calls without an Idempotency-Key header (the lint rule of notebook 06)"
 
 HEADER = "idempotency-key"
 HTTP_MODULES = ("requests", "httpx")

@@ -1,13 +1,15 @@
 """Slack 2022: a zombie producer during a rolling restart, replayed on the broker at hand.
 
-A Kafka exactly-once stream job (read, transform, write in one transaction)
-was restarted node by node. An old instance that had stalled mid-transaction
+The account (illustrative: no public post-mortem was found for it): a Kafka
+exactly-once stream job (read, transform, write in one transaction) was
+restarted node by node. An old instance that had stalled mid-transaction
 came back after its replacement had started with the same
 ``transactional.id``, and finished its work: the same charges were written
 twice, for the six minutes the restart took. Apache Kafka is supposed to fence
 such a zombie (the replacement's ``init_transactions`` bumps the producer epoch
-and aborts the open transaction); the incident was a coordinator bug that let
-the zombie through.
+and aborts the open transaction); in the account a coordinator bug let the
+zombie through. Failures of the broker's transaction machinery are documented
+(KIP-890's motivation, KAFKA-9144, Jepsen's Bufstream 0.1.0 analysis).
 
 The replay:
 

@@ -1,20 +1,26 @@
-"""AWS SQS, 2019: a side effect that outlasts the visibility timeout runs twice.
+"""A model of SQS's visibility timeout: a side effect that outlasts it runs twice.
 
-The incident, as the lesson tells it: consumers that called
-ChangeMessageVisibility while a DeleteMessage was in flight sometimes saw the
-message delivered again although the delete had completed. Underneath is the
-rule every SQS consumer lives by: a received message is only *hidden* for the
-visibility timeout; if the consumer has not deleted it by then, the queue hands
-it to someone else, and the first consumer's receipt handle goes stale.
+Notebook 06 tells this as "AWS SQS 2019", an illustrative account with no
+public post-mortem: consumers that called ChangeMessageVisibility while a
+DeleteMessage was in flight saw the message delivered again although the
+delete had completed. This module does not reconstruct that bug. It models
+behaviour AWS documents: a received message is only *hidden* for the
+visibility timeout, and if the consumer has not deleted it by then the queue
+hands it to someone else; every receive issues a new receipt handle, and a
+DeleteMessage with a stale handle succeeds yet does not delete; a standard
+queue can deliver a message again even after it was deleted. On top of that it
+models the race between a visibility change and a delete.
 
-This module builds a small SQS on PostgreSQL so the mechanism can be watched
-row by row:
+The queue is a small SQS on PostgreSQL, so the mechanism can be watched row by
+row:
 
 - ``SqsQueue``: a table ``sqs_messages(id, body, visible_at, receive_count,
   receipt_handle)``. ``receive`` picks visible rows with ``FOR UPDATE SKIP
   LOCKED``, pushes ``visible_at`` forward by the timeout and issues a fresh
   receipt handle; ``delete`` and ``change_visibility`` act only through the
-  current handle, so a stale handle deletes nothing (as in SQS).
+  current handle, so a stale handle deletes nothing. SQS answers such a
+  delete with success; the model returns False so that the replay can count
+  what SQS would not report.
 - ``replay(stack, fix=...)``: worker threads run a side effect (a row in
   ``side_effects`` with the worker, the message id and start/end times) whose
   duration is written in the message. A few messages take longer than the
@@ -26,7 +32,8 @@ row by row:
   NOTHING`` in the same transaction as the side effect, so a second delivery
   finds it done. The dedup fix only covers side effects stored in the same
   database; a call to another system needs an idempotency key instead.
-- ``replay_delete_race(stack, atomic=...)``: the 2019 race itself. A heartbeat
+- ``replay_delete_race(stack, atomic=...)``: the race between a visibility
+  change and a delete, in a fixed interleaving. A heartbeat
   reads the message to extend its visibility, the worker's delete completes,
   and the heartbeat writes the message back with a later ``visible_at``: the
   message reappears although its worker finished and deleted it, and a second
@@ -147,7 +154,7 @@ class SqsQueue:
         ``between`` runs after the read and before the write (the moment a
         concurrent delete can land). The write is an upsert keyed by id, so a
         message deleted in between is written back: it reappears. Kept to
-        replay the 2019 race; use ``change_visibility``.
+        replay the race with a delete; use ``change_visibility``.
         """
         row = self.conn.execute(
             "SELECT id, body, receive_count FROM sqs_messages WHERE receipt_handle = %s",
@@ -182,7 +189,7 @@ class VisibilityHeartbeat:
     """Keep one message hidden while its side effect runs: ``change_visibility`` every ``interval`` s.
 
     ``stop()`` returns only when no change is in flight, so a delete issued
-    after it can never overlap a visibility change (the 2019 race).
+    after it can never overlap a visibility change (the race ``replay_delete_race`` shows).
     """
 
     def __init__(self, queue: SqsQueue, receipt_handle: str, visibility_timeout: float,
@@ -266,7 +273,7 @@ class SqsReplay:
 
     @property
     def side_effect_duration_p99(self) -> float:
-        """The lesson's ``side_effect_duration_p99`` over the measured durations, in seconds."""
+        """``side_effect_duration_p99`` (the metric of notebook 05) over the measured durations, in seconds."""
         from effectively_once.observe.metrics import side_effect_duration_p99
 
         return side_effect_duration_p99(row["duration"] for row in self.side_effects)
@@ -450,7 +457,7 @@ def replay(stack: Stack, fix: str | None = None, *, messages: int = 40, visibili
            timeout: float = 60.0) -> SqsReplay:
     """Run the SQS visibility-timeout replay on a fresh database and return what happened.
 
-    ``fix`` is None (the incident), ``"extend_visibility"`` (a heartbeat keeps
+    ``fix`` is None (no fix: slow side effects run again), ``"extend_visibility"`` (a heartbeat keeps
     each message hidden while its side effect runs) or ``"dedup"`` (the side
     effect is recorded once per message id). The durations are seeded, so the
     same arguments give the same slow messages; with enough ``workers`` each
@@ -512,7 +519,7 @@ def replay(stack: Stack, fix: str | None = None, *, messages: int = 40, visibili
         stack.drop_database(name)
 
 
-# -- the 2019 race: a visibility change in flight while the delete completes ---------------------
+# -- the race: a visibility change in flight while the delete completes --------------------------
 @dataclass
 class DeleteRaceReplay:
     """One message, one worker's delete, and a visibility change that overlapped it."""

@@ -1,6 +1,7 @@
 """Stripe, 2020: a queue consumer whose retry path forgot the Idempotency-Key.
 
-During a Q4 traffic spike the payment API answered some charge requests with
+The account (illustrative: no public post-mortem was found for it): during a
+Q4 traffic spike the payment API answered some charge requests with
 an error *after* the charge had gone through. The consumer retried, as it
 should, but the code path that built the retry request did not carry the
 Idempotency-Key of the first attempt. To the API every retry was a new
@@ -19,7 +20,7 @@ Everything else is the course's ``process_message``: dedup row, provider call,
 mark done. ``replay(stack, fixed=...)`` runs one of them against a provider
 that fails after charging (``fail_after_charge``) and counts the ledger.
 
-The post-mortem's remedy was a lint rule, and ``lint_steps()`` runs it
+The account's remedy is a lint rule, and ``lint_steps()`` runs it
 (``effectively_once.incidents.lint``) on this very file: it flags the POST in
 the buggy retry path and finds nothing in the fixed one. The buggy function
 is kept here on purpose, as the specimen; linting the package reports it.
@@ -177,7 +178,7 @@ def step_keeping_the_key(ctx: StepContext, msg: ChargeMessage) -> Outcome:
 
 # -- the lint rule on both ------------------------------------------------------------------------
 def lint_steps(path: str | Path | None = None) -> dict[str, list]:
-    """Run the post-mortem's lint rule on this module; return its findings grouped by charge function.
+    """Run the Idempotency-Key lint rule on this module; return its findings grouped by charge function.
 
     ``lint_paths`` reads the whole file; each finding is then attributed to the
     function whose lines contain it, so the result says which implementation

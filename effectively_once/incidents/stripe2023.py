@@ -1,11 +1,11 @@
 """Stripe, 2023: redrive-all floods the consumers and the payment API throttles; a paced redrive does not.
 
-A downstream incident filled a dead-letter queue with about a million
-messages. Once it was over, an operator redrove the whole DLQ at once: the
-source queue received everything in one burst, the consumer pool took it as
-fast as it could, and the payment API behind it answered with rate-limit
-errors. Throttled calls were retried, retries added load, and throttling
-cascaded.
+The account (illustrative: no public post-mortem was found for it): a
+downstream incident filled a dead-letter queue with about a million messages.
+Once it was over, an operator redrove the whole DLQ at once: the source queue
+received everything in one burst, the consumer pool took it as fast as it
+could, and the payment API behind it answered with rate-limit errors.
+Throttled calls were retried, retries added load, and throttling cascaded.
 
 ``FloodLab`` replays it on the real pipeline, scaled down to run in seconds
 (``replay(stack, rate=None | R, messages=...)`` is one run in a lab of its own):
@@ -179,7 +179,7 @@ class FloodReplay:
 
     @property
     def retry_count_p99(self) -> float:
-        """The lesson's ``retry_count_p99`` over the redriven messages."""
+        """``retry_count_p99`` (the metric of notebook 05) over the redriven messages."""
         from effectively_once.observe.metrics import retry_count_p99
 
         return retry_count_p99(retries for _, _, retries in self.finished)
@@ -512,7 +512,7 @@ def replay(stack: Stack, rate: float | None = None, messages: int = DEFAULT_MESS
            progress: Callable[[str], None] | None = None) -> FloodReplay:
     """One redrive of a DLQ of ``messages`` charges into a fresh consumer pool; see the module docstring.
 
-    ``rate=None`` redrives everything at once (the incident); a number of
+    ``rate=None`` redrives everything at once (as in the account); a number of
     records per second paces the redrive with a token bucket (the fix). Keep
     ``rate`` well under ``provider_limit``: the consumers pass on whatever
     arrives, and arrivals bunch up (see the notebook). ``batch_dedup`` runs the
