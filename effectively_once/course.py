@@ -43,7 +43,7 @@ COURSE = (
              exercise_minutes=25),
     Notebook("05_observability", "Seeing delivery semantics", "lag, DLQ depth and age, dedup hit rate, "
              "side-effect and retry p99, trace ids, alert rules", 30, True, exercise_minutes=20),
-    Notebook("06_incidents", "Four real incidents", "Stripe 2020, AWS SQS 2019, Stripe 2023 and Slack 2022, "
+    Notebook("06_incidents", "Four incidents, replayed", "Stripe 2020, AWS SQS 2019, Stripe 2023 and Slack 2022, "
              "replayed before and after the fix", 35, True, exercise_minutes=30),
     Notebook("07_review", "Review", "five review questions, answered with what you measured", 15, False),
 )

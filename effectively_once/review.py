@@ -225,11 +225,12 @@ the broker plus a consumer that makes every side effect idempotent.
 consumer dies after the provider call; a key past its TTL is a new key; and a Kafka-protocol broker is not
 necessarily Apache Kafka (probe it).
 
-**What to watch:** `consumer_lag_messages`, `dlq_depth` (alert at any), `dlq_age_seconds_p99` (alert over an
-hour), `dedup_check_hit_rate` (near zero; a sustained spike means processed messages are arriving again: late,
-missing or failed commits, a poll batch that outlasts `max.poll.interval.ms`, rebalances, an upstream re-publish
-or a redrive), `side_effect_duration_p99` (against your timeouts), `retry_count_p99`, and one trace id per
-message end to end. Committing too early does not show here: it loses messages instead.
+**What to watch:** `consumer_lag_messages`, `dlq_depth` (alert at any), `dlq_oldest_age_seconds` (the oldest
+message's age; alert over an hour), `dedup_check_hit_rate` (near zero; a sustained spike means processed
+messages are arriving again: late, missing or failed commits, a poll batch that outlasts
+`max.poll.interval.ms`, rebalances, an upstream re-publish or a redrive), `side_effect_duration_p99` (against
+your timeouts), `retry_count_p99` (high: an unhealthy downstream), and one trace id per message end to end.
+Committing too early does not show here: it loses messages instead.
 
 **The incidents:** Stripe 2020, SQS 2019, Stripe 2023 and Slack 2022 are illustrative accounts (no public
 post-mortem was found for them), each paired with documented evidence of its mechanism. In the first three the

@@ -139,7 +139,7 @@ class PaymentConsumer:
         self.assigned = False
         self.stopping = False
         self.counts = {"processed": 0, "charged": 0, "replayed": 0, "skipped": 0, "dead_lettered": 0}
-        self.telemetry = telemetry or ConsumerTelemetry(dedup=settings.uses_dedup,
+        self.telemetry = telemetry or ConsumerTelemetry(dedup=settings.uses_dedup, group=settings.group,
                                                         window_seconds=settings.metrics_window)
 
     # -- one poll batch -----------------------------------------------------------------
@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         parser.error(str(exc))
     configure_tracing(settings.spans_file)
-    telemetry = ConsumerTelemetry(dedup=settings.uses_dedup, window_seconds=settings.metrics_window)
+    telemetry = ConsumerTelemetry(dedup=settings.uses_dedup, group=settings.group,
+                                  window_seconds=settings.metrics_window)
     try:
         consumer = PaymentConsumer(settings, step=step, log=lambda line: print(line, flush=True), telemetry=telemetry)
     except psycopg.OperationalError as exc:
