@@ -1,12 +1,14 @@
 """Which Kafka guarantees does the broker at hand actually give? ``probe(stack)`` asks it, live.
 
-Each check makes the broker face one situation the lesson relies on and reports
-what a ``read_committed`` consumer (or the group coordinator) actually did:
+Each check makes the broker face one situation that Kafka's exactly-once rests on,
+and reports what a ``read_committed`` consumer (or the group coordinator) actually did:
 
 - ``idempotent_producer``: an idempotent producer with ``acks=all`` is accepted,
   and a resent batch (same producer id, epoch and sequence, exactly what a
-  client retry sends after a lost response) is stored once. The same resend
-  without a producer id is shown as the control: it is stored twice.
+  client retry sends after a lost response) is stored once. Apache Kafka
+  recognises such a resend only while it is one of the last five batches it
+  cached for that producer and partition; the probe resends at once. The same
+  resend without a producer id is shown as the control: it is stored twice.
 - ``read_committed_hides_aborted``: records of an aborted transaction never
   reach a ``read_committed`` consumer.
 - ``zombie_fenced``: a second producer initialising the same ``transactional.id``
@@ -23,6 +25,10 @@ the probe shows that rather than assuming it.
 Kafka transaction and a database transaction side by side commit and roll back
 independently.
 
+``compare_leaks()`` (pure, no broker) shows when a consumer's dedup table makes
+up for a broker that shows aborted records or does not fence zombies: only when
+every aborted transaction is retried and each ``msg_id`` is derived from the input.
+
 The package, by concern:
 
 - ``checks``: the four checks, ``probe`` and ``compare_brokers``;
@@ -31,6 +37,7 @@ The package, by concern:
 - ``wire``: a minimal Kafka wire-protocol client that resends a batch as a client retry would;
 - ``crc32c``: the record batch checksum;
 - ``demo``: ``kafka_txn_vs_postgres``;
+- ``leak``: ``compare_leaks``, what a dedup table keyed by ``msg_id`` absorbs of an aborted or zombie transaction;
 - ``cli``: ``python -m effectively_once probe`` (and ``python -m effectively_once.guarantees``).
 """
 
@@ -64,6 +71,18 @@ from effectively_once.guarantees.demo import (
     TxnVsPostgres,
     kafka_txn_vs_postgres,
 )
+from effectively_once.guarantees.leak import (
+    DERIVED,
+    FRESH,
+    ID_SCHEMES,
+    PHANTOM,
+    RETRIED,
+    STORIES,
+    ZOMBIE,
+    LeakComparison,
+    LeakOutcome,
+    compare_leaks,
+)
 from effectively_once.guarantees.report import (
     IDEMPOTENT_PRODUCER,
     READ_COMMITTED,
@@ -83,10 +102,11 @@ _read_values = read_values
 _transactional_producer = transactional_producer
 
 __all__ = [
-    "BrokerComparison", "CHECKS", "Check", "HELP", "IDEMPOTENT_PRODUCER", "KAFKA_COMMITS", "OPERATION_TIMEOUT",
-    "POSTGRES_COMMITS", "ProbeReport", "READ_COMMITTED", "READ_TIMEOUT", "STALE_GENERATION", "SplitOutcome", "TITLES",
-    "TxnVsPostgres", "WireClient", "ZOMBIE_COMMIT_TIMEOUT", "ZOMBIE_FENCED", "add_arguments",
+    "BrokerComparison", "CHECKS", "Check", "DERIVED", "FRESH", "HELP", "IDEMPOTENT_PRODUCER", "ID_SCHEMES",
+    "KAFKA_COMMITS", "LeakComparison", "LeakOutcome", "OPERATION_TIMEOUT", "PHANTOM", "POSTGRES_COMMITS",
+    "ProbeReport", "READ_COMMITTED", "READ_TIMEOUT", "RETRIED", "STALE_GENERATION", "STORIES", "SplitOutcome",
+    "TITLES", "TxnVsPostgres", "WireClient", "ZOMBIE", "ZOMBIE_COMMIT_TIMEOUT", "ZOMBIE_FENCED", "add_arguments",
     "check_idempotent_producer", "check_read_committed", "check_stale_generation", "check_zombie_fenced",
-    "compare_brokers", "delete_groups", "kafka_error", "kafka_txn_vs_postgres", "nullable_string",
+    "compare_brokers", "compare_leaks", "delete_groups", "kafka_error", "kafka_txn_vs_postgres", "nullable_string",
     "probe", "read_values", "record_batch", "run", "transactional_producer", "try_zombie_commit", "varint",
 ]

@@ -1,6 +1,6 @@
 """The four guarantee checks, ``probe`` that runs them, and ``compare_brokers`` that runs it on two brokers.
 
-Each check makes the broker face one situation the lesson relies on and returns
+Each check makes the broker face one situation that Kafka's exactly-once rests on, and returns
 a ``Check``: whether the guarantee held and what a consumer (or the group
 coordinator) actually did. Each creates and removes its own topic.
 """
@@ -42,7 +42,7 @@ def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
     run = stack_mod.new_run_id()
     topic = stack.create_topic(f"probe-idempotence-{run}", partitions=1)
     try:
-        # 1. The client the course uses, configured as the lesson says.
+        # 1. The client the course uses, configured as its producer is (idempotent, acks=all).
         producer = Producer(stack.producer_config(logger=quiet_logger()))
         failures: list[str] = []
 
@@ -74,8 +74,9 @@ def check_idempotent_producer(stack: stack_mod.Stack) -> Check:
             wire.close()
 
         # An end marker after everything, so the reader knows it has seen every copy.
-        # (Waiting for the high watermark is not enough: Tansu reports the last
-        # batch's first offset + 1 as the end, hiding the rest of that batch.)
+        # (Waiting for the end offset is not enough: on Apache Kafka it is the high watermark,
+        # the offset below which every in-sync replica holds the records; Tansu reports the
+        # last batch's first offset + 1 instead, hiding the rest of that batch.)
         end_marker = f"end-{run}"
         producer.produce(topic, value=end_marker.encode(), partition=0)
         producer.flush(OPERATION_TIMEOUT)

@@ -39,7 +39,7 @@ class Check:
 
 @dataclass
 class ProbeReport:
-    """The outcome of ``probe``: one ``Check`` per guarantee, in the lesson's order."""
+    """The outcome of ``probe``: one ``Check`` per guarantee, in the order of ``CHECKS``."""
 
     broker_flavor: str
     backend: str

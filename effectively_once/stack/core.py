@@ -118,7 +118,7 @@ class Stack:
         return sorted(t for t in md.topics if t.startswith(prefix))
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
-        """Producer settings: idempotent, acks=all, as the lesson prescribes."""
+        """Producer settings of the course's producer: idempotent (``enable.idempotence=true``), ``acks=all``."""
         config = {
             "bootstrap.servers": self.kafka_bootstrap,
             "enable.idempotence": True,
