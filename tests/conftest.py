@@ -60,9 +60,17 @@ def stack(session_home):
 
 
 @pytest.fixture
-def private_home(tmp_path):
-    """A second, private EO_HOME for tests that bring a stack up and down themselves; purged at the end."""
+def private_home():
+    """A second, private EO_HOME for tests that bring a stack up and down themselves; purged at the end.
+
+    It lives in its own temporary directory, not under pytest's ``tmp_path``:
+    as root, PostgreSQL runs as its own system user and must traverse every
+    parent of its data directory, and each new pytest session (nbval runs one,
+    so does `make check`) resets pytest's base directory to mode 0700.
+    """
+    home = Path(tempfile.mkdtemp(prefix="eo-private-home-"))
     env = os.environ.copy()
-    env["EO_HOME"] = str(tmp_path / "home")
+    env["EO_HOME"] = str(home / "home")
     yield env
     run_cli("down", "--purge", env=env)
+    shutil.rmtree(home, ignore_errors=True)
