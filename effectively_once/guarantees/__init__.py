@@ -38,6 +38,8 @@ The package, by concern:
 - ``crc32c``: the record batch checksum;
 - ``demo``: ``kafka_txn_vs_postgres``;
 - ``leak``: ``compare_leaks``, what a dedup table keyed by ``msg_id`` absorbs of an aborted or zombie transaction;
+- ``kafka4``: what Kafka 4.x changed, live: the producer epoch per transaction (KIP-890), the time each
+  group protocol takes to reassign a killed consumer's partitions (KIP-848), a share group's redelivery (KIP-932);
 - ``cli``: ``python -m effectively_once probe`` (and ``python -m effectively_once.guarantees``).
 """
 
@@ -71,6 +73,19 @@ from effectively_once.guarantees.demo import (
     TxnVsPostgres,
     kafka_txn_vs_postgres,
 )
+from effectively_once.guarantees.kafka4 import (
+    CLASSIC,
+    CONSUMER,
+    TV2_END_TXN_VERSION,
+    TV2_PRODUCE_VERSION,
+    Reassignment,
+    ShareOutcome,
+    StoredBatch,
+    TransactionEpochs,
+    measure_reassignment,
+    share_group_redelivery,
+    transaction_epochs,
+)
 from effectively_once.guarantees.leak import (
     DERIVED,
     FRESH,
@@ -102,11 +117,13 @@ _read_values = read_values
 _transactional_producer = transactional_producer
 
 __all__ = [
-    "BrokerComparison", "CHECKS", "Check", "DERIVED", "FRESH", "HELP", "IDEMPOTENT_PRODUCER", "ID_SCHEMES",
-    "KAFKA_COMMITS", "LeakComparison", "LeakOutcome", "OPERATION_TIMEOUT", "PHANTOM", "POSTGRES_COMMITS",
-    "ProbeReport", "READ_COMMITTED", "READ_TIMEOUT", "RETRIED", "STALE_GENERATION", "STORIES", "SplitOutcome",
-    "TITLES", "TxnVsPostgres", "WireClient", "ZOMBIE", "ZOMBIE_COMMIT_TIMEOUT", "ZOMBIE_FENCED", "add_arguments",
-    "check_idempotent_producer", "check_read_committed", "check_stale_generation", "check_zombie_fenced",
-    "compare_brokers", "compare_leaks", "delete_groups", "kafka_error", "kafka_txn_vs_postgres", "nullable_string",
-    "probe", "read_values", "record_batch", "run", "transactional_producer", "try_zombie_commit", "varint",
+    "BrokerComparison", "CHECKS", "CLASSIC", "CONSUMER", "Check", "DERIVED", "FRESH", "HELP", "IDEMPOTENT_PRODUCER",
+    "ID_SCHEMES", "KAFKA_COMMITS", "LeakComparison", "LeakOutcome", "OPERATION_TIMEOUT", "PHANTOM",
+    "POSTGRES_COMMITS", "ProbeReport", "READ_COMMITTED", "READ_TIMEOUT", "RETRIED", "Reassignment",
+    "STALE_GENERATION", "STORIES", "ShareOutcome", "SplitOutcome", "StoredBatch", "TITLES", "TV2_END_TXN_VERSION",
+    "TV2_PRODUCE_VERSION", "TransactionEpochs", "TxnVsPostgres", "WireClient", "ZOMBIE", "ZOMBIE_COMMIT_TIMEOUT",
+    "ZOMBIE_FENCED", "add_arguments", "check_idempotent_producer", "check_read_committed", "check_stale_generation",
+    "check_zombie_fenced", "compare_brokers", "compare_leaks", "delete_groups", "kafka_error",
+    "kafka_txn_vs_postgres", "measure_reassignment", "nullable_string", "probe", "read_values", "record_batch",
+    "run", "share_group_redelivery", "transaction_epochs", "transactional_producer", "try_zombie_commit", "varint",
 ]

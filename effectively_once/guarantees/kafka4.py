@@ -1,0 +1,493 @@
+"""What Kafka 4.x changed for exactly-once, observed on the broker at hand rather than assumed.
+
+- ``transaction_epochs(stack)``: runs transactions with one librdkafka transactional
+  producer, then reads the partition's raw record batches and reports the producer
+  epoch the broker stored with each data batch and each commit marker, next to the
+  request versions the client sent and the ``transaction.version`` feature the broker
+  finalized. On transaction version 2 (KIP-890) the epoch goes up with every
+  transaction; on version 1 it stays put.
+- ``measure_reassignment(stack)``: how long each group protocol (classic, and the
+  KIP-848 consumer protocol) takes to hand a SIGKILLed consumer's partitions to the
+  survivor. ``benchmarks/reassign.py`` runs the same measurement for longer.
+- ``share_group_redelivery(stack)``: a KIP-932 share group, live: a released record
+  comes back with a higher delivery count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import select
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from effectively_once import stack as stack_mod
+from effectively_once.guarantees.clients import OPERATION_TIMEOUT
+from effectively_once.guarantees.wire import WireClient, nullable_string
+from effectively_once.kafka import quiet_logger
+
+# The request versions a client must send for the broker to run its transactions on
+# transaction version 2 (KIP-890 part 2): EndTxn v5+ and Produce v12+.
+TV2_END_TXN_VERSION = 5
+TV2_PRODUCE_VERSION = 12
+
+CLASSIC, CONSUMER = "classic", "consumer"
+PROTOCOLS = (CLASSIC, CONSUMER)
+
+
+# -- the wire: ApiVersions v3 (features), Fetch v4 (raw batches) ------------------------------------------------------
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | 0x80 if n else low)
+        if not n:
+            return bytes(out)
+
+
+def _compact_string(value: str) -> bytes:
+    data = value.encode()
+    return _uvarint(len(data) + 1) + data
+
+
+class _Reader:
+    """Reads the primitive types of the Kafka protocol from a response body."""
+
+    def __init__(self, data: bytes, offset: int = 0):
+        self.data, self.offset = data, offset
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        values = struct.unpack_from(fmt, self.data, self.offset)
+        self.offset += struct.calcsize(fmt)
+        return values
+
+    def uvarint(self) -> int:
+        shift = result = 0
+        while True:
+            byte = self.data[self.offset]
+            self.offset += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result
+            shift += 7
+
+    def varint(self) -> int:
+        raw = self.uvarint()
+        return (raw >> 1) ^ -(raw & 1)
+
+    def compact_string(self) -> str:
+        length = self.uvarint() - 1
+        value = self.data[self.offset:self.offset + length].decode()
+        self.offset += length
+        return value
+
+    def skip_tagged_fields(self) -> None:
+        for _ in range(self.uvarint()):
+            self.uvarint()
+            self.offset += self.uvarint()
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """One record batch as the broker stored it: its header, and for a marker whether it commits or aborts."""
+
+    base_offset: int
+    producer_id: int
+    producer_epoch: int
+    transactional: bool
+    marker: str | None  # "commit" or "abort" for a control batch, None for data
+
+    @property
+    def kind(self) -> str:
+        """``data``, ``commit`` or ``abort``."""
+        return self.marker or "data"
+
+
+def parse_batches(records: bytes) -> list[StoredBatch]:
+    """The v2 record batches in a Fetch response's ``records`` bytes (a trailing partial batch is ignored)."""
+    batches = []
+    offset = 0
+    while offset + 61 <= len(records):
+        base_offset, length = struct.unpack_from(">qi", records, offset)
+        end = offset + 12 + length
+        if end > len(records):
+            break
+        (attributes,) = struct.unpack_from(">h", records, offset + 21)
+        producer_id, epoch = struct.unpack_from(">qh", records, offset + 43)
+        marker = None
+        if attributes & 0x20:  # a control batch: its one record's key says commit (1) or abort (0)
+            reader = _Reader(records, offset + 61)
+            reader.varint()  # record length
+            reader.offset += 1  # record attributes
+            reader.varint()  # timestamp delta
+            reader.varint()  # offset delta
+            reader.varint()  # key length
+            _version, control_type = reader.unpack(">hh")
+            marker = "commit" if control_type == 1 else "abort"
+        batches.append(StoredBatch(base_offset, producer_id, epoch, bool(attributes & 0x10), marker))
+        offset = end
+    return batches
+
+
+class FeatureWireClient(WireClient):
+    """The probe's wire client, plus the broker's feature levels and a raw fetch of one partition."""
+
+    API_FETCH = 1
+
+    def finalized_features(self) -> dict[str, int]:
+        """ApiVersions v3: the feature levels the cluster finalized (``transaction.version``, ``share.version``...)."""
+        # Request header v2 ends with an empty tagged-field section; ApiVersions answers with header v0.
+        body = b"\x00" + _compact_string("effectively-once") + _compact_string("1") + b"\x00"
+        reader = _Reader(self.call(self.API_VERSIONS, 3, body))
+        (error,) = reader.unpack(">h")
+        if error:
+            raise RuntimeError(f"ApiVersions v3 failed with Kafka error code {error}")
+        for _ in range(reader.uvarint() - 1):
+            reader.unpack(">hhh")
+            reader.skip_tagged_fields()
+        reader.unpack(">i")  # throttle time
+        finalized: dict[str, int] = {}
+        for _ in range(reader.uvarint()):
+            tag, size = reader.uvarint(), reader.uvarint()
+            end = reader.offset + size
+            if tag == 2:  # FinalizedFeatures: name, max version level, min version level
+                for _ in range(reader.uvarint() - 1):
+                    name = reader.compact_string()
+                    finalized[name] = reader.unpack(">hh")[0]
+                    reader.skip_tagged_fields()
+            reader.offset = end
+        return finalized
+
+    def fetch(self, topic: str, partition: int, offset: int = 0, max_bytes: int = 1 << 20) -> bytes:
+        """Fetch v4 (read_uncommitted, so markers and aborted data alike): the partition's raw ``records``."""
+        body = (struct.pack(">iiiib", -1, 500, 1, max_bytes, 0) + struct.pack(">i", 1) + nullable_string(topic)
+                + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes))
+        reader = _Reader(self.call(self.API_FETCH, 4, body))
+        reader.unpack(">ii")  # throttle time, one topic
+        (name_length,) = reader.unpack(">h")
+        reader.offset += name_length
+        reader.unpack(">i")  # one partition
+        _partition, error, _high_watermark, _lso = reader.unpack(">ihqq")
+        if error:
+            raise RuntimeError(f"Fetch v4 failed with Kafka error code {error}")
+        (aborted,) = reader.unpack(">i")
+        reader.offset += 16 * max(aborted, 0)
+        (size,) = reader.unpack(">i")
+        return reader.data[reader.offset:reader.offset + max(size, 0)]
+
+
+def wire_client(stack: stack_mod.Stack) -> FeatureWireClient:
+    """A ``FeatureWireClient`` connected to the stack's (first) bootstrap broker."""
+    host, _, port = stack.kafka_bootstrap.split(",")[0].rpartition(":")
+    return FeatureWireClient(host, int(port), timeout=OPERATION_TIMEOUT)
+
+
+# -- KIP-890: the producer epoch per transaction ----------------------------------------------------------------
+class _RequestLog(logging.Handler):
+    """Collects the versions of the requests librdkafka sends (its ``debug=protocol`` lines)."""
+
+    SENT = re.compile(r"Sent (\w+)Request \(v(\d+),")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.versions: dict[str, set[int]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self.SENT.search(record.getMessage())
+        if match:
+            self.versions.setdefault(match.group(1), set()).add(int(match.group(2)))
+
+
+@dataclass
+class TransactionEpochs:
+    """What one transactional producer's transactions left in the log, and what its client negotiated."""
+
+    transactions: int
+    batches: list[StoredBatch]
+    client_versions: dict[str, set[int]]  # request name -> versions librdkafka sent
+    broker_versions: dict[str, tuple[int, int]]  # request name -> (min, max) the broker serves
+    finalized_features: dict[str, int]
+
+    @property
+    def broker_transaction_version(self) -> int:
+        """The ``transaction.version`` feature level the cluster finalized (0 when absent)."""
+        return self.finalized_features.get("transaction.version", 0)
+
+    @property
+    def client_uses_tv2(self) -> bool:
+        """Whether the client sent EndTxn and Produce at the versions that put a transaction on TV2."""
+        return (max(self.client_versions.get("EndTxn", {0})) >= TV2_END_TXN_VERSION
+                and max(self.client_versions.get("Produce", {0})) >= TV2_PRODUCE_VERSION)
+
+    def epochs(self, kind: str) -> list[int]:
+        """The producer epochs of the stored batches of one kind (``data``, ``commit`` or ``abort``), in log order."""
+        return [b.producer_epoch for b in self.batches if b.kind == kind]
+
+    @property
+    def epoch_bumped_per_transaction(self) -> bool:
+        """True when every transaction's data was written under a higher epoch than the one before it."""
+        data = self.epochs("data")
+        return len(data) >= 2 and all(b > a for a, b in zip(data, data[1:], strict=False))
+
+    def table(self) -> str:
+        """The stored batches as a small text table."""
+        lines = [f"{'offset':>6}  {'batch':<7} {'producer id':>11}  {'epoch':>5}"]
+        for b in self.batches:
+            lines.append(f"{b.base_offset:>6}  {b.kind:<7} {b.producer_id:>11}  {b.producer_epoch:>5}")
+        return "\n".join(lines)
+
+
+def transaction_epochs(stack: stack_mod.Stack, transactions: int = 2) -> TransactionEpochs:
+    """Run ``transactions`` committed transactions with one librdkafka producer; read back the epochs stored.
+
+    The producer logs every request it sends (``debug=protocol``), so the result also says
+    which EndTxn and Produce versions librdkafka chose; a raw Fetch then reads the batches,
+    control batches (the commit markers) included, with their headers.
+    """
+    from confluent_kafka import Producer
+
+    topic = stack.create_topic(f"kafka4.epochs.{stack_mod.new_run_id()}", partitions=1)
+    requests = _RequestLog()
+    logger = logging.getLogger(f"effectively_once.kafka4.{stack_mod.new_run_id()}")
+    logger.addHandler(requests)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    producer = Producer(stack.producer_config(**{
+        "transactional.id": f"{stack.namespace}.kafka4-epochs-{stack_mod.new_run_id()}",
+        "debug": "protocol", "logger": logger}))
+    wire = wire_client(stack)
+    try:
+        producer.init_transactions(OPERATION_TIMEOUT)
+        for number in range(transactions):
+            producer.begin_transaction()
+            producer.produce(topic, value=f"transaction {number + 1}".encode(), partition=0)
+            producer.commit_transaction(OPERATION_TIMEOUT)
+        producer.flush(OPERATION_TIMEOUT)
+        names = {0: "Produce", 1: "Fetch", 22: "InitProducerId", 24: "AddPartitionsToTxn", 26: "EndTxn"}
+        broker_versions = {name: wire.versions[key] for key, name in names.items() if key in wire.versions}
+        finalized = wire.finalized_features()
+        batches: list[StoredBatch] = []
+        deadline = time.monotonic() + OPERATION_TIMEOUT
+        while time.monotonic() < deadline:  # the last marker may land a moment after commit returns
+            batches = parse_batches(wire.fetch(topic, 0))
+            if sum(b.kind == "commit" for b in batches) >= transactions:
+                break
+            time.sleep(0.2)
+    finally:
+        wire.close()
+        logger.removeHandler(requests)
+        stack.delete_topics(topic)
+    return TransactionEpochs(transactions, batches, requests.versions, broker_versions, finalized)
+
+
+# -- KIP-848: time to reassign a SIGKILLed consumer's partitions ----------------------------------------------------
+_VICTIM = """
+import json, sys
+from confluent_kafka import Consumer
+consumer = Consumer(json.loads(sys.argv[1]))
+consumer.subscribe([sys.argv[2]])
+announced = False
+while True:
+    consumer.poll(0.1)
+    if consumer.assignment() and not announced:
+        print("assigned", flush=True)
+        announced = True
+"""
+
+
+def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions: int = 3) -> float:
+    """Seconds from a SIGKILL of one of two consumers until the survivor owns all ``partitions`` of ``topic``.
+
+    The victim is a child process; the survivor runs here. Both must hold partitions
+    (a stable split) before the kill. Raises ``RuntimeError`` if a step takes over 60 s.
+    """
+    from confluent_kafka import Consumer
+
+    from effectively_once.stack.kafka_settings import consumer_group_settings
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+    group = stack.group(f"reassign.{protocol}.{stack_mod.new_run_id()}")
+    config: dict[str, Any] = {"bootstrap.servers": stack.kafka_bootstrap, "group.id": group,
+                              "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                              **consumer_group_settings(protocol)}
+    victim = subprocess.Popen([sys.executable, "-c", _VICTIM, json.dumps(config), topic],
+                              stdout=subprocess.PIPE, text=True)
+    survivor = None
+    try:
+        assert victim.stdout is not None
+        ready, _, _ = select.select([victim.stdout], [], [], 60)
+        if not ready or victim.stdout.readline().strip() != "assigned":
+            raise RuntimeError(f"{protocol}: the victim got no partition within 60 s")
+        # Only now the survivor: had it joined first, unpolled while we waited, it would hold every partition.
+        survivor = Consumer({**config, "logger": quiet_logger()})
+        survivor.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            survivor.poll(0.05)
+            if 0 < len(survivor.assignment()) < partitions:
+                break
+        else:
+            raise RuntimeError(f"{protocol}: the group never split its partitions")
+        time.sleep(1.0)  # let the split settle: heartbeats flowing on both sides
+        survivor.poll(0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while time.monotonic() < killed + 60:
+            survivor.poll(0.02)
+            if len(survivor.assignment()) == partitions:
+                return time.monotonic() - killed
+        raise RuntimeError(f"{protocol}: the survivor did not get all partitions within 60 s")
+    finally:
+        if survivor is not None:
+            survivor.close()
+        if victim.poll() is None:
+            victim.kill()
+        victim.wait()
+        if victim.stdout is not None:
+            victim.stdout.close()
+
+
+@dataclass
+class Reassignment:
+    """Seconds from SIGKILL to all partitions reassigned, per group protocol, round by round."""
+
+    seconds: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PROTOCOLS})
+    rounds: int = 0
+
+    def median(self, protocol: str) -> float:
+        """The median time of one protocol."""
+        return statistics.median(self.seconds[protocol])
+
+    def as_text(self) -> str:
+        """Each protocol's median and range, and their ratio."""
+        lines = [f"SIGKILL to all partitions reassigned, {self.rounds} rounds per protocol:"]
+        for protocol in PROTOCOLS:
+            times = self.seconds[protocol]
+            lines.append(f"  {protocol:<8} protocol: median {self.median(protocol):.2f} s "
+                         f"(range {min(times):.2f}-{max(times):.2f})")
+        lines.append(f"  ratio consumer/classic: {self.median(CONSUMER) / self.median(CLASSIC):.2f}x")
+        return "\n".join(lines)
+
+
+def measure_reassignment(stack: stack_mod.Stack, rounds: int = 3,
+                         progress: Callable[[str], None] | None = None) -> Reassignment:
+    """``rounds`` of ``reassign_once`` per protocol on one 3-partition topic, alternating which protocol goes first."""
+    topic = stack.create_topic(f"reassign.{stack_mod.new_run_id()}", partitions=3)
+    result = Reassignment(rounds=rounds)
+    try:
+        for round_no in range(rounds):
+            order = PROTOCOLS if round_no % 2 == 0 else PROTOCOLS[::-1]
+            for protocol in order:
+                seconds = reassign_once(stack, protocol, topic)
+                result.seconds[protocol].append(seconds)
+                if progress:
+                    progress(f"round {round_no + 1} {protocol:<8} {seconds:.2f} s")
+    finally:
+        stack.delete_topics(topic)
+    return result
+
+
+# -- KIP-932: a share group redelivers a released record --------------------------------------------------------------
+@dataclass
+class ShareDelivery:
+    """One record as a share consumer received it, and what the consumer answered."""
+
+    value: str
+    offset: int
+    delivery_count: int | None
+    answer: str
+
+
+@dataclass
+class ShareOutcome:
+    """What a share group delivered, or why the broker would not serve one."""
+
+    deliveries: list[ShareDelivery]
+    share_version: int
+    error: str | None = None
+
+    def counts(self, value: str) -> list[int | None]:
+        """The delivery counts with which ``value`` arrived, in order."""
+        return [d.delivery_count for d in self.deliveries if d.value == value]
+
+    def as_text(self) -> str:
+        """One line per delivery."""
+        if self.error:
+            return f"no share group: {self.error}"
+        return "\n".join(f"offset {d.offset}  {d.value:<10} delivery {d.delivery_count}  -> {d.answer}"
+                         for d in self.deliveries)
+
+
+def share_group_redelivery(stack: stack_mod.Stack, records: int = 3, release: int = 1,
+                           timeout: float = 20.0) -> ShareOutcome:
+    """Produce ``records`` values, consume them in a share group, RELEASE value number ``release`` once.
+
+    The consumer acknowledges explicitly: every record is accepted except the released
+    one's first delivery, which the broker must hand out again with delivery count 2.
+    The group reads from the start (group config ``share.auto.offset.reset=earliest``).
+    """
+    from confluent_kafka import AcknowledgeType, Producer, ShareConsumer
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    wire = wire_client(stack)
+    try:
+        share_version = wire.finalized_features().get("share.version", 0)
+    finally:
+        wire.close()
+    topic = stack.create_topic(f"kafka4.share.{stack_mod.new_run_id()}", partitions=1)
+    group = stack.group(f"kafka4.share.{stack_mod.new_run_id()}")
+    values = [f"job-{n}" for n in range(records)]
+    released = values[release]
+    deliveries: list[ShareDelivery] = []
+    consumer = None
+    try:
+        producer = Producer(stack.producer_config(logger=quiet_logger()))
+        for value in values:
+            producer.produce(topic, value=value.encode(), partition=0)
+        producer.flush(OPERATION_TIMEOUT)
+        resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
+            ConfigEntry("share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET)])
+        admin = stack.admin()  # kept in a name: a collected AdminClient fails its pending futures
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=OPERATION_TIMEOUT)
+        consumer = ShareConsumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group,
+                                  "share.acknowledgement.mode": "explicit", "logger": quiet_logger()})
+        consumer.subscribe([topic])
+        accepted: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while len(accepted) < records and time.monotonic() < deadline:
+            for message in consumer.poll(0.5) or []:
+                if message.error():
+                    raise RuntimeError(str(message.error()))
+                value = (message.value() or b"").decode()
+                first_time = not any(d.value == value for d in deliveries)
+                answer = "RELEASE" if value == released and first_time else "ACCEPT"
+                consumer.acknowledge(message, AcknowledgeType.RELEASE if answer == "RELEASE"
+                                     else AcknowledgeType.ACCEPT)
+                deliveries.append(ShareDelivery(value, message.offset() or 0, message.delivery_count(), answer))
+                if answer == "ACCEPT":
+                    accepted.add(value)
+            consumer.commit_sync(OPERATION_TIMEOUT)
+        if len(accepted) < records:
+            return ShareOutcome(deliveries, share_version,
+                                f"only {sorted(accepted)} of {values} accepted within {timeout:.0f} s")
+    except Exception as exc:  # the broker refuses share groups: say so, with its words
+        return ShareOutcome(deliveries, share_version, f"{type(exc).__name__}: {exc}")
+    finally:
+        if consumer is not None:
+            try:
+                consumer.close()
+            except Exception:
+                pass
+        stack.delete_topics(topic)
+    return ShareOutcome(deliveries, share_version)

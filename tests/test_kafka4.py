@@ -1,0 +1,110 @@
+"""Kafka 4.x for exactly-once: the raw batch parser (unit) and the three live measurements (on Apache Kafka)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from effectively_once.guarantees import kafka4
+from effectively_once.guarantees.crc32c import crc32c
+from effectively_once.guarantees.kafka4 import (
+    CLASSIC,
+    CONSUMER,
+    Reassignment,
+    ShareDelivery,
+    ShareOutcome,
+    StoredBatch,
+    TransactionEpochs,
+    parse_batches,
+)
+from effectively_once.guarantees.wire import record_batch, varint
+
+
+def control_batch(base_offset: int, producer_id: int, epoch: int, commit: bool) -> bytes:
+    """A transactional control batch (a commit or abort marker) laid out as the broker stores it."""
+    key = struct.pack(">hh", 0, 1 if commit else 0)
+    value = struct.pack(">hi", 0, 0)
+    body = b"\x00" + varint(0) + varint(0) + varint(len(key)) + key + varint(len(value)) + value + varint(0)
+    record = varint(len(body)) + body
+    after_crc = struct.pack(">hiqqqhii", 0x30, 0, 0, 0, producer_id, epoch, -1, 1) + record
+    after_length = struct.pack(">ibI", 0, 2, crc32c(after_crc)) + after_crc
+    return struct.pack(">qi", base_offset, len(after_length)) + after_length
+
+
+def test_parse_batches_reads_epochs_and_markers():
+    data = record_batch([b"a", b"b"], producer_id=7, epoch=3, base_sequence=0)
+    raw = data + control_batch(2, 7, 4, commit=True) + control_batch(3, 7, 5, commit=False)
+    batches = parse_batches(raw + raw[:20])  # a partial batch at the end, as a Fetch may return, is ignored
+    assert [(b.kind, b.producer_id, b.producer_epoch) for b in batches] == [
+        ("data", 7, 3), ("commit", 7, 4), ("abort", 7, 5)]
+    assert [b.base_offset for b in batches] == [0, 2, 3]
+    assert not batches[0].transactional and batches[1].transactional
+
+
+def test_reader_varints_round_trip():
+    for n in (0, 1, -1, 63, -64, 300, -300, 1 << 40):
+        assert kafka4._Reader(varint(n)).varint() == n
+    assert kafka4._Reader(kafka4._uvarint(300)).uvarint() == 300
+
+
+def epochs_result(data_epochs, commit_epochs, end_txn=1, produce=10, level=2) -> TransactionEpochs:
+    batches = []
+    for offset, (data, commit) in enumerate(zip(data_epochs, commit_epochs, strict=True)):
+        batches += [StoredBatch(2 * offset, 1, data, True, None),
+                    StoredBatch(2 * offset + 1, 1, commit, True, "commit")]
+    return TransactionEpochs(len(data_epochs), batches, {"EndTxn": {end_txn}, "Produce": {produce}},
+                             {"EndTxn": (0, 5), "Produce": (0, 13)}, {"transaction.version": level})
+
+
+def test_transaction_epochs_tells_tv1_from_tv2():
+    tv1 = epochs_result([0, 0], [0, 0])
+    assert not tv1.client_uses_tv2 and not tv1.epoch_bumped_per_transaction
+    tv2 = epochs_result([0, 1], [1, 2], end_txn=5, produce=12)
+    assert tv2.client_uses_tv2 and tv2.epoch_bumped_per_transaction
+    assert tv2.epochs("commit") == [1, 2] and tv2.broker_transaction_version == 2
+    assert "commit" in tv2.table()
+
+
+def test_reassignment_text_and_share_counts():
+    result = Reassignment(seconds={CLASSIC: [2.0, 2.2, 1.9], CONSUMER: [1.0, 1.1, 0.9]}, rounds=3)
+    assert result.median(CLASSIC) == 2.0
+    assert "ratio consumer/classic: 0.50x" in result.as_text()
+    outcome = ShareOutcome([ShareDelivery("job-1", 1, 1, "RELEASE"), ShareDelivery("job-1", 1, 2, "ACCEPT")], 1)
+    assert outcome.counts("job-1") == [1, 2] and outcome.counts("job-0") == []
+    assert "no share group" in ShareOutcome([], 0, "refused").as_text()
+
+
+def test_reassign_once_rejects_an_unknown_protocol():
+    with pytest.raises(ValueError, match="protocol"):
+        kafka4.reassign_once(None, "eager", "topic")  # type: ignore[arg-type]
+
+
+# -- live, on Apache Kafka -----------------------------------------------------------------------------------------
+def apache_kafka(stack):
+    if stack.broker_flavor != "apache-kafka":
+        pytest.skip(f"Kafka 4.x features need Apache Kafka, not {stack.broker_flavor}")
+    return stack
+
+
+@pytest.mark.integration
+def test_librdkafka_runs_transactions_on_version_1(stack):
+    result = kafka4.transaction_epochs(apache_kafka(stack), transactions=2)
+    assert result.broker_transaction_version == 2
+    assert [b.kind for b in result.batches] == ["data", "commit", "data", "commit"]
+    assert not result.client_uses_tv2, result.client_versions
+    assert len(set(result.epochs("data") + result.epochs("commit"))) == 1
+
+
+@pytest.mark.integration
+def test_both_group_protocols_reassign_a_killed_consumers_partitions(stack):
+    result = kafka4.measure_reassignment(apache_kafka(stack), rounds=1)
+    assert all(len(result.seconds[p]) == 1 and 0 < result.seconds[p][0] < 30 for p in (CLASSIC, CONSUMER))
+
+
+@pytest.mark.integration
+def test_a_share_group_redelivers_a_released_record(stack):
+    outcome = kafka4.share_group_redelivery(apache_kafka(stack))
+    assert outcome.error is None, outcome.error
+    assert outcome.counts("job-1") == [1, 2]
+    assert outcome.counts("job-0") == outcome.counts("job-2") == [1]
