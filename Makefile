@@ -25,11 +25,13 @@ lab: setup
 # The fast checks, no services needed (about a minute): lint, types, every notebook
 # against its source, labs against solutions, and the unit tests.
 check: setup
-	$(BIN)/ruff check .
-	$(BIN)/mypy
-	$(BIN)/python tools/notebooks.py check
-	$(BIN)/python tools/make_labs.py --check
-	$(BIN)/python -m pytest -q -m "not integration and not browser" -p no:cacheprovider $(PYTEST_ARGS)
+	@set -e; start=$$(date +%s); \
+	echo "== ruff"; $(BIN)/ruff check .; \
+	echo "== mypy"; $(BIN)/mypy; \
+	echo "== notebooks against their sources"; $(BIN)/python tools/notebooks.py check; \
+	echo "== labs against solutions"; $(BIN)/python tools/make_labs.py --check; \
+	echo "== unit tests"; $(BIN)/python -m pytest -q -m "not integration and not browser" -p no:cacheprovider $(PYTEST_ARGS); \
+	echo "make check: passed in $$(( $$(date +%s) - start )) s"
 
 # Two passes: everything on the default broker (embedded Apache Kafka), then the
 # checks that differ by broker on Tansu, the light fallback (stack, probe, churn,
