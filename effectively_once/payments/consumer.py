@@ -267,7 +267,7 @@ class PaymentConsumer:
         """
         from confluent_kafka import KafkaException
 
-        if self.stores_offsets and records:
+        if records and self.stores_offsets:
             ends: dict[tuple[str, int], int] = {}
             for record in records:
                 where = (record.topic(), record.partition())
