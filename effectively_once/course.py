@@ -41,6 +41,9 @@ COURSE = (
     Notebook("04_kill_the_consumer", "Kill the consumer", "a real payment pipeline killed with SIGKILL at every "
              "step; the dedup table and the Idempotency-Key; the traps in the textbook snippet", 40, True,
              exercise_minutes=25),
+    Notebook("04b_beyond_the_dedup_table", "Beyond the dedup table", "offsets stored with the charge in one "
+             "PostgreSQL transaction, crashed at every step; its limit without the key; a transactional outbox and "
+             "an inbox; zombies, leases, fencing tokens and ordering", 25, True, exercise_minutes=15),
     Notebook("05_observability", "Seeing delivery semantics", "lag, DLQ depth and age, dedup hit rate, "
              "side-effect and retry p99, trace ids, alert rules", 30, True, exercise_minutes=20),
     Notebook("06_incidents", "Four incidents, replayed", "Stripe 2020, AWS SQS 2019, Stripe 2023 and Slack 2022, "

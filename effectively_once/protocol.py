@@ -14,8 +14,12 @@ import re
 
 # -- crash points and layers ----------------------------------------------------------------------
 CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_provider_call", "after_status_update")
-LAYERS = ("dedup", "dedup_as_written", "idempotency_key")
+LAYERS = ("dedup", "dedup_as_written", "idempotency_key", "offsets_in_db")
 DEDUP_LAYERS = ("dedup", "dedup_as_written")  # two versions of one layer: at most one is on
+# Three ways for the shop to remember that a message was handled: at most one is on. ``offsets_in_db``
+# stores the consumer's offsets in the transaction that records the charge, so a handled message is
+# never read again, and a dedup table beside it has nothing left to catch from the consumer.
+HANDLED_LAYERS = (*DEDUP_LAYERS, "offsets_in_db")
 NO_LAYERS = "none"  # how an empty layer set is written on a command line
 
 # -- dead-letter headers ----------------------------------------------------------------------------

@@ -11,6 +11,10 @@ step is called once per poll batch (``steps:process_batch``), so the dedup
 table costs one INSERT and one UPDATE per batch rather than per message. ``--crash-at POINT
 --crash-on N`` makes the process SIGKILL itself the Nth time it reaches POINT.
 Every record ends as a charge, a dedup skip or a DLQ entry; none is dropped.
+With the ``offsets_in_db`` layer the step records each charge and the
+partition's next offset in one PostgreSQL transaction, and an assigned
+partition starts from the offset stored there (``payments/offsets.py``);
+the Kafka commit after each batch is then only a mirror for lag dashboards.
 ``--metrics-port`` serves the consumer's metrics (lag, dedup hit rate, p99s) for Prometheus and ``--spans-file``
 writes a span per message (see ``effectively_once.observe.exporter`` and ``.spans``).
 """
@@ -34,6 +38,7 @@ from effectively_once.observe.exporter import ConsumerTelemetry
 from effectively_once.observe.spans import configure_tracing
 from effectively_once.payments.client import ChargeFailed, ProviderClient
 from effectively_once.payments.messages import MalformedMessage, parse_charge, trace_id_of
+from effectively_once.payments.offsets import store_offsets, stored_offsets
 from effectively_once.payments.settings import ConsumerSettings, build_parser
 from effectively_once.protocol import CRASH_POINTS, LAYERS
 from effectively_once.schemas import load
@@ -65,16 +70,18 @@ def load_step(spec: str) -> Callable:
 
 
 class StepContext:
-    """What a step function may use: the shop database, the provider, the layers, the crash points."""
+    """What a step function may use: the shop database, the provider, the layers, the crash points,
+    and the topic and group it consumes for (where the ``offsets_in_db`` step stores its offsets)."""
 
     def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: Iterable[str],
-                 crash_at: str | None = None, crash_on: int = 1) -> None:
+                 crash_at: str | None = None, crash_on: int = 1, *, topic: str = "", group: str = "") -> None:
         self.shop, self.provider, self.layers = shop, provider, frozenset(layers)
         self.crash_at, self.crash_on = crash_at, crash_on
+        self.topic, self.group = topic, group
         self.reached: dict[str, int] = {}
 
     def uses(self, layer: str) -> bool:
-        """True when ``layer`` (dedup, dedup_as_written, idempotency_key) is switched on."""
+        """True when ``layer`` (dedup, dedup_as_written, idempotency_key, offsets_in_db) is switched on."""
         if layer not in LAYERS:
             raise ValueError(f"unknown layer {layer!r}; the layers are {', '.join(LAYERS)}")
         return layer in self.layers
@@ -124,7 +131,9 @@ class PaymentConsumer:
         self.events = psycopg.connect(settings.shop_dsn, autocommit=True)
         self.events.execute("SET synchronous_commit = off")
         self.provider = ProviderClient(settings.provider_url, settings.api_key, max_retries=settings.max_retries)
-        self.ctx = StepContext(self.shop, self.provider, self.layers, settings.crash_at, settings.crash_on)
+        self.ctx = StepContext(self.shop, self.provider, self.layers, settings.crash_at, settings.crash_on,
+                               topic=settings.topic, group=settings.group)
+        self.stores_offsets = settings.stores_offsets
         config = {
             "bootstrap.servers": settings.bootstrap, "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "isolation.level": "read_committed", "logger": quiet_logger(),
@@ -242,8 +251,12 @@ class PaymentConsumer:
                 self.dlq.produce(msg.topic(), key=msg.key(), value=msg.value(), headers=msg.headers(),
                                  on_delivery=self._dlq_delivered)
 
-    def commit_offsets(self) -> None:
+    def commit_offsets(self, records: list | None = None) -> None:
         """Commit the batch's offsets; a commit refused because the group moved on is not fatal.
+
+        With ``offsets_in_db`` the batch's ends go to the shop's ``consumer_offsets``
+        first (the step stored each charged message's already; this covers the
+        dead-lettered and malformed ones), and the Kafka commit only mirrors them.
 
         A rebalance between poll and commit (another member joined, or this one
         was too slow) makes the coordinator refuse the commit with
@@ -254,6 +267,13 @@ class PaymentConsumer:
         """
         from confluent_kafka import KafkaException
 
+        if records and self.stores_offsets:
+            ends: dict[tuple[str, int], int] = {}
+            for record in records:
+                where = (record.topic(), record.partition())
+                ends[where] = max(ends.get(where, 0), record.offset() + 1)
+            for topic in {t for t, _ in ends}:
+                store_offsets(self.shop, self.group, topic, {p: n for (t, p), n in ends.items() if t == topic})
         try:
             self.consumer.commit(asynchronous=False)
         except KafkaException as exc:
@@ -261,9 +281,33 @@ class PaymentConsumer:
                 raise
             self.log(f"offset commit refused ({exc.args[0].name()}): the group rebalanced, so the partitions' "
                      "new owner will redeliver these records and the dedup table will absorb them")
+    def seek_to_stored(self, consumer, partitions: list) -> None:
+        """Start each newly assigned partition at the offset stored in the shop database, not Kafka's.
+
+        Called from the assignment callback: the partitions are assigned here,
+        with their offsets set, incrementally under the cooperative protocols
+        (KIP-848's ``consumer`` group protocol among them), all at once under
+        the eager ones. A partition with no stored offset starts where Kafka's
+        committed offset (or ``auto.offset.reset``) says.
+        """
+        from confluent_kafka import KafkaException
+
+        stored = stored_offsets(self.shop, self.group, self.topic)
+        for tp in partitions:
+            if tp.topic == self.topic and tp.partition in stored:
+                tp.offset = stored[tp.partition]
+        try:
+            consumer.incremental_assign(partitions)
+        except KafkaException:  # an eager protocol: the assignment is replaced as a whole
+            consumer.assign(partitions)
+        self.log("assigned " + ", ".join(f"{tp.partition}@{tp.offset if tp.offset >= 0 else 'committed'}"
+                                         for tp in partitions) + " (offsets from the shop database)")
+
     def run(self) -> int:
         """Consume until SIGTERM, or until idle for ``exit_when_idle`` s once partitions are assigned."""
         def on_assign(consumer, partitions):
+            if self.stores_offsets:
+                self.seek_to_stored(consumer, partitions)
             self.assigned = True
 
         self.consumer.subscribe([self.topic], on_assign=on_assign)
@@ -283,7 +327,7 @@ class PaymentConsumer:
                     self.handle_batch(records)
                     # The DLQ copy must be durable before the offset moves past the original.
                     self.flush_dlq()
-                    self.commit_offsets()
+                    self.commit_offsets(records)
                     last_activity = time.monotonic()
                     fetched_any = True
                 elif not self.assigned:

@@ -12,8 +12,9 @@ import argparse
 import json
 import sys
 
-from effectively_once.payments.lab import LAYER_SETS, REPORT_KEYS, PaymentReport, resolve_layers, run_scenario
-from effectively_once.protocol import CRASH_POINTS
+from effectively_once.payments.lab import REPORT_KEYS, PaymentReport, resolve_layers, run_scenario
+from effectively_once.payments.settings import NAMED_LAYER_SETS
+from effectively_once.protocol import CRASH_POINTS, LAYERS
 
 HELP = "run one crash scenario of the payment pipeline and report duplicate and lost charges"
 
@@ -23,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crash-at", choices=(*CRASH_POINTS, "none"), default="after_provider_call",
                         help="where the consumer kills itself with SIGKILL (default: after_provider_call)")
     parser.add_argument("--layers", default="both",
-                        help=f"a layer set ({', '.join(LAYER_SETS)}) or a comma list of "
-                             "dedup, dedup_as_written, idempotency_key (default: both)")
+                        help=f"a layer set ({', '.join(NAMED_LAYER_SETS)}) or a comma list of "
+                             f"{', '.join(LAYERS)} (default: both)")
     parser.add_argument("--messages", type=int, default=5, help="how many charge messages (default: 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--expire-keys", action="store_true",

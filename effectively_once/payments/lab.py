@@ -30,9 +30,10 @@ from effectively_once.kafka import quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
 from effectively_once.payments.consumer import migrate_shop
 from effectively_once.payments.messages import DEFAULT_API_KEY
+from effectively_once.payments.offsets import stored_offsets
 from effectively_once.payments.producer import Sent, charge_records, send_records
 from effectively_once.payments.provider import migrate
-from effectively_once.payments.settings import LAYER_SETS, ConsumerSettings, resolve_layers
+from effectively_once.payments.settings import LAYER_SETS, NAMED_LAYER_SETS, ConsumerSettings, resolve_layers
 from effectively_once.protocol import (
     CRASH_POINTS,
     DLQ_ERROR_TYPE,
@@ -50,9 +51,9 @@ __all__ = ["CRASH_POINTS", "LAYER_SETS", "PaymentLab", "PaymentReport", "Table",
 
 
 def layer_set_name(layers: Iterable[str]) -> str:
-    """The name of a layer set (``both``, ``none``, ...), or its comma list if it has none."""
+    """The name of a layer set (``both``, ``none``, ``offsets_in_db``, ...), or its comma list if it has none."""
     chosen = tuple(layers)
-    for name, members in LAYER_SETS.items():
+    for name, members in NAMED_LAYER_SETS.items():
         if set(members) == set(chosen):
             return name
     return ",".join(chosen)
@@ -265,7 +266,9 @@ class PaymentLab:
 
         Counted from the records the lab itself produced (their partitions and
         offsets), not from the broker's high watermarks: Tansu does not report
-        those reliably.
+        those reliably. A partition's position is the later of Kafka's
+        committed offset and the one the ``offsets_in_db`` layer stored in the
+        shop database (the one that consumer actually starts from).
         """
         from confluent_kafka import Consumer, TopicPartition
 
@@ -279,6 +282,9 @@ class PaymentLab:
                          for tp in probe.committed([TopicPartition(self.topic, p) for p in partitions], timeout=10)}
         finally:
             probe.close()
+        with psycopg.connect(self.shop_dsn) as conn:
+            for partition, next_offset in stored_offsets(conn, self.group, self.topic).items():
+                committed[partition] = max(committed.get(partition, -1), next_offset)
         return sum(1 for s in self.sent if s.offset >= committed.get(s.partition, -1))
 
     def run_until_settled(self, timeout: float = 60.0, layers: str | Iterable[str] | None = None,

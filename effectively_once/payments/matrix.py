@@ -39,17 +39,20 @@ from effectively_once.db import columns
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
 from effectively_once.payments.producer import charge_records
+from effectively_once.payments.settings import NAMED_LAYER_SETS
 from effectively_once.protocol import CRASH_POINTS
 
 if TYPE_CHECKING:
     from effectively_once.stack import Stack
 
-__all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "CrashMatrix", "DID_NOT_RUN", "LOST", "MatrixCell",
+__all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "CrashMatrix", "DID_NOT_RUN", "LOST", "MatrixCell", "OFFSETS",
            "PluggedStep", "SideBySide", "run_matrix", "view"]
 
 CHARGED_ONCE, CHARGED_TWICE, LOST, DID_NOT_RUN = "charged once", "charged twice", "lost", "did not run"
 DEDUP, KEY, NOTHING = "dedup", "idempotency_key", "nothing needed"
 ABSORBERS = (DEDUP, KEY, NOTHING)
+# The offsets_in_db layer absorbs without a trace: the stored offset keeps the message from coming back.
+OFFSETS = "offsets_in_db"
 
 _COLOURS = {CHARGED_ONCE: "#dafbe1", CHARGED_TWICE: "#ffd8d3", LOST: "#ffe7b3", DID_NOT_RUN: "#eaeef2"}
 _LAYER_NOTES = {
@@ -58,6 +61,8 @@ _LAYER_NOTES = {
     "idempotency_key_only": "key, no dedup table",
     "none": "neither",
     "dedup_as_written": "skip any existing row + key",
+    "offsets_in_db": "offsets in the shop's DB + key",
+    "offsets_only": "offsets in the shop's DB, no key",
 }
 
 
@@ -75,6 +80,7 @@ class MatrixCell:
     ledger: Table | None = None                          # msg_id, idempotency_key: one row per time money moved
     error: str | None = None
     keys_expired: bool = False                           # the provider forgot its keys between crash and restart
+    never_redelivered: int = 0                           # messages charged whose handling no consumer recorded
 
     @property
     def outcome(self) -> str:
@@ -95,7 +101,8 @@ class MatrixCell:
     @property
     def absorbed_by(self) -> str | None:
         """Which layer absorbed the redelivered message: ``dedup`` (skipped, provider not called),
-        ``idempotency_key`` (the provider replayed its first answer) or ``nothing needed`` (no money had
+        ``idempotency_key`` (the provider replayed its first answer), ``offsets_in_db`` (the offset stored
+        with the charge kept the message from coming back at all) or ``nothing needed`` (no money had
         moved before the crash, so charging it was right). None when the money went wrong."""
         if not self.ok:
             return None
@@ -103,6 +110,8 @@ class MatrixCell:
             return KEY
         if "skipped" in self.results:
             return DEDUP
+        if self.never_redelivered:
+            return OFFSETS
         return NOTHING
 
     @property
@@ -113,13 +122,15 @@ class MatrixCell:
         if self.outcome == LOST:
             return "'pending' row skipped: never charged" if "skipped" in self.results else "never charged"
         if self.outcome == CHARGED_TWICE:
-            why = "key expired" if self.keys_expired and "idempotency_key" in LAYER_SETS.get(self.layers, ()) \
+            why = "key expired" if self.keys_expired and "idempotency_key" in NAMED_LAYER_SETS.get(self.layers, ()) \
                 else "no key"
             return f"'pending' row charged again: {why}" if self.dedup_hits else f"redelivered: {why}, charged again"
         if self.absorbed_by == KEY:
             return "the key replayed the first charge"
         if self.absorbed_by == DEDUP:
             return "skipped a 'pending' row (row stays)" if self.pending else "row 'done': skipped"
+        if self.absorbed_by == OFFSETS:
+            return "offset stored with the charge: not read again"
         if self.dedup_hits:
             return "'pending' row retried: first charge"
         return "nothing had moved: first charge"
@@ -255,8 +266,8 @@ def _msg_ids(messages: int, seed: int, run_id: str) -> list[str]:
 def _read_cell(cell: MatrixCell, ids: list[str], shop_dsn: str, provider_dsn: str) -> None:
     """Copy the rows of one finished scenario into its cell (the databases are dropped afterwards)."""
     with psycopg.connect(shop_dsn) as conn:
-        events = conn.execute("SELECT result, dedup_hit FROM consumer_events WHERE msg_id = ANY(%s) ORDER BY id",
-                              (ids,)).fetchall()
+        events = conn.execute("SELECT result, dedup_hit, msg_id FROM consumer_events WHERE msg_id = ANY(%s)"
+                              " ORDER BY id", (ids,)).fetchall()
         cur = conn.execute("SELECT msg_id, status, attempts FROM charges WHERE msg_id = ANY(%s) ORDER BY msg_id",
                            (ids,))
         cell.shop = Table("shop: charges", columns(cur), cur.fetchall())
@@ -264,8 +275,10 @@ def _read_cell(cell: MatrixCell, ids: list[str], shop_dsn: str, provider_dsn: st
         cur = conn.execute("SELECT msg_id, idempotency_key FROM ledger WHERE msg_id = ANY(%s)"
                            " ORDER BY msg_id, created_at", (ids,))
         cell.ledger = Table("provider: ledger", columns(cur), cur.fetchall())
-    cell.results = [result for result, _ in events]
-    cell.dedup_hits = sum(1 for _, hit in events if hit)
+    cell.results = [result for result, _, _ in events]
+    cell.dedup_hits = sum(1 for _, hit, _ in events if hit)
+    recorded = {msg_id for _, _, msg_id in events}
+    cell.never_redelivered = len(set(cell.ledger.column("msg_id")) - recorded)
     cell.pending = sum(1 for _, status, _ in cell.shop.rows if status == "pending")
 
 
@@ -293,7 +306,7 @@ def run_matrix(stack: Stack, crash_points: Sequence[str] = CRASH_POINTS,
     names = tuple(layer_sets)
     for name in names:
         resolve_layers(name)  # a clear error for a misspelt layer set, before anything starts
-    names = tuple(dict.fromkeys(n if n in LAYER_SETS else layer_set_name(resolve_layers(n)) for n in names))
+    names = tuple(dict.fromkeys(n if n in NAMED_LAYER_SETS else layer_set_name(resolve_layers(n)) for n in names))
     if messages < 1:
         raise ValueError("messages must be at least 1: the crash needs a message to crash on")
 

@@ -25,10 +25,11 @@ from typing import Any
 
 from effectively_once.observe.exporter import DEFAULT_WINDOW_SECONDS
 from effectively_once.payments.messages import DEFAULT_API_KEY
-from effectively_once.protocol import CRASH_POINTS, DEDUP_LAYERS, LAYERS, NO_LAYERS
+from effectively_once.protocol import CRASH_POINTS, DEDUP_LAYERS, HANDLED_LAYERS, LAYERS, NO_LAYERS
 
 DEFAULT_STEP = "effectively_once.payments.steps:process_message"
 DEFAULT_BATCH_STEP = "effectively_once.payments.steps:process_batch"
+OFFSETS_STEP = "effectively_once.payments.offsets:process_message"
 CONSUMER_MODULE = "effectively_once.payments.consumer"
 
 LAYER_SETS: dict[str, tuple[str, ...]] = {
@@ -40,19 +41,28 @@ LAYER_SETS: dict[str, tuple[str, ...]] = {
     # existing row, even a 'pending' one left by a crash.
     "dedup_as_written": ("dedup_as_written", "idempotency_key"),
 }
+# Beyond the dedup table: the consumer's offsets stored in the transaction that records the charge.
+# Kept apart from LAYER_SETS, whose five sets are the crash matrix of the dedup table.
+OFFSET_LAYER_SETS: dict[str, tuple[str, ...]] = {
+    "offsets_in_db": ("offsets_in_db", "idempotency_key"),
+    "offsets_only": ("offsets_in_db",),
+}
+NAMED_LAYER_SETS: dict[str, tuple[str, ...]] = {**LAYER_SETS, **OFFSET_LAYER_SETS}
 
 
 def resolve_layers(layers: str | Iterable[str] | None) -> tuple[str, ...]:
-    """A layer set by name (``both``, ``dedup_only``, ...), a comma list, or a sequence of layers, checked.
+    """A layer set by name (``both``, ``dedup_only``, ``offsets_in_db``, ...), a comma list, or a sequence
+    of layers, checked.
 
     ``None`` is ``both``; ``none`` or an empty list is no layer. Refuses an
-    unknown layer, and ``dedup`` with ``dedup_as_written`` (two versions of one layer).
+    unknown layer, ``dedup`` with ``dedup_as_written`` (two versions of one
+    layer), and ``offsets_in_db`` with either (two ways of remembering a handled message).
     """
     if layers is None:
         return LAYER_SETS["both"]
     if isinstance(layers, str):
-        if layers in LAYER_SETS:
-            return LAYER_SETS[layers]
+        if layers in NAMED_LAYER_SETS:
+            return NAMED_LAYER_SETS[layers]
         layers = [p.strip() for p in layers.split(",") if p.strip()]
         if layers == [NO_LAYERS]:
             layers = []
@@ -61,16 +71,28 @@ def resolve_layers(layers: str | Iterable[str] | None) -> tuple[str, ...]:
         raise ValueError(f"layers: each layer is a name, got {list(chosen)!r}")
     unknown = [layer for layer in chosen if layer not in LAYERS]
     if unknown:
-        raise ValueError(f"layers: unknown layer(s) {', '.join(unknown)}: use a set name ({', '.join(LAYER_SETS)}) "
-                         f"or layers among {', '.join(LAYERS)}")
+        raise ValueError(f"layers: unknown layer(s) {', '.join(unknown)}: use a set name "
+                         f"({', '.join(NAMED_LAYER_SETS)}) or layers among {', '.join(LAYERS)}")
     if all(layer in chosen for layer in DEDUP_LAYERS):
         raise ValueError("layers: dedup and dedup_as_written are two versions of one layer: pick one")
+    handled = [layer for layer in chosen if layer in HANDLED_LAYERS]
+    if len(handled) > 1:
+        raise ValueError(f"layers: {' and '.join(handled)} both remember which messages were handled; offsets_in_db "
+                         "stores the offset with the charge, so a handled message never comes back: pick one")
     return chosen
 
 
 def layers_text(layers: Iterable[str]) -> str:
-    """Layers as the command line writes them: ``dedup,idempotency_key``, or ``none``."""
-    return ",".join(layers) or NO_LAYERS
+    """Layers as the command line writes them: ``dedup,idempotency_key``, or ``none``.
+
+    A lone layer that is also the name of a larger set (``offsets_in_db``,
+    ``dedup_as_written``) gets a trailing comma, so that it reads back as itself.
+    """
+    chosen = tuple(layers)
+    text = ",".join(chosen) or NO_LAYERS
+    if text in NAMED_LAYER_SETS and set(NAMED_LAYER_SETS[text]) != set(chosen):
+        text += ","
+    return text
 
 
 # -- how each kind of field is written on a command line and read back --------------------------------
@@ -147,6 +169,9 @@ class ConsumerSettings:
                 raise ValueError(f"step: must look like module:function, got {self.step!r}")
         if not isinstance(self.batch_dedup, bool):
             raise ValueError(f"batch_dedup: must be True or False, got {self.batch_dedup!r}")
+        if self.batch_dedup and "offsets_in_db" in self.layers:
+            raise ValueError("batch_dedup: the batch step keeps a dedup table, and the offsets_in_db layer has none; "
+                             "drop batch_dedup or the offsets_in_db layer")
         if self.crash_at is not None and self.crash_at not in CRASH_POINTS:
             raise ValueError(f"crash_at: unknown crash point {self.crash_at!r}; use one of {', '.join(CRASH_POINTS)}")
         _check_number("crash_on", self.crash_on, int, minimum=1, note="counts from 1")
@@ -172,8 +197,18 @@ class ConsumerSettings:
     # -- derived ---------------------------------------------------------------------------
     @property
     def step_spec(self) -> str:
-        """The step the consumer runs: ``step``, else the per-message or per-batch default."""
-        return self.step or (DEFAULT_BATCH_STEP if self.batch_dedup else DEFAULT_STEP)
+        """The step the consumer runs: ``step``, else the per-message or per-batch default
+        (the offsets-in-the-database step when that layer is on)."""
+        if self.step:
+            return self.step
+        if self.stores_offsets:
+            return OFFSETS_STEP
+        return DEFAULT_BATCH_STEP if self.batch_dedup else DEFAULT_STEP
+
+    @property
+    def stores_offsets(self) -> bool:
+        """True when the consumer keeps its offsets in the shop database (the ``offsets_in_db`` layer)."""
+        return "offsets_in_db" in self.layers
 
     @property
     def uses_dedup(self) -> bool:

@@ -1,8 +1,10 @@
 """The SQL schemas of the course's databases, one ``.sql`` file each, shipped as package data.
 
 - ``provider.sql``: the payment provider's own database (``ledger``, ``idempotency_keys``);
-- ``shop.sql``: the shop's database the consumer writes (``charges``, ``consumer_events``);
+- ``shop.sql``: the shop's database the consumer writes (``charges``, ``consumer_events``, ``consumer_offsets``);
 - ``stripe2023_answers.sql``: the provider's answers as the Stripe 2023 replay records them;
+- ``outbox.sql``: the transactional outbox, the relay's marks and the warehouse's inbox (``orders``,
+  ``outbox``, ``inbox``, ``shipments``);
 - ``sqs_visibility.sql``: the SQS-like queue of the visibility-timeout replay.
 
 Every statement is idempotent (``IF NOT EXISTS``), so a schema can be applied again.

@@ -24,3 +24,13 @@ CREATE TABLE IF NOT EXISTS consumer_events (
     created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS consumer_events_msg_id_idx ON consumer_events (msg_id);
+-- The offsets_in_db layer: where each partition's consumer goes on, written in the same transaction
+-- that records the charge, and read back when a partition is assigned.
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    group_id    text        NOT NULL,
+    topic       text        NOT NULL,
+    partition   integer     NOT NULL,
+    next_offset bigint      NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, topic, partition)
+);
