@@ -50,7 +50,8 @@ test: check
 # One notebook's nbval (its solution and lab too, when it has them): make test-notebook NB=04
 test-notebook: setup
 	@test -n "$(NB)" || { echo "usage: make test-notebook NB=04" >&2; exit 2; }
-	$(BIN)/python -m pytest tests/test_notebooks.py -k "$(NB)" $(PYTEST_ARGS)
+	@k="$(NB)"; case "$$k" in *[0-9]) k="$${k}_";; esac; \
+	$(BIN)/python -m pytest tests/test_notebooks.py -k "$$k" $(PYTEST_ARGS)
 
 # Rebuild notebooks from their sources against the stack, then labs/: make notebooks NB=04
 notebooks: setup

@@ -75,12 +75,15 @@ def pairs() -> list[Pair]:
 
 
 def select(names: Sequence[str]) -> list[Pair]:
-    """The pairs whose name (``notebooks/04_kill_the_consumer``) or stem starts with one of ``names``."""
+    """The pairs whose name (``notebooks/04_kill_the_consumer``) or stem starts with one of ``names``.
+
+    A name that ends in a digit is a whole number: ``04`` selects ``04_kill_the_consumer``, not ``04b_...``.
+    """
     everything = pairs()
     if not names:
         return everything
-    chosen = [p for p in everything
-              if any(p.name.startswith(n.strip("/")) or p.ipynb.stem.startswith(n) for n in names)]
+    prefixes = [n.strip("/") + ("_" if n.strip("/")[-1:].isdigit() else "") for n in names]
+    chosen = [p for p in everything if any(p.name.startswith(n) or p.ipynb.stem.startswith(n) for n in prefixes)]
     if not chosen:
         raise SystemExit(f"no notebook matches {' '.join(names)}: try a number such as 04, or notebooks/04")
     return chosen
