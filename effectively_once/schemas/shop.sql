@@ -24,3 +24,6 @@ CREATE TABLE IF NOT EXISTS consumer_events (
     created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS consumer_events_msg_id_idx ON consumer_events (msg_id);
+-- The Idempotency-Key the charge was made under: usually charge-<msg_id>, a new derived one
+-- (charge-<msg_id>-r1, ...) when the first key replayed a 500 and the ledger held no charge.
+ALTER TABLE charges ADD COLUMN IF NOT EXISTS idempotency_key text;
