@@ -272,7 +272,12 @@ def test_a_4xx_goes_straight_to_the_dlq_with_its_reason(stack, shared):
     assert retries == 0, "a 4xx will fail the same way again: it must not be retried"
 
 
-def test_5xx_are_retried_with_the_same_key_then_dead_lettered(stack, shared):
+def test_5xx_are_retried_with_the_same_key_then_reconciled_then_dead_lettered(stack, shared):
+    """Every attempt fails before the charge: each key is retried once (the retry replays the stored 500),
+    the ledger lookup finds nothing, the next derived key gets the same, and after the original key and
+    MAX_NEW_KEYS new ones the message is dead-lettered as key_spent, with no money moved."""
+    from effectively_once.payments.messages import MAX_NEW_KEYS
+
     provider, shop_dsn = shared
     with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
         lab.produce(2, seed=2)
@@ -286,12 +291,18 @@ def test_5xx_are_retried_with_the_same_key_then_dead_lettered(stack, shared):
         shop, ledger, dead = lab.shop_rows(), lab.ledger_rows(), lab.dlq_rows()
         with psycopg.connect(shop_dsn) as conn:
             retries = conn.execute("SELECT retries FROM consumer_events WHERE topic = %s", (lab.topic,)).fetchall()
-    # The tables a notebook shows: the rows stay 'pending' (a redrive retries them with the same key).
+        with psycopg.connect(provider.dsn) as conn:
+            keys = conn.execute("SELECT key, status_code FROM idempotency_keys WHERE key LIKE %s ORDER BY key",
+                                (f"charge-{lab.msg_ids[0]}%",)).fetchall()
+    # The tables a notebook shows: the rows stay 'pending', nothing moved, both messages dead-lettered.
     assert shop.column("status") == ["pending", "pending"] and len(ledger) == 0 and len(dead) == 2
-    assert "<table>" in shop._repr_html_() and "retries_exhausted" in repr(dead)
+    assert "<table>" in shop._repr_html_() and "key_spent" in repr(dead)
     assert report.dlq == 2 and report.charges == 0 and report.lost_charges == 0, report
-    assert {r["headers"]["dlq.error_type"] for r in dlq} == {"retries_exhausted"}
-    assert retries == [(2,), (2,)]
+    assert {r["headers"]["dlq.error_type"] for r in dlq} == {"key_spent"}
+    assert retries == [(1 + MAX_NEW_KEYS,)] * 2, "one retry per key: the retry's replayed 500 ends that key"
+    assert [k for k, _ in keys] == [f"charge-{lab.msg_ids[0]}"] + [
+        f"charge-{lab.msg_ids[0]}-r{g}" for g in range(1, MAX_NEW_KEYS + 1)]
+    assert {status for _, status in keys} == {500}
     assert all(r["headers"]["msg_id"] in lab.msg_ids for r in dlq)
 
 

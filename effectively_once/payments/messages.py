@@ -18,7 +18,8 @@ from dataclasses import dataclass
 MAX_VALUE_BYTES = 64 * 1024
 MAX_MSG_ID_CHARS = 200
 KEY_PREFIX = "charge-"  # with MAX_MSG_ID_CHARS, an Idempotency-Key stays under 255 characters
-# How many new keys a message may get after reconciles that found no charge ("-r1" .. "-r3").
+# How many keys one handling of a message may spend on 500s before it gives up (the message then
+# goes to the dead-letter topic). Keys spent by earlier handlings do not count: they are skipped.
 MAX_NEW_KEYS = 3
 
 # The provider's HTTP API, shared by the provider and its clients.
@@ -68,8 +69,8 @@ def new_key_for(msg_id: str, generation: int) -> str:
     same message and both find no charge send the same new key, so the
     provider still charges once.
     """
-    if not 1 <= generation <= MAX_NEW_KEYS:
-        raise ValueError(f"generation must be from 1 to {MAX_NEW_KEYS}, got {generation!r}")
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+        raise ValueError(f"generation must be a whole number from 1, got {generation!r}")
     return f"{idempotency_key_for(msg_id)}-r{generation}"
 
 

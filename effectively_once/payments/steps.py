@@ -101,31 +101,37 @@ def charge_or_reconcile(ctx: Context, msg: ChargeMessage, key: str | None) -> Ch
        message at once send the same key and the provider charges once. The
        result carries the key, which the caller records in the dedup row.
 
-    After ``MAX_NEW_KEYS`` new keys the last ``KeySpent`` propagates and the
-    message goes to the dead-letter topic. Without a key nothing is replayed,
-    so nothing is reconciled.
+    A key found already spent (its very first answer here is a replay) was
+    spent by an earlier handling and is simply skipped. A handling that
+    itself spends more than ``MAX_NEW_KEYS`` keys on 500s (the provider is
+    failing) gives up: the last ``KeySpent`` propagates and the message goes to
+    the dead-letter topic, from which a redrive resumes at the next key.
+    Without a key nothing is replayed, so nothing is reconciled.
     """
     from effectively_once.payments.client import ChargeResult, KeySpent
 
-    started, retries = time.perf_counter(), 0
-    for generation in range(MAX_NEW_KEYS + 1):
+    started, retries, spent_here, generation = time.perf_counter(), 0, 0, 0
+    while True:
         try:
             result = ctx.provider.charge(msg, idempotency_key=key)
         except KeySpent as spent:
             retries += spent.retries
-            if generation == MAX_NEW_KEYS:
+            # retries > 0: this handling's own first attempt got a fresh 500, which the retry replayed.
+            spent_here += spent.retries > 0
+            if spent_here > MAX_NEW_KEYS:
+                spent.retries = retries  # the dead-letter event counts every retry of this handling
                 raise
             found = ctx.provider.charges_for(msg.msg_id)
             if found:
                 return ChargeResult(found[0]["id"], replayed=False, retries=retries,
                                     duration_ms=(time.perf_counter() - started) * 1000, reconciled=True,
                                     idempotency_key=found[0].get("idempotency_key"))
-            # The ledger proved no money moved for this message: a new, derived key.
-            key = new_key_for(msg.msg_id, generation + 1)
+            # The ledger proved no money moved for this message: the next derived key.
+            generation += 1
+            key = new_key_for(msg.msg_id, generation)
             continue
         return replace(result, retries=retries + result.retries,
                        duration_ms=(time.perf_counter() - started) * 1000)
-    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def _result_of(result: ChargeResult) -> str:
