@@ -49,21 +49,22 @@ def test_a_retry_without_the_key_charges_again(replays):
     assert bug.charges_without_key == bug.extra_charges, bug.summary()
     assert bug.charged_messages == MESSAGES and bug.lost_charges == 0 and bug.dlq == 0
     # The dedup table never saw a second delivery: the duplicates happened inside one handling.
-    assert bug.dedup_hits == 0 and bug.key_replays == 0
+    assert bug.dedup_hits == 0 and bug.key_replays == 0 and bug.reconciled == 0
     assert "charged more than once" in bug._repr_html_()
     rows = bug.ledger_sample.records()
     assert any(r["idempotency_key"] == "(none)" for r in rows), rows
 
 
 @pytest.mark.integration
-def test_keeping_the_key_on_every_retry_charges_once(replays):
+def test_keeping_the_key_and_reconciling_a_replayed_500_charges_once(replays):
     fix = replays[True]
     assert fix.retries > 0, "the fixed step met the same provider faults"
-    assert fix.ok and fix.charges == MESSAGES and fix.extra_charges == 0, fix.summary()
+    assert fix.ok and fix.charges == MESSAGES and fix.extra_charges == 0 and fix.dlq == 0, fix.summary()
     assert fix.charges_without_key == 0
-    # Each retry found its key stored with the first response: answered from the key store, no money moved.
-    assert fix.key_replays == fix.retries, fix.summary()
-    assert "exactly once" in fix._repr_html_()
+    # Each retry got the first attempt's 500 back from the key store (no money moved), and the ledger
+    # lookup that followed found the charge that 500 had hidden: one reconcile per retry.
+    assert fix.reconciled == fix.retries and fix.key_replays == 0, fix.summary()
+    assert "exactly once" in fix._repr_html_() and "ledger lookup" in fix._repr_html_()
 
 
 def test_replay_refuses_a_fault_rate_that_makes_no_retry():

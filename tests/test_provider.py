@@ -171,18 +171,36 @@ def test_two_concurrent_requests_with_one_key_one_gets_409(faults_reset):
         statuses = sorted([first.result().status_code, second.result().status_code])
     assert statuses == [200, 409]
     loser = second.result() if second.result().status_code == 409 else first.result()
+    assert loser.json()["error"]["code"] == "idempotency_key_in_use"
     assert loser.json()["error"]["type"] == "idempotency_key_in_use"
     assert ledger_count(provider, m) == 1
     # Once the first has finished, the same key replays it.
     assert post(provider, body(m), key=f"k-{m}").headers.get("Idempotent-Replayed") == "true"
 
 
-def test_fail_after_charge_moves_money_and_the_retry_with_the_key_replays_it(faults_reset):
+def test_fail_after_charge_moves_money_and_the_key_replays_the_500(faults_reset):
+    """Stripe keeps what it sent under the key, a 500 too: the retry gets the 500, and only the ledger knows."""
     provider = faults_reset
     provider.set_faults(fail_after_charge=1.0)
     m = uid()
-    assert post(provider, body(m), key=f"k-{m}").status_code == 500
+    first = post(provider, body(m), key=f"k-{m}")
+    assert first.status_code == 500
     assert ledger_count(provider, m) == 1, "the money moved although the client saw a 500"
+    provider.set_faults(fail_after_charge=0)
+    retry = post(provider, body(m), key=f"k-{m}")
+    assert retry.status_code == 500 and retry.headers.get("Idempotent-Replayed") == "true"
+    assert retry.json() == first.json()
+    assert ledger_count(provider, m) == 1
+    listed = httpx.get(f"{provider.url}/v1/charges", params={"msg_id": m}, headers=AUTH)
+    assert [(d["msg_id"], d["idempotency_key"]) for d in listed.json()["data"]] == [(m, f"k-{m}")]
+
+
+def test_fail_after_charge_drop_with_a_key_replays_the_stored_200(faults_reset):
+    provider = faults_reset
+    provider.set_faults(fail_after_charge=1.0, fail_after_charge_mode="drop")
+    m = uid()
+    with pytest.raises(httpx.TransportError):
+        post(provider, body(m), key=f"k-{m}")
     provider.set_faults(fail_after_charge=0)
     retry = post(provider, body(m), key=f"k-{m}")
     assert retry.status_code == 200 and retry.headers.get("Idempotent-Replayed") == "true"
@@ -227,6 +245,13 @@ def test_faults_are_validated(provider):
     response = httpx.post(f"{provider.url}/admin/faults", json={"explode": 1}, headers=AUTH)
     assert response.status_code == 400 and "unknown fault" in response.json()["error"]["message"]
     assert httpx.post(f"{provider.url}/admin/faults", json={}).status_code == 401
+
+
+@pytest.mark.parametrize("value", ["", "m\x00x", "m" * 501])
+def test_list_charges_answers_400_naming_a_bad_msg_id_filter(provider, value):
+    response = httpx.get(f"{provider.url}/v1/charges", params={"msg_id": value}, headers=AUTH)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "msg_id"
 
 
 def test_list_charges_by_msg_id(provider):

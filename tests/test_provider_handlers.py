@@ -151,6 +151,8 @@ def test_a_key_in_flight_or_pruned_meanwhile_is_a_409():
     pruned = answer_for_taken_key(None, digest)
     for response in (in_flight, pruned):
         assert response.status_code == 409
+        # Stripe's field for it is the error's code; the type stays for clients that matched on it.
+        assert error_of(response)["code"] == "idempotency_key_in_use"
         assert error_of(response)["type"] == "idempotency_key_in_use"
         assert error_of(response)["param"] == "Idempotency-Key"
 
@@ -253,7 +255,7 @@ def claim_twice(dsn: str, pause: float = 0.0, **settings: Any) -> tuple[str, Res
 def test_claim_owns_a_new_key_and_answers_409_while_it_is_in_flight(provider_dsn):
     key, owned, second = claim_twice(provider_dsn)
     assert owned is None
-    assert second.status_code == 409 and error_of(second)["type"] == "idempotency_key_in_use"
+    assert second.status_code == 409 and error_of(second)["code"] == "idempotency_key_in_use"
     with psycopg.connect(provider_dsn) as conn:
         assert conn.execute("SELECT state FROM idempotency_keys WHERE key = %s", (key,)).fetchone() == ("in_flight",)
 
@@ -295,18 +297,66 @@ def test_admin_faults_names_the_bad_setting_and_keeps_the_good_ones(provider_dsn
     assert good.status_code == 200 and payload(good)["latency_ms"] == 5.0 and faults.latency_ms == 5.0
 
 
-@pytest.mark.integration
-def test_fail_before_charge_stores_the_500_under_the_key_and_list_charges_shows_no_money(provider_dsn):
-    msg_id = new_msg_id()
-
+def fail_then_retry(dsn: str, msg_id: str, fault: str) -> tuple[Response, Response, Response]:
+    """Charge ``msg_id`` with ``fault`` certain, retry with the key once it is off, then list its charges."""
     async def scenario(provider: Provider):
         failed = await provider.create_charge(keyed(msg_id))
-        provider.faults.update({"fail_before_charge": 0})
+        provider.faults.update({fault: 0})
         replayed = await provider.create_charge(keyed(msg_id))
         listed = await provider.list_charges(request("GET", query=f"msg_id={msg_id}"))
         return failed, replayed, listed
 
-    failed, replayed, listed = with_provider(provider_dsn, scenario, faults=Faults(fail_before_charge=1.0))
+    return with_provider(dsn, scenario, faults=Faults(**{fault: 1.0}))
+
+
+@pytest.mark.integration
+def test_fail_before_charge_stores_the_500_under_the_key_and_list_charges_shows_no_money(provider_dsn):
+    failed, replayed, listed = fail_then_retry(provider_dsn, new_msg_id(), "fail_before_charge")
     assert failed.status_code == 500 and replayed.status_code == 500
     assert replayed.headers[REPLAY_HEADER] == "true"
     assert payload(listed) == {"object": "list", "data": []}
+
+
+@pytest.mark.integration
+def test_fail_after_charge_stores_the_500_it_sent_and_the_ledger_lookup_finds_the_charge(provider_dsn):
+    msg_id = new_msg_id()
+    failed, replayed, listed = fail_then_retry(provider_dsn, msg_id, "fail_after_charge")
+    # What the key keeps is exactly what was sent: the same status and the same body, not the charge.
+    assert failed.status_code == replayed.status_code == 500
+    assert payload(replayed) == payload(failed) and "id" not in payload(failed)
+    assert REPLAY_HEADER not in failed.headers and replayed.headers[REPLAY_HEADER] == "true"
+    rows = ledger_rows(provider_dsn, msg_id)
+    assert len(rows) == 1 and rows[0][1] == f"k-{msg_id}", "the money moved once although both answers were 500"
+    data = payload(listed)["data"]
+    assert [(d["id"], d["msg_id"], d["idempotency_key"]) for d in data] == [(rows[0][0], msg_id, f"k-{msg_id}")]
+    with psycopg.connect(provider_dsn) as conn:
+        stored = conn.execute("SELECT state, status_code, response FROM idempotency_keys WHERE key = %s",
+                              (f"k-{msg_id}",)).fetchone()
+    assert stored == ("done", 500, payload(failed))
+
+
+@pytest.mark.integration
+def test_fail_after_charge_drop_stores_the_200_and_replays_it(provider_dsn):
+    msg_id = new_msg_id()
+
+    async def scenario(provider: Provider):
+        dropped = await provider.create_charge(keyed(msg_id))
+        provider.faults.update({"fail_after_charge": 0})
+        return dropped, await provider.create_charge(keyed(msg_id))
+
+    dropped, replayed = with_provider(provider_dsn, scenario,
+                                      faults=Faults(fail_after_charge=1.0, fail_after_charge_mode="drop"))
+    assert type(dropped).__name__ == "_DroppedResponse"
+    assert replayed.status_code == 200 and replayed.headers[REPLAY_HEADER] == "true"
+    assert ledger_rows(provider_dsn, msg_id) == [(payload(replayed)["id"], f"k-{msg_id}", 1250)]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("query", ["msg_id=", "msg_id=m%00x", "msg_id=" + "m" * 501])
+def test_list_charges_answers_400_naming_msg_id_for_a_value_the_ledger_cannot_hold(provider_dsn, query):
+    async def scenario(provider: Provider):
+        return await provider.list_charges(request("GET", query=query))
+
+    response = with_provider(provider_dsn, scenario)
+    assert response.status_code == 400, payload(response)
+    assert error_of(response)["type"] == "invalid_request_error" and error_of(response)["param"] == "msg_id"

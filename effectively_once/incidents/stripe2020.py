@@ -20,6 +20,15 @@ Everything else is the course's ``process_message``: dedup row, provider call,
 mark done. ``replay(stack, fixed=...)`` runs one of them against a provider
 that fails after charging (``fail_after_charge``) and counts the ledger.
 
+The provider behaves as Stripe documents: it stores the 500 it sent under the
+key, so a retry that keeps the key gets that 500 again, never the charge. The
+key alone therefore stops the second charge but leaves the consumer not
+knowing whether the first one happened. The fix is the key *and* a reconcile:
+on a replayed 500 the step asks the provider's ledger for a charge of that
+message (``GET /v1/charges?msg_id=...``, see ``steps.charge_or_reconcile``),
+takes it when it is there, and only when it is not charges under a new
+derived key.
+
 The account's remedy is a lint rule, and ``lint_steps()`` runs it
 (``effectively_once.incidents.lint``) on this very file: it flags the POST in
 the buggy retry path and finds nothing in the fixed one. The buggy function
@@ -82,7 +91,7 @@ def charge_forgetting_the_key_on_retry(http: httpx.Client, url: str, msg: Charge
             response = http.post(url, json=msg.body(), headers=retry_headers)
         except httpx.TransportError as exc:
             response = exc
-    return _result(response, retries, started)
+    return _result(response, retries, started, key)
 
 
 def charge_keeping_the_key(http: httpx.Client, url: str, msg: ChargeMessage, key: str | None,
@@ -104,7 +113,7 @@ def charge_keeping_the_key(http: httpx.Client, url: str, msg: ChargeMessage, key
             response = http.post(url, json=msg.body(), headers=retry_headers)
         except httpx.TransportError as exc:
             response = exc
-    return _result(response, retries, started)
+    return _result(response, retries, started, key)
 
 
 def _succeeded(response: Answer) -> TypeGuard[httpx.Response]:
@@ -112,11 +121,17 @@ def _succeeded(response: Answer) -> TypeGuard[httpx.Response]:
 
 
 def _next_retry(response: Answer, retries: int, max_retries: int) -> int:
-    """Sleep before the next attempt and return its number, or raise ``ChargeFailed`` (which dead-letters)."""
-    from effectively_once.payments.client import ChargeFailed
+    """Sleep before the next attempt and return its number, or raise ``ChargeFailed`` (which dead-letters).
+
+    A 5xx replayed under the key raises ``KeySpent``: retrying that key only
+    replays it, and the step reconciles instead.
+    """
+    from effectively_once.payments.client import ChargeFailed, KeySpent
 
     if isinstance(response, httpx.Response):
         status, reason = response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
+        if status >= 500 and response.headers.get(REPLAY_HEADER) == "true":
+            raise KeySpent(f"{reason} replayed under the Idempotency-Key", status, retries)
         if status not in RETRYABLE_STATUS:
             raise ChargeFailed("rejected", reason, status, retries)
     else:
@@ -127,11 +142,12 @@ def _next_retry(response: Answer, retries: int, max_retries: int) -> int:
     return retries + 1
 
 
-def _result(response: httpx.Response, retries: int, started: float) -> ChargeResult:
+def _result(response: httpx.Response, retries: int, started: float, key: str | None) -> ChargeResult:
     from effectively_once.payments.client import ChargeResult
 
     return ChargeResult(response.json()["id"], response.headers.get(REPLAY_HEADER) == "true", retries,
-                        (time.perf_counter() - started) * 1000)
+                        (time.perf_counter() - started) * 1000,
+                        idempotency_key=None if response.request.headers.get("idempotency-key") is None else key)
 
 
 # -- the consumer steps (``--step``) -------------------------------------------------------------
@@ -142,6 +158,9 @@ class _Provider:
         self.url, self.max_retries, self._charge = provider.url, provider.max_retries, charge
         # The consumer's own kept-alive connection: it already carries the API key.
         self.http: httpx.Client = provider._http
+
+        # The reconcile (a GET that moves no money) is the consumer's own.
+        self.charges_for = provider.charges_for
 
     def charge(self, msg: ChargeMessage, idempotency_key: str | None = None) -> ChargeResult:
         return self._charge(self.http, f"{self.url}/v1/charges", msg, idempotency_key, self.max_retries)
@@ -170,7 +189,7 @@ def step_forgetting_the_key_on_retry(ctx: StepContext, msg: ChargeMessage) -> Ou
 
 
 def step_keeping_the_key(ctx: StepContext, msg: ChargeMessage) -> Outcome:
-    """``process_message`` with the fix: every attempt of a charge carries the same Idempotency-Key."""
+    """``process_message`` with the fix: every attempt carries the same key, and a replayed 500 is reconciled."""
     from effectively_once.payments.steps import process_message
 
     return process_message(_Context(ctx, charge_keeping_the_key), msg)
@@ -214,7 +233,8 @@ class Stripe2020Replay:
     duplicate_charges: int       # messages with more than one ledger row
     charges_without_key: int     # ledger rows whose request carried no Idempotency-Key
     retries: int                 # provider retries, summed over the consumer's events
-    key_replays: int             # messages the provider answered from its key store
+    key_replays: int             # messages the provider answered from its key store with the charge
+    reconciled: int              # messages whose key replayed a 500 and whose charge the ledger lookup found
     dedup_hits: int
     lost_charges: int
     dlq: int
@@ -242,6 +262,7 @@ class Stripe2020Replay:
             "extra charges": self.extra_charges,
             "charges sent without a key": self.charges_without_key,
             "answered from the key store": self.key_replays,
+            "found by a ledger lookup after a replayed 500": self.reconciled,
             "dedup-table hits": self.dedup_hits,
             "lost": self.lost_charges,
         }
@@ -252,7 +273,7 @@ class Stripe2020Replay:
             return (f"{self.duplicate_charges} of {self.messages} customers were charged more than once "
                     f"({self.extra_charges} extra charges), although the dedup table saw each message once.")
         return (f"Every one of the {self.messages} messages was charged exactly once; "
-                f"{self.key_replays} retries were answered from the provider's key store.")
+                f"{self.reconciled} keys replayed a 500 and the ledger lookup found their charge.")
 
     def _repr_html_(self) -> str:
         colour = "#cf222e" if self.duplicate_charges else "#1a7f37"
@@ -267,8 +288,8 @@ def replay(stack: Stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail
 
     The provider fails after charging with probability ``fail_after_charge``
     (its dice seeded with ``seed``): the money has moved, the consumer sees a
-    500 and retries. Both layers are on (dedup table and key), as in
-    production. ``sample`` messages charged most often are kept as a table of
+    500 and retries, and the provider keeps that 500 under the key. Both layers
+    are on (dedup table and key), as in production. ``sample`` messages charged most often are kept as a table of
     their ledger rows.
     """
     import psycopg
@@ -299,10 +320,11 @@ def replay(stack: Stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail
             assert cur.description is not None  # a SELECT always describes its columns
             ledger = Table("provider: ledger", [d.name for d in cur.description], cur.fetchall())
         with psycopg.connect(lab.shop_dsn) as conn:
-            retries = one(conn.execute("SELECT coalesce(sum(retries), 0) FROM consumer_events WHERE topic = %s",
-                                       (lab.topic,)), "the consumer's retries")[0]
+            retries, reconciled = one(conn.execute(
+                "SELECT coalesce(sum(retries), 0), count(*) FILTER (WHERE result = 'reconciled') FROM consumer_events"
+                " WHERE topic = %s", (lab.topic,)), "the consumer's retries and reconciles")
     return Stripe2020Replay(
         fixed=fixed, step=step, messages=messages, fail_after_charge=fail_after_charge, seed=seed,
         charges=report.charges, charged_messages=charged, duplicate_charges=report.duplicate_charges,
-        charges_without_key=keyless, retries=int(retries), key_replays=report.key_replays,
+        charges_without_key=keyless, retries=int(retries), key_replays=report.key_replays, reconciled=reconciled,
         dedup_hits=report.dedup_hits, lost_charges=report.lost_charges, dlq=report.dlq, ledger_sample=ledger)

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 MAX_VALUE_BYTES = 64 * 1024
 MAX_MSG_ID_CHARS = 200
 KEY_PREFIX = "charge-"  # with MAX_MSG_ID_CHARS, an Idempotency-Key stays under 255 characters
+# How many keys one handling of a message may spend on 500s before it gives up (the message then
+# goes to the dead-letter topic). Keys spent by earlier handlings do not count: they are skipped.
+MAX_NEW_KEYS = 3
 
 # The provider's HTTP API, shared by the provider and its clients.
 DEFAULT_API_KEY = "sk_test_effectively_once"
@@ -57,6 +60,18 @@ class ChargeMessage:
 def idempotency_key_for(msg_id: str) -> str:
     """The Idempotency-Key derived from a msg_id: the same message always sends the same key."""
     return f"{KEY_PREFIX}{msg_id}"
+
+
+def new_key_for(msg_id: str, generation: int) -> str:
+    """The key of the ``generation``-th new attempt (``charge-<msg_id>-r1``, ...), once the old key is spent.
+
+    Derived, never random: two consumers (or one restarted) that reconcile the
+    same message and both find no charge send the same new key, so the
+    provider still charges once.
+    """
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+        raise ValueError(f"generation must be a whole number from 1, got {generation!r}")
+    return f"{idempotency_key_for(msg_id)}-r{generation}"
 
 
 def parse_charge(value: bytes | None, headers: dict[str, bytes] | None = None, *,

@@ -6,16 +6,19 @@ means one row in table ``ledger``. The ``Idempotency-Key`` header follows
 Stripe's documented rules:
 
 - the first request with a key records the key *in flight* with a fingerprint
-  of its parameters, moves the money, and stores the response (a 5xx too);
+  of its parameters, moves the money, and stores the response it sends,
+  status and body, a 500 too;
 - the same key with the same parameters gets the stored response again, with
-  ``Idempotent-Replayed: true``, and moves no money;
+  ``Idempotent-Replayed: true``, and moves no money: a key whose first answer
+  was a 500 answers 500 to every retry until it is pruned;
 - the same key with other parameters gets 400 ``idempotency_error``;
-- the same key while the first request is still in flight gets 409
-  ``idempotency_key_in_use``;
+- the same key while the first request is still in flight gets 409 with the
+  error ``code`` ``idempotency_key_in_use``;
 - keys older than the TTL (24 hours by default) are pruned and count as new.
 
 Without a key every request moves money: that is what makes a retried request
-a duplicate charge.
+a duplicate charge. ``GET /v1/charges?msg_id=...`` lists the ledger rows of one
+message: how a client that met a replayed 500 learns whether the money moved.
 
 ``Provider`` holds the settings and connection pools and has one method per
 route; ``create_app(...)`` is ``Provider(...).app()``. The decisions are plain
@@ -25,11 +28,14 @@ request gets when another request already holds its key.
 
 Fault knobs for the labs (at start, or at run time through ``POST /admin/faults``):
 ``latency_ms``; ``fail_after_charge`` (probability that the money moves and the
-client then gets a 500, or with ``fail_after_charge_mode="drop"`` a dropped
-connection: the Two Generals in one HTTP call); ``fail_before_charge``
-(probability of an internal error before the money moves, stored under the key
-like any response); ``rate_limit_per_second`` (429 above that rate);
-``key_ttl_seconds``.
+client then gets a 500, stored under the key with the charge, so that every
+retry with the key gets the 500 again; or with ``fail_after_charge_mode="drop"``
+the 200 is stored and the connection dropped before the client reads it: the
+Two Generals in one HTTP call); ``fail_before_charge`` (probability of an
+internal error before the money moves, stored under the key like any
+response); ``rate_limit_per_second`` (429 above that rate); ``key_ttl_seconds``.
+Both 500s carry the same body (``SERVER_ERROR``): the client cannot tell from
+the answer whether the money moved.
 """
 
 from __future__ import annotations
@@ -78,11 +84,20 @@ def migrate(conn: psycopg.Connection) -> None:
 
 
 def _error(status: int, kind: str, message: str, param: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+           headers: dict[str, str] | None = None, code: str | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": kind, "message": message}
+    if code:
+        body["code"] = code
     if param:
         body["param"] = param
     return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+# What a client gets when the provider fails inside a charge, before or after the money moved: one
+# body for both, as a real provider's 500 says nothing reliable about what it had done.
+SERVER_ERROR = {"error": {"type": "api_error",
+                          "message": "An error occurred while processing the charge; it may or may not have been "
+                                     "made. Look it up (GET /v1/charges?msg_id=...) before charging again."}}
 
 
 class BadRequest(ValueError):
@@ -268,7 +283,7 @@ def answer_for_taken_key(stored: StoredKey | None, digest: str) -> JSONResponse:
     """
     if stored is None:  # pruned between the two statements: the client may simply retry
         return _error(409, "idempotency_key_in_use", "The key was pruned while in use; retry the request.",
-                      param="Idempotency-Key")
+                      param="Idempotency-Key", code="idempotency_key_in_use")
     if stored.fingerprint != digest:
         return _error(400, "idempotency_error",
                       "Keys for idempotent requests can only be used with the same parameters "
@@ -276,7 +291,7 @@ def answer_for_taken_key(stored: StoredKey | None, digest: str) -> JSONResponse:
     if stored.state == "in_flight":
         return _error(409, "idempotency_key_in_use",
                       "There is currently another in-progress request using this Idempotency-Key; "
-                      "retry after it completes.", param="Idempotency-Key")
+                      "retry after it completes.", param="Idempotency-Key", code="idempotency_key_in_use")
     if stored.status_code is None:
         # Every statement that sets state 'done' sets the status code with it.
         raise RuntimeError("an idempotency key is 'done' without a stored status code: the provider database "
@@ -378,12 +393,18 @@ class Provider:
         return False
 
     async def move_money(self, conn: psycopg.AsyncConnection, params: dict, key: str | None,
-                         trace_id: str | None) -> dict:
-        """Insert the ledger row (the money moving) and, under a key, store the response, atomically."""
+                         trace_id: str | None, status_code: int = 200, answer: dict | None = None) -> dict:
+        """Insert the ledger row (the money moving) and, under a key, store the answer, atomically.
+
+        The answer stored is the one the client will be sent: the charge with
+        ``status_code`` 200, or the ``answer`` given (the 500 of
+        ``fail_after_charge``). Returns that answer.
+        """
         charge_id = "ch_" + secrets.token_hex(12)
-        response = {"id": charge_id, "object": "charge", "amount": params["amount"],
-                    "currency": params["currency"], "customer": params["customer"],
-                    "metadata": params["metadata"], "status": "succeeded", "created": int(time.time())}
+        response = answer if answer is not None else {
+            "id": charge_id, "object": "charge", "amount": params["amount"], "currency": params["currency"],
+            "customer": params["customer"], "metadata": params["metadata"], "status": "succeeded",
+            "created": int(time.time())}
         row = (charge_id, params["metadata"].get("msg_id"), key, params["customer"], params["amount"],
                params["currency"], trace_id)
         insert = ("INSERT INTO ledger (charge_id, msg_id, idempotency_key, customer, amount, currency, trace_id)"
@@ -394,9 +415,9 @@ class Provider:
             # One statement, so one transaction: the money never moves without its stored response.
             await conn.execute(
                 f"WITH charge AS ({insert} RETURNING charge_id)"
-                " UPDATE idempotency_keys SET state = 'done', status_code = 200, response = %s,"
+                " UPDATE idempotency_keys SET state = 'done', status_code = %s, response = %s,"
                 " completed_at = clock_timestamp() WHERE key = %s",
-                (*row, Jsonb(response), key))
+                (*row, status_code, Jsonb(response), key))
         return response
 
     async def claim(self, conn: psycopg.AsyncConnection, key: str, digest: str) -> JSONResponse | None:
@@ -458,25 +479,41 @@ class Provider:
             if faults.latency_ms > 0:
                 await asyncio.sleep(faults.latency_ms / 1000)
             if faults.fail_before_charge and self.rng.random() < faults.fail_before_charge:
-                failure = {"error": {"type": "api_error", "message": "An internal error occurred; no money moved."}}
                 if key is not None:
                     await conn.execute(
                         "UPDATE idempotency_keys SET state = 'done', status_code = 500, response = %s,"
                         " completed_at = clock_timestamp() WHERE key = %s",
-                        (Jsonb(failure), key))
-                return JSONResponse(failure, status_code=500)
+                        (Jsonb(SERVER_ERROR), key))
+                return JSONResponse(SERVER_ERROR, status_code=500)
+            fails_after = bool(faults.fail_after_charge) and self.rng.random() < faults.fail_after_charge
+            if fails_after and faults.fail_after_charge_mode == "500":
+                # The 500 is what the client is sent, so it is what the key keeps (with the charge, in
+                # one statement): a retry with this key gets the same 500, never the charge.
+                await self.move_money(conn, params, key, trace_id, status_code=500, answer=SERVER_ERROR)
+                return JSONResponse(SERVER_ERROR, status_code=500)
             response = await self.move_money(conn, params, key, trace_id)
-        if faults.fail_after_charge and self.rng.random() < faults.fail_after_charge:
-            if faults.fail_after_charge_mode == "drop":
-                return _DroppedResponse()
-            return _error(500, "api_error", "An error occurred after the charge was created.")
+        if fails_after:
+            # "drop": the 200 was stored and is being sent; the connection breaks before the client
+            # reads it. A retry with the key gets the 200 replayed.
+            return _DroppedResponse()
         return JSONResponse(response)
 
     async def list_charges(self, request: Request) -> Response:
-        """``GET /v1/charges[?msg_id=...]``: the ledger, oldest first (at most 100)."""
+        """``GET /v1/charges[?msg_id=...]``: the ledger, oldest first (at most 100).
+
+        With ``msg_id``, only the charges whose ``metadata.msg_id`` is that id:
+        a client reconciles with it, asking whether the money for a message
+        moved. A value the ledger could not hold (empty, too long, a NUL, a lone
+        surrogate) is a 400 naming ``msg_id``.
+        """
         if not self.authorised(request):
             return self.unauthorised()
         msg_id = request.query_params.get("msg_id")
+        if msg_id is not None:
+            try:
+                _text("msg_id", msg_id, MAX_METADATA_VALUE_LENGTH)
+            except BadRequest as exc:
+                return exc.response()
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT charge_id, msg_id, idempotency_key, customer, amount, currency, trace_id, created_at"

@@ -34,3 +34,7 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (group_id, topic, partition)
 );
+
+-- The Idempotency-Key the charge was made under: usually charge-<msg_id>, a new derived one
+-- (charge-<msg_id>-r1, ...) when the first key replayed a 500 and the ledger held no charge.
+ALTER TABLE charges ADD COLUMN IF NOT EXISTS idempotency_key text;
