@@ -1,0 +1,131 @@
+"""Leases, fencing tokens (payments/leases.py) and the order of one key's messages (payments/ordering.py)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from effectively_once.payments.leases import LeaseLab, claim, write_fenced, write_with_lease
+from effectively_once.payments.ordering import (
+    APPLIED,
+    DEAD_LETTERED,
+    PARKED,
+    Event,
+    FlakyHandler,
+    HandlerFailed,
+    OrderedConsumer,
+    OrderingLab,
+    story,
+)
+
+
+# -- the consumer loop's logic, no broker ---------------------------------------------------------
+def run_loop(park_keys: bool, events: list[Event]) -> tuple[list[str], list[tuple[str, str]], OrderedConsumer]:
+    handler = FlakyHandler(("capture",))
+    dead: list[tuple[Event, str]] = []
+    loop = OrderedConsumer(handler, lambda event, reason: dead.append((event, reason)), park_keys=park_keys)
+    for event in events:
+        loop.process(event)
+    first_pass = list(dead)
+    dead.clear()
+    loop.redrive(e for e, _ in first_pass)
+    assert not dead, "the redrive must not dead-letter again: the handler fails capture only once"
+    return [e.kind for e in handler.applied], [(e.kind, r) for e, r in first_pass], loop
+
+
+def test_a_redrive_without_parking_applies_the_capture_after_the_refund():
+    applied, dead, loop = run_loop(False, story())
+    assert applied == ["authorize", "refund", "capture"]
+    assert [kind for kind, _ in dead] == ["capture"]
+    assert [o[3] for o in loop.outcomes] == [APPLIED, DEAD_LETTERED, APPLIED, APPLIED]
+
+
+def test_parking_the_key_keeps_its_messages_in_order_through_the_redrive():
+    applied, dead, loop = run_loop(True, story())
+    assert applied == ["authorize", "capture", "refund"]
+    assert [kind for kind, _ in dead] == ["capture", "refund"]
+    assert "parked" in dead[1][1]
+    assert [o[3] for o in loop.outcomes] == [APPLIED, DEAD_LETTERED, PARKED, APPLIED, APPLIED]
+    assert not loop.parked, "the redrive unparks the key"
+
+
+def test_parking_holds_back_only_the_key_that_failed():
+    mixed = [*story("cus_001"), *story("cus_002", ("authorize", "refund"))]
+    mixed = [mixed[0], mixed[3], mixed[1], mixed[4], mixed[2]]  # interleaved, each key in its order
+    applied, dead, _ = run_loop(True, mixed)
+    assert [kind for kind, _ in dead] == ["capture", "refund"]
+    assert applied == ["authorize", "authorize", "refund", "capture", "refund"]
+
+
+def test_a_message_that_fails_again_at_the_redrive_parks_its_key_again():
+    handler = FlakyHandler(())
+    calls = {"n": 0}
+
+    def always_fails_capture(event: Event) -> None:
+        if event.kind == "capture":
+            calls["n"] += 1
+            raise HandlerFailed("still down")
+        handler(event)
+
+    dead: list[Event] = []
+    loop = OrderedConsumer(always_fails_capture, lambda e, r: dead.append(e), park_keys=True)
+    for event in story():
+        loop.process(event)
+    first = list(dead)
+    dead.clear()
+    assert loop.redrive(first) == [DEAD_LETTERED, PARKED]
+    assert [e.kind for e in dead] == ["capture", "refund"] and calls["n"] == 2
+    assert [e.kind for e in handler.applied] == ["authorize"]
+
+
+def test_an_event_survives_its_record_value():
+    event = story()[1]
+    assert Event.from_json(event.to_json()) == event
+    assert event.key == "cus_042" and event.kind == "capture"
+
+
+# -- on the real stack ----------------------------------------------------------------------------
+@pytest.mark.integration
+def test_with_a_lease_only_the_stalled_worker_overwrites_the_result(stack):
+    with LeaseLab(stack) as lab:
+        story_ = lab.run_story(fenced=False)
+        assert story_.tokens_of("B") == [2], "B is refused while A's lease runs, then takes it over"
+        assert story_.rows_written_by("B") == [1] and story_.rows_written_by("A") == [1]
+        assert story_.row is not None and story_.row.records()[0]["result"] == "charged by A"
+
+
+@pytest.mark.integration
+def test_a_fencing_token_refuses_the_stalled_worker(stack):
+    with LeaseLab(stack) as lab:
+        story_ = lab.run_story(fenced=True)
+        assert story_.tokens_of("A") == [1] and story_.tokens_of("B") == [2]
+        assert story_.rows_written_by("A") == [0]
+        assert story_.row is not None
+        assert story_.row.records()[0] == {"msg_id": "msg-fenced", "status": "done", "owner": "B", "token": 2,
+                                           "result": "charged by B"}
+
+
+@pytest.mark.integration
+def test_a_live_lease_and_a_done_row_are_never_taken_over(stack):
+    with LeaseLab(stack, lease_seconds=60) as lab, psycopg.connect(lab.dsn, autocommit=True) as conn:
+        assert claim(conn, "m1", "A", 60) == 1
+        assert claim(conn, "m1", "B", 60) is None
+        assert claim(conn, "m1", "B", 0) == 2, "a lease of 0 s has expired already"
+        assert write_fenced(conn, "m1", "B", "done by B", 2) == 1
+        assert claim(conn, "m1", "C", 0) is None, "a finished row is not claimed again"
+        assert write_with_lease(conn, "m1", "A", "late") == 1
+
+
+@pytest.mark.integration
+def test_one_partition_keeps_the_order_and_the_redrive_breaks_it_unless_the_key_is_parked(stack):
+    with OrderingLab(stack) as lab:
+        lab.publish_story()
+        wrong = lab.run(park_keys=False)
+        assert wrong.read == ["authorize", "capture", "refund"]
+        assert wrong.dead_letter_topic == ["capture"]
+        assert wrong.applied == ["authorize", "refund", "capture"]
+        parked = lab.run(park_keys=True)
+        assert parked.dead_letter_topic == ["capture", "refund"]
+        assert parked.applied == ["authorize", "capture", "refund"]
+        topics = list(lab.topics)
+    assert not set(topics) & set(stack.list_topics()), "stop() deletes the topic and the dead-letter topics"
