@@ -12,15 +12,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from effectively_once.observe.spans import (
     CONSUMER_SPAN,
     JsonLinesSpanExporter,
+    SendSpans,
     SpanStartRecorder,
     find_duplicate_traces,
+    is_process_span,
+    is_send_span,
     load_spans,
     message_span,
     outgoing_traceparent,
 )
 from effectively_once.observe.tracing import parse_traceparent
 from effectively_once.payments.lab import PaymentLab
-from effectively_once.payments.producer import charge_records
+from effectively_once.payments.producer import charge_records, send_records
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -96,6 +99,115 @@ def test_two_consumer_groups_in_one_trace_are_not_a_duplicate(tmp_path):
         "each group processes every message once: only a second span in the same group is a duplicate"
 
 
+def test_a_send_span_takes_the_ids_of_the_records_traceparent_and_the_process_span_links_to_it(tmp_path):
+    path = tmp_path / "spans.jsonl"
+    spans = SendSpans(path)
+    headers = [("msg_id", b"m-1"), ("traceparent", PARENT.encode())]
+    span, sent_headers = spans.start("charges.x", b"cus_001", headers, "m-1")
+    assert sent_headers == headers, "a traceparent already there is the span's context, left as it is"
+    SendSpans.delivered(span, 2, 41)
+    spans.close()
+    provider, tracer = _tracer(path)
+    with message_span(PARENT, {"messaging.destination.name": "charges.x", "messaging.message.id": "m-1"},
+                      tracer=tracer):
+        pass
+    provider.shutdown()
+    send, process = load_spans(path)
+    assert send.name == "send charges.x" and send.kind == "producer" and is_send_span(send)
+    assert (send.trace_id, send.span_id) == parse_traceparent(PARENT) and send.parent_span_id is None
+    assert send.attributes == {
+        "messaging.system": "kafka", "messaging.operation.name": "send", "messaging.operation.type": "send",
+        "messaging.destination.name": "charges.x", "messaging.message.id": "m-1",
+        "messaging.kafka.message.key": "cus_001",
+        "messaging.destination.partition.id": "2", "messaging.kafka.offset": 41}
+    assert send.finished and send.status == "unset"
+    assert is_process_span(process) and process.trace_id == send.trace_id
+    assert process.links == (send.span_id,) and process.parent_span_id == send.span_id
+
+
+def test_a_record_without_a_traceparent_gets_its_send_spans_context(tmp_path):
+    path = tmp_path / "spans.jsonl"
+    spans = SendSpans(path)
+    first, first_headers = spans.start("charges", None, [("msg_id", b"m-1")])
+    second, second_headers = spans.start("charges", None, [("traceparent", b"not a traceparent")])
+    SendSpans.delivered(first, 0, 0)
+    SendSpans.failed(second, "_MSG_TIMED_OUT", "Local: Message timed out")
+    spans.close()
+    loaded = {s.span_id: s for s in load_spans(path)}
+    trace_ids = set()
+    for headers in (first_headers, second_headers):
+        [traceparent] = [v for k, v in headers if k == "traceparent"]
+        trace_id, span_id = parse_traceparent(traceparent)
+        assert loaded[span_id].trace_id == trace_id
+        trace_ids.add(trace_id)
+    assert len(trace_ids) == 2, "each record starts its own trace"
+    failed = loaded[parse_traceparent(second_headers[0][1])[1]]
+    assert failed.status == "error" and failed.attributes["error.type"] == "_MSG_TIMED_OUT"
+    assert "messaging.kafka.offset" not in failed.attributes
+
+
+def test_a_producer_span_does_not_make_a_trace_look_duplicated(tmp_path):
+    path = tmp_path / "spans.jsonl"
+    base = {"event": "end", "trace_id": "a" * 32, "parent_span_id": None, "status": "unset", "pid": 1,
+            "attributes": {"messaging.message.id": "m-1"}}
+    send = dict(base, name="send charges", kind="producer", span_id=f"{1:016x}", start=0.0, end=0.1)
+    process = dict(base, name="process charges", kind="consumer", span_id=f"{2:016x}", start=1.0, end=1.5,
+                   parent_span_id=send["span_id"], links=[{"trace_id": "a" * 32, "span_id": send["span_id"]}])
+    path.write_text(json.dumps(send) + "\n" + json.dumps(process) + "\n")
+    assert find_duplicate_traces(load_spans(path)) == [], "one send span and one process span: processed once"
+    again = dict(process, span_id=f"{3:016x}", start=2.0, end=2.5)
+    with open(path, "a") as f:
+        f.write(json.dumps(again) + "\n")
+    [duplicate] = find_duplicate_traces(load_spans(path))
+    assert [s.kind for s in duplicate.spans] == ["consumer", "consumer"], "only the process spans count"
+
+
+class _FakeRecord:
+    def __init__(self, partition, offset):
+        self._partition, self._offset = partition, offset
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return self._offset
+
+
+class _FakeProducer:
+    """Acknowledges every record on flush, at partition 0, offsets 0, 1, ..."""
+
+    def __init__(self, config):
+        self.pending = []
+
+    def produce(self, topic, key=None, value=None, headers=None, on_delivery=None):
+        self.pending.append((headers, on_delivery))
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        for offset, (_, callback) in enumerate(self.pending):
+            callback(None, _FakeRecord(0, offset))
+        return 0
+
+
+def test_send_records_writes_one_send_span_per_record_with_the_header_as_its_context(tmp_path, monkeypatch):
+    import confluent_kafka
+
+    monkeypatch.setattr(confluent_kafka, "Producer", _FakeProducer)
+    records = charge_records(3, seed=1, prefix="p")
+    sent = send_records("localhost:1", "charges.x", records, spans_file=tmp_path / "spans.jsonl")
+    spans = load_spans(tmp_path / "spans.jsonl")
+    assert [s.name for s in spans] == ["send charges.x"] * 3 and [s.offset for s in sent] == [0, 1, 2]
+    by_msg = {s.msg_id: s for s in spans}
+    for (_, _, headers), landed in zip(records, sent, strict=True):
+        span = by_msg[landed.msg_id]
+        assert (span.trace_id, span.span_id) == parse_traceparent(dict(headers)["traceparent"])
+        assert span.attributes["messaging.kafka.offset"] == landed.offset
+    assert len({s.trace_id for s in spans}) == 3, "a new trace per message, not a batch span's children"
+    assert charge_records(3, seed=1, prefix="p") == records, "the seeded ids stay the same"
+
+
 @pytest.mark.integration
 def test_a_crash_after_the_provider_call_shows_as_two_spans_in_one_trace(stack, tmp_path):
     spans_file = tmp_path / "spans.jsonl"
@@ -129,3 +241,25 @@ def test_a_crash_after_the_provider_call_shows_as_two_spans_in_one_trace(stack, 
     for other in duplicates:
         if other is not d:
             assert [s.attributes["eo.result"] for s in other.spans] == ["charged", "skipped"]
+
+
+@pytest.mark.integration
+def test_the_consumers_process_span_links_to_the_producers_send_span(stack, tmp_path):
+    spans_file = tmp_path / "spans.jsonl"
+    with PaymentLab(stack, "both") as lab:
+        lab.start_provider()
+        records = charge_records(2, seed=9, prefix=lab.run_id)
+        lab.sent.extend(send_records(stack, lab.topic, records, spans_file=spans_file))
+        lab.run_until_settled(60, spans_file=spans_file)
+        assert lab.report().ok
+    spans = load_spans(spans_file)
+    sends = {s.span_id: s for s in spans if is_send_span(s)}
+    processes = [s for s in spans if is_process_span(s)]
+    assert len(sends) == 2 and len(processes) == 2 and find_duplicate_traces(spans) == []
+    for process in processes:
+        [linked] = process.links
+        send = sends[linked]
+        assert send.trace_id == process.trace_id and send.name == f"send {lab.topic}"
+        assert send.attributes["messaging.destination.partition.id"] == process.attributes[
+            "messaging.destination.partition.id"]
+        assert send.attributes["messaging.kafka.offset"] == process.attributes["messaging.kafka.offset"]

@@ -1,4 +1,4 @@
-"""Spans of the consumer process, written where a notebook can read them, and duplicates found in them.
+"""Spans of the producer and the consumer, written where a notebook can read them, and duplicates found in them.
 
 The consumer (a separate process) uses the OpenTelemetry SDK: one span per
 message it processes, shaped after the messaging semantic conventions
@@ -20,8 +20,18 @@ A notebook cannot hold an in-memory exporter inside another process, so
   the middle of a message leaves no trace of that attempt at all. Recording the
   start keeps the crashed attempt visible: it loads as an *unfinished* span.
 
+The producer writes its spans to the same kind of file (``SendSpans``, used by
+``payments.producer.send_records(..., spans_file=...)``): one span per record,
+kind PRODUCER, named ``send {topic}``, with ``messaging.operation.name`` and
+``messaging.operation.type`` set to ``send``, and, once the broker has
+acknowledged the record, its partition and offset. Its context is the record's
+creation context, the ``traceparent`` in the headers, so the consumer's process
+span links to it. Each record's send span starts its own trace: no batch span
+is its parent.
+
 ``load_spans(path)`` reads the file back; ``find_duplicate_traces(spans)``
-returns the traces holding two or more consumer spans. That reads as "one
+returns the traces holding two or more consumer ``process`` spans (a
+producer's ``send`` span in the same trace does not count). That reads as "one
 message processed twice" only under three conditions, all true in this course:
 one trace per message (the producer starts a new trace for each record, rather
 than sending a batch from inside one request's trace), one consumer group
@@ -43,18 +53,23 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from effectively_once.observe.tracing import child_traceparent
+from effectively_once.observe.tracing import child_traceparent, parse_traceparent
 
 SERVICE_NAME = "payments-consumer"
 PROCESS = "process"        # messaging.operation.name and messaging.operation.type of a consumer's span
 CONSUMER_SPAN = PROCESS    # the span name's first word; the full name is "process {topic}"
 TRACER_NAME = "effectively_once.payments.consumer"
+PRODUCER_SERVICE_NAME = "payments-producer"
+SEND = "send"              # messaging.operation.name and messaging.operation.type of a producer's span
+PRODUCER_TRACER_NAME = "effectively_once.payments.producer"
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -172,6 +187,97 @@ def outgoing_traceparent(parent: str | None) -> str:
     return carrier.get("traceparent") or child_traceparent(parent)
 
 
+# -- the producer's spans ---------------------------------------------------------------------
+class _PresetIds(IdGenerator):
+    """The ids of the next span, taken from a ``traceparent`` drawn beforehand (random when none is set)."""
+
+    def __init__(self) -> None:
+        self._random = RandomIdGenerator()
+        self._next: tuple[int, int] | None = None
+
+    def preset(self, trace_id: str, span_id: str) -> None:
+        """Make the next span use these ids."""
+        self._next = (int(trace_id, 16), int(span_id, 16))
+
+    def generate_trace_id(self) -> int:
+        """The preset trace id (the SDK asks for it first), else a random one."""
+        return self._next[0] if self._next is not None else self._random.generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        """The preset span id, used once, else a random one."""
+        if self._next is None:
+            return self._random.generate_span_id()
+        span_id, self._next = self._next[1], None
+        return span_id
+
+
+Headers = list[tuple[str, bytes]]
+
+
+class SendSpans:
+    """The ``send {topic}`` PRODUCER span of each record a producer sends, appended to ``spans_file``.
+
+    ``start`` opens a record's span before it is handed to the client;
+    ``delivered`` or ``failed`` ends it from the delivery report. A
+    ``traceparent`` already in the record's headers (``charge_records`` draws
+    one per message, seeded when asked) gives the span its ids, so the header is
+    the span's own context and seeded ids stay seeded; a record without one
+    gets a new trace and the header is added. The provider is this object's
+    own: the process's global tracer provider is left alone.
+    """
+
+    def __init__(self, spans_file: str | os.PathLike, service_name: str = PRODUCER_SERVICE_NAME) -> None:
+        self._ids = _PresetIds()
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
+                                       id_generator=self._ids)
+        self.provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(spans_file)))
+        self.tracer = self.provider.get_tracer(PRODUCER_TRACER_NAME)
+
+    def start(self, topic: str, key: bytes | None, headers: Sequence[tuple[str, bytes]],
+              msg_id: str | None = None) -> tuple[trace.Span, Headers]:
+        """Open one record's span; return it and the headers to send (its ``traceparent`` among them)."""
+        headers = list(headers)
+        ids = None
+        for name, value in headers:
+            if name == "traceparent":
+                with contextlib.suppress(ValueError):
+                    ids = parse_traceparent(value)
+        if ids is not None:
+            self._ids.preset(*ids)
+        attributes: dict[str, str] = {"messaging.system": "kafka", "messaging.operation.name": SEND,
+                                      "messaging.operation.type": SEND, "messaging.destination.name": topic}
+        if msg_id:
+            attributes["messaging.message.id"] = msg_id
+        if key is not None:
+            attributes["messaging.kafka.message.key"] = key.decode("utf-8", "replace")
+        # An empty context: the span is the root of the record's own trace, whatever span is current.
+        span = self.tracer.start_span(f"{SEND} {topic}", context=Context(), kind=SpanKind.PRODUCER,
+                                      attributes=attributes)
+        if ids is None:
+            carrier: dict[str, str] = {}
+            _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+            headers = [(n, v) for n, v in headers if n != "traceparent"]
+            headers.append(("traceparent", carrier["traceparent"].encode()))
+        return span, headers
+
+    @staticmethod
+    def delivered(span: trace.Span, partition: int, offset: int) -> None:
+        """End a span whose record the broker acknowledged, with where the record landed."""
+        span.set_attributes({"messaging.destination.partition.id": str(partition), "messaging.kafka.offset": offset})
+        span.end()
+
+    @staticmethod
+    def failed(span: trace.Span, error_type: str, message: str) -> None:
+        """End a span whose record was not acknowledged."""
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR, message))
+        span.end()
+
+    def close(self) -> None:
+        """Flush and close the spans file."""
+        self.provider.shutdown()
+
+
 # -- reading spans back ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SpanRecord:
@@ -248,8 +354,15 @@ def is_process_span(span: SpanRecord) -> bool:
     return span.kind == "consumer" and span.name.split(" ", 1)[0] == PROCESS
 
 
+def is_send_span(span: SpanRecord) -> bool:
+    """A producer's ``send`` span (its name is ``send`` or ``send {topic}``)."""
+    return span.kind == "producer" and span.name.split(" ", 1)[0] == SEND
+
+
 def find_duplicate_traces(spans: Iterable[SpanRecord]) -> list[DuplicateTrace]:
     """Traces with two or more consumer ``process`` spans (finished or not), first seen first.
+
+    Other spans in a trace, such as the producer's ``send`` span, are not counted.
 
     Two such spans in one trace mean one message processed twice only with one
     trace per message, one consumer group and no sampling: a second group

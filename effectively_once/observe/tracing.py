@@ -2,8 +2,9 @@
 
 A ``traceparent`` is ``VERSION-TRACEID-SPANID-FLAGS``: ``00``, 32 lowercase hex
 digits (the trace), 16 (this span), 2 (flags; ``01`` = sampled). The producer
-starts a trace per charge; the consumer and its call to the provider are new
-spans in the same trace. Two consumer spans in one message's trace are then a
+starts a trace per charge (the header is the context of the record's ``send``
+span); the consumer and its call to the provider are new spans in the same
+trace. Two consumer spans in one message's trace are then a
 duplicate delivery, told apart at a glance from two distinct messages, as long
 as each message has its own trace, one consumer group reads the topic and no
 span is sampled out (see ``observe.spans``).

@@ -4,12 +4,17 @@ Each message: key = customer, value = JSON ``{"msg_id", "customer", "amount",
 "currency"}``, headers ``msg_id`` and a W3C ``traceparent``. The producer is
 idempotent (``enable.idempotence``, ``acks=all``) unless asked otherwise, which
 only the benchmark does, to measure what idempotence costs.
+
+With a spans file, each record also gets a ``send {topic}`` span of kind
+PRODUCER whose context is the record's ``traceparent`` (see
+``observe.spans.SendSpans``); the consumer's process span links to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import uuid
@@ -55,39 +60,61 @@ def _bootstrap_of(target: Any) -> str:
 
 def send_records(target: Any, topic: str, records: Sequence[tuple[bytes | None, bytes | None, list]], *,
                  idempotent: bool = True, progress: Callable[[int, int], None] | None = None,
-                 timeout: float = 60.0, config: dict[str, Any] | None = None) -> list[Sent]:
+                 timeout: float = 60.0, config: dict[str, Any] | None = None,
+                 spans_file: str | os.PathLike | None = None) -> list[Sent]:
     """Produce ``(key, value, headers)`` records in order; return where each one landed.
 
     ``target`` is a ``Stack`` or a bootstrap string; ``config`` overrides librdkafka
-    settings. Raises if any record is not acknowledged.
+    settings. With ``spans_file``, each record's ``send {topic}`` PRODUCER span
+    is appended there (JSON lines, as ``observe.spans.load_spans`` reads them);
+    its context is the record's ``traceparent``. Raises if any record is not
+    acknowledged.
     """
     from confluent_kafka import Producer
+
+    from effectively_once.observe.spans import SendSpans
 
     producer = Producer(producer_config(_bootstrap_of(target), idempotent=idempotent, **(config or {})))
     sent: list[Sent | None] = [None] * len(records)
     errors: list[str] = []
+    spans = SendSpans(spans_file) if spans_file is not None else None
+    open_spans: dict[int, Any] = {}
 
     def delivered(index: int, msg_id: str | None):
         def callback(err, record):
+            span = open_spans.pop(index, None)
             if err is not None:
                 errors.append(f"{msg_id}: {err}")
+                if span is not None:
+                    SendSpans.failed(span, err.name(), str(err))
             else:
                 sent[index] = Sent(msg_id, record.partition(), record.offset())
+                if span is not None:
+                    SendSpans.delivered(span, record.partition(), record.offset())
         return callback
 
     step = max(1, len(records) // 50)
-    for index, (key, value, headers) in enumerate(records):
-        msg_id = next((v.decode() for k, v in headers if k == "msg_id"), None)
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered(index, msg_id))
-                break
-            except BufferError:  # the local queue is full: let deliveries drain, then go on
-                producer.poll(0.1)
-        producer.poll(0)
-        if progress and (index + 1) % step == 0:
-            progress(index + 1, len(records))
-    remaining = producer.flush(timeout)
+    try:
+        for index, (key, value, headers) in enumerate(records):
+            msg_id = next((v.decode() for k, v in headers if k == "msg_id"), None)
+            if spans is not None:
+                open_spans[index], headers = spans.start(topic, key, headers, msg_id)
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value, headers=headers,
+                                     on_delivery=delivered(index, msg_id))
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain, then go on
+                    producer.poll(0.1)
+            producer.poll(0)
+            if progress and (index + 1) % step == 0:
+                progress(index + 1, len(records))
+        remaining = producer.flush(timeout)
+    finally:
+        for span in open_spans.values():  # never acknowledged (a timeout, or produce() raised)
+            SendSpans.failed(span, "_OTHER", "no delivery report")
+        if spans is not None:
+            spans.close()
     if remaining or errors or any(s is None for s in sent):
         raise RuntimeError(f"{remaining} record(s) unacknowledged after {timeout} s; errors: {errors[:3]}")
     if progress:
@@ -97,7 +124,12 @@ def send_records(target: Any, topic: str, records: Sequence[tuple[bytes | None, 
 
 def charge_records(n: int, *, seed: int = 0, prefix: str | None = None, customers: int = 5,
                    start: int = 0) -> list[tuple[bytes, bytes, list]]:
-    """``n`` seeded charge messages as ``(key, value, headers)``; msg_ids are ``msg-<prefix>-<i>``."""
+    """``n`` seeded charge messages as ``(key, value, headers)``; msg_ids are ``msg-<prefix>-<i>``.
+
+    Each ``traceparent`` header starts a new trace; its ids, drawn from the
+    seeded generator, become those of the record's send span when
+    ``send_records`` writes spans.
+    """
     prefix = prefix or uuid.uuid4().hex[:8]
     rng = random.Random(f"{seed}:{prefix}")
     records = []
@@ -113,14 +145,15 @@ def charge_records(n: int, *, seed: int = 0, prefix: str | None = None, customer
 
 def produce_charges(target: Any, n: int, *, topic: str, seed: int = 0, prefix: str | None = None,
                     idempotent: bool = True, progress: Callable[[int, int], None] | None = None,
-                    sent: list[Sent] | None = None) -> list[str]:
+                    sent: list[Sent] | None = None, spans_file: str | os.PathLike | None = None) -> list[str]:
     """Publish ``n`` seeded charge messages to ``topic``; return their msg_ids in order.
 
     ``target`` is a ``Stack`` or a bootstrap string. Pass a list as ``sent`` to
-    also get the partition and offset of each record.
+    also get the partition and offset of each record, and ``spans_file`` to
+    write each record's PRODUCER span there.
     """
     records = charge_records(n, seed=seed, prefix=prefix)
-    landed = send_records(target, topic, records, idempotent=idempotent, progress=progress)
+    landed = send_records(target, topic, records, idempotent=idempotent, progress=progress, spans_file=spans_file)
     if sent is not None:
         sent.extend(landed)
     return [s.msg_id for s in landed if s.msg_id]
@@ -139,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prefix", default=None, help="msg_id prefix (random by default)")
     parser.add_argument("--not-idempotent", action="store_true", help="turn enable.idempotence off")
+    parser.add_argument("--spans-file", default=None, metavar="PATH",
+                        help="append a send span per record to PATH as JSON lines")
     args = parser.parse_args(argv)
     if args.messages < 0:
         parser.error("--messages must be >= 0")
     progress = text_progress if args.messages >= 1000 else None
     ids = produce_charges(args.bootstrap, args.messages, topic=args.topic, seed=args.seed, prefix=args.prefix,
-                          idempotent=not args.not_idempotent, progress=progress)
+                          idempotent=not args.not_idempotent, progress=progress, spans_file=args.spans_file)
     print(f"produced {len(ids)} charge message(s) to {args.topic}" + (f": {ids[0]} .. {ids[-1]}" if ids else ""))
     return 0
 
