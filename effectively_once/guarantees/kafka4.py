@@ -623,22 +623,24 @@ class PartitionOffsets:
 
     high_watermark: int  # the end for read_uncommitted: every record written
     last_stable_offset: int  # the end for read_committed: the first offset of the oldest open transaction
-    consumer_position: int  # a read_committed consumer's position after polling from the beginning
+    consumer_position: int | None  # a read_committed consumer's position after polling; None: none yet
     committed_values: tuple[str, ...]  # what that consumer received
 
     def as_text(self) -> str:
-        return (f"high watermark {self.high_watermark}, last stable offset {self.last_stable_offset}, "
-                f"read_committed consumer at {self.consumer_position} having received "
-                f"{list(self.committed_values)}")
+        position = ("no position yet" if self.consumer_position is None
+                    else f"position {self.consumer_position}")
+        return (f"high watermark {self.high_watermark}, last stable offset {self.last_stable_offset}; "
+                f"a read_committed consumer received {list(self.committed_values)}, {position}")
 
 
 def partition_offsets(stack: stack_mod.Stack, topic: str, partition: int = 0, poll_seconds: float = 2.0,
                       ) -> PartitionOffsets:
     """The partition's high watermark and last stable offset, and what a read_committed consumer sees of it.
 
-    Each end offset is librdkafka's ``query_watermark_offsets`` from a consumer of that
-    isolation level: the broker answers ListOffsets for ``latest`` with the high watermark
-    under read_uncommitted and with the last stable offset under read_committed.
+    Each end offset is librdkafka's ``query_watermark_offsets`` (``cached=False``) from a
+    consumer of that isolation level: librdkafka sends the handle's ``isolation.level`` in
+    its ListOffsets request (``src/rdkafka_request.c``), and the broker answers ``latest``
+    with the high watermark under read_uncommitted, the last stable offset under read_committed.
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -660,7 +662,8 @@ def partition_offsets(stack: stack_mod.Stack, topic: str, partition: int = 0, po
             message = reader.poll(0.2)
             if message is not None and not message.error():
                 values.append((message.value() or b"").decode())
-        position = reader.position([TopicPartition(topic, partition)])[0].offset
+        raw = reader.position([TopicPartition(topic, partition)])[0].offset
+        position = raw if raw >= 0 else None  # librdkafka has no position until it passes a record or marker
     finally:
         for consumer in consumers.values():
             consumer.close()
@@ -677,6 +680,7 @@ class AbandonedTransaction:
     child_returncode: int
     listed: ToolRun
     described: ToolRun
+    producers: ToolRun
     hanging: ToolRun
     aborted: ToolRun
     before: PartitionOffsets
@@ -688,6 +692,12 @@ class AbandonedTransaction:
         """The coordinator's state of the transaction, as ``describe`` printed it ("" if it printed no row)."""
         rows = self.described.rows
         return rows[0].get("TransactionState", "") if rows else ""
+
+    @property
+    def open_transaction_start(self) -> int | None:
+        """Where the partition's open transaction begins, as ``describe-producers`` printed it (None: none open)."""
+        starts = [row.get("CurrentTransactionStartOffset", "") for row in self.producers.rows]
+        return next((int(s) for s in starts if s.lstrip("-").isdigit() and int(s) >= 0), None)
 
     @property
     def listed_state(self) -> str:
@@ -703,6 +713,7 @@ def abandoned_transaction(stack: stack_mod.Stack, records: int = 3, transaction_
     A child process begins a transaction, produces ``records`` records to partition 0 of a
     fresh topic, flushes, and SIGKILLs itself. Then: ``list`` and ``describe`` (the
     coordinator's view), the partition's offsets and a read_committed consumer,
+    ``describe-producers`` (the partition leader's view: where the open transaction starts),
     ``find-hanging`` on the partition (with ``--max-transaction-timeout 0``, so that even a
     young open transaction is a candidate), ``abort --start-offset`` (the tool writes the
     abort marker itself), and the offsets again. ``transaction_timeout_ms`` is the
@@ -723,10 +734,12 @@ def abandoned_transaction(stack: stack_mod.Stack, records: int = 3, transaction_
         listed = kafka_transactions(stack, "list")
         described = kafka_transactions(stack, "describe", "--transactional-id", transactional_id)
         before = partition_offsets(stack, topic)
+        producers = kafka_transactions(stack, "describe-producers", "--topic", topic, "--partition", "0")
+        start = next((row.get("CurrentTransactionStartOffset", "") for row in producers.rows), "")
         hanging = kafka_transactions(stack, "find-hanging", "--topic", topic, "--partition", "0",
                                      "--max-transaction-timeout", "0")
         aborted = kafka_transactions(stack, "abort", "--topic", topic, "--partition", "0",
-                                     "--start-offset", str(before.last_stable_offset))
+                                     "--start-offset", start if start.isdigit() else str(before.last_stable_offset))
         after = before
         deadline = time.monotonic() + OPERATION_TIMEOUT
         while time.monotonic() < deadline:  # the marker is written by the time abort returns; allow a moment
@@ -735,5 +748,17 @@ def abandoned_transaction(stack: stack_mod.Stack, records: int = 3, transaction_
                 break
     finally:
         stack.delete_topics(topic)
-    return AbandonedTransaction(topic, transactional_id, records, child.returncode, listed, described, hanging,
-                                aborted, before, after, time.monotonic() - started)
+    return AbandonedTransaction(topic, transactional_id, records, child.returncode, listed, described, producers,
+                                hanging, aborted, before, after, time.monotonic() - started)
+
+
+def broker_setting(stack: stack_mod.Stack, name: str) -> str | None:
+    """One setting of the (first) broker as it runs, read with DescribeConfigs (None when it has no such setting)."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    admin = stack.admin()  # kept in a name: a collected AdminClient fails its pending futures
+    broker = min(admin.list_topics(timeout=OPERATION_TIMEOUT).brokers)
+    resource = ConfigResource(ResourceType.BROKER, str(broker))
+    configs = admin.describe_configs([resource])[resource].result(timeout=OPERATION_TIMEOUT)
+    entry = configs.get(name)
+    return None if entry is None else entry.value
