@@ -1,4 +1,4 @@
-"""Kafka 4.x for exactly-once: the raw batch parser (unit) and the three live measurements (on Apache Kafka)."""
+"""Kafka 4.x for exactly-once: batch parsing and kafka-transactions output (unit), the live measurements."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from effectively_once.guarantees.kafka4 import (
     ShareDelivery,
     ShareOutcome,
     StoredBatch,
+    ToolRun,
+    ToolsUnavailable,
     TransactionEpochs,
     parse_batches,
 )
 from effectively_once.guarantees.wire import record_batch, varint
+from effectively_once.stack.core import Stack
 
 
 def control_batch(base_offset: int, producer_id: int, epoch: int, commit: bool) -> bytes:
@@ -80,6 +83,31 @@ def test_reassign_once_rejects_an_unknown_protocol():
         kafka4.reassign_once(None, "eager", "topic")  # type: ignore[arg-type]
 
 
+def test_tool_run_reads_the_printed_table():
+    run = ToolRun(["--bootstrap-server", "127.0.0.1:9092", "describe", "--transactional-id", "t"], 0,
+                  "CoordinatorId\tTransactionalId\tProducerId\tTransactionState\tTopicPartitions\n"
+                  "1            \tt              \t7         \tOngoing         \ttopic-0\n", "")
+    assert run.rows == [{"CoordinatorId": "1", "TransactionalId": "t", "ProducerId": "7",
+                         "TransactionState": "Ongoing", "TopicPartitions": "topic-0"}]
+    assert run.as_text().startswith("$ kafka-transactions.sh --bootstrap-server <bootstrap> describe")
+    assert "topic-0" not in run.as_text(containing="another-id") and "topic-0" in run.as_text(containing="t ")
+    empty = ToolRun(["--bootstrap-server", "b:1", "find-hanging"], 0, "Topic\tPartition\tProducerId\n", "")
+    assert empty.rows == []
+    failed = ToolRun(["--bootstrap-server", "b:1", "abort"], 1, "", "Could not find any open transactions\n")
+    assert not failed.ok and failed.as_text().endswith("Could not find any open transactions")
+
+
+@pytest.mark.parametrize(("backend", "flavor"), [("embedded", "tansu"), ("docker", "apache-kafka"),
+                                                 ("external", "unknown")])
+def test_kafka_transactions_refuses_a_stack_without_the_jars(backend, flavor):
+    stack = Stack(backend=backend, kafka_bootstrap="127.0.0.1:9", base_dsn="postgresql://x", broker_flavor=flavor,
+                  owned=False)
+    with pytest.raises(ToolsUnavailable, match="--backend embedded"):
+        kafka4.kafka_transactions(stack, "list")
+    with pytest.raises(ToolsUnavailable):
+        kafka4.abandoned_transaction(stack)
+
+
 # -- live, on Apache Kafka -----------------------------------------------------------------------------------------
 def apache_kafka(stack):
     if stack.broker_flavor != "apache-kafka":
@@ -108,3 +136,35 @@ def test_a_share_group_redelivers_a_released_record(stack):
     assert outcome.error is None, outcome.error
     assert outcome.counts("job-1") == [1, 2]
     assert outcome.counts("job-0") == outcome.counts("job-2") == [1]
+
+
+def with_kafka_tools(stack):
+    if stack.backend != "embedded" or stack.broker_flavor != "apache-kafka":
+        pytest.skip(f"kafka-transactions runs from the embedded broker's jars, not on {stack.backend}/"
+                    f"{stack.broker_flavor}")
+    return stack
+
+
+@pytest.mark.integration
+def test_kafka_transactions_lists_and_describes(stack):
+    stack = with_kafka_tools(stack)
+    listed = kafka4.kafka_transactions(stack, "list")
+    assert listed.ok, listed.stderr
+    assert listed.stdout.split()[:4] == ["TransactionalId", "Coordinator", "ProducerId", "TransactionState"]
+    unknown = kafka4.kafka_transactions(stack, "describe", "--transactional-id", f"{stack.namespace}.nobody")
+    assert not unknown.ok and unknown.stderr
+
+
+@pytest.mark.integration
+def test_a_killed_producers_transaction_holds_the_lso_until_kafka_transactions_aborts_it(stack):
+    result = kafka4.abandoned_transaction(with_kafka_tools(stack), records=3)
+    assert result.child_returncode == -9
+    assert result.state == result.listed_state == "Ongoing", (result.described.as_text(), result.listed.as_text())
+    before, after = result.before, result.after
+    assert before.last_stable_offset == 0 < 3 <= before.high_watermark, before
+    assert before.consumer_position in (None, 0) and before.committed_values == ()
+    assert result.open_transaction_start == 0, result.producers.as_text()
+    assert result.hanging.ok and result.hanging.rows == [], result.hanging.as_text()
+    assert result.aborted.ok, result.aborted.as_text()
+    assert after.last_stable_offset == after.high_watermark > before.high_watermark, after
+    assert after.committed_values == () and after.consumer_position == after.last_stable_offset

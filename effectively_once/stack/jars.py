@@ -31,8 +31,14 @@ LOCK_FILE = Path(__file__).with_name("kafka-jars.lock")
 # What Maven is asked for; the lock file lists everything it brings.
 ROOT_ARTIFACTS = (
     f"org.apache.kafka:kafka_{SCALA_VERSION}:{KAFKA_VERSION}",
+    f"org.apache.kafka:kafka-tools:{KAFKA_VERSION}",  # kafka-transactions.sh (TransactionsCommand), KIP-664
     "org.apache.logging.log4j:log4j-slf4j-impl:2.25.5",
 )
+# Dependencies left out of a root artifact: kafka-tools brings Kafka Connect's runtime (jetty,
+# jersey, 47 jars) for one tool that lists Connect plugins; TransactionsCommand needs none of it.
+EXCLUSIONS = {
+    f"org.apache.kafka:kafka-tools:{KAFKA_VERSION}": ("org.apache.kafka:connect-runtime",),
+}
 FALLBACK = "the `tansu` backend (EO_BACKEND=tansu) runs without Java or jars"
 
 
@@ -185,8 +191,14 @@ def _maven_settings(staging: Path) -> list[str]:
 
 
 def _fetch_with_mvn(staging: Path, missing: list[Jar], bar: Callable[[int, int], None]) -> None:
+    def exclusions(coordinate: str) -> str:
+        excluded = "".join(f"<exclusion><groupId>{g}</groupId><artifactId>{a}</artifactId></exclusion>"
+                           for g, a in (e.split(":") for e in EXCLUSIONS.get(coordinate, ())))
+        return f"<exclusions>{excluded}</exclusions>" if excluded else ""
+
     deps = "".join(
-        f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
+        f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version>"
+        f"{exclusions(f'{g}:{a}:{v}')}</dependency>"
         for g, a, v in (c.split(":") for c in ROOT_ARTIFACTS))
     project = staging / "project"
     project.mkdir()
