@@ -20,7 +20,7 @@ from effectively_once.guarantees.kafka4 import (
     TransactionEpochs,
     parse_batches,
 )
-from effectively_once.guarantees.wire import record_batch, varint
+from effectively_once.guarantees.wire import Reader, compact_string, record_batch, uvarint, varint
 from effectively_once.stack.core import Stack
 
 
@@ -47,8 +47,9 @@ def test_parse_batches_reads_epochs_and_markers():
 
 def test_reader_varints_round_trip():
     for n in (0, 1, -1, 63, -64, 300, -300, 1 << 40):
-        assert kafka4._Reader(varint(n)).varint() == n
-    assert kafka4._Reader(kafka4._uvarint(300)).uvarint() == 300
+        assert Reader(varint(n)).varint() == n
+    assert Reader(uvarint(300)).uvarint() == 300
+    assert Reader(compact_string("charges")).compact_string() == "charges"
 
 
 def epochs_result(data_epochs, commit_epochs, end_txn=1, produce=10, level=2) -> TransactionEpochs:

@@ -20,6 +20,7 @@ from effectively_once.observe.spans import (
     load_spans,
     message_span,
     outgoing_traceparent,
+    wait_for_processed_trace,
 )
 from effectively_once.observe.tracing import parse_traceparent
 from effectively_once.payments.lab import PaymentLab
@@ -160,6 +161,22 @@ def test_a_producer_span_does_not_make_a_trace_look_duplicated(tmp_path):
         f.write(json.dumps(again) + "\n")
     [duplicate] = find_duplicate_traces(load_spans(path))
     assert [s.kind for s in duplicate.spans] == ["consumer", "consumer"], "only the process spans count"
+
+
+def test_waiting_for_a_trace_returns_once_a_process_span_finished_and_names_the_trace_on_timeout(tmp_path):
+    path = tmp_path / "spans.jsonl"
+    base = {"event": "end", "trace_id": "a" * 32, "parent_span_id": None, "status": "unset", "pid": 1,
+            "attributes": {}}
+    send = dict(base, name="send charges", kind="producer", span_id=f"{1:016x}", start=0.0, end=0.1)
+    path.write_text(json.dumps(send) + "\n")
+    with pytest.raises(TimeoutError, match="a" * 32):
+        wait_for_processed_trace(path, "a" * 32, timeout=0.3)   # only the send span: nobody processed it
+    process = dict(base, name="process charges", kind="consumer", span_id=f"{2:016x}", start=1.0, end=1.5)
+    other = dict(process, trace_id="b" * 32, span_id=f"{3:016x}")
+    with open(path, "a") as f:
+        f.write(json.dumps(other) + "\n" + json.dumps(process) + "\n")
+    spans = wait_for_processed_trace(path, "a" * 32, timeout=5)
+    assert [s.kind for s in spans] == ["producer", "consumer"], "the trace's own spans, and only those"
 
 
 class _FakeRecord:

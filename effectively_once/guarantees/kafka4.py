@@ -38,7 +38,14 @@ from typing import Any
 
 from effectively_once import stack as stack_mod
 from effectively_once.guarantees.clients import OPERATION_TIMEOUT
-from effectively_once.guarantees.wire import WireClient, nullable_string
+from effectively_once.guarantees.wire import (
+    Reader,
+    StoredBatch,
+    WireClient,
+    compact_string,
+    nullable_string,
+    parse_batches,
+)
 from effectively_once.kafka import quiet_logger
 
 # The request versions a client must send for the broker to run its transactions on
@@ -51,99 +58,6 @@ PROTOCOLS = (CLASSIC, CONSUMER)
 
 
 # -- the wire: ApiVersions v3 (features), Fetch v4 (raw batches) ------------------------------------------------------
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | 0x80 if n else low)
-        if not n:
-            return bytes(out)
-
-
-def _compact_string(value: str) -> bytes:
-    data = value.encode()
-    return _uvarint(len(data) + 1) + data
-
-
-class _Reader:
-    """Reads the primitive types of the Kafka protocol from a response body."""
-
-    def __init__(self, data: bytes, offset: int = 0):
-        self.data, self.offset = data, offset
-
-    def unpack(self, fmt: str) -> tuple[Any, ...]:
-        values = struct.unpack_from(fmt, self.data, self.offset)
-        self.offset += struct.calcsize(fmt)
-        return values
-
-    def uvarint(self) -> int:
-        shift = result = 0
-        while True:
-            byte = self.data[self.offset]
-            self.offset += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return result
-            shift += 7
-
-    def varint(self) -> int:
-        raw = self.uvarint()
-        return (raw >> 1) ^ -(raw & 1)
-
-    def compact_string(self) -> str:
-        length = self.uvarint() - 1
-        value = self.data[self.offset:self.offset + length].decode()
-        self.offset += length
-        return value
-
-    def skip_tagged_fields(self) -> None:
-        for _ in range(self.uvarint()):
-            self.uvarint()
-            self.offset += self.uvarint()
-
-
-@dataclass(frozen=True)
-class StoredBatch:
-    """One record batch as the broker stored it: its header, and for a marker whether it commits or aborts."""
-
-    base_offset: int
-    producer_id: int
-    producer_epoch: int
-    transactional: bool
-    marker: str | None  # "commit" or "abort" for a control batch, None for data
-
-    @property
-    def kind(self) -> str:
-        """``data``, ``commit`` or ``abort``."""
-        return self.marker or "data"
-
-
-def parse_batches(records: bytes) -> list[StoredBatch]:
-    """The v2 record batches in a Fetch response's ``records`` bytes (a trailing partial batch is ignored)."""
-    batches = []
-    offset = 0
-    while offset + 61 <= len(records):
-        base_offset, length = struct.unpack_from(">qi", records, offset)
-        end = offset + 12 + length
-        if end > len(records):
-            break
-        (attributes,) = struct.unpack_from(">h", records, offset + 21)
-        producer_id, epoch = struct.unpack_from(">qh", records, offset + 43)
-        marker = None
-        if attributes & 0x20:  # a control batch: its one record's key says commit (1) or abort (0)
-            reader = _Reader(records, offset + 61)
-            reader.varint()  # record length
-            reader.offset += 1  # record attributes
-            reader.varint()  # timestamp delta
-            reader.varint()  # offset delta
-            reader.varint()  # key length
-            _version, control_type = reader.unpack(">hh")
-            marker = "commit" if control_type == 1 else "abort"
-        batches.append(StoredBatch(base_offset, producer_id, epoch, bool(attributes & 0x10), marker))
-        offset = end
-    return batches
-
-
 class FeatureWireClient(WireClient):
     """The probe's wire client, plus the broker's feature levels and a raw fetch of one partition."""
 
@@ -152,8 +66,8 @@ class FeatureWireClient(WireClient):
     def finalized_features(self) -> dict[str, int]:
         """ApiVersions v3: the feature levels the cluster finalized (``transaction.version``, ``share.version``...)."""
         # Request header v2 ends with an empty tagged-field section; ApiVersions answers with header v0.
-        body = b"\x00" + _compact_string("effectively-once") + _compact_string("1") + b"\x00"
-        reader = _Reader(self.call(self.API_VERSIONS, 3, body))
+        body = b"\x00" + compact_string("effectively-once") + compact_string("1") + b"\x00"
+        reader = Reader(self.call(self.API_VERSIONS, 3, body))
         (error,) = reader.unpack(">h")
         if error:
             raise RuntimeError(f"ApiVersions v3 failed with Kafka error code {error}")
@@ -177,7 +91,7 @@ class FeatureWireClient(WireClient):
         """Fetch v4 (read_uncommitted, so markers and aborted data alike): the partition's raw ``records``."""
         body = (struct.pack(">iiiib", -1, 500, 1, max_bytes, 0) + struct.pack(">i", 1) + nullable_string(topic)
                 + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes))
-        reader = _Reader(self.call(self.API_FETCH, 4, body))
+        reader = Reader(self.call(self.API_FETCH, 4, body))
         reader.unpack(">ii")  # throttle time, one topic
         (name_length,) = reader.unpack(">h")
         reader.offset += name_length
@@ -569,11 +483,12 @@ def _tools_java(stack: stack_mod.Stack) -> str:
         from effectively_once.stack.java import find_java
 
         java = find_java().path
-    missing = jars.missing_jars()
-    if missing:
-        raise ToolsUnavailable(
-            f"{len(missing)} of Kafka's pinned jars (e.g. {missing[0].filename}) are not in {jars.cache_dir()}: "
-            "fetch them with `python -c 'from effectively_once.stack import jars; jars.ensure_jars()'`.")
+    # A cache filled before kafka-tools joined the lock lacks its two jars: fetch them now, as `up` would.
+    try:
+        jars.ensure_jars(progress=lambda *parts: print(*parts, file=sys.stderr))
+    except jars.JarsUnavailable as exc:
+        raise ToolsUnavailable(f"kafka-transactions needs jars the cache lacks, and they cannot be fetched: {exc}") \
+            from None
     return java
 
 

@@ -139,7 +139,8 @@ class LeakComparison:
         for outcome in self.outcomes:
             if (outcome.story, outcome.ids, outcome.hides_aborted) == (story, ids, hides_aborted):
                 return outcome
-        raise KeyError((story, ids, hides_aborted))
+        raise KeyError(f"no outcome for story {story!r}, ids {ids!r}, hides_aborted={hides_aborted}: "
+                       f"the stories are {STORIES}, the id schemes {ID_SCHEMES}")
 
     def as_text(self) -> str:
         """A plain-text table: a row per story and id scheme, a column per reader."""

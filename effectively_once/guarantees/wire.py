@@ -1,8 +1,12 @@
-"""Just enough of the Kafka wire protocol to resend a record batch exactly as a client retry would.
+"""Just enough of the Kafka wire protocol to resend a record batch exactly as a client retry would, and to read
+the batches a broker stored.
 
 librdkafka offers no way to resend a batch on purpose; a retry after a lost
 response is exactly "the same bytes again", which is what ``WireClient.produce``
-sends when called twice with one ``record_batch``.
+sends when called twice with one ``record_batch``. ``Reader`` and
+``parse_batches`` read responses back (``guarantees.kafka4`` uses them to see
+the producer epoch of each stored batch and marker); the encodings (``uvarint``,
+``varint``, ``compact_string``, ``nullable_string``) live here once.
 """
 
 from __future__ import annotations
@@ -10,19 +14,110 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from effectively_once.guarantees.crc32c import crc32c
 
 
-def varint(n: int) -> bytes:
-    """``n`` as a zigzag varint, the encoding of lengths and deltas inside a record."""
-    zigzag = (n << 1) ^ (n >> 63)
+def uvarint(n: int) -> bytes:
+    """``n`` as an unsigned varint, the encoding of lengths in the flexible (compact) protocol versions."""
     out = bytearray()
     while True:
-        low, zigzag = zigzag & 0x7F, zigzag >> 7
-        out.append(low | 0x80 if zigzag else low)
-        if not zigzag:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | 0x80 if n else low)
+        if not n:
             return bytes(out)
+
+
+def compact_string(value: str) -> bytes:
+    """A protocol COMPACT_STRING: its length + 1 as an unsigned varint, then UTF-8 bytes."""
+    data = value.encode()
+    return uvarint(len(data) + 1) + data
+
+
+class Reader:
+    """Reads the primitive types of the Kafka protocol from a response body."""
+
+    def __init__(self, data: bytes, offset: int = 0):
+        self.data, self.offset = data, offset
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        values = struct.unpack_from(fmt, self.data, self.offset)
+        self.offset += struct.calcsize(fmt)
+        return values
+
+    def uvarint(self) -> int:
+        shift = result = 0
+        while True:
+            byte = self.data[self.offset]
+            self.offset += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result
+            shift += 7
+
+    def varint(self) -> int:
+        raw = self.uvarint()
+        return (raw >> 1) ^ -(raw & 1)
+
+    def compact_string(self) -> str:
+        length = self.uvarint() - 1
+        value = self.data[self.offset:self.offset + length].decode()
+        self.offset += length
+        return value
+
+    def skip_tagged_fields(self) -> None:
+        for _ in range(self.uvarint()):
+            self.uvarint()
+            self.offset += self.uvarint()
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """One record batch as the broker stored it: its header, and for a marker whether it commits or aborts."""
+
+    base_offset: int
+    producer_id: int
+    producer_epoch: int
+    transactional: bool
+    marker: str | None  # "commit" or "abort" for a control batch, None for data
+
+    @property
+    def kind(self) -> str:
+        """``data``, ``commit`` or ``abort``."""
+        return self.marker or "data"
+
+
+def parse_batches(records: bytes) -> list[StoredBatch]:
+    """The v2 record batches in a Fetch response's ``records`` bytes (a trailing partial batch is ignored)."""
+    batches = []
+    offset = 0
+    while offset + 61 <= len(records):
+        base_offset, length = struct.unpack_from(">qi", records, offset)
+        end = offset + 12 + length
+        if end > len(records):
+            break
+        (attributes,) = struct.unpack_from(">h", records, offset + 21)
+        producer_id, epoch = struct.unpack_from(">qh", records, offset + 43)
+        marker = None
+        if attributes & 0x20:  # a control batch: its one record's key says commit (1) or abort (0)
+            reader = Reader(records, offset + 61)
+            reader.varint()  # record length
+            reader.offset += 1  # record attributes
+            reader.varint()  # timestamp delta
+            reader.varint()  # offset delta
+            reader.varint()  # key length
+            _version, control_type = reader.unpack(">hh")
+            marker = "commit" if control_type == 1 else "abort"
+        batches.append(StoredBatch(base_offset, producer_id, epoch, bool(attributes & 0x10), marker))
+        offset = end
+    return batches
+
+
+def varint(n: int) -> bytes:
+    """``n`` as a zigzag varint, the encoding of lengths and deltas inside a record."""
+    return uvarint((n << 1) ^ (n >> 63))
 
 
 def nullable_string(value: str | None) -> bytes:

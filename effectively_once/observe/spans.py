@@ -46,6 +46,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -357,6 +358,23 @@ def is_process_span(span: SpanRecord) -> bool:
 def is_send_span(span: SpanRecord) -> bool:
     """A producer's ``send`` span (its name is ``send`` or ``send {topic}``)."""
     return span.kind == "producer" and span.name.split(" ", 1)[0] == SEND
+
+
+def wait_for_processed_trace(path: str | os.PathLike, trace_id: str, timeout: float = 30.0) -> list[SpanRecord]:
+    """The spans of ``trace_id`` in a spans file, once a consumer has finished a ``process`` span in it.
+
+    Raises ``TimeoutError`` naming the trace when no consumer finished processing it within ``timeout``
+    seconds (a stopped consumer group, or a record sent to a topic nobody reads).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = [s for s in load_spans(path) if s.trace_id == trace_id]
+        if any(is_process_span(s) and s.finished for s in spans):
+            return spans
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no consumer finished processing trace {trace_id} within {timeout:g} s: "
+                               f"are the consumers still running and subscribed to the topic?")
+        time.sleep(0.2)
 
 
 def find_duplicate_traces(spans: Iterable[SpanRecord]) -> list[DuplicateTrace]:

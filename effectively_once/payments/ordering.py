@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from effectively_once.payments.lab import Table
+from effectively_once.protocol import DLQ_REASON
 
 if TYPE_CHECKING:
     from effectively_once.stack import Stack
@@ -166,11 +167,12 @@ class OrderingLab:
         for event, reason in items:
             headers: list[tuple[str, str | bytes | None]] = [("msg_id", event.msg_id.encode())]
             if reason:
-                headers.append(("dlq_reason", reason.encode()))
+                headers.append((DLQ_REASON, reason.encode()))
             producer.produce(topic, key=event.key.encode(), value=event.to_json(), headers=headers,
                              on_delivery=lambda err, msg: failed.append(err) if err else None)
         if producer.flush(30) or failed:
-            raise RuntimeError(f"the broker did not acknowledge every record for {topic}: {failed[:1]}")
+            raise RuntimeError(f"the broker did not acknowledge every record for {topic} ({failed[:1]}): "
+                               "`python -m effectively_once status` says whether the broker is up")
 
     def read(self, topic: str, timeout: float = 20.0) -> list[Event]:
         """Every event in ``topic``, read from the start (``assign``, no group) to the end."""
