@@ -19,9 +19,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-# The coordinator refuses an offset commit with one of these when the group moved on between
-# poll and commit; the partitions' new owner redelivers from the last committed offset.
-REBALANCE_ERRORS = ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS")
+# The coordinator refuses an offset commit with one of the first three when the group moved on
+# between poll and commit; librdkafka refuses it itself (_ASSIGNMENT_LOST) when this member was
+# already removed, for one because it overran max.poll.interval.ms. Either way the partitions'
+# new owner redelivers from the last committed offset.
+REBALANCE_ERRORS = ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS", "_ASSIGNMENT_LOST")
 
 
 def quiet_logger() -> logging.Logger:

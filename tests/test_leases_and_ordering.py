@@ -129,3 +129,31 @@ def test_one_partition_keeps_the_order_and_the_redrive_breaks_it_unless_the_key_
         assert parked.applied == ["authorize", "capture", "refund"]
         topics = list(lab.topics)
     assert not set(topics) & set(stack.list_topics()), "stop() deletes the topic and the dead-letter topics"
+
+
+# -- a zombie consumer, live: one stuck provider call past max.poll.interval.ms ---------------------
+@pytest.mark.integration
+def test_a_zombie_consumer_charges_twice_without_the_key_and_once_with_it(stack):
+    from effectively_once.payments.zombie import run_zombie
+
+    no_key = run_zombie(stack, "dedup")
+    assert no_key.zombie_said("_MAX_POLL_EXCEEDED") and no_key.zombie_said("offset commit refused"), no_key.zombie_log
+    assert [e["result"] for e in no_key.events_of("B")] == ["charged"], no_key.events
+    assert no_key.events_of("B")[0]["dedup_hit"], "B must have found A's 'pending' row"
+    assert no_key.charges == 2, no_key.ledger.records()
+
+    with_key = run_zombie(stack, "dedup,idempotency_key")
+    assert with_key.charges == 1, with_key.ledger.records()
+    b_first = with_key.events_of("B")[0]
+    assert b_first["result"] == "replayed" and b_first["retries"] >= 1, "B must have met the 409 and then the replay"
+    key_row = with_key.keys.records()[0]
+    assert key_row["status_code"] == 200 and key_row["charge_id"] == with_key.ledger.records()[0]["charge_id"]
+    assert not any("Traceback" in line for line in with_key.successor_log + with_key.zombie_log), (
+        "a commit refused after a lost assignment must be logged, not crash the consumer")
+
+
+def test_run_zombie_refuses_a_stall_too_short_for_a_takeover():
+    from effectively_once.payments.zombie import run_zombie
+
+    with pytest.raises(ValueError, match="stall_seconds"):
+        run_zombie(None, stall_seconds=3, max_poll_interval_ms=2000)  # type: ignore[arg-type]

@@ -265,8 +265,7 @@ def test_the_consumers_process_span_links_to_the_producers_send_span(stack, tmp_
     spans_file = tmp_path / "spans.jsonl"
     with PaymentLab(stack, "both") as lab:
         lab.start_provider()
-        records = charge_records(2, seed=9, prefix=lab.run_id)
-        lab.sent.extend(send_records(stack, lab.topic, records, spans_file=spans_file))
+        lab.produce(2, seed=9, spans_file=spans_file)
         lab.run_until_settled(60, spans_file=spans_file)
         assert lab.report().ok
     spans = load_spans(spans_file)

@@ -130,7 +130,8 @@ class PaymentConsumer:
         # The events table is telemetry: a commit that waits for the disk buys nothing there.
         self.events = psycopg.connect(settings.shop_dsn, autocommit=True)
         self.events.execute("SET synchronous_commit = off")
-        self.provider = ProviderClient(settings.provider_url, settings.api_key, max_retries=settings.max_retries)
+        self.provider = ProviderClient(settings.provider_url, settings.api_key, max_retries=settings.max_retries,
+                                       timeout=settings.provider_timeout)
         self.ctx = StepContext(self.shop, self.provider, self.layers, settings.crash_at, settings.crash_on,
                                topic=settings.topic, group=settings.group)
         self.stores_offsets = settings.stores_offsets
@@ -260,7 +261,8 @@ class PaymentConsumer:
 
         A rebalance between poll and commit (another member joined, or this one
         was too slow) makes the coordinator refuse the commit with
-        ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID or REBALANCE_IN_PROGRESS. The
+        ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID or REBALANCE_IN_PROGRESS, or the
+        client refuse it with _ASSIGNMENT_LOST (this member was removed). The
         partitions' new owner starts from the last committed offset, so it gets
         these records again: the dedup table and the Idempotency-Key absorb them.
         Crashing here would only add one more rebalance.
@@ -279,8 +281,8 @@ class PaymentConsumer:
         except KafkaException as exc:
             if not refused_by_rebalance(exc):
                 raise
-            self.log(f"offset commit refused ({exc.args[0].name()}): the group rebalanced, so the partitions' "
-                     "new owner will redeliver these records and the dedup table will absorb them")
+            self.log(f"offset commit refused ({exc.args[0].name()}): this member no longer owns the partitions, "
+                     "so their new owner will read these records again")
     def seek_to_stored(self, consumer, partitions: list) -> None:
         """Start each newly assigned partition at the offset stored in the shop database, not Kafka's.
 

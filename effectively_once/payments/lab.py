@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import html
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -211,10 +212,14 @@ class PaymentLab:
         """The msg_ids of every well-formed charge produced so far, in order."""
         return [s.msg_id for s in self.sent if s.msg_id]
 
-    def produce(self, n: int, seed: int = 0, progress=None) -> list[str]:
-        """Publish ``n`` seeded charge messages (msg_ids ``msg-<run_id>-NNNNN``); return their msg_ids."""
+    def produce(self, n: int, seed: int = 0, progress=None, spans_file: str | os.PathLike | None = None) -> list[str]:
+        """Publish ``n`` seeded charge messages (msg_ids ``msg-<run_id>-NNNNN``); return their msg_ids.
+
+        With ``spans_file``, each record's ``send {topic}`` PRODUCER span is
+        appended there, and its context is the one the record carries.
+        """
         records = charge_records(n, seed=seed, prefix=self.run_id, start=len(self.sent))
-        sent = send_records(self.stack, self.topic, records, progress=progress)
+        sent = send_records(self.stack, self.topic, records, progress=progress, spans_file=spans_file)
         self.sent.extend(sent)
         return [s.msg_id for s in sent if s.msg_id]
 

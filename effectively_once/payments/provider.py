@@ -27,7 +27,9 @@ functions: ``validate_charge`` and ``check_idempotency_key`` raise
 request gets when another request already holds its key.
 
 Fault knobs for the labs (at start, or at run time through ``POST /admin/faults``):
-``latency_ms``; ``fail_after_charge`` (probability that the money moves and the
+``latency_ms``; ``stall_next_ms`` (the next charge only, after it has taken its key,
+waits this long: one stuck call, while every other request is answered at
+once); ``fail_after_charge`` (probability that the money moves and the
 client then gets a 500, stored under the key with the charge, so that every
 retry with the key gets the 500 again; or with ``fail_after_charge_mode="drop"``
 the 200 is stored and the connection dropped before the client reads it: the
@@ -123,6 +125,7 @@ class Faults:
     """What the provider does wrong on purpose, and how long it keeps idempotency keys."""
 
     latency_ms: float = 0.0
+    stall_next_ms: float = 0.0
     fail_after_charge: float = 0.0
     fail_after_charge_mode: str = "500"
     fail_before_charge: float = 0.0
@@ -478,6 +481,9 @@ class Provider:
                     return answer
             if faults.latency_ms > 0:
                 await asyncio.sleep(faults.latency_ms / 1000)
+            if faults.stall_next_ms > 0:
+                stall, faults.stall_next_ms = faults.stall_next_ms, 0.0
+                await asyncio.sleep(stall / 1000)
             if faults.fail_before_charge and self.rng.random() < faults.fail_before_charge:
                 if key is not None:
                     await conn.execute(

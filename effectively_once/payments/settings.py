@@ -145,6 +145,8 @@ class ConsumerSettings:
     batch_size: int = _option("records per poll", default=100, parse=int)
     poll_timeout: float = _option("seconds one poll waits for records", default=0.1, parse=float)
     max_retries: int = _option("provider calls retried at most this many times", default=5, parse=int)
+    provider_timeout: float = _option("seconds one provider call may take before it counts as failed and is retried",
+                                      default=5.0, parse=float, metavar="SECONDS")
     consumer_config: dict[str, Any] = _option("JSON of extra librdkafka settings (e.g. session timeouts)",
                                               default_factory=dict, parse=_json_object,
                                               text=lambda v: json.dumps(v, sort_keys=True))
@@ -180,6 +182,7 @@ class ConsumerSettings:
         _check_number("batch_size", self.batch_size, int, minimum=1)
         _check_number("poll_timeout", self.poll_timeout, float, minimum=0, strict=True)
         _check_number("max_retries", self.max_retries, int, minimum=0)
+        _check_number("provider_timeout", self.provider_timeout, float, minimum=0, strict=True)
         if self.metrics_port is not None:
             _check_number("metrics_port", self.metrics_port, int, minimum=0, maximum=65535)
         _check_number("metrics_window", self.metrics_window, float, minimum=0, strict=True)
