@@ -97,3 +97,17 @@ def test_doctor_warns_about_a_generic_namespace_on_a_shared_cluster(tmp_path):
     assert line.startswith("FIX") and "set EO_NAMESPACE" in line, line
     kafka = next(line for line in result.stdout.splitlines() if line[4:].startswith("kafka server "))
     assert kafka.startswith("FIX") and "EO_KAFKA_BOOTSTRAP" in kafka, kafka
+
+
+def test_status_warns_about_a_generic_namespace_on_a_shared_cluster(monkeypatch, capsys):
+    from effectively_once import cli
+
+    report = {"running": True, "healthy": True, "backend": "external", "broker_flavor": "apache-kafka",
+              "broker_version": None, "kafka_bootstrap": "kafka.example:9092", "namespace": "jovyan",
+              "postgres_dsn": "postgresql://db.example/postgres", "pids": {}, "problems": [], "fix": None}
+    monkeypatch.setattr(cli, "status_report", lambda: report)
+    assert cli.main(["status"]) == 0
+    assert "warning: the namespace is 'jovyan'" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "status_report", lambda: {**report, "namespace": "alice"})
+    assert cli.main(["status"]) == 0
+    assert "warning" not in capsys.readouterr().out
