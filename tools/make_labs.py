@@ -16,6 +16,10 @@ In the lab the whole block, markers included, becomes one line at the same
 indentation: ``raise NotImplementedError("<hint>")``. Outputs and execution
 counts are cleared (the learner runs the lab), widget state is stripped, and
 everything else (markdown, check cells, tags) is kept as it is.
+
+After the lab's first code cell (its imports), one cell is added that calls
+``effectively_once.checks.show_failed_checks_plainly()``: a failed check then
+shows its message first and the traceback only on ``%tb``, and still fails.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 HINT = re.compile(r"^\s*#\s*HINT:\s*(?P<hint>.+?)\s*$")
 DEFAULT_HINT = "write your solution here, then run the check cell below"
+PLAIN_CHECKS_ID = "show-failed-checks-plainly"
+PLAIN_CHECKS = """\
+# A check that fails below shows its message first; %tb in a new cell shows the traceback.
+from effectively_once.checks import show_failed_checks_plainly
+
+show_failed_checks_plainly()"""
 
 
 class SolutionMarkupError(ValueError):
@@ -81,6 +91,10 @@ def make_lab(solution: nbformat.NotebookNode, name: str = "notebook") -> nbforma
         cell.metadata.pop("execution", None)
     if total == 0:
         raise SolutionMarkupError(f"{name}: no {BEGIN!r} block found, so the lab would be the solution")
+    first_code = next(i for i, cell in enumerate(lab.cells) if cell.cell_type == "code")
+    plain = nbformat.v4.new_code_cell(PLAIN_CHECKS)
+    plain.id = PLAIN_CHECKS_ID
+    lab.cells.insert(first_code + 1, plain)
     lab.metadata.pop("widgets", None)
     lab.metadata.pop("executed_code_sha256", None)   # tools/notebooks.py's record of what ran: a lab has not run
     return lab

@@ -48,6 +48,11 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|tmp|private/var)/
 TIME_LINE = re.compile(r"\*\*Time:\*\* about (\d+) minutes")
 README_BEGIN = "<!-- course map: written by `python tools/notebooks.py course` from effectively_once/course.py -->"
 README_END = "<!-- end of course map -->"
+README_TIME = re.compile(r"about [\d.]+ hours for the notebooks \(\d+ minutes\) and [\d.]+ more for the exercises "
+                         r"\(\d+ minutes\)")
+GUIDE = ROOT / "docs" / "instructor-guide.md"
+GUIDE_BEGIN = "<!-- workshop plans: written by `python tools/notebooks.py course` from effectively_once/course.py -->"
+GUIDE_END = "<!-- end of workshop plans -->"
 # The .ipynb's metadata key holding a digest of the code its outputs came from: `execute` writes it,
 # `check` compares it, so code edited after the last run (outputs now stale) fails the check.
 DIGEST_KEY = "executed_code_sha256"
@@ -276,6 +281,24 @@ def readme_table() -> str:
     return "\n".join(rows)
 
 
+def readme_time() -> str:
+    """README's sentence of how long the course takes, from the course map (to the nearest half hour)."""
+    from effectively_once.course import exercise_minutes, total_minutes
+
+    def hours(minutes: int) -> str:
+        return f"{round(minutes / 30) / 2:g}"
+
+    return (f"about {hours(total_minutes())} hours for the notebooks ({total_minutes()} minutes) and "
+            f"{hours(exercise_minutes())} more for the exercises ({exercise_minutes()} minutes)")
+
+
+def workshop_plans() -> str:
+    """The instructor guide's workshop plans, as Markdown."""
+    from effectively_once.course import WORKSHOP_PLANS
+
+    return "\n\n".join(plan.markdown() for plan in WORKSHOP_PLANS)
+
+
 def course_targets() -> dict[Path, str]:
     """Every file the course map writes, with the text it should have."""
     from effectively_once.course import COURSE
@@ -285,7 +308,15 @@ def course_targets() -> dict[Path, str]:
         raise SystemExit(f"README.md lacks the course map markers {README_BEGIN!r} ... {README_END!r}")
     head, rest = readme.split(README_BEGIN, 1)
     tail = rest.split(README_END, 1)[1]
-    out = {ROOT / "README.md": f"{head}{README_BEGIN}\n{readme_table()}\n{README_END}{tail}"}
+    readme = f"{head}{README_BEGIN}\n{readme_table()}\n{README_END}{tail}"
+    if not README_TIME.search(readme):
+        raise SystemExit(f"README.md lacks the sentence the course map keeps ({README_TIME.pattern!r})")
+    out = {ROOT / "README.md": README_TIME.sub(readme_time(), readme, count=1)}
+    guide = GUIDE.read_text()
+    if GUIDE_BEGIN not in guide or GUIDE_END not in guide:
+        raise SystemExit(f"{GUIDE.relative_to(ROOT)} lacks the markers {GUIDE_BEGIN!r} ... {GUIDE_END!r}")
+    head, rest = guide.split(GUIDE_BEGIN, 1)
+    out[GUIDE] = f"{head}{GUIDE_BEGIN}\n{workshop_plans()}\n{GUIDE_END}{rest.split(GUIDE_END, 1)[1]}"
     for nb in COURSE:
         for kind, minutes in (("notebooks", nb.minutes), ("solutions", nb.exercise_minutes)):
             path = SOURCES / kind / f"{nb.stem}.md"

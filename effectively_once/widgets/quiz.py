@@ -24,14 +24,23 @@ class MultipleChoiceWidget(widgets.VBox):
         self.options = widgets.RadioButtons(
             options=[(c.text, i) for i, c in enumerate(question.choices)], value=None,
             layout=widgets.Layout(width="auto"))
-        self.button = widgets.Button(description="Check my answer", button_style="primary")
+        self.button = widgets.Button(description="Check my answer", button_style="primary",
+                                     layout=widgets.Layout(width="max-content"))
         self.feedback = widgets.HTML()
         self.button.on_click(lambda _button: self._show())
         super().__init__([widgets.HTML(f"<b>{html.escape(question.prompt)}</b>"), self.options, self.button,
                           self.feedback])
 
+    @property
+    def answered(self) -> bool:
+        """Whether a choice is selected or feedback is shown (a quiz a learner has not touched shows neither)."""
+        return self.options.value is not None or bool(self.feedback.value)
+
     def choose(self, index: int) -> bool:
-        """Select choice ``index`` and check it, as a learner would; True when it is right."""
+        """Select choice ``index`` and check it, as a learner would; True when it is right.
+
+        It changes what this widget shows: call it on a widget of your own, not on one a learner uses.
+        """
         self.options.value = index
         return self._show()
 
@@ -53,7 +62,9 @@ class OpenQuestionWidget(widgets.VBox):
         self.question = question
         self.text = widgets.Textarea(placeholder="Write your answer in two or three sentences, then compare.",
                                      layout=widgets.Layout(width="100%", height="90px"))
-        self.button = widgets.Button(description="Compare with a model answer")
+        # A button is 148 px wide by default, which cuts this label off: size it to its text.
+        self.button = widgets.Button(description="Compare with a model answer",
+                                     layout=widgets.Layout(width="max-content"))
         self.feedback = widgets.HTML()
         self.button.on_click(lambda _button: self._show())
         where = f" <i>(see {html.escape(question.where)})</i>" if question.where else ""
