@@ -59,6 +59,18 @@ def stack(session_home):
     assert not left, f"processes left running after `down`: {left}"
 
 
+@pytest.fixture(scope="module")
+def provider(stack):
+    """A payment provider process on a new database of the session's stack, one per test module."""
+    from effectively_once import stack as stack_mod
+    from effectively_once.payments.children import ProviderProcess
+
+    name = f"provider_{stack_mod.new_run_id()}"
+    with ProviderProcess(stack.create_database(name)) as running:
+        yield running
+    stack.drop_database(name)
+
+
 @pytest.fixture
 def private_home():
     """A second, private EO_HOME for tests that bring a stack up and down themselves; purged at the end.

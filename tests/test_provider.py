@@ -21,15 +21,6 @@ pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
 
 
-@pytest.fixture(scope="module")
-def provider(stack):
-    run = stack_mod.new_run_id()
-    dsn = stack.create_database(f"provider_api_{run}")
-    with ProviderProcess(dsn) as running:
-        yield running
-    stack.drop_database(f"provider_api_{run}")
-
-
 @pytest.fixture
 def faults_reset(provider):
     yield provider
@@ -115,8 +106,16 @@ def test_the_largest_amount_stripe_accepts_is_charged(provider):
 
 
 def test_a_body_that_is_not_json_is_400(provider):
-    response = httpx.post(f"{provider.url}/v1/charges", content=b"{nope", headers=AUTH)
+    response = httpx.post(f"{provider.url}/v1/charges", content=b"{nope",
+                          headers={**AUTH, "Content-Type": "application/json"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "body"
+
+
+def test_a_body_not_sent_as_json_is_415_naming_the_content_type(provider):
+    m = uid()
+    response = httpx.post(f"{provider.url}/v1/charges", content=json.dumps(body(m)).encode(), headers=AUTH)
+    assert response.status_code == 415 and response.json()["error"]["param"] == "Content-Type"
+    assert ledger_count(provider, m) == 0
 
 
 def test_without_a_key_every_request_moves_money(provider):
@@ -243,7 +242,8 @@ def test_faults_are_validated(provider):
     response = httpx.post(f"{provider.url}/admin/faults", json={"fail_after_charge": 3}, headers=AUTH)
     assert response.status_code == 400 and response.json()["error"]["param"] == "fail_after_charge"
     response = httpx.post(f"{provider.url}/admin/faults", json={"explode": 1}, headers=AUTH)
-    assert response.status_code == 400 and "unknown fault" in response.json()["error"]["message"]
+    assert response.status_code == 400 and response.json()["error"]["param"] == "explode"
+    assert "unknown parameter: explode" in response.json()["error"]["message"]
     assert httpx.post(f"{provider.url}/admin/faults", json={}).status_code == 401
 
 

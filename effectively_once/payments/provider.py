@@ -26,6 +26,13 @@ functions: ``validate_charge`` and ``check_idempotency_key`` raise
 ``BadRequest`` naming the field, and ``answer_for_taken_key`` says what a
 request gets when another request already holds its key.
 
+What a valid request is, the provider's contract, is one OpenAPI 3.1 document,
+``effectively_once.payments.contract.OPENAPI``, served at ``GET /openapi.json``.
+Every body, header and query parameter is checked against it before the
+database is touched: a malformed request gets a 4xx in Stripe's error shape
+that names the field (``param``), never a 5xx. The contract module says why it
+is a hand-written document on Starlette rather than FastAPI.
+
 Fault knobs for the labs (at start, or at run time through ``POST /admin/faults``):
 ``latency_ms``; ``stall_next_ms`` (the next charge only, after it has taken its key,
 waits this long: one stuck call, while every other request is answered at
@@ -48,7 +55,6 @@ import collections
 import contextlib
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -56,21 +62,39 @@ import secrets
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from effectively_once.payments.contract import (
+    MAX_AMOUNT,
+    MAX_KEY_CHARS,
+    MAX_METADATA_KEY_LENGTH,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_LENGTH,
+    OPENAPI,
+    BadRequest,
+    check_parameter,
+    check_query,
+    check_schema,
+    json_response,
+    read_json_body,
+)
+from effectively_once.payments.contract import error_response as _error
 from effectively_once.payments.messages import DEFAULT_API_KEY, REPLAY_HEADER
 from effectively_once.schemas import load
 
 DEFAULT_KEY_TTL_SECONDS = 86400
-MAX_KEY_CHARS = 255
+# Stripe's limits, stated once in the contract and re-exported here.
+__all__ = ["MAX_AMOUNT", "MAX_KEY_CHARS", "MAX_METADATA_KEYS", "MAX_METADATA_KEY_LENGTH",
+           "MAX_METADATA_VALUE_LENGTH", "BadRequest", "Faults", "Provider", "create_app", "main"]
 
 SCHEMA = load("provider.sql")
 
@@ -85,39 +109,11 @@ def migrate(conn: psycopg.Connection) -> None:
         conn.execute(SCHEMA)
 
 
-def _error(status: int, kind: str, message: str, param: str | None = None,
-           headers: dict[str, str] | None = None, code: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": kind, "message": message}
-    if code:
-        body["code"] = code
-    if param:
-        body["param"] = param
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
 # What a client gets when the provider fails inside a charge, before or after the money moved: one
 # body for both, as a real provider's 500 says nothing reliable about what it had done.
 SERVER_ERROR = {"error": {"type": "api_error",
                           "message": "An error occurred while processing the charge; it may or may not have been "
                                      "made. Look it up (GET /v1/charges?msg_id=...) before charging again."}}
-
-
-class BadRequest(ValueError):
-    """A request the client got wrong, naming the field: it becomes a 400 ``invalid_request_error``.
-
-    A ``ValueError`` whose ``args[0]`` is ``(param, message)``.
-    """
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__((param, message))
-        self.param, self.message = param, message
-
-    def __str__(self) -> str:
-        return self.message
-
-    def response(self) -> JSONResponse:
-        """The 400 answer naming the field."""
-        return _error(400, "invalid_request_error", self.message, param=self.param)
 
 
 @dataclass
@@ -133,73 +129,25 @@ class Faults:
     key_ttl_seconds: float = DEFAULT_KEY_TTL_SECONDS
 
     def update(self, changes: dict[str, Any]) -> None:
-        """Apply ``changes`` (a partial dict), or raise ``BadRequest`` naming the bad field (and change nothing)."""
-        known = {f.name: f.type for f in fields(self)}
-        staged = asdict(self)
+        """Apply ``changes`` (a partial dict), or raise ``BadRequest`` naming the bad field (and change nothing).
+
+        The limits are the contract's (``FaultChanges`` in the OpenAPI document).
+        """
+        check_schema("FaultChanges", changes)
         for name, value in changes.items():
-            if name not in known:
-                raise BadRequest(name, f"{name}: unknown fault; known ones are {', '.join(known)}")
-            if name == "fail_after_charge_mode":
-                if value not in ("500", "drop"):
-                    raise BadRequest(name, "fail_after_charge_mode: must be '500' or 'drop'")
-                staged[name] = value
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise BadRequest(name, f"{name}: must be a finite number >= 0")
-            if name.startswith("fail_") and value > 1:
-                raise BadRequest(name, f"{name}: a probability between 0 and 1")
-            staged[name] = float(value)
-        for name, value in staged.items():
-            setattr(self, name, value)
-
-
-_CURRENCY = re.compile(r"[A-Za-z]{3}")
-# Stripe's limits: amounts up to 99,999,999 in the smallest unit; metadata of at most 50 keys,
-# keys up to 40 characters, values up to 500 (https://docs.stripe.com/api/metadata).
-MAX_AMOUNT = 99_999_999
-MAX_METADATA_KEYS = 50
-MAX_METADATA_KEY_LENGTH = 40
-MAX_METADATA_VALUE_LENGTH = 500
-
-
-def _text(param: str, value: Any, max_length: int, *, allow_empty: bool = False) -> str:
-    """``value`` as a storable string, or ``BadRequest(param, why)``.
-
-    JSON can carry what PostgreSQL cannot store: a NUL, or a lone UTF-16
-    surrogate (``"\\ud800"``) that is not valid UTF-8. Both are the client's
-    mistake, so they get a 400 naming the field, never a 500 from the database.
-    """
-    if not isinstance(value, str) or (not value and not allow_empty):
-        raise BadRequest(param, f"{param} must be a non-empty string")
-    if len(value) > max_length:
-        raise BadRequest(param, f"{param} must be at most {max_length} characters")
-    if "\x00" in value:
-        raise BadRequest(param, f"{param} must not contain a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(param, f"{param} must be valid UTF-8 (it holds a lone surrogate)") from None
-    return value
+            setattr(self, name, value if name == "fail_after_charge_mode" else float(value))
 
 
 def validate_charge(body: Any) -> dict[str, Any]:
-    """Check a ``POST /v1/charges`` body; raise ``BadRequest`` naming the first bad field."""
-    if not isinstance(body, dict):
-        raise BadRequest("body", "the body must be a JSON object")
-    amount = body.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
-        raise BadRequest("amount", f"amount must be a whole number of cents from 1 to {MAX_AMOUNT:,}")
-    currency = body.get("currency")
-    if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
-        raise BadRequest("currency", "currency must be a three-letter ISO code such as 'usd'")
-    customer = _text("customer", body.get("customer"), 255)
-    metadata = body.get("metadata", {})
-    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_KEYS:
-        raise BadRequest("metadata", f"metadata must be an object of at most {MAX_METADATA_KEYS} string values")
-    for key, value in metadata.items():
-        _text("metadata", key, MAX_METADATA_KEY_LENGTH)
-        _text(f"metadata.{key}", value, MAX_METADATA_VALUE_LENGTH, allow_empty=key != "msg_id")
-    return {"amount": amount, "currency": currency.lower(), "customer": customer, "metadata": metadata}
+    """Check a ``POST /v1/charges`` body against the contract; raise ``BadRequest`` naming the first bad field.
+
+    Returns what the provider stores: the amount as an ``int`` (JSON Schema
+    counts ``100.0`` as an integer), the currency in lowercase, the metadata
+    (``{}`` when absent).
+    """
+    check_schema("ChargeRequest", body)
+    return {"amount": int(body["amount"]), "currency": body["currency"].lower(), "customer": body["customer"],
+            "metadata": body.get("metadata", {})}
 
 
 def fingerprint(path: str, params: dict[str, Any]) -> str:
@@ -251,10 +199,8 @@ class _DroppedResponse(Response):
 
 
 def check_idempotency_key(key: str | None) -> str | None:
-    """The ``Idempotency-Key`` header as given (None when absent), or ``BadRequest`` when empty or too long."""
-    if key is not None and (not key or len(key) > MAX_KEY_CHARS):
-        raise BadRequest("Idempotency-Key",
-                         f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters long (got {len(key)}).")
+    """The ``Idempotency-Key`` header as given (None when absent), or ``BadRequest`` when the contract refuses it."""
+    check_parameter("createCharge", "header", "Idempotency-Key", key)
     return key
 
 
@@ -277,7 +223,7 @@ class StoredKey:
     response: Any = None
 
 
-def answer_for_taken_key(stored: StoredKey | None, digest: str) -> JSONResponse:
+def answer_for_taken_key(stored: StoredKey | None, digest: str) -> Response:
     """The answer to a request whose key another request already holds (Stripe's rules).
 
     ``stored`` is the key's row (None when it was pruned meanwhile), ``digest``
@@ -299,7 +245,7 @@ def answer_for_taken_key(stored: StoredKey | None, digest: str) -> JSONResponse:
         # Every statement that sets state 'done' sets the status code with it.
         raise RuntimeError("an idempotency key is 'done' without a stored status code: the provider database "
                            "was written by something else; recreate it")
-    return JSONResponse(stored.response, status_code=stored.status_code, headers={REPLAY_HEADER: "true"})
+    return json_response(stored.response, stored.status_code, headers={REPLAY_HEADER: "true"})
 
 
 class Provider:
@@ -363,11 +309,13 @@ class Provider:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/admin/faults", self.admin_faults, methods=["GET", "POST"]),
             Route("/admin/expire-keys", self.admin_expire_keys, methods=["POST"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
 
     def app(self) -> Starlette:
-        """The provider as an ASGI app."""
-        return Starlette(routes=self.routes(), lifespan=self.lifespan)
+        """The provider as an ASGI app: the routes, with every error answered in Stripe's shape."""
+        return Starlette(routes=self.routes(), lifespan=self.lifespan,
+                         exception_handlers={HTTPException: _http_error, Exception: _server_error})
 
     # -- helpers of the handlers -------------------------------------------------------------
     def authorised(self, request: Request) -> bool:
@@ -377,7 +325,7 @@ class Provider:
         return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), self.api_key)
 
     @staticmethod
-    def unauthorised() -> JSONResponse:
+    def unauthorised() -> Response:
         """The 401 answer."""
         return _error(401, "authentication_error",
                       "Invalid API key: send the header 'Authorization: Bearer <api key>'.")
@@ -423,7 +371,7 @@ class Provider:
                 (*row, status_code, Jsonb(response), key))
         return response
 
-    async def claim(self, conn: psycopg.AsyncConnection, key: str, digest: str) -> JSONResponse | None:
+    async def claim(self, conn: psycopg.AsyncConnection, key: str, digest: str) -> Response | None:
         """Record ``key`` in flight. Returns None when this request owns it, else the response to give.
 
         One upsert decides most cases: a new key is inserted; a key past its TTL
@@ -464,11 +412,7 @@ class Provider:
             return _error(429, "rate_limit_error", "Too many requests: slow down and retry with backoff.",
                           headers={"Retry-After": "1"})
         try:
-            body = await request.json()
-        except Exception:
-            return _error(400, "invalid_request_error", "The body is not valid JSON.", param="body")
-        try:
-            params = validate_charge(body)
+            params = validate_charge(await read_json_body(request, "createCharge"))
             key = check_idempotency_key(request.headers.get("idempotency-key"))
         except BadRequest as exc:
             return exc.response()
@@ -490,19 +434,19 @@ class Provider:
                         "UPDATE idempotency_keys SET state = 'done', status_code = 500, response = %s,"
                         " completed_at = clock_timestamp() WHERE key = %s",
                         (Jsonb(SERVER_ERROR), key))
-                return JSONResponse(SERVER_ERROR, status_code=500)
+                return json_response(SERVER_ERROR, 500)
             fails_after = bool(faults.fail_after_charge) and self.rng.random() < faults.fail_after_charge
             if fails_after and faults.fail_after_charge_mode == "500":
                 # The 500 is what the client is sent, so it is what the key keeps (with the charge, in
                 # one statement): a retry with this key gets the same 500, never the charge.
                 await self.move_money(conn, params, key, trace_id, status_code=500, answer=SERVER_ERROR)
-                return JSONResponse(SERVER_ERROR, status_code=500)
+                return json_response(SERVER_ERROR, 500)
             response = await self.move_money(conn, params, key, trace_id)
         if fails_after:
             # "drop": the 200 was stored and is being sent; the connection breaks before the client
             # reads it. A retry with the key gets the 200 replayed.
             return _DroppedResponse()
-        return JSONResponse(response)
+        return json_response(response)
 
     async def list_charges(self, request: Request) -> Response:
         """``GET /v1/charges[?msg_id=...]``: the ledger, oldest first (at most 100).
@@ -514,12 +458,10 @@ class Provider:
         """
         if not self.authorised(request):
             return self.unauthorised()
-        msg_id = request.query_params.get("msg_id")
-        if msg_id is not None:
-            try:
-                _text("msg_id", msg_id, MAX_METADATA_VALUE_LENGTH)
-            except BadRequest as exc:
-                return exc.response()
+        try:
+            msg_id = check_query("listCharges", request).get("msg_id")
+        except BadRequest as exc:
+            return exc.response()
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT charge_id, msg_id, idempotency_key, customer, amount, currency, trace_id, created_at"
@@ -528,13 +470,17 @@ class Provider:
             rows = await cur.fetchall()
         data = [{"id": r[0], "msg_id": r[1], "idempotency_key": r[2], "customer": r[3], "amount": r[4],
                  "currency": r[5], "trace_id": r[6], "created": r[7].isoformat()} for r in rows]
-        return JSONResponse({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
+
+    async def openapi(self, request: Request) -> Response:
+        """``GET /openapi.json``: the contract every request is checked against (no API key needed)."""
+        return json_response(OPENAPI)
 
     async def healthz(self, request: Request) -> Response:
         """``GET /healthz``: ok when the database answers."""
         async with self.pool.connection() as conn:
             await conn.execute("SELECT 1")
-        return JSONResponse({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def admin_faults(self, request: Request) -> Response:
         """``GET /admin/faults``: the fault knobs; ``POST`` changes some of them."""
@@ -542,16 +488,10 @@ class Provider:
             return self.unauthorised()
         if request.method == "POST":
             try:
-                changes = await request.json()
-            except ValueError:  # not JSON, or not UTF-8
-                return _error(400, "invalid_request_error", "The body is not valid JSON.", param="body")
-            try:
-                if not isinstance(changes, dict):
-                    raise BadRequest("body", "body: must be a JSON object of fault settings")
-                self.faults.update(changes)
+                self.faults.update(await read_json_body(request, "setFaults"))
             except BadRequest as exc:
                 return exc.response()
-        return JSONResponse(asdict(self.faults))
+        return json_response(asdict(self.faults))
 
     async def admin_expire_keys(self, request: Request) -> Response:
         """``POST /admin/expire-keys``: age every stored key past the TTL, as if a day had gone by."""
@@ -561,7 +501,23 @@ class Provider:
             cur = await conn.execute(
                 "UPDATE idempotency_keys SET created_at = created_at - make_interval(secs => %s)",
                 (self.faults.key_ttl_seconds + 1,))
-        return JSONResponse({"aged": cur.rowcount})
+        return json_response({"aged": cur.rowcount})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A 404 or 405 from the router, in Stripe's error shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 400
+    if status == 405:
+        return _error(405, "invalid_request_error",
+                      f"{request.method} is not allowed on {request.url.path}; see GET /openapi.json.",
+                      headers=getattr(exc, "headers", None))
+    return _error(status, "invalid_request_error",
+                  f"Unrecognized request URL ({request.method} {request.url.path}); see GET /openapi.json.")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """An error the provider did not expect: the same body as a charge's 500, since the money may have moved."""
+    return json_response(SERVER_ERROR, 500)
 
 
 def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None = None,
