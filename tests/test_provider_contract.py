@@ -191,7 +191,7 @@ def replayed(headers) -> bool:
     return "true" in (values if isinstance(values, list) else [values])
 
 
-DEFAULT_FAULTS = {"latency_ms": 0, "fail_after_charge": 0, "fail_after_charge_mode": "500",
+DEFAULT_FAULTS = {"latency_ms": 0, "stall_next_ms": 0, "fail_after_charge": 0, "fail_after_charge_mode": "500",
                   "fail_before_charge": 0, "rate_limit_per_second": 0, "key_ttl_seconds": 86400}
 
 

@@ -285,6 +285,8 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "latency_ms": {"type": "number", "minimum": 0, "maximum": 60_000,
                                    "x-error": "latency_ms must be a number of milliseconds from 0 to 60000."},
+                    "stall_next_ms": {"type": "number", "minimum": 0, "maximum": 60_000,
+                                      "x-error": "stall_next_ms must be a number of milliseconds from 0 to 60000."},
                     "fail_after_charge": {"type": "number", "minimum": 0, "maximum": 1,
                                           "x-error": "fail_after_charge must be a probability from 0 to 1."},
                     "fail_after_charge_mode": {"type": "string", "enum": ["500", "drop"],
