@@ -233,8 +233,10 @@ def test_the_rate_limit_answers_429(faults_reset):
     provider = faults_reset
     provider.set_faults(rate_limit_per_second=3)
     m = uid()
-    statuses = [post(provider, body(m), key=f"k-{m}-{i}").status_code for i in range(6)]
-    assert statuses.count(429) >= 2 and statuses[:3] == [200, 200, 200], statuses
+    # Twelve at once, so that they arrive within the limiter's one-second window even on a busy machine.
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(lambda i: post(provider, body(m), key=f"k-{m}-{i}").status_code, range(12)))
+    assert set(statuses) <= {200, 429} and statuses.count(429) >= 1 and statuses.count(200) >= 3, statuses
     assert ledger_count(provider, m) == statuses.count(200)
 
 
