@@ -84,7 +84,7 @@ def test_both_render(runs):
     flood, paced = runs
     assert "429" in flood._repr_html_() and "no 429" in paced._repr_html_()
     fig = stripe2023.plot_side_by_side(flood, paced)
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 6, "arrivals, the limiter and the live checkouts, for each run"
 
 
 def test_live_checkouts_count_refusals_and_waits():
