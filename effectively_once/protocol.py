@@ -45,10 +45,28 @@ def is_dlq_header(name: str) -> bool:
 LISTENING = "provider listening on "
 METRICS_ON = "metrics on "
 CRASH_POINT = "crash point "
+PAUSED_AT = "paused at "
+PROVIDER_ANSWERED = "provider answered "
 
 _PROVIDER_LISTENING = re.compile(re.escape(LISTENING) + r"(?P<url>https?://\S+)")
 _METRICS_ON = re.compile(r"^" + re.escape(METRICS_ON) + r"(?P<url>https?://\S+)", re.MULTILINE)
-_CRASH_POINT_REACHED = re.compile(re.escape(CRASH_POINT) + r"(?P<point>\w+) reached for the (?P<count>\d+)\. time")
+_CRASH_POINT_REACHED = re.compile(
+    re.escape(CRASH_POINT) + r"(?P<point>\w+) reached for the (?P<count>\d+)(st|nd|rd|th) time")
+_PAUSED_AT = re.compile(r"^" + re.escape(PAUSED_AT) + r"(?P<point>\w+) with (?P<msg_id>[^\s:]+)", re.MULTILINE)
+_PROVIDER_ANSWERED = re.compile(
+    r"^" + re.escape(PROVIDER_ANSWERED) + r"(?P<msg_id>\S+) \(Idempotency-Key: (?P<key>\S+)\): HTTP (?P<status>\d+), "
+    r"Idempotent-Replayed: (?P<replayed>\S+), charge (?P<charge_id>\S+)$", re.MULTILINE)
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ... ``11th``, ``21st``."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 row``, ``2 rows``, ``0 rows`` (``words`` for an irregular plural)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
 def provider_listening(url: str) -> str:
@@ -75,10 +93,32 @@ def parse_metrics_on(text: str) -> str | None:
 
 def crash_point_reached(point: str, count: int) -> str:
     """The consumer's last line before it SIGKILLs itself at ``point`` (the ``count``-th time there)."""
-    return f"{CRASH_POINT}{point} reached for the {count}. time: SIGKILL"
+    return f"{CRASH_POINT}{point} reached for the {ordinal(count)} time: SIGKILL"
 
 
 def parse_crash_point_reached(text: str) -> str | None:
     """The crash point a consumer's output says it killed itself at, or None."""
     match = _CRASH_POINT_REACHED.search(text)
     return match.group("point") if match else None
+
+
+def paused_at(point: str, msg_id: str) -> str:
+    """The consumer's line when it stops at ``point`` and waits for someone to kill it."""
+    return f"{PAUSED_AT}{point} with {msg_id}: waiting for a SIGKILL (SIGTERM stops it too)"
+
+
+def parse_paused_at(text: str) -> tuple[str, str] | None:
+    """The crash point and msg_id a consumer's output says it paused at, or None."""
+    match = _PAUSED_AT.search(text)
+    return (match.group("point"), match.group("msg_id")) if match else None
+
+
+def provider_answered(msg_id: str, key: str | None, status: int, replayed: str | None, charge_id: str) -> str:
+    """The consumer's line for one answer of the provider to a charge: its status and replay header."""
+    return (f"{PROVIDER_ANSWERED}{msg_id} (Idempotency-Key: {key or '(none)'}): HTTP {status}, "
+            f"Idempotent-Replayed: {replayed or '(absent)'}, charge {charge_id}")
+
+
+def parse_provider_answers(text: str) -> list[dict[str, str]]:
+    """Every provider answer a consumer's output records, in order, as dicts of the line's fields."""
+    return [match.groupdict() for match in _PROVIDER_ANSWERED.finditer(text)]

@@ -7,9 +7,9 @@ import pytest
 from effectively_once.incidents import stripe2023
 from effectively_once.incidents.redrive import RedriveResult
 
-MESSAGES = 100
-LIMIT = 50.0
-RATE = 15.0
+MESSAGES = 180
+LIMIT = 30.0
+RATE = 12.0
 
 
 def _replay(answers, finished=(), live=(), rate=None):
@@ -56,6 +56,15 @@ def test_redrive_all_arrives_in_one_burst_and_is_throttled(runs):
 
 
 @pytest.mark.integration
+def test_the_flood_refuses_and_delays_live_checkouts_and_the_paced_redrive_does_not(runs):
+    flood, paced = runs
+    assert flood.checkouts_refused > 0, f"live checkouts shared the limit with the flood: {flood.summary()}"
+    assert flood.checkout_latency(0.99) >= 1.0, "a refused checkout waits its Retry-After second"
+    assert paced.checkouts_refused == 0 and paced.checkout_latency(0.99) < 1.0, paced.summary()
+    assert len(paced.checkouts) > 0
+
+
+@pytest.mark.integration
 def test_a_paced_redrive_drains_without_a_single_429(runs):
     _, paced = runs
     assert paced.redrive.max_in_window(1.0) <= RATE + 1, "the token bucket keeps any second at rate + burst"
@@ -75,4 +84,12 @@ def test_both_render(runs):
     flood, paced = runs
     assert "429" in flood._repr_html_() and "no 429" in paced._repr_html_()
     fig = stripe2023.plot_side_by_side(flood, paced)
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 6, "arrivals, the limiter and the live checkouts, for each run"
+
+
+def test_live_checkouts_count_refusals_and_waits():
+    replay = _replay([(0.0, 200)], finished=[(1.0, "charged", 0)])
+    replay.checkouts = [(0.1, 0.02, 1, 200), (0.2, 1.03, 2, 200), (0.3, 2.05, 3, 429), (0.4, 0.03, 1, 200)]
+    assert replay.checkouts_refused == 2 and replay.checkouts_failed == 1
+    assert replay.checkout_latency(0.5) == 0.03 and replay.checkout_latency(0.99) == 2.05
+    assert "2 of 4 live checkouts were refused at least once" in replay.verdict()

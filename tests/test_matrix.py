@@ -67,7 +67,9 @@ def test_each_cell_keeps_its_rows_and_names_the_absorbing_layer(small):
     assert lost.shop.rows == [("msg-tm02-00000", "pending", 1)] and len(lost.ledger) == 0
     assert lost.absorbed_by is None and "never charged" in lost.problem()
     twice = matrix.cell("after_provider_call", "dedup_only")
-    assert twice.ledger.rows == [("msg-tm04-00000", None)] * 2 and twice.report.duplicated == ["msg-tm04-00000"]
+    assert [(r["msg_id"], r["idempotency_key"]) for r in twice.ledger] == [("msg-tm04-00000", None)] * 2
+    assert twice.report.duplicated == ["msg-tm04-00000"]
+    assert len(set(twice.ledger.column("charge_id"))) == 2, "two charges, each with its own id"
     assert matrix.cell("after_provider_call", "both").absorbed_by == "idempotency_key"
     assert matrix.cell("after_dedup_insert", "both").absorbed_by == "nothing needed"
     assert matrix.cell("after_dedup_insert", "both").shop.rows == [("msg-tm00-00000", "done", 2)]

@@ -198,3 +198,15 @@ def test_a_later_version_is_read_for_its_ids():
     assert tracing.parse_traceparent("01-" + "b" * 32 + "-" + "c" * 16 + "-01-more") == ("b" * 32, "c" * 16)
     with pytest.raises(ValueError):
         tracing.new_traceparent(trace_id="xyz")
+
+
+def test_back_to_back_firings_of_one_rule_read_as_one_line():
+    points = [(t, 0.2 if t in (10, 11, 15, 16, 23, 24) else 0.0) for t in range(0, 30)]
+    firings = alerts.dedup_hit_rate_alert(rate_series(points), window_seconds=1.0)
+    assert len(firings) == 3
+    lines = alerts.summarize(firings)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("DedupHitRateHigh fired 3 times, from t=10 s to t=24 s (highest peak 20.00%)")
+    assert lines[0].count("max.poll.interval.ms") == 1, "the advice is written once"
+    dlq = alerts.dlq_depth_alert(Series.from_points(metrics.DLQ_DEPTH, [(0, 0), (22.2426, 1), (27.7692, 3)]))
+    assert alerts.summarize(dlq) == [dlq[0].message] and "t=22 s to t=28 s" in dlq[0].message

@@ -255,6 +255,39 @@ def test_random_sigkills_from_outside_still_charge_each_message_exactly_once(sta
     assert done == 300
 
 
+def test_a_paused_consumer_waits_for_the_learners_sigkill_and_the_restart_logs_the_replay(stack, shared):
+    """pause_at stops at the crash point; the kill comes from outside; the restart gets Idempotent-Replayed."""
+    provider, shop_dsn = shared
+    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn, partitions=1) as lab:
+        ids = lab.produce(2, seed=5)
+        consumer = lab.start_consumer(pause_at="after_provider_call", log_answers=True)
+        assert consumer.wait_until_paused(30) == ("after_provider_call", ids[0])
+        time.sleep(1.5)
+        assert consumer.running, "a paused consumer waits; it does not kill itself"
+        kill = lab.kill_consumer()
+        assert (kill.paused_at, kill.msg_id, kill.charged, kill.pending, kill.done) == (
+            "after_provider_call", ids[0], 1, 1, 0), kill
+        assert consumer.killed_by_sigkill and not consumer.crashed_at_point
+        assert lab.kill_consumer(consumer) is kill, "a second call reports the same kill, it does not kill twice"
+        assert [r["state"] for r in lab.key_rows()] == ["done"]
+        restarted = lab.start_consumer(log_answers=True)
+        assert restarted.wait(30) == 0, restarted.log_tail()
+        answers = restarted.provider_answers()
+        assert [(a["msg_id"], a["replayed"]) for a in answers] == [(ids[0], "true"), (ids[1], "(absent)")]
+        assert answers[0]["charge_id"] == consumer.provider_answers()[0]["charge_id"]
+        assert lab.report().ok
+
+
+def test_the_dlq_table_names_a_msg_id_found_in_the_body_or_the_key(stack, shared):
+    provider, shop_dsn = shared
+    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
+        lab.produce_raw([b"not json", b'{"msg_id": "m-neg", "amount": -5}'])
+        lab.produce_raw([b"[1, 2]"], key=None)
+        assert lab.start_consumer(exit_when_idle=0.5).wait(60) == 0
+        names = sorted(lab.dlq_rows().column("msg_id"))
+    assert names == ["(key raw)", "m-neg", "—"], names
+
+
 # -- what cannot be charged goes to the dead-letter topic ------------------------------------
 def test_a_4xx_goes_straight_to_the_dlq_with_its_reason(stack, shared):
     provider, shop_dsn = shared

@@ -53,3 +53,24 @@ def test_the_consumer_marks_exactly_the_crash_points_the_protocol_names():
     used = {node.args[0].value for node in ast.walk(ast.parse(inspect.getsource(steps)))
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "crash_point"}
     assert used == set(protocol.CRASH_POINTS)
+
+
+def test_ordinals_and_plurals_read_as_english():
+    assert [protocol.ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
+    assert protocol.crash_point_reached("after_provider_call", 1).endswith("reached for the 1st time: SIGKILL")
+    assert [protocol.plural(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+
+
+def test_the_pause_line_and_the_provider_answers_parse_back():
+    line = protocol.paused_at("after_provider_call", "msg-x-00000")
+    assert protocol.parse_paused_at(f"consumer started\n{line}\n") == ("after_provider_call", "msg-x-00000")
+    assert protocol.parse_paused_at("consumer started") is None
+    log = "\n".join([protocol.provider_answered("m1", "charge-m1", 200, None, "ch_1"),
+                     "dead-lettered something",
+                     protocol.provider_answered("m1", "charge-m1", 200, "true", "ch_1"),
+                     protocol.provider_answered("m2", None, 200, None, "ch_2")])
+    answers = protocol.parse_provider_answers(log)
+    assert [(a["msg_id"], a["key"], a["replayed"]) for a in answers] == [
+        ("m1", "charge-m1", "(absent)"), ("m1", "charge-m1", "true"), ("m2", "(none)", "(absent)")]
+    assert answers[1]["status"] == "200" and answers[1]["charge_id"] == "ch_1"

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from effectively_once.db import one
+from effectively_once.protocol import plural
 from effectively_once.schemas import load
 
 if TYPE_CHECKING:
@@ -298,8 +299,8 @@ class SqsReplay:
     def verdict(self) -> str:
         """One sentence on the outcome."""
         if self.duplicates:
-            return (f"{len(self.duplicated_messages)} message(s) outlasted the {self.visibility_timeout:g} s "
-                    f"timeout and their side effect ran {self.duplicates} extra time(s).")
+            return (f"{plural(len(self.duplicated_messages), 'message')} outlasted the {self.visibility_timeout:g} s "
+                    f"timeout and their side effect ran {plural(self.duplicates, 'extra time')}.")
         return (f"No side effect ran twice although p99 duration is {self.side_effect_duration_p99:.2f} s "
                 f"against a {self.visibility_timeout:g} s timeout ({self.fix or 'no fix'}).")
 
@@ -339,7 +340,7 @@ class SqsReplay:
         ax.set_ylim(0, max(self.visibility_timeout, self.side_effect_duration_p99) * 1.3)
         ax.set_xlabel("message id")
         ax.set_ylabel("side-effect duration (s)")
-        ax.set_title(f"SQS replay, fix: {self.fix or 'none'}: {self.duplicates} duplicate execution(s)")
+        ax.set_title(f"SQS replay, fix: {self.fix or 'none'}: {plural(self.duplicates, 'duplicate execution')}")
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
         ax.figure.tight_layout()
         return ax.figure

@@ -20,13 +20,15 @@ Throttled calls were retried, retries added load, and throttling cascaded.
 3. the redrive (``effectively_once.incidents.redrive.redrive``) into the
    source topic: all at once (``rate=None``) or paced by a token bucket at
    ``rate`` records per second; meanwhile ``LiveTraffic`` sends a few checkout
-   charges per second straight to the provider, sharing its limit;
+   charges per second straight to the provider, sharing its limit, and times
+   each checkout until the provider accepts it (a refused checkout waits the
+   ``Retry-After`` second and tries again, as a checkout page would);
 4. the consumers charge everything; each HTTP answer the provider gives them
    is recorded (``answering_step`` / ``answering_batch_step``, plugged in with
    ``--step``), so that 429s and retries can be counted and plotted in time.
 
 ``FloodReplay`` holds the counts (429s, retries, drain time, charges, live
-checkouts refused) and the series; ``plot_side_by_side(flood, paced)`` draws
+checkouts refused and how long they waited) and the series; ``plot_side_by_side(flood, paced)`` draws
 both runs.
 """
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -56,9 +59,10 @@ if TYPE_CHECKING:
 
 ANSWERING_STEP = "effectively_once.incidents.stripe2023:answering_step"
 ANSWERING_BATCH_STEP = "effectively_once.incidents.stripe2023:answering_batch_step"
-DEFAULT_MESSAGES = 150
-DEFAULT_PROVIDER_LIMIT = 50.0
+DEFAULT_MESSAGES = 240
+DEFAULT_PROVIDER_LIMIT = 30.0
 DEFAULT_LIVE_RATE = 8.0
+CHECKOUT_RETRIES = 2  # a checkout refused three times in a row gives up: the customer sees an error
 ANSWERS_SCHEMA = load("stripe2023_answers.sql")
 _ANSWERS_LOCK = 0x45_4F_32_33  # serialises concurrent creation of the table by several consumers
 
@@ -152,6 +156,8 @@ class FloodReplay:
     answers: list[tuple[float, int]] = field(repr=False)    # (seconds since the first redriven send, HTTP status)
     finished: list[tuple[float, str, int]] = field(repr=False)  # (seconds, result, retries) per consumer event
     live: list[tuple[float, int]] = field(default_factory=list, repr=False)  # live checkout answers (seconds, status)
+    # one per live checkout: (seconds when it started, seconds until its last answer, attempts, last status)
+    checkouts: list[tuple[float, float, int, int]] = field(default_factory=list, repr=False)
     live_rate: float = 0.0
     charged_messages: int = 0
     duplicate_charges: int = 0
@@ -166,6 +172,23 @@ class FloodReplay:
     def live_throttled(self) -> int:
         """Live checkout charges the provider refused with 429 while the redrive drained."""
         return sum(1 for _, status in self.live if status == 429)
+
+    @property
+    def checkouts_refused(self) -> int:
+        """Live checkouts whose customer was refused at least once (a 429 on some attempt)."""
+        return sum(1 for _, _, attempts, status in self.checkouts if attempts > 1 or status != 200)
+
+    @property
+    def checkouts_failed(self) -> int:
+        """Live checkouts that never got a 200: refused ``CHECKOUT_RETRIES + 1`` times, the customer gave up."""
+        return sum(1 for _, _, _, status in self.checkouts if status != 200)
+
+    def checkout_latency(self, q: float = 0.99) -> float:
+        """The ``q`` quantile of the live checkouts' latency in seconds, first attempt to last answer."""
+        latencies = sorted(latency for _, latency, _, _ in self.checkouts)
+        if not latencies:
+            return 0.0
+        return latencies[max(0, math.ceil(q * len(latencies)) - 1)]  # the nearest rank
 
     @property
     def provider_calls(self) -> int:
@@ -222,7 +245,10 @@ class FloodReplay:
             "retries": self.retries,
             "retry_count_p99": self.retry_count_p99,
             "back in the DLQ": self.redead_lettered,
-            f"live checkouts refused (of {len(self.live)})": self.live_throttled,
+            f"live checkouts refused at least once (of {len(self.checkouts)})": self.checkouts_refused,
+            "live checkouts given up": self.checkouts_failed,
+            "live checkout latency p50 (ms)": round(self.checkout_latency(0.5) * 1000),
+            "live checkout latency p99 (ms)": round(self.checkout_latency(0.99) * 1000),
             "messages charged": self.charged_messages,
             "charged twice": self.duplicate_charges,
             "drain time (s)": round(self.drain_seconds, 1),
@@ -231,13 +257,34 @@ class FloodReplay:
     def verdict(self) -> str:
         """One sentence on the outcome."""
         how = "Redriven all at once" if self.rate is None else f"Redriven at {self.rate:g}/s"
-        live = f", and refused {self.live_throttled} of {len(self.live)} live checkouts" if self.live else ""
+        live = (f"; {self.checkouts_refused} of {len(self.checkouts)} live checkouts were refused at least once "
+                f"(p99 {self.checkout_latency(0.99) * 1000:.0f} ms)") if self.checkouts else ""
         if self.throttled or self.live_throttled:
             return (f"{how}: the provider answered 429 {self.throttled} times to the consumers, which retried "
                     f"{self.retries} times{live}; {self.charged_messages} of {self.messages} charged "
                     f"in {self.drain_seconds:.1f} s.")
         return (f"{how}: no 429 from the provider, no retry{live}; {self.charged_messages} of {self.messages} "
                 f"charged in {self.drain_seconds:.1f} s.")
+
+    def plot_checkouts(self, ax=None, xmax: float | None = None):
+        """One dot per live checkout: when it started, and how long its customer waited for a 200."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 2.5))
+        name = "redrive-all" if self.rate is None else f"redrive --rate {self.rate:g}"
+        ok = [(t, latency * 1000) for t, latency, _, status in self.checkouts if status == 200]
+        gave_up = [(t, latency * 1000) for t, latency, _, status in self.checkouts if status != 200]
+        if ok:
+            ax.scatter(*zip(*ok, strict=True), s=14, color="tab:blue", label="checkout accepted")
+        if gave_up:
+            ax.scatter(*zip(*gave_up, strict=True), s=24, marker="x", color="tab:red",
+                       label=f"checkout given up ({len(gave_up)})")
+        ax.set_yscale("symlog", linthresh=100)
+        ax.set_ylim(0, 5000)
+        _label(ax, f"{name}: live checkouts, p99 {self.checkout_latency(0.99) * 1000:.0f} ms",
+               "seconds since the first redriven record", "wait for a 200 (ms)", "upper right", xmax)
+        return ax.figure
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
@@ -280,23 +327,30 @@ class FloodReplay:
                 bottom.scatter(refused, [self.provider_limit * 1.08] * len(refused), marker="x", color=colour,
                                label=f"{label} ({len(refused)})", zorder=3)
         bottom.set_ylim(0, self.provider_limit * 1.5)
-        bottom.set_title(f"at the provider: {self.throttled + self.live_throttled} x 429, {self.retries} retries")
-        bottom.set_xlabel("seconds since the first redriven record")
-        bottom.set_ylabel("charges per trailing second")
-        bottom.legend(fontsize="small", loc="lower right")
-        if xmax is not None:
-            bottom.set_xlim(0, xmax)
+        _label(bottom, f"at the provider: {self.throttled + self.live_throttled} x 429, {self.retries} retries",
+               "", "charges per trailing second", "lower right", xmax)
         return top.figure
 
 
+def _label(ax, title: str, xlabel: str, ylabel: str, legend_at: str, xmax: float | None) -> None:
+    """Title, axis labels, legend and x range of one panel."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", loc=legend_at)
+    if xmax is not None:
+        ax.set_xlim(0, xmax)
+
+
 def plot_side_by_side(flood: FloodReplay, paced: FloodReplay, bin_seconds: float = 0.25):
-    """Both replays in two columns on one time axis; the provider panels share their scale."""
+    """Both replays in two columns on one time axis: arrivals, the provider's limiter, the live checkouts."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 6.5), sharex=True)
+    fig, axes = plt.subplots(3, 2, figsize=(12, 9), sharex=True)
     xmax = max(flood.drain_seconds, paced.drain_seconds) + 0.5
-    flood.plot(axes[:, 0], bin_seconds, xmax)
-    paced.plot(axes[:, 1], bin_seconds, xmax)
+    for column, run in enumerate((flood, paced)):
+        run.plot(axes[:2, column], bin_seconds, xmax)
+        run.plot_checkouts(axes[2, column], xmax)
     fig.tight_layout()
     return fig
 
@@ -304,36 +358,64 @@ def plot_side_by_side(flood: FloodReplay, paced: FloodReplay, bin_seconds: float
 class LiveTraffic:
     """Checkout traffic that does not go through the queue: charges POSTed straight to the provider.
 
-    A thread sends ``rate`` charges per second (each with its own
-    Idempotency-Key) until stopped, and records when each was answered and
-    with which status. It shares the provider's rate limit with the redrive,
-    as live payments share an account's limit with a backlog being replayed.
+    A thread starts ``rate`` checkouts per second (each with its own
+    Idempotency-Key) until stopped. A checkout refused with 429 waits the
+    ``Retry-After`` the provider asks for and tries again under the same key,
+    at most ``retries`` times, as a checkout page would; then its customer
+    gives up. It records every answer (when, which status) and, per checkout,
+    how long the customer waited. It shares the provider's rate limit with
+    the redrive, as live payments share an account's limit with a backlog
+    being replayed.
     """
 
-    def __init__(self, url: str, api_key: str, rate: float, prefix: str) -> None:
+    def __init__(self, url: str, api_key: str, rate: float, prefix: str, retries: int = CHECKOUT_RETRIES) -> None:
         import threading
 
-        self.url, self.api_key, self.rate, self.prefix = url, api_key, rate, prefix
-        self.answers: list[tuple[float, int]] = []   # (time.time(), status)
+        self.url, self.api_key, self.rate, self.prefix, self.retries = url, api_key, rate, prefix, retries
+        self.answers: list[tuple[float, int]] = []   # (time.time(), status), every attempt
+        self.checkouts: list[tuple[float, float, int, int]] = []  # (started, seconds waited, attempts, last status)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True, name="live-traffic")
+        self._workers: list[threading.Thread] = []
 
-    def _run(self) -> None:
+    def _checkout(self, http, key: str) -> None:
         import httpx
 
-        with httpx.Client(timeout=5.0, trust_env=False,
+        started, attempts, status = time.time(), 0, 0
+        while True:
+            attempts += 1
+            try:
+                response = http.post(f"{self.url}/v1/charges", headers={"Idempotency-Key": key},
+                                     json={"amount": 1500, "currency": "usd", "customer": "cus_checkout",
+                                           "metadata": {"msg_id": key}})
+                status = response.status_code
+                wait = float(response.headers.get("retry-after", "1") or 1)
+            except httpx.TransportError:
+                status, wait = 0, 1.0
+            with self._lock:
+                self.answers.append((time.time(), status))
+            if status != 429 or attempts > self.retries:
+                break
+            time.sleep(wait)
+        with self._lock:
+            self.checkouts.append((started, time.time() - started, attempts, status))
+
+    def _run(self) -> None:
+        import threading
+
+        import httpx
+
+        with httpx.Client(timeout=5.0, trust_env=False, limits=httpx.Limits(max_connections=32),
                           headers={"Authorization": f"Bearer {self.api_key}"}) as http:
             n = 0
             while not self._stop.wait(1.0 / self.rate):
                 n += 1
-                key = f"{self.prefix}-{n}"
-                try:
-                    response = http.post(f"{self.url}/v1/charges", headers={"Idempotency-Key": key},
-                                         json={"amount": 1500, "currency": "usd", "customer": "cus_checkout",
-                                               "metadata": {"msg_id": key}})
-                    self.answers.append((time.time(), response.status_code))
-                except httpx.TransportError:
-                    self.answers.append((time.time(), 0))
+                worker = threading.Thread(target=self._checkout, args=(http, f"{self.prefix}-{n}"), daemon=True)
+                worker.start()
+                self._workers.append(worker)
+            for worker in self._workers:  # the client must outlive the checkouts still waiting
+                worker.join(timeout=10)
 
     def __enter__(self) -> LiveTraffic:
         self._thread.start()
@@ -341,7 +423,7 @@ class LiveTraffic:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=20)
 
 
 class FloodLab:
@@ -457,6 +539,8 @@ class FloodLab:
             answers = [(float(at) - t0, int(status)) for at, status in conn.execute(
                 "SELECT at, status FROM provider_answers WHERE at >= %s AND at <= %s ORDER BY at", (t0, t_end))]
         live_answers = [(at - t0, status) for at, status in getattr(live, "answers", []) if t0 <= at <= t_end]
+        checkouts = [(at - t0, waited, attempts, status) for at, waited, attempts, status
+                     in getattr(live, "checkouts", []) if t0 <= at <= t_end]
         with psycopg.connect(provider_dsn) as conn:
             charged, twice = one(conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE n > 1) FROM"
@@ -464,7 +548,8 @@ class FloodLab:
                 (msg_ids,)), "the ledger's counts")
         return FloodReplay(rate=rate, messages=messages, provider_limit=self.provider_limit,
                            consumers=self.consumers, redrive=result, answers=answers, finished=finished,
-                           live=live_answers, live_rate=live_rate, charged_messages=int(charged),
+                           live=live_answers, checkouts=checkouts, live_rate=live_rate,
+                           charged_messages=int(charged),
                            duplicate_charges=int(twice),
                            redead_lettered=sum(1 for _, r, _ in finished if r == "dead_lettered"))
 

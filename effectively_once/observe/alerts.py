@@ -17,6 +17,8 @@
 
 A rule fires over intervals: ``rule.evaluate(series, deploy_windows)`` returns
 one ``Firing`` per interval, each with a message a person on call can act on.
+``summarize(firings)`` folds a rule's back-to-back firings into one line with a
+count and a time range, as an alert manager groups a flapping alert.
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ class Firing:
     end: float
     peak: float
     message: str
+    first: float | None = None   # the first sample of the run (``start`` waits out ``for_seconds``)
+    what: str = ""               # the condition, e.g. "dedup_check_hit_rate above 1.00% outside any deploy window"
+    peak_text: str = ""          # the peak as the message writes it
+    meaning: str = ""            # what to do, the same for every firing of the rule
 
 
 def format_time(t: float) -> str:
     """A timestamp for a message: UTC clock time for Unix times, else seconds since the series' origin."""
     if t >= 1e9:
         return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"t={t:g} s"
+    return f"t={t:.0f} s"
 
 
 def format_duration(seconds: float) -> str:
@@ -116,12 +122,14 @@ class AlertRule:
         where = series.label_text()
         lasted = f" for {format_duration(end - first)}" if end > first else ""
         deploy = " outside any deploy window" if self.ignore_deploy_windows else ""
+        what = f"{self.metric}{where} above {_format_value(self.threshold, self.unit)}{deploy}"
+        peak_text = _format_value(peak, self.unit)
         message = (f"{self.name}: {self.metric}{where} above {_format_value(self.threshold, self.unit)}"
-                   f"{lasted}{deploy}, from {format_time(first)} to {format_time(end)} "
-                   f"(peak {_format_value(peak, self.unit)})")
+                   f"{lasted}{deploy}, from {format_time(first)} to {format_time(end)} (peak {peak_text})")
         if self.meaning:
             message += f". {self.meaning}"
-        return Firing(self.name, start, end, peak, message)
+        return Firing(self.name, start, end, peak, message, first=first, what=what, peak_text=peak_text,
+                      meaning=self.meaning)
 
 
 DLQ_NOT_EMPTY = AlertRule(
@@ -164,3 +172,30 @@ def evaluate(series_list: Iterable[Series], deploy_windows: Sequence[DeployWindo
     firings = [firing for series in series_list for rule in rules if rule.metric == series.name
                for firing in rule.evaluate(series, deploy_windows)]
     return sorted(firings, key=lambda f: (f.start, f.rule))
+
+
+def summarize(firings: Sequence[Firing]) -> list[str]:
+    """One line per rule and run of back-to-back firings: a count and a time range instead of repeats.
+
+    A rule that fires three times in a row over one incident says so once:
+    ``DedupHitRateHigh fired 3 times, from t=11 s to t=25 s (peak 21.74%): ...``,
+    with its advice written once. A single firing keeps its own message.
+    """
+    lines: list[str] = []
+    group: list[Firing] = []
+    for firing in [*sorted(firings, key=lambda f: (f.start, f.rule)), None]:
+        if group and (firing is None or firing.rule != group[-1].rule or firing.what != group[-1].what):
+            if len(group) == 1:
+                lines.append(group[0].message)
+            else:
+                peak = max(group, key=lambda f: f.peak)
+                line = (f"{group[0].rule} fired {len(group)} times, from "
+                        f"{format_time(group[0].first if group[0].first is not None else group[0].start)} "
+                        f"to {format_time(group[-1].end)} (highest peak {peak.peak_text}): {group[0].what}")
+                if group[0].meaning:
+                    line += f". {group[0].meaning}"
+                lines.append(line)
+            group = []
+        if firing is not None:
+            group.append(firing)
+    return lines

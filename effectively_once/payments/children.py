@@ -218,10 +218,31 @@ class ConsumerProcess(Child):
         return url
 
     @property
+    def paused_at(self) -> tuple[str, str] | None:
+        """``(crash point, msg_id)`` once the consumer has stopped at its ``pause_at`` point, else None."""
+        return protocol.parse_paused_at(self.log_tail(20000)) if self.settings.pause_at else None
+
+    def wait_until_paused(self, timeout: float = 30.0) -> tuple[str, str]:
+        """Wait until the consumer stops at its ``pause_at`` point; return the point and the msg_id there."""
+        if not self.settings.pause_at:
+            raise ValueError("this consumer was started without pause_at: it never pauses")
+        wait_until(lambda: self.paused_at is not None, timeout, f"the consumer's pause at {self.settings.pause_at}",
+                   proc=self.proc, log=self.log_path)
+        where = self.paused_at
+        assert where is not None, "wait_until returned before the consumer announced its pause"
+        return where
+
+    def provider_answers(self) -> list[dict[str, str]]:
+        """The provider's answers to this consumer's charges, from its log (started with ``log_answers``):
+        ``msg_id``, ``key``, ``status``, ``replayed`` (the ``Idempotent-Replayed`` header) and ``charge_id``."""
+        return protocol.parse_provider_answers(self.log_tail(10**7))
+
+    @property
     def crashed_at_point(self) -> bool:
         """True when the process killed itself at its crash point (not from outside)."""
         return self.killed_by_sigkill and protocol.parse_crash_point_reached(self.log_tail(5000)) is not None
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"
-        return f"<consumer pid={self.pid} layers={','.join(self.layers) or 'none'} crash_at={self.crash_at} {state}>"
+        where = f"pause_at={self.settings.pause_at}" if self.settings.pause_at else f"crash_at={self.crash_at}"
+        return f"<consumer pid={self.pid} layers={','.join(self.layers) or 'none'} {where} {state}>"

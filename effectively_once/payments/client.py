@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,11 +70,19 @@ class ChargeResult:
 
 
 class ProviderClient:
-    """Calls the provider at ``url`` over one kept-alive connection: ``charge`` and ``charges_for``."""
+    """Calls the provider at ``url`` over one kept-alive connection: ``charge`` and ``charges_for``.
+
+    ``on_answer``, when given, hears of every charge the provider answered with
+    a 200: ``on_answer(msg_id, idempotency_key, status, replay_header, charge_id)``,
+    where ``replay_header`` is the ``Idempotent-Replayed`` header as sent
+    (``"true"`` for an answer replayed from the key store, None when absent).
+    """
 
     def __init__(self, url: str, api_key: str = DEFAULT_API_KEY, *, timeout: float = 5.0, max_retries: int = 5,
-                 backoff: float = 0.05, max_backoff: float = 1.0, seed: int | None = None) -> None:
+                 backoff: float = 0.05, max_backoff: float = 1.0, seed: int | None = None,
+                 on_answer: Callable[[str, str | None, int, str | None, str], None] | None = None) -> None:
         self.url = url.rstrip("/")
+        self.on_answer = on_answer
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self._rng = random.Random(seed)
         self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {api_key}"},
@@ -91,7 +100,10 @@ class ProviderClient:
             headers["Idempotency-Key"] = idempotency_key
         started = time.perf_counter()
         response, retries = self._send("POST", "/v1/charges", json=msg.body(), headers=headers)
-        return ChargeResult(response.json()["id"], response.headers.get(REPLAY_HEADER) == "true", retries,
+        charge_id, replay = response.json()["id"], response.headers.get(REPLAY_HEADER)
+        if self.on_answer is not None:
+            self.on_answer(msg.msg_id, idempotency_key, response.status_code, replay, charge_id)
+        return ChargeResult(charge_id, replay == "true", retries,
                             (time.perf_counter() - started) * 1000, idempotency_key=idempotency_key)
 
     def charges_for(self, msg_id: str) -> list[dict[str, Any]]:

@@ -74,9 +74,11 @@ class StepContext:
     and the topic and group it consumes for (where the ``offsets_in_db`` step stores its offsets)."""
 
     def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: Iterable[str],
-                 crash_at: str | None = None, crash_on: int = 1, *, topic: str = "", group: str = "") -> None:
+                 crash_at: str | None = None, crash_on: int = 1, *, topic: str = "", group: str = "",
+                 pause_at: str | None = None) -> None:
         self.shop, self.provider, self.layers = shop, provider, frozenset(layers)
-        self.crash_at, self.crash_on = crash_at, crash_on
+        self.crash_at, self.crash_on, self.pause_at = crash_at, crash_on, pause_at
+        self.current_msg_id = ""
         self.topic, self.group = topic, group
         self.reached: dict[str, int] = {}
 
@@ -87,13 +89,23 @@ class StepContext:
         return layer in self.layers
 
     def crash_point(self, name: str) -> None:
-        """Mark a crash point; SIGKILL this process the ``crash_on``-th time it reaches ``crash_at``."""
+        """Mark a crash point; SIGKILL this process the ``crash_on``-th time it reaches ``crash_at``.
+
+        The first time it reaches ``pause_at`` it stops there instead and waits,
+        for a SIGKILL from outside (the learner's), or a SIGTERM, which ends it.
+        """
         if name not in CRASH_POINTS:
             raise ValueError(f"unknown crash point {name!r}; the crash points are {', '.join(CRASH_POINTS)}")
         self.reached[name] = self.reached.get(name, 0) + 1
         if name == self.crash_at and self.reached[name] == self.crash_on:
             print(protocol.crash_point_reached(name, self.crash_on), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
+        if name == self.pause_at and self.reached[name] == 1:
+            # No cleanup to wait for while paused: a SIGTERM (the lab stopping) ends the process at once.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            print(protocol.paused_at(name, self.current_msg_id or "(a batch)"), flush=True)
+            while True:
+                signal.pause()
 
 
 def _msg_id_of(value: bytes | None, headers: dict[str, bytes]) -> str | None:
@@ -131,9 +143,10 @@ class PaymentConsumer:
         self.events = psycopg.connect(settings.shop_dsn, autocommit=True)
         self.events.execute("SET synchronous_commit = off")
         self.provider = ProviderClient(settings.provider_url, settings.api_key, max_retries=settings.max_retries,
-                                       timeout=settings.provider_timeout)
+                                       timeout=settings.provider_timeout,
+                                       on_answer=self._provider_answered if settings.log_answers else None)
         self.ctx = StepContext(self.shop, self.provider, self.layers, settings.crash_at, settings.crash_on,
-                               topic=settings.topic, group=settings.group)
+                               topic=settings.topic, group=settings.group, pause_at=settings.pause_at)
         self.stores_offsets = settings.stores_offsets
         config = {
             "bootstrap.servers": settings.bootstrap, "auto.offset.reset": "earliest",
@@ -151,6 +164,11 @@ class PaymentConsumer:
         self.counts = {"processed": 0, "charged": 0, "replayed": 0, "skipped": 0, "dead_lettered": 0}
         self.telemetry = telemetry or ConsumerTelemetry(dedup=settings.uses_dedup, group=settings.group,
                                                         window_seconds=settings.metrics_window)
+
+    def _provider_answered(self, msg_id: str, key: str | None, status: int, replay: str | None,
+                           charge_id: str) -> None:
+        """Log the provider's answer to a charge, with its ``Idempotent-Replayed`` header as sent."""
+        self.log(protocol.provider_answered(msg_id, key, status, replay, charge_id))
 
     # -- one poll batch -----------------------------------------------------------------
     def handle_batch(self, records: list) -> int:
@@ -173,6 +191,7 @@ class PaymentConsumer:
         for index, (record, headers, base, msg) in enumerate(valid):
             # One span per message, current while the step runs (with --batch-dedup the step ran already).
             with self.telemetry.message_span(msg.traceparent, msg.msg_id, base):
+                self.ctx.current_msg_id = msg.msg_id
                 if self.batch_dedup:
                     outcome = outcomes[index]
                 else:

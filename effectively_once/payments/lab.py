@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import atexit
 import html
+import json
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -30,7 +32,7 @@ from effectively_once.db import columns, one
 from effectively_once.kafka import quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
 from effectively_once.payments.consumer import migrate_shop
-from effectively_once.payments.messages import DEFAULT_API_KEY
+from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for
 from effectively_once.payments.offsets import stored_offsets
 from effectively_once.payments.producer import Sent, charge_records, send_records
 from effectively_once.payments.provider import migrate
@@ -41,6 +43,7 @@ from effectively_once.protocol import (
     DLQ_REASON,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_PARTITION,
+    plural,
 )
 
 if TYPE_CHECKING:
@@ -90,18 +93,34 @@ class Table:
                        for row in self.rows)
         empty = "" if self.rows else f"<tr><td colspan='{len(self.columns)}'><i>no rows</i></td></tr>"
         return (f"<table><caption style='text-align:left'><b>{html.escape(self.title)}</b> "
-                f"({len(self.rows)} rows)</caption><thead><tr>{head}</tr></thead><tbody>{body}{empty}</tbody></table>")
+                f"({plural(len(self.rows), 'row')})</caption><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}{empty}</tbody></table>")
 
     def __repr__(self) -> str:
         cells = [list(self.columns)] + [[_cell(v) for v in row] for row in self.rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
-        lines = [f"{self.title} ({len(self.rows)} rows)"]
+        lines = [f"{self.title} ({plural(len(self.rows), 'row')})"]
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
         return "\n".join(lines)
 
 
 def _cell(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _dlq_msg_id(record: dict[str, Any]) -> str:
+    """A dead-lettered record's msg_id: its header, else the body's when the body is JSON with one,
+    else its key, else a dash."""
+    found = record["headers"].get("msg_id")
+    if not found:
+        try:
+            body = json.loads(record["value"] or b"")
+            found = body.get("msg_id") if isinstance(body, dict) and isinstance(body.get("msg_id"), str) else None
+        except ValueError:
+            found = None
+    if not found and record.get("key"):
+        found = f"(key {record['key'].decode('utf-8', 'replace')})"
+    return found or "—"
 
 
 @dataclass
@@ -144,6 +163,30 @@ class PaymentReport:
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in self.as_dict().items())
         where = f"layers <code>{layer_set_name(self.layers)}</code>, crash at <code>{self.crash_at or 'nowhere'}</code>"
         return f"<div><p>{where}: <b>{verdict}</b></p><table>{rows}</table></div>"
+
+
+@dataclass
+class KillReport:
+    """What a SIGKILL from outside hit: which consumer, where it was, and what it had done by then."""
+
+    pid: int
+    by: str                          # who sent it: "the button", "lab.kill_consumer()"
+    paused_at: str | None            # the crash point it was waiting at, None if it was still running
+    msg_id: str | None               # the message it was handling there
+    messages: int                    # charge messages the lab produced
+    charged: int                     # ledger rows for them at the provider when it died
+    pending: int                     # shop rows still 'pending'
+    done: int                        # shop rows 'done'
+    exit_status: int | None
+
+    def __repr__(self) -> str:
+        where = (f"it was paused at {self.paused_at} with {self.msg_id}" if self.paused_at else
+                 "it was still running, between two crash points")
+        status = (f"exit status {self.exit_status} (SIGKILL)" if self.exit_status == -signal.SIGKILL
+                  else f"exit status {self.exit_status}")
+        return (f"SIGKILL sent to consumer pid {self.pid} by {self.by}: {where}.\n"
+                f"money moved at the provider: {self.charged} of {plural(self.messages, 'message')}; "
+                f"shop rows: {self.pending} 'pending', {self.done} 'done'; {status}")
 
 
 # -- the lab ---------------------------------------------------------------------------------
@@ -266,6 +309,64 @@ class PaymentLab:
         self.consumers.append(consumer)
         return consumer
 
+    def kill_consumer(self, consumer: ConsumerProcess | None = None, *, wait: bool = True, timeout: float = 30.0,
+                      by: str = "lab.kill_consumer()") -> KillReport:
+        """SIGKILL a running consumer (default: the last one started), as a crash would; say what it hit.
+
+        With ``wait`` (the default) a consumer started with ``pause_at`` is
+        first given up to ``timeout`` s to reach its pause point, so that the
+        kill lands there; without it, the kill lands wherever the consumer is.
+        A consumer killed this way before (by the button, say) is not killed
+        twice: its report is returned again.
+        """
+        consumer = consumer or (self.consumers[-1] if self.consumers else None)
+        if consumer is None:
+            raise RuntimeError("No consumer to kill: start one with lab.start_consumer(pause_at=...) first.")
+        earlier = getattr(consumer, "kill_report", None)
+        if earlier is not None:
+            return earlier
+        if not consumer.running:
+            raise RuntimeError(f"The consumer pid {consumer.pid} already exited with status {consumer.returncode}; "
+                               "start another with lab.start_consumer(pause_at=...).")
+        if wait and consumer.settings.pause_at:
+            consumer.wait_until_paused(timeout)
+        where = consumer.paused_at
+        assert consumer.pid is not None, "a running consumer has a pid"
+        os.kill(consumer.pid, signal.SIGKILL)
+        status = consumer.wait(10)
+        statuses = self.shop_rows().column("status")
+        report = KillReport(pid=consumer.pid, by=by, paused_at=where[0] if where else None,
+                            msg_id=where[1] if where else None, messages=len(self.msg_ids),
+                            charged=len(self.ledger_rows()), pending=statuses.count("pending"),
+                            done=statuses.count("done"), exit_status=status)
+        consumer.kill_report = report  # type: ignore[attr-defined]
+        return report
+
+    def kill_button(self, consumer: ConsumerProcess | None = None) -> Any:
+        """A button that SIGKILLs the consumer (default: the last one started) the moment it is pressed."""
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        consumer = consumer or (self.consumers[-1] if self.consumers else None)
+        if consumer is None:
+            raise RuntimeError("No consumer to kill: start one with lab.start_consumer(pause_at=...) first.")
+        button = widgets.Button(description=f"SIGKILL pid {consumer.pid}", button_style="danger",
+                                layout=widgets.Layout(width="auto"))
+        out = widgets.Output()
+
+        def press(_: Any) -> None:
+            button.disabled = True
+            with out:
+                try:
+                    print(self.kill_consumer(consumer, wait=False, by="you (the button)"))
+                except Exception as exc:
+                    print(exc)
+
+        button.on_click(press)
+        box = widgets.VBox([button, out])
+        display(box)
+        return None
+
     def lag(self) -> int:
         """How many records this lab produced that the group has not committed past yet.
 
@@ -346,7 +447,8 @@ class PaymentLab:
                            "enable.auto.commit": False, "enable.partition.eof": True, "logger": quiet_logger()})
         try:
             return [{"headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers() or [])},
-                     "value": record.value(), "partition": record.partition(), "offset": record.offset()}
+                     "value": record.value(), "key": record.key(), "partition": record.partition(),
+                     "offset": record.offset()}
                     for record in read_topic(reader, self.dlq_topic, until_end=True, at_least=expected,
                                              timeout=timeout)]
         finally:
@@ -392,6 +494,14 @@ class PaymentLab:
                            "SELECT msg_id, charge_id, idempotency_key, customer, amount, currency FROM ledger"
                            " WHERE msg_id = ANY(%s) ORDER BY msg_id, created_at LIMIT %s", (self.msg_ids, limit))
 
+    def key_rows(self, limit: int = 50) -> Table:
+        """The provider's ``idempotency_keys`` rows for this run's messages: the answer stored under each key."""
+        keys = [idempotency_key_for(m) for m in self.msg_ids]
+        return self._table(self.provider_dsn, "provider: idempotency_keys",
+                           "SELECT key, state, status_code, response->>'id' AS charge_id FROM idempotency_keys"
+                           " WHERE key = ANY(%s) OR key LIKE ANY(%s) ORDER BY key LIMIT %s",
+                           (keys, [k + "-r%" for k in keys], limit))
+
     def event_rows(self, limit: int = 50) -> Table:
         """The consumers' ``consumer_events``: one row per message handled, in order."""
         return self._table(self.shop_dsn, "shop: consumer_events",
@@ -402,7 +512,7 @@ class PaymentLab:
 
     def dlq_rows(self) -> Table:
         """The dead-letter topic: where each record came from and why it is there."""
-        rows = [(r["headers"].get("msg_id"), r["headers"].get(DLQ_ERROR_TYPE), r["headers"].get(DLQ_REASON),
+        rows = [(_dlq_msg_id(r), r["headers"].get(DLQ_ERROR_TYPE), r["headers"].get(DLQ_REASON),
                  r["headers"].get(DLQ_SOURCE_PARTITION), r["headers"].get(DLQ_SOURCE_OFFSET))
                 for r in self.dlq_records()]
         return Table("dead-letter topic", ["msg_id", "error_type", "reason", "source_partition", "source_offset"],

@@ -40,7 +40,7 @@ from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
 from effectively_once.payments.producer import charge_records
 from effectively_once.payments.settings import NAMED_LAYER_SETS
-from effectively_once.protocol import CRASH_POINTS
+from effectively_once.protocol import CRASH_POINTS, plural
 
 if TYPE_CHECKING:
     from effectively_once.stack import Stack
@@ -77,7 +77,8 @@ class MatrixCell:
     dedup_hits: int = 0
     pending: int = 0                                     # dedup rows still 'pending' once everything settled
     shop: Table | None = None                            # msg_id, status, attempts
-    ledger: Table | None = None                          # msg_id, idempotency_key: one row per time money moved
+    ledger: Table | None = None                          # msg_id, charge_id, amount, idempotency_key: one row
+                                                         # per time money moved
     error: str | None = None
     keys_expired: bool = False                           # the provider forgot its keys between crash and restart
     never_redelivered: int = 0                           # messages charged whose handling no consumer recorded
@@ -148,8 +149,9 @@ class MatrixCell:
         if r is None:
             return f"{where}: no report"
         if self.outcome == CHARGED_TWICE:
-            return f"{where}: {r.duplicate_charges} message(s) charged twice ({', '.join(r.duplicated)}): {self.how}"
-        return f"{where}: {r.lost_charges} message(s) never charged ({', '.join(r.lost)}): {self.how}"
+            return (f"{where}: {plural(r.duplicate_charges, 'message')} charged twice ({', '.join(r.duplicated)}): "
+                    f"{self.how}")
+        return f"{where}: {plural(r.lost_charges, 'message')} never charged ({', '.join(r.lost)}): {self.how}"
 
     def __repr__(self) -> str:
         return f"<MatrixCell {self.crash_at} x {self.layers}: {self.outcome} ({self.how})>"
@@ -272,7 +274,7 @@ def _read_cell(cell: MatrixCell, ids: list[str], shop_dsn: str, provider_dsn: st
                            (ids,))
         cell.shop = Table("shop: charges", columns(cur), cur.fetchall())
     with psycopg.connect(provider_dsn) as conn:
-        cur = conn.execute("SELECT msg_id, idempotency_key FROM ledger WHERE msg_id = ANY(%s)"
+        cur = conn.execute("SELECT msg_id, charge_id, amount, idempotency_key FROM ledger WHERE msg_id = ANY(%s)"
                            " ORDER BY msg_id, created_at", (ids,))
         cell.ledger = Table("provider: ledger", columns(cur), cur.fetchall())
     cell.results = [result for result, _, _ in events]

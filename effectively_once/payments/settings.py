@@ -140,6 +140,10 @@ class ConsumerSettings:
                                 default=False)
     crash_at: str | None = _option(f"SIGKILL this process at one of {', '.join(CRASH_POINTS)}", default=None)
     crash_on: int = _option("crash the Nth time the crash point is reached", default=1, parse=int)
+    pause_at: str | None = _option("stop at this crash point the first time it is reached, and wait for a SIGKILL "
+                                   "from outside", default=None)
+    log_answers: bool = _option("log each answer of the provider to a charge, with its Idempotent-Replayed header",
+                                default=False)
     exit_when_idle: float | None = _option("exit after this many seconds without a record", default=None,
                                            parse=float, metavar="SECONDS")
     batch_size: int = _option("records per poll", default=100, parse=int)
@@ -177,6 +181,10 @@ class ConsumerSettings:
         if self.crash_at is not None and self.crash_at not in CRASH_POINTS:
             raise ValueError(f"crash_at: unknown crash point {self.crash_at!r}; use one of {', '.join(CRASH_POINTS)}")
         _check_number("crash_on", self.crash_on, int, minimum=1, note="counts from 1")
+        if self.pause_at is not None and self.pause_at not in CRASH_POINTS:
+            raise ValueError(f"pause_at: unknown crash point {self.pause_at!r}; use one of {', '.join(CRASH_POINTS)}")
+        if not isinstance(self.log_answers, bool):
+            raise ValueError(f"log_answers: must be True or False, got {self.log_answers!r}")
         if self.exit_when_idle is not None:
             _check_number("exit_when_idle", self.exit_when_idle, float, minimum=0)
         _check_number("batch_size", self.batch_size, int, minimum=1)
