@@ -20,8 +20,8 @@ from effectively_once.widgets.message_loss import (
     event_drawing,
     plot_summary,
     summary_svg,
-    text_width,
 )
+from effectively_once.widgets.svgtext import text_width
 
 NS = "{http://www.w3.org/2000/svg}"
 
@@ -34,7 +34,7 @@ def _texts(svg: str) -> tuple[ET.Element, list[tuple[str, float, float, float, f
     for node in root.iter(f"{NS}text"):
         content = "".join(node.itertext())
         size = float(node.get("font-size", default))
-        width = text_width(content, size) * (1.1 if node.get("font-weight") == "bold" else 1.0)
+        width = text_width(content, size, bold=node.get("font-weight") == "bold")
         x, y = float(node.get("x")), float(node.get("y"))
         left = {"middle": x - width / 2, "end": x - width}.get(node.get("text-anchor", "start"), x)
         out.append((content, left, y - 0.8 * size, left + width, y + 0.25 * size))
@@ -216,6 +216,19 @@ def test_the_longest_bar_keeps_its_label_at_the_defaults():
     assert longest[3] <= width
 
 
+@pytest.mark.parametrize("message_loss,ack_loss", [(0.2, 0.2), (0.5, 0.4), (0.9, 0.9), (0.0, 0.9)])
+def test_every_diagram_label_lies_inside_the_frame(message_loss, ack_loss):
+    for retries, idem, dedup in ((0, False, False), (3, False, False), (10, True, False), (10, True, True)):
+        wdg = MessageLossWidget(seed=1, message_loss=message_loss, ack_loss=ack_loss, retries=retries,
+                                idempotent_producer=idem, consumer_dedup=dedup)
+        for step in range(0, len(wdg.events) + 1, 3):
+            root, texts = _texts(wdg.frame_svg(step))
+            width, height = _view_box(root)
+            for text, left, top, right, bottom in texts:
+                assert 0 <= left and right <= width and 0 <= top and bottom <= height, \
+                    f"{text!r} spans x {left:.0f}..{right:.0f} in a {width:.0f} px frame"
+
+
 def test_generals_stepper_walks_the_proof():
     wdg = GeneralsProofWidget(4)
     assert wdg.step == 0 and wdg._previous.disabled
@@ -234,19 +247,31 @@ def test_run_svg_crosses_out_the_captured_message():
     assert svg.count("&#x2717;") == 1 and "msg 3 captured" in svg and "retreat" in svg
 
 
+def _assert_labels_clear(svg: str, where: str) -> None:
+    root, texts = _texts(svg)
+    width, height = _view_box(root)
+    lines = _segments(root)
+    for box in texts:
+        assert 0 <= box[1] and box[3] <= width and 0 <= box[2] and box[4] <= height, \
+            f"{box[0]!r} leaves the picture ({where})"
+        if box[0] != "\u2717":      # the cross marks the end of its line on purpose
+            hit = [seg for seg in lines if _crosses(box, seg)]
+            assert not hit, f"{box[0]!r} overlaps a line ({where}): {hit}"
+    for a, b in itertools.combinations(texts, 2):
+        assert not _overlap(a, b), f"{a[0]!r} overlaps {b[0]!r} ({where})"
+
+
 @pytest.mark.parametrize("n", [1, 2, 4, 6])
 def test_generals_labels_clear_the_lines_and_each_other(n):
-    for index, step in enumerate(generals.proof_steps(n)):
-        html = step_html(step, index, len(generals.proof_steps(n)))
-        svg = html[html.index("<svg"):html.index("</svg>") + 6]
-        root, texts = _texts(svg)
-        width, height = _view_box(root)
-        lines = _segments(root)
-        for box in texts:
-            assert 0 <= box[1] and box[3] <= width and 0 <= box[2] and box[4] <= height, \
-                f"{box[0]!r} leaves the picture at step {index + 1}"
-            if box[0] != "\u2717":      # the cross marks the end of its line on purpose
-                hit = [seg for seg in lines if _crosses(box, seg)]
-                assert not hit, f"{box[0]!r} overlaps a line at step {index + 1} of n={n}: {hit}"
-        for a, b in itertools.combinations(texts, 2):
-            assert not _overlap(a, b), f"{a[0]!r} overlaps {b[0]!r} at step {index + 1} of n={n}"
+    steps = generals.proof_steps(n)
+    for index, step in enumerate(steps):
+        html = step_html(step, index, len(steps))
+        _assert_labels_clear(html[html.index("<svg"):html.index("</svg>") + 6], f"step {index + 1} of n={n}")
+
+
+def test_the_failing_rules_are_drawn_without_overlaps():
+    # notebook 01 draws each first-try rule's counterexample in a 300 px diagram titled with the rule
+    for rule in generals.first_try_rules(4):
+        v = generals.find_violation(rule, 4)
+        _assert_labels_clear(run_svg(v.run, (v.decision_a, v.decision_b), title=v.rule, width=300), v.rule)
+    _assert_labels_clear(run_svg(generals.Run(generals.ATTACK, 3, 4)), "the first run")

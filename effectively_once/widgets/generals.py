@@ -11,6 +11,7 @@ from html import escape
 import ipywidgets as w
 
 from effectively_once.theory.generals import ATTACK, ProofStep, Run, proof_steps
+from effectively_once.widgets.svgtext import text_width
 
 _COLOURS = {ATTACK: "#c0392b", "retreat": "#2471a3"}
 
@@ -33,7 +34,9 @@ def run_svg(run: Run, decisions: tuple[str, str] | None = None, *, title: str | 
              '<defs><marker id="eo-g-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
              'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#333"/></marker></defs>']
     if title:
-        parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-weight="bold">{escape(title)}</text>')
+        size = 12 if text_width(title, 12, bold=True) <= width - 8 else 11     # a long rule's name still fits
+        parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-weight="bold" '
+                     f'font-size="{size}">{escape(title)}</text>')
     if subtitle:
         parts.append(f'<text x="{width / 2}" y="34" text-anchor="middle" font-size="11">{escape(subtitle)}</text>')
     parts.append(f'<text x="{width / 2}" y="56" text-anchor="middle" fill="#555">order: {run.order}</text>')

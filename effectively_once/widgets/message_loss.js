@@ -42,10 +42,10 @@ function render({ model, el }) {
   const scrub = htmlEl("input", { type: "range", min: 0, step: 1, class: "eo-scrub", style: "width:260px" }, bar);
   const status = htmlEl("span", { class: "eo-status", style: "font-size:12px" }, bar);
 
-  const body = htmlEl("div", { style: "display:flex;gap:12px;align-items:flex-start" }, el);
+  const body = htmlEl("div", { style: "display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start" }, el);
   const svg = svgEl("svg", {
     width: L.width, height, viewBox: `0 0 ${L.width} ${height}`, "font-family": "sans-serif",
-    "font-size": 12, class: "eo-message-loss",
+    "font-size": 12, class: "eo-message-loss", style: "max-width:100%;height:auto",
   }, body);
   const counterBox = htmlEl("div", { style: "font-size:12px" }, body);
   const summaryBox = htmlEl("div", { class: "eo-summary-box", style: "margin-top:8px;font-size:12px" }, el);

@@ -28,11 +28,12 @@ import traitlets
 
 from effectively_once.theory import channel
 from effectively_once.theory.channel import Event, Semantics
+from effectively_once.widgets.svgtext import text_width
 
 LANES = ("producer", "network", "broker", "consumer")
 LANE_X = {"producer": 60, "network": 220, "broker": 380, "consumer": 540}
 LABEL_X = 566
-WIDTH = 860
+WIDTH = 880
 ROW = 22
 TOP = 56
 VISIBLE_ROWS = 16
@@ -42,11 +43,11 @@ COLOURS = {"normal": "#2471a3", "retry": "#e67e22", "duplicate": "#c0392b", "los
 
 LABELS = {
     "send": "send", "lost": "lost in the network", "stored": "stored by the broker",
-    "dropped_duplicate": "broker drops the retry (same producer id + sequence)",
+    "dropped_duplicate": "broker drops the retry: same sequence",
     "ack": "ack", "ack_lost": "ack lost in the network", "timeout": "no ack: time out, retry",
     "give_up": "no ack: out of retries, give up", "deliver": "deliver", "process": "side effect runs",
-    "dedup_skip": "dedup log: already processed, skip", "commit": "commit offset",
-    "commit_lost": "commit lost before the broker: will be redelivered",
+    "dedup_skip": "dedup log: seen before, skip", "commit": "commit offset",
+    "commit_lost": "commit lost: will be redelivered",
 }
 
 COUNTER_NAMES = ("messages", "network sends", "lost in network", "producer acks lost", "consumer commits lost",
@@ -57,17 +58,6 @@ COUNTER_NAMES = ("messages", "network sends", "lost in network", "producer acks 
 _TOKENS = {"send": "message", "stored": "message", "dropped_duplicate": "message", "deliver": "message",
            "ack": "ack", "ack_lost": "ack", "commit": "commit", "commit_lost": "commit"}
 _LOST = ("lost", "ack_lost", "commit_lost", "give_up")
-
-# Font metrics used to keep every label inside its SVG: an upper bound on the width of one
-# character of a sans-serif font, as a fraction of the font size (digits are 0.556 in Arial
-# and DejaVu Sans is wider, hence the margin).
-CHAR_WIDTH = 0.64
-
-
-def text_width(text: str, font_size: float) -> float:
-    """A generous estimate of how wide ``text`` is drawn in a sans-serif font of ``font_size`` px."""
-    return len(text) * CHAR_WIDTH * font_size
-
 
 def event_colour(event: Event) -> str:
     """The colour an event is drawn in: retries orange, duplicates red, losses grey."""
