@@ -1,9 +1,14 @@
-"""Notebook 02 in a real browser: JupyterLab in headless Chromium, run all, press play, counters move.
+"""Notebook 02 in a real browser: JupyterLab in headless Chromium, run all, read the chart, press play.
+
+After Run All the widget stands at its last step: every label of the summary chart
+must lie inside the chart (``getBBox`` of each text against the SVG's viewBox).
+Then rewind and play: a token must move between animation frames and the counters
+must count.
 
 Uses Debian's ``chromium`` through Playwright's ``executable_path`` (Playwright
 never downloads a browser here). Where Chromium is not installed the test is
-skipped and says why (``-ra`` prints the reason). The screenshot is saved as
-``artifacts/browser_02_message_loss.png``.
+skipped and says why (``-ra`` prints the reason). Screenshots go to
+``$EO_ARTIFACTS`` or ``tests/artifacts/`` (ignored by git).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from effectively_once.stack.processes import free_port, pid_alive, port_open, st
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "02_message_loss.ipynb"
-ARTIFACTS = ROOT / "artifacts"
+ARTIFACTS = Path(os.environ.get("EO_ARTIFACTS") or ROOT / "tests" / "artifacts")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -51,7 +56,6 @@ def jupyterlab(chromium, tmp_path):
     work = tmp_path / "course"
     work.mkdir()
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
-    shutil.copytree(NOTEBOOK.parent / "images", work / "images")
     port, token = free_port(), secrets.token_hex(16)
     env = os.environ.copy()
     # Keep the server's runtime files, settings and workspaces out of the user's home.
@@ -104,13 +108,39 @@ def _counter(page, name: str) -> int:
     return int(page.locator(f'.eo-counter[data-name="{name}"]').first.inner_text())
 
 
+# Each text of the summary chart against the chart's own viewBox, measured by the browser's fonts.
+CLIPPED_LABELS = """() => {
+    const svg = document.querySelector('svg.eo-summary');
+    if (!svg) return null;
+    const box = svg.viewBox.baseVal;
+    return [...svg.querySelectorAll('text')].map(t => {
+        const b = t.getBBox();
+        return {text: t.textContent, left: b.x, right: b.x + b.width, top: b.y, bottom: b.y + b.height,
+                inside: b.x >= box.x && b.x + b.width <= box.x + box.width
+                        && b.y >= box.y && b.y + b.height <= box.y + box.height};
+    });
+}"""
+
+# Where the travelling token is, over 40 animation frames (null while none is in flight).
+TOKEN_TRACK = """async () => {
+    const seen = [];
+    for (let i = 0; i < 40; i++) {
+        await new Promise(r => requestAnimationFrame(r));
+        const t = document.querySelector('.eo-token');
+        const x = t && (t.getAttribute('cx') ?? t.getAttribute('x'));
+        seen.push(t ? x + ',' + (t.getAttribute('cy') ?? t.getAttribute('y')) : null);
+    }
+    return seen;
+}"""
+
+
 @pytest.mark.browser
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(180)
 def test_message_loss_widget_plays_in_jupyterlab(chromium, jupyterlab):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "browser_02_message_loss.png"
     url = f"{jupyterlab['base']}/lab/tree/{NOTEBOOK.name}?token={jupyterlab['token']}"
     with sync_playwright() as p:
@@ -129,22 +159,33 @@ def test_message_loss_widget_plays_in_jupyterlab(chromium, jupyterlab):
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
             widget = page.locator(".eo-message-loss-widget").first
             widget.wait_for(timeout=60_000)
-            # Run All ends with the widget at its last step; wait for that, then rewind with the Play stop button.
+            # Run All ends with the widget at its last step, where the summary chart appears.
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.eo-counter[data-name=\"messages\"]')]"
                 ".some(e => e.textContent.trim() === '10')", timeout=60_000)
+            summary = page.locator("svg.eo-summary").first
+            summary.wait_for(timeout=20_000)
             assert "Out of 1000 messages" in widget.inner_text()
-            play_widget = widget.locator(".widget-play")
-            play_widget.locator("button:has(.fa-stop)").click()     # stop: back to step 0
+            summary.scroll_into_view_if_needed()
+            summary.screenshot(path=str(ARTIFACTS / "browser_02_summary_chart.png"))
+            labels = page.evaluate(CLIPPED_LABELS)
+            assert labels and sum(label["text"].endswith("duplicated") for label in labels) >= 4, labels
+            clipped = [label for label in labels if not label["inside"]]
+            assert not clipped, f"summary labels drawn outside the chart: {clipped}"
+
+            widget.locator("button.eo-rewind").click()              # back to step 0
             page.wait_for_function(
                 "() => document.querySelector('.eo-counter[data-name=\"network sends\"]').textContent.trim() === '0'",
                 timeout=20_000)
             widget.scroll_into_view_if_needed()
-            play_widget.locator("button:has(.fa-play)").click()     # play
+            widget.locator("button.eo-play").click()
             page.wait_for_function(
                 "() => +document.querySelector('.eo-counter[data-name=\"network sends\"]').textContent >= 2",
                 timeout=30_000)
             first = _counter(page, "deliveries") + _counter(page, "network sends")
+            track = page.evaluate(TOKEN_TRACK)
+            positions = {xy for xy in track if xy is not None}
+            assert len(positions) >= 3, f"no token travelled along a lane over 40 frames: {track}"
             time.sleep(2.0)
             second = _counter(page, "deliveries") + _counter(page, "network sends")
             page.screenshot(path=str(shot), full_page=False)

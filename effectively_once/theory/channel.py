@@ -225,7 +225,9 @@ class Event:
 
     ``kind`` is one of: send, lost, stored, dropped_duplicate, ack, ack_lost,
     timeout, give_up, deliver, process, dedup_skip, commit, commit_lost.
-    ``src``/``dst`` are lanes ("producer", "network", "broker", "consumer").
+    ``src``/``dst`` are lanes ("producer", "network", "broker", "consumer"). An
+    ``ack_lost`` ends in the network lane, where the ack vanished; a ``commit_lost``
+    goes from the consumer towards the broker, which never receives it.
     ``attempt`` counts sends (producer leg) or deliveries of a copy (consumer leg)
     from 0; ``copy`` is the broker copy the event concerns (or -1).
     """
@@ -280,7 +282,7 @@ def message_events(draws: ChannelDraws, semantics: Semantics, message: int) -> l
                 add(Event(message, "process", "consumer", "consumer", delivery, copy, retry, processed >= 1))
                 processed += 1
             if delivery < failures:
-                add(Event(message, "commit_lost", "consumer", "network", delivery, copy, retry))
+                add(Event(message, "commit_lost", "consumer", "broker", delivery, copy, retry))
             else:
                 add(Event(message, "commit", "consumer", "broker", delivery, copy, retry))
     return events
