@@ -30,16 +30,19 @@ def _write_state(record: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m effectively_once.stack.keeper")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--secure", action="store_true", help="SASL/SCRAM, ACLs and password logins (embedded)")
     args = parser.parse_args(argv)
 
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: stop_event.set())
 
-    root = eo_home() / "stack"
+    root = eo_home() / ("secure-stack" if args.secure else "stack")
     root.mkdir(parents=True, exist_ok=True)
     try:
-        if choose_backend(args.backend)[0] in LOCAL_BACKENDS:
+        if args.secure:
+            running = start(args.backend, root=root, secure=True)
+        elif choose_backend(args.backend)[0] in LOCAL_BACKENDS:
             running = start(args.backend, root=root)
         else:
             running = start(args.backend)
