@@ -68,14 +68,14 @@ def run(args: argparse.Namespace) -> int:
     if args.count < 1:
         print("workshop add-learners: N must be at least 1.", file=sys.stderr)
         return 2
-    from effectively_once import stack as stack_mod
+    from effectively_once.stack.state import attach, read_state
 
-    record = stack_mod.read_state()
+    record = read_state()
     if not record or not record.get("ready") or not record.get("secure"):
         print("No secured stack is running: start one with "
               "`python -m effectively_once up --backend embedded --secure`.", file=sys.stderr)
         return 1
-    stack = stack_mod.attach(record)  # logs this process in as the instructor
+    stack = attach(record)  # logs this process in as the instructor
     learners = new_learners(args.out, args.count)
     try:
         for learner in learners:
