@@ -74,6 +74,8 @@ def test_learner_logins_name_their_own_prefix():
         "postgresql://learner03:pw@127.0.0.1:5432/postgres"
     assert hide_password("postgresql://postgres:secret@127.0.0.1:5432/postgres") == \
         "postgresql://postgres@127.0.0.1:5432/postgres"
+    assert hide_password("postgresql://a:b@[::1]:5432/x?sslmode=require") == "postgresql://a@[::1]:5432/x?sslmode=require"
+    assert hide_password("postgresql://postgres@127.0.0.1/postgres") == "postgresql://postgres@127.0.0.1/postgres"
 
 
 # -- a secured stack -----------------------------------------------------------------------------
@@ -265,3 +267,22 @@ def _silent():
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
     return logger
+
+
+@pytest.mark.integration
+def test_down_and_up_keep_the_room(room):
+    """The users, ACLs and roles live in the stack's files, so `up --secure` again keeps them (run last)."""
+    import psycopg
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    first, second = room["learners"]
+    admin = AdminClient(_kafka(first))
+    for future in admin.create_topics([NewTopic("learner01.kept", 1, 1)]).values():
+        future.result(timeout=30)
+    assert run_cli("down", env=room["env"]).returncode == 0
+    up = run_cli("up", "--backend", "embedded", "--secure", env=room["env"])
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "learner01.kept" in AdminClient(_kafka(first)).list_topics(timeout=30).topics
+    assert not [t for t in AdminClient(_kafka(second)).list_topics(timeout=30).topics if t.startswith("learner01.")]
+    with psycopg.connect(first["EO_POSTGRES_DSN"], connect_timeout=5) as conn:
+        assert conn.execute("select current_user").fetchone() == ("learner01",)

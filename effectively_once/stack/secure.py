@@ -112,9 +112,8 @@ def hide_password(dsn: str) -> str:
     parts = urlsplit(dsn)
     if parts.password is None:
         return dsn
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    server = parts.netloc.rsplit("@", 1)[1]  # host and port as written ([::1] keeps its brackets)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{server}"))
 
 
 def lock_databases(superuser_dsn: str) -> list[str]:

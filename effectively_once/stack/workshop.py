@@ -163,8 +163,8 @@ def add_postgres_roles(superuser_dsn: str, learners: list[Learner]) -> None:
 def learner_dsn(superuser_dsn: str, learner: Learner) -> str:
     """The learner's libpq URI: the superuser's server and ``postgres`` database, the learner's login."""
     parts = urlsplit(superuser_dsn)
-    netloc = f"{learner.name}:{learner.password}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc, path="/postgres"))
+    server = parts.netloc.rsplit("@", 1)[-1]  # host and port as written ([::1] keeps its brackets)
+    return urlunsplit(parts._replace(netloc=f"{learner.name}:{learner.password}@{server}", path="/postgres"))
 
 
 def write_learner_file(out: Path, learner: Learner, bootstrap: str, superuser_dsn: str) -> Path:
