@@ -144,6 +144,14 @@ def test_status_shows_the_instructors_private_credentials_file(room):
 
 
 @pytest.mark.integration
+def test_adding_learners_again_elsewhere_is_refused_before_any_change(room):
+    again = run_cli("workshop", "add-learners", "1", "--out", str(room["base"] / "elsewhere"), env=room["env"])
+    assert again.returncode == 2
+    assert "on this stack already: learner01. Pass the --out directory" in again.stderr
+    assert not (room["base"] / "elsewhere").exists()
+
+
+@pytest.mark.integration
 def test_no_login_no_broker(room):
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient

@@ -149,8 +149,18 @@ class EmbeddedPostgres:
             (self.data_dir / "pg_hba.conf").write_text(SECURED_HBA)
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start ``postgres`` and wait until it accepts connections."""
+        """Start ``postgres`` and wait until it accepts connections.
+
+        A secured server keeps its port from one start to the next (``root/port``):
+        the learners' files name it.
+        """
+        saved = self.root / "port"
+        if self.password is not None and not self.port and saved.exists():
+            port = int(saved.read_text())
+            self.port = port if not port_open("127.0.0.1", port) else 0
         self.port = self.port or free_port()
+        if self.password is not None:
+            saved.write_text(str(self.port))
         # A short socket path: Unix sockets are limited to about 100 characters.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="eo-pg-"))
         self.socket_dir.chmod(0o777)

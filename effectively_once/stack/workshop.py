@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     stack = attach(record)  # logs this process in as the instructor
     learners = new_learners(args.out, args.count)
+    taken = existing_roles(stack.base_dsn, [learner.name for learner in learners])
+    if taken:
+        print(f"workshop add-learners: on this stack already: {', '.join(taken)}. Pass the --out directory "
+              "that holds their files, so the new names continue after them.", file=sys.stderr)
+        return 2
     try:
         for learner in learners:
             add_kafka_user(stack.kafka_bootstrap, learner)
@@ -132,6 +137,15 @@ def add_kafka_user(bootstrap: str, learner: Learner, timeout: float = 30.0) -> N
         future.result()
     for future in admin.create_acls(learner_acls(learner), request_timeout=timeout).values():
         future.result()
+
+
+def existing_roles(superuser_dsn: str, names: list[str]) -> list[str]:
+    """Which of ``names`` are PostgreSQL roles already (a learner added before, from another directory)."""
+    import psycopg
+
+    with psycopg.connect(superuser_dsn) as conn:
+        rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (names,)).fetchall()
+    return [row[0] for row in rows]
 
 
 def hba_line(learner: Learner) -> str:
