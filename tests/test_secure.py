@@ -51,6 +51,28 @@ def test_client_settings_come_from_the_environment(monkeypatch):
     admin_client("127.0.0.1:1")  # accepts the merged settings (librdkafka checks each name)
 
 
+def test_every_client_config_of_the_package_adds_the_client_settings():
+    """A dict with ``bootstrap.servers`` anywhere in the package also unpacks ``client_settings()``,
+    so a cluster that wants a login is reached by every client, children included."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "effectively_once"
+    missing, found = [], 0
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Dict):
+                continue
+            keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+            if "bootstrap.servers" not in keys:
+                continue
+            found += 1
+            unpacked = [v for k, v in zip(node.keys, node.values, strict=True) if k is None]
+            if not any(isinstance(v, ast.Call) and getattr(v.func, "id", "") == "client_settings" for v in unpacked):
+                missing.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    assert found >= 10, f"only {found} client configs found: has the way clients are configured changed?"
+    assert not missing, f"client configs without **client_settings(): {missing}"
+
+
 def test_env_file_round_trip(tmp_path):
     values = {"EO_BACKEND": "external", "EO_KAFKA_CONFIG": client_config_text({"a": "1", "b": "2"})}
     path = tmp_path / "x.env"
