@@ -32,6 +32,7 @@ PLUGIN_COMMANDS = {
     "probe": "effectively_once.guarantees.cli",
     "lint": "effectively_once.incidents.lint",
     "redrive": "effectively_once.incidents.redrive",
+    "workshop": "effectively_once.stack.workshop",
 }
 
 RECOVER = "python -m effectively_once down && python -m effectively_once up"
@@ -71,12 +72,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stack_mod.attach(record).health()["healthy"]:
             print(f"A {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
                   "`status` shows its health, `down` stops it.")
+            if args.secure and not record.get("secure"):
+                print("It is not secured: run `python -m effectively_once down`, then `up --secure`.", file=sys.stderr)
+                return 2
             return 0
         # A process of it died (killed, out of memory): restart it on the same files, so a
         # broker's topics and records survive.
         print(f"The {record['backend']} stack is not healthy: restarting it on its files in {record.get('root')}.")
         if args.backend == "auto":
             args.backend = record["backend"]
+        args.secure = args.secure or bool(record.get("secure"))
     if record:
         # A record whose keeper is gone: clear what is left of it before starting anew.
         stack_mod.stop_recorded(record)
@@ -85,6 +90,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         backend, why = stack_mod.choose_backend(args.backend)
     except stack_mod.StackError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    if args.secure and backend != "embedded":
+        print(f"--secure runs on the embedded backend, not {backend}: use `up --backend embedded --secure`.",
+              file=sys.stderr)
         return 2
     if backend == "docker":
         ok, reason = stack_mod.docker_available()
@@ -101,7 +110,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "keeper.log", "ab")
     keeper = subprocess.Popen(
-        [sys.executable, "-m", "effectively_once.stack.keeper", "--backend", backend],
+        [sys.executable, "-m", "effectively_once.stack.keeper", "--backend", backend,
+         *(["--secure"] if args.secure else [])],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     log.close()
@@ -116,6 +126,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     print(f"{record['backend']} stack is up: broker {record['kafka_bootstrap']} ({record['broker_flavor']}), "
           f"PostgreSQL {record['postgres_dsn']}. Stop it with `python -m effectively_once down`.")
+    if record.get("secure"):
+        print(f"Secured: SASL/SCRAM and ACLs on Kafka, passwords on PostgreSQL. Your logins (super user) are in "
+              f"{record['credentials_file']}; `workshop add-learners N --out DIR` writes the learners' files.")
     return 0
 
 
@@ -160,6 +173,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  java        {report['java']}")
     print(f"  postgres    {report['postgres_dsn']}")
     print(f"  namespace   {report['namespace']}")
+    if report.get("credentials_file"):
+        print(f"  logins      {report['credentials_file']} (secured: the instructor's, mode 0600)")
     print("  processes   " + ", ".join(f"{k}={v}" for k, v in report["pids"].items()))
     for problem in report["problems"]:
         print(f"  problem: {problem}")
@@ -312,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the stack in the background and record it")
     up.add_argument("--backend", default="auto", choices=stack_mod.BACKENDS)
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the stack")
+    up.add_argument("--secure", action="store_true",
+                    help="a workshop stack: SASL/SCRAM and ACLs on Kafka, password logins on PostgreSQL (embedded)")
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="check the running stack's health live")
     status.add_argument("--json", action="store_true")

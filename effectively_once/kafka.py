@@ -1,5 +1,7 @@
 """The Kafka client helpers the package needs, written once.
 
+- ``client_settings()``: the librdkafka settings every client adds to its own
+  (``$EO_KAFKA_CONFIG``: SASL or TLS for a managed or secured cluster);
 - ``quiet_logger()``: a logger that keeps librdkafka's connection chatter out of notebooks;
 - ``ensure_topic(bootstrap, name)``: create a topic unless it exists;
 - ``assign_topic`` / ``poll_records`` / ``read_topic``: read a topic from the start (or from
@@ -14,7 +16,9 @@ in the package, so that importing this module costs nothing.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -39,12 +43,49 @@ def quiet_logger() -> logging.Logger:
     return logger
 
 
+CLIENT_CONFIG_ENV = "EO_KAFKA_CONFIG"
+
+
+def client_settings(raw: str | None = None) -> dict[str, str]:
+    """The librdkafka settings every Kafka client of the package adds: ``$EO_KAFKA_CONFIG`` (or ``raw``).
+
+    Two spellings, so the variable fits in any ``.env`` file:
+    ``key=value`` pairs separated by commas (no quotes needed), or a JSON object
+    when a value holds a comma. Empty or unset: no settings (a plaintext broker).
+    Child processes inherit the variable, so they log in as their parent does.
+
+        EO_KAFKA_CONFIG=security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=u,sasl.password=p
+    """
+    text = (os.environ.get(CLIENT_CONFIG_ENV, "") if raw is None else raw).strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{CLIENT_CONFIG_ENV}: not a JSON object ({exc}); write it as "
+                             "key=value,key=value or as a JSON object") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{CLIENT_CONFIG_ENV}: must be a JSON object of librdkafka settings")
+        return {str(k): str(v) for k, v in value.items()}
+    settings = {}
+    for pair in text.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{CLIENT_CONFIG_ENV}: {pair.strip()!r} is not key=value; write it as "
+                             "key=value,key=value (or as a JSON object when a value holds a comma)")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
 def admin_client(bootstrap: str, config: dict[str, Any] | None = None):
-    """A quiet confluent-kafka AdminClient for ``bootstrap``; ``config`` adds client settings (e.g. SASL)."""
+    """A quiet confluent-kafka AdminClient for ``bootstrap``, with ``client_settings()``;
+    ``config`` adds client settings (e.g. SASL)."""
     from confluent_kafka.admin import AdminClient
 
     # A logger object is a valid value here, though the client's type stubs allow only str, int and float.
-    settings: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet_logger(), **(config or {})}
+    settings: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet_logger(), **client_settings(),
+                                **(config or {})}
     return AdminClient(settings)
 
 

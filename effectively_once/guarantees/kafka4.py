@@ -46,7 +46,7 @@ from effectively_once.guarantees.wire import (
     nullable_string,
     parse_batches,
 )
-from effectively_once.kafka import quiet_logger
+from effectively_once.kafka import client_settings, quiet_logger
 
 # The request versions a client must send for the broker to run its transactions on
 # transaction version 2 (KIP-890 part 2): EndTxn v5+ and Produce v12+.
@@ -237,7 +237,7 @@ def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions:
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     group = stack.group(f"reassign.{protocol}.{stack_mod.new_run_id()}")
-    config: dict[str, Any] = {"bootstrap.servers": stack.kafka_bootstrap, "group.id": group,
+    config: dict[str, Any] = {"bootstrap.servers": stack.kafka_bootstrap, **client_settings(), "group.id": group,
                               "auto.offset.reset": "earliest", "enable.auto.commit": False,
                               **consumer_group_settings(protocol)}
     victim = subprocess.Popen([sys.executable, "-c", _VICTIM, json.dumps(config), topic],
@@ -380,7 +380,7 @@ def share_group_redelivery(stack: stack_mod.Stack, records: int = 3, release: in
         admin = stack.admin()  # kept in a name: a collected AdminClient fails its pending futures
         for future in admin.incremental_alter_configs([resource]).values():
             future.result(timeout=OPERATION_TIMEOUT)
-        consumer = ShareConsumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group,
+        consumer = ShareConsumer({"bootstrap.servers": stack.kafka_bootstrap, **client_settings(), "group.id": group,
                                   "share.acknowledgement.mode": "explicit", "logger": quiet_logger()})
         consumer.subscribe([topic])
         accepted: set[str] = set()
@@ -564,7 +564,7 @@ def partition_offsets(stack: stack_mod.Stack, topic: str, partition: int = 0, po
     try:
         for isolation in ("read_uncommitted", "read_committed"):
             consumers[isolation] = Consumer({
-                "bootstrap.servers": stack.kafka_bootstrap, "isolation.level": isolation,
+                "bootstrap.servers": stack.kafka_bootstrap, **client_settings(), "isolation.level": isolation,
                 "group.id": stack.group(f"kafka4.lso.{stack_mod.new_run_id()}"), "enable.auto.commit": False,
                 "enable.partition.eof": False, "logger": quiet_logger()})
             ends[isolation] = consumers[isolation].get_watermark_offsets(
@@ -639,7 +639,7 @@ def abandoned_transaction(stack: stack_mod.Stack, records: int = 3, transaction_
     started = time.monotonic()
     topic = stack.create_topic(f"kafka4.abandoned.{stack_mod.new_run_id()}", partitions=1)
     transactional_id = f"{stack.namespace}.kafka4-abandoned-{stack_mod.new_run_id()}"
-    config = {"bootstrap.servers": stack.kafka_bootstrap, "transactional.id": transactional_id,
+    config = {"bootstrap.servers": stack.kafka_bootstrap, **client_settings(), "transactional.id": transactional_id,
               "transaction.timeout.ms": transaction_timeout_ms, "acks": "all"}
     try:
         child = subprocess.run([sys.executable, "-c", _ABANDONING_PRODUCER, json.dumps(config), topic, str(records)],

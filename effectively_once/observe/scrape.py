@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from effectively_once.kafka import assign_topic, poll_records, quiet_logger
+from effectively_once.kafka import assign_topic, client_settings, poll_records, quiet_logger
 from effectively_once.observe import metrics
 from effectively_once.observe.metrics import Series
 from effectively_once.protocol import DLQ_FIRST_SEEN, DLQ_SOURCE_TOPIC
@@ -127,9 +127,9 @@ class _Broker:
 
         self.topic, self.dlq_topic = topic, dlq_topic
         # Same group id, never subscribed: it reads the group's commits without joining the group.
-        self.offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                                 "logger": quiet_logger()})
-        self.dlq = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}.dlq-watch",
+        self.offsets = Consumer({"bootstrap.servers": bootstrap, **client_settings(), "group.id": group,
+                                 "enable.auto.commit": False, "logger": quiet_logger()})
+        self.dlq = Consumer({"bootstrap.servers": bootstrap, **client_settings(), "group.id": f"{group}.dlq-watch",
                              "enable.auto.commit": False, "logger": quiet_logger()})
         self.dlq_assigned = False
         self.dlq_records: list[dict[str, str]] = []
@@ -325,7 +325,8 @@ def high_watermarks(bootstrap: str, topic: str, partitions: Sequence[int]) -> di
     """
     from confluent_kafka import Consumer, TopicPartition
 
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "eo-watermarks", "logger": quiet_logger()})
+    probe = Consumer({"bootstrap.servers": bootstrap, **client_settings(), "group.id": "eo-watermarks",
+                      "logger": quiet_logger()})
     try:
         return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
                 for p in partitions}

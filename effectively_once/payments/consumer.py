@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 import psycopg
 
 from effectively_once import protocol
-from effectively_once.kafka import ensure_topic, is_partition_eof, quiet_logger, refused_by_rebalance
+from effectively_once.kafka import client_settings, ensure_topic, is_partition_eof, quiet_logger, refused_by_rebalance
 from effectively_once.observe.exporter import ConsumerTelemetry
 from effectively_once.observe.spans import configure_tracing
 from effectively_once.payments.client import ChargeFailed, ProviderClient
@@ -149,14 +149,14 @@ class PaymentConsumer:
                                topic=settings.topic, group=settings.group, pause_at=settings.pause_at)
         self.stores_offsets = settings.stores_offsets
         config = {
-            "bootstrap.servers": settings.bootstrap, "auto.offset.reset": "earliest",
+            "bootstrap.servers": settings.bootstrap, **client_settings(), "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "isolation.level": "read_committed", "logger": quiet_logger(),
             **settings.consumer_config,
         }
         config["group.id"] = settings.group
         self.consumer = Consumer(config)
-        self.dlq = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
-                             "linger.ms": 0, "logger": quiet_logger(), "message.max.bytes": 4 * 2**20})
+        self.dlq = Producer({"bootstrap.servers": settings.bootstrap, **client_settings(), "enable.idempotence": True,
+                             "acks": "all", "linger.ms": 0, "logger": quiet_logger(), "message.max.bytes": 4 * 2**20})
         ensure_topic(settings.bootstrap, self.dlq_topic)
         self._dlq_failed: list = []
         self.assigned = False

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from effectively_once.db import columns, one
-from effectively_once.kafka import quiet_logger, read_topic
+from effectively_once.kafka import client_settings, quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
 from effectively_once.payments.consumer import migrate_shop
 from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for
@@ -380,7 +380,7 @@ class PaymentLab:
 
         if not self.sent:
             return 0
-        probe = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, "group.id": self.group,
+        probe = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, **client_settings(), "group.id": self.group,
                           "enable.auto.commit": False, "logger": quiet_logger()})
         try:
             partitions = sorted({s.partition for s in self.sent})
@@ -443,8 +443,9 @@ class PaymentLab:
         from confluent_kafka import Consumer
 
         expected = self._dead_lettered_events()
-        reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, "group.id": f"{self.group}.dlq-reader",
-                           "enable.auto.commit": False, "enable.partition.eof": True, "logger": quiet_logger()})
+        reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, **client_settings(),
+                           "group.id": f"{self.group}.dlq-reader", "enable.auto.commit": False,
+                           "enable.partition.eof": True, "logger": quiet_logger()})
         try:
             return [{"headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers() or [])},
                      "value": record.value(), "key": record.key(), "partition": record.partition(),

@@ -78,9 +78,9 @@ def relay(dsn: str, bootstrap: str, *, batch_size: int = 100, crash_after_publis
     """
     from confluent_kafka import Producer
 
-    from effectively_once.kafka import quiet_logger
+    from effectively_once.kafka import client_settings, quiet_logger
 
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+    producer = Producer({"bootstrap.servers": bootstrap, **client_settings(), "enable.idempotence": True, "acks": "all",
                          "linger.ms": 5, "logger": quiet_logger()})
     failed: list = []
     marked = 0
@@ -177,10 +177,11 @@ class OutboxLab:
     def _records(self, timeout: float) -> list[dict]:
         from confluent_kafka import Consumer
 
-        from effectively_once.kafka import quiet_logger, read_topic
+        from effectively_once.kafka import client_settings, quiet_logger, read_topic
 
-        reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, "group.id": f"reader-{self._token}",
-                           "enable.auto.commit": False, "enable.partition.eof": True, "logger": quiet_logger()})
+        reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, **client_settings(),
+                           "group.id": f"reader-{self._token}", "enable.auto.commit": False,
+                           "enable.partition.eof": True, "logger": quiet_logger()})
         try:
             return [{"msg_id": dict(r.headers() or [])["msg_id"].decode(), "payload": json.loads(r.value())}
                     for r in read_topic(reader, self.topic, until_end=True, timeout=timeout)]

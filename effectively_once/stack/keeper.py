@@ -17,29 +17,33 @@ import threading
 
 from effectively_once.settings import eo_home
 from effectively_once.stack.backends import BACKENDS, LOCAL_BACKENDS, choose_backend, start
+from effectively_once.stack.secure import hide_password, write_private
 from effectively_once.stack.state import read_state, state_path
 
 
 def _write_state(record: dict) -> None:
+    # Owner-only: an external stack's record holds the learner's database password.
     path = state_path()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
+    tmp = write_private(path.with_suffix(".tmp"), json.dumps(record, indent=2))
     os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m effectively_once.stack.keeper")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--secure", action="store_true", help="SASL/SCRAM, ACLs and password logins (embedded)")
     args = parser.parse_args(argv)
 
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: stop_event.set())
 
-    root = eo_home() / "stack"
+    root = eo_home() / ("secure-stack" if args.secure else "stack")
     root.mkdir(parents=True, exist_ok=True)
     try:
-        if choose_backend(args.backend)[0] in LOCAL_BACKENDS:
+        if args.secure:
+            running = start(args.backend, root=root, secure=True)
+        elif choose_backend(args.backend)[0] in LOCAL_BACKENDS:
             running = start(args.backend, root=root)
         else:
             running = start(args.backend)
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     record.update(ready=True, root=str(root) if running.backend in LOCAL_BACKENDS else None)
     record["pids"] = {"keeper": os.getpid(), **running.pids}
     _write_state(record)
-    print(f"stack ready: {json.dumps(record)}", flush=True)
+    shown = {**record, "postgres_dsn": hide_password(record.get("postgres_dsn") or "")}
+    print(f"stack ready: {json.dumps(shown)}", flush=True)
     try:
         while not stop_event.wait(1.0):
             pass

@@ -44,15 +44,26 @@ def attach(record: dict[str, Any] | None = None) -> Stack:
     record = record or read_state()
     if not record or not record.get("ready"):
         raise StackError("No stack is running: start one with `python -m effectively_once up`.")
+    base_dsn = record["postgres_dsn"]
+    if record.get("credentials_file"):
+        # A secured stack (`up --secure`): this process logs in as the instructor.
+        from effectively_once.stack.secure import use_instructor_login
+
+        try:
+            base_dsn = use_instructor_login(Path(record["credentials_file"]))["EO_POSTGRES_DSN"]
+        except (OSError, KeyError) as exc:
+            raise StackError(f"The secured stack's credentials file {record['credentials_file']} cannot be read "
+                             f"({exc}): run `python -m effectively_once down` then `up --secure`.") from exc
     return Stack(
         backend=record["backend"],
         kafka_bootstrap=record["kafka_bootstrap"],
-        base_dsn=record["postgres_dsn"],
+        base_dsn=base_dsn,
         broker_flavor=record.get("broker_flavor", "unknown"),
         broker_version=record.get("broker_version"),
         java=record.get("java"),
         pids={k: int(v) for k, v in record.get("pids", {}).items()},
         owned=False,
+        credentials_file=record.get("credentials_file"),
     )
 
 
