@@ -203,7 +203,7 @@ class Stack:
         return described
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td><code>{v}</code></td></tr>"
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'><code>{v}</code></td></tr>"
                        for k, v in self.describe().items() if k not in ("pids", "java"))
         return f"<table>{rows}</table>"
 
