@@ -46,7 +46,8 @@ def setup_fix() -> str:
     """The one command that installs what is missing, for the Python running now."""
     venv_python = ROOT / ".venv" / "bin" / "python"
     if venv_python.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
-        return "this Python is not the course's: use `.venv/bin/python -m effectively_once ...` (or `make ...`)"
+        return ("this Python is not the course's: run `make setup`, then use `.venv/bin/python -m effectively_once ...`"
+                " (or `make ...`)")
     return "run `make setup` (it creates .venv with every package), then use `.venv/bin/python`"
 
 
