@@ -245,7 +245,7 @@ def all_logs(lab: PaymentLab) -> str:
 # -- the faults ------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_a_broker_killed_mid_run_restarts_with_up_and_every_message_is_charged_once(faults_stack):
-    messages = 400
+    messages = 300
     with PaymentLab(faults_stack.attach(), "both") as lab:
         start_run(lab, messages, seed=13)
         survivors = [c for c in lab.consumers if c.running]
@@ -271,7 +271,7 @@ def test_a_broker_killed_mid_run_restarts_with_up_and_every_message_is_charged_o
 
 @pytest.mark.integration
 def test_postgres_killed_mid_run_costs_no_charge_and_no_commit_of_unrecorded_work(faults_stack):
-    messages = 400
+    messages = 300
     with PaymentLab(faults_stack.attach(), "both") as lab:
         start_run(lab, messages, seed=17)
         # The server and every backend at once (its process group), as a crash does.
@@ -296,7 +296,7 @@ def test_postgres_killed_mid_run_costs_no_charge_and_no_commit_of_unrecorded_wor
 
 @pytest.mark.integration
 def test_a_provider_killed_mid_charge_and_restarted_on_its_database_charges_each_message_once(faults_stack):
-    messages = 300
+    messages = 200
     with PaymentLab(faults_stack.attach(), "both") as lab:
         provider = start_run(lab, messages, seed=19, latency_ms=40)
         before = charged(lab)

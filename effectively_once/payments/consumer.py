@@ -15,6 +15,11 @@ With the ``offsets_in_db`` layer the step records each charge and the
 partition's next offset in one PostgreSQL transaction, and an assigned
 partition starts from the offset stored there (``payments/offsets.py``);
 the Kafka commit after each batch is then only a mirror for lag dashboards.
+When the shop database goes away mid-batch the consumer exits with code 75
+(``EXIT_RESTART``, "restart me") and commits nothing for that batch; an offset
+commit the broker cannot take (it is down or restarting) is owed and retried
+while the consumer keeps polling. ``--exit-when-idle`` counts only time spent
+holding partitions with no record: waiting for a rebalance is not idle.
 ``--metrics-port`` serves the consumer's metrics (lag, dedup hit rate, p99s) for Prometheus and ``--spans-file``
 writes a span per message (see ``effectively_once.observe.exporter`` and ``.spans``).
 """

@@ -140,7 +140,8 @@ class ConsumerSettings:
                                 default=False)
     crash_at: str | None = _option(f"SIGKILL this process at one of {', '.join(CRASH_POINTS)}", default=None)
     crash_on: int = _option("crash the Nth time the crash point is reached", default=1, parse=int)
-    exit_when_idle: float | None = _option("exit after this many seconds without a record", default=None,
+    exit_when_idle: float | None = _option("exit after this many seconds holding partitions and receiving no record "
+                                           "(time waiting for a rebalance is not idle)", default=None,
                                            parse=float, metavar="SECONDS")
     batch_size: int = _option("records per poll", default=100, parse=int)
     poll_timeout: float = _option("seconds one poll waits for records", default=0.1, parse=float)
