@@ -88,6 +88,23 @@ def test_without_a_limit_the_clock_never_fires():
     assert not clock.tick(assigned=True, records=0)
 
 
+def test_a_stack_revives_only_its_dead_processes():
+    import subprocess
+    import sys
+
+    from effectively_once.stack import Stack
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stack = Stack(backend="embedded", kafka_bootstrap="127.0.0.1:9", base_dsn="postgresql://x@127.0.0.1:9/x",
+                  pids={"broker": gone.pid, "postgres": os.getpid()})
+    calls: list[str] = []
+    stack._revivers.update(broker=lambda: calls.append("broker") or 4242,
+                           postgres=lambda: calls.append("postgres") or 4343)
+    assert stack.revive() == ["broker"] and calls == ["broker"]
+    assert stack.pids == {"broker": 4242, "postgres": os.getpid()}
+
+
 # -- a stack of the faults' own ---------------------------------------------------------------
 @dataclass
 class FaultStack:

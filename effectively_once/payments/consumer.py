@@ -151,11 +151,6 @@ class IdleClock:
             return False
         return now - self.since >= (self.limit if self.fetched else max(self.limit, self.grace))
 
-    @property
-    def idle_seconds(self) -> float:
-        """Seconds since the last record, the last assignment, or the last poll without one."""
-        return self.clock() - self.since
-
 
 class PaymentConsumer:
     """The poll loop: reads charges, runs the step on each, dead-letters what cannot be charged."""
