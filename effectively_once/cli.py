@@ -77,9 +77,15 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print("It is not secured: run `python -m effectively_once down`, then `up --secure`.", file=sys.stderr)
                 return 2
             return 0
-        # A process of it died (killed, out of memory): restart it on the same files, so a
-        # broker's topics and records survive.
-        print(f"The {record['backend']} stack is not healthy: restarting it on its files in {record.get('root')}.")
+        # A process of it died (killed, out of memory): its keeper restarts the dead ones on their
+        # files and ports, so a broker's topics and records survive and clients only reconnect.
+        print(f"The {record['backend']} stack is not healthy: restarting its dead processes on their files "
+              f"in {record.get('root')}.", flush=True)
+        revived = stack_mod.revive_recorded(record, timeout=args.timeout)
+        if revived is not None:
+            print("restarted; the stack is healthy: " + ", ".join(f"{k}={v}" for k, v in revived["pids"].items()))
+            return 0
+        print("That did not make it healthy: restarting the whole stack on its files.", flush=True)
         if args.backend == "auto":
             args.backend = record["backend"]
         args.secure = args.secure or bool(record.get("secure"))

@@ -548,11 +548,11 @@ def test_a_commit_refused_by_a_rebalance_is_logged_not_fatal(code):
     lines: list[str] = []
     consumer.log = lines.append
     consumer.consumer = Refusing(getattr(KafkaError, code))
-    consumer.commit_offsets()
+    assert consumer.commit_offsets() is True
     assert len(lines) == 1 and code in lines[0] and "redeliver" in lines[0]
     consumer.consumer = Refusing(KafkaError._TRANSPORT)
-    with pytest.raises(KafkaException):
-        consumer.commit_offsets()  # anything else still stops the consumer
+    # Anything else (the broker is down or restarting) is owed: the poll loop commits again each second.
+    assert consumer.commit_offsets() is False and "_TRANSPORT" in consumer.commit_error
 
 
 def test_a_refused_dead_letter_write_is_sent_again_before_the_offset_moves():

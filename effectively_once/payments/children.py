@@ -124,20 +124,23 @@ class ProviderProcess(Child):
 
     ``faults`` are the start-up fault knobs (``latency_ms``, ``fail_after_charge``,
     ``fail_before_charge``, ``rate_limit_per_second``, ...); ``set_faults`` changes
-    them while it runs.
+    them while it runs. ``port`` 0 picks a free port; a restart after a crash
+    passes the old one, so that consumers holding its URL find it again.
     """
 
     name = "provider"
 
     def __init__(self, dsn: str, *, api_key: str = DEFAULT_API_KEY, key_ttl_seconds: float = 86400,
                  in_flight_timeout: float = 30.0, seed: int | None = None, log_dir: Path | None = None,
-                 **faults: Any) -> None:
-        argv = [sys.executable, "-m", "effectively_once.payments.provider", "--dsn", dsn, "--port", "0",
+                 port: int = 0, **faults: Any) -> None:
+        argv = [sys.executable, "-m", "effectively_once.payments.provider", "--dsn", dsn, "--port", str(port),
                 "--api-key", api_key, "--key-ttl-seconds", str(key_ttl_seconds),
                 "--in-flight-timeout", str(in_flight_timeout)]
         if seed is not None:
             argv += ["--seed", str(seed)]
         self.dsn, self.api_key = dsn, api_key
+        self._options = dict(api_key=api_key, key_ttl_seconds=key_ttl_seconds, in_flight_timeout=in_flight_timeout,
+                             seed=seed, log_dir=log_dir, **faults)
         super().__init__(argv, log_dir)
         self._initial_faults = faults
         self.url: str | None = None
@@ -160,6 +163,12 @@ class ProviderProcess(Child):
         if self._initial_faults:
             self.set_faults(**self._initial_faults)
         return self
+
+    def restarted(self, timeout: float = 30.0) -> ProviderProcess:
+        """A new provider process on this one's database, port and settings (after it died), started."""
+        if self.running:
+            raise RuntimeError(f"the provider (pid {self.pid}) is still running: stop or kill it first")
+        return ProviderProcess(self.dsn, port=self.port or 0, **self._options).start(timeout)
 
     @property
     def port(self) -> int | None:

@@ -15,6 +15,11 @@ With the ``offsets_in_db`` layer the step records each charge and the
 partition's next offset in one PostgreSQL transaction, and an assigned
 partition starts from the offset stored there (``payments/offsets.py``);
 the Kafka commit after each batch is then only a mirror for lag dashboards.
+When the shop database goes away mid-batch the consumer exits with code 75
+(``EXIT_RESTART``, "restart me") and commits nothing for that batch; an offset
+commit the broker cannot take (it is down or restarting) is owed and retried
+while the consumer keeps polling. ``--exit-when-idle`` counts only time spent
+holding partitions with no record: waiting for a rebalance is not idle.
 ``--metrics-port`` serves the consumer's metrics (lag, dedup hit rate, p99s) for Prometheus and ``--spans-file``
 writes a span per message (see ``effectively_once.observe.exporter`` and ``.spans``).
 """
@@ -46,6 +51,12 @@ from effectively_once.schemas import load
 # After an assignment the first fetch can take a while (offset look-ups, a busy machine):
 # silence that short is not yet "idle".
 FIRST_FETCH_GRACE = 3.0
+# The exit status that asks for a restart (EX_TEMPFAIL in sysexits.h): the shop database or the
+# broker went away, the batch's offsets were not committed, and a new process resumes where they stand.
+EXIT_RESTART = 75
+# How long an offset commit the broker cannot take (it is down, or restarting) stays owed, retried
+# each second while the consumer polls, before the consumer exits with EXIT_RESTART.
+COMMIT_OWED_SECONDS = 120.0
 
 SHOP_SCHEMA = load("shop.sql")
 _MIGRATION_LOCK = 0x45_4F_53_48  # serialises concurrent migrations of one shop database
@@ -119,6 +130,40 @@ def _msg_id_of(value: bytes | None, headers: dict[str, bytes]) -> str | None:
         return None
 
 
+class IdleClock:
+    """How long the consumer has held partitions and received no record: what ``--exit-when-idle`` counts.
+
+    Time without an assignment (before the first one, or between a rebalance
+    taking partitions away and handing some back) is not idle: the records
+    may be waiting for this very consumer. Each new assignment also gets
+    ``grace`` seconds before its first record, since the first fetch has to
+    look its offsets up.
+    """
+
+    def __init__(self, limit: float | None, grace: float = FIRST_FETCH_GRACE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.grace, self.clock = limit, grace, clock
+        self.since = clock()
+        self.fetched = False  # a record arrived since the last assignment
+
+    def reset(self) -> None:
+        """A new assignment: the clock starts again, with the first-fetch grace."""
+        self.since, self.fetched = self.clock(), False
+
+    def tick(self, *, assigned: bool, records: int) -> bool:
+        """Account for one poll; True when the consumer has been idle for ``limit`` seconds."""
+        now = self.clock()
+        if records:
+            self.since, self.fetched = now, True
+            return False
+        if not assigned:
+            self.since = now  # waiting for a rebalance: not idle
+            return False
+        if self.limit is None:
+            return False
+        return now - self.since >= (self.limit if self.fetched else max(self.limit, self.grace))
+
+
 class PaymentConsumer:
     """The poll loop: reads charges, runs the step on each, dead-letters what cannot be charged."""
 
@@ -159,6 +204,7 @@ class PaymentConsumer:
                              "acks": "all", "linger.ms": 0, "logger": quiet_logger(), "message.max.bytes": 4 * 2**20})
         ensure_topic(settings.bootstrap, self.dlq_topic)
         self._dlq_failed: list = []
+        self.commit_error: str | None = None  # why the last offset commit failed, while one is owed
         self.assigned = False
         self.stopping = False
         self.counts = {"processed": 0, "charged": 0, "replayed": 0, "skipped": 0, "dead_lettered": 0}
@@ -271,8 +317,14 @@ class PaymentConsumer:
                 self.dlq.produce(msg.topic(), key=msg.key(), value=msg.value(), headers=msg.headers(),
                                  on_delivery=self._dlq_delivered)
 
-    def commit_offsets(self, records: list | None = None) -> None:
-        """Commit the batch's offsets; a commit refused because the group moved on is not fatal.
+    def commit_offsets(self, records: list | None = None) -> bool:
+        """Commit the batch's offsets; False when the broker could not take the commit (it is owed).
+
+        A commit the broker cannot take (it is down or restarting) is owed,
+        not lost: every record up to the consumer's position was recorded, so
+        the next commit, after the next batch or from the poll loop a second
+        later, covers this one too. Meanwhile the consumer keeps polling, which
+        is how its client reconnects.
 
         With ``offsets_in_db`` the batch's ends go to the shop's ``consumer_offsets``
         first (the step stored each charged message's already; this covers the
@@ -286,7 +338,7 @@ class PaymentConsumer:
         these records again: the dedup table and the Idempotency-Key absorb them.
         Crashing here would only add one more rebalance.
         """
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
 
         if records and self.stores_offsets:
             ends: dict[tuple[str, int], int] = {}
@@ -298,10 +350,16 @@ class PaymentConsumer:
         try:
             self.consumer.commit(asynchronous=False)
         except KafkaException as exc:
-            if not refused_by_rebalance(exc):
-                raise
-            self.log(f"offset commit refused ({exc.args[0].name()}): this member no longer owns the partitions, "
-                     "so their new owner will read these records again")
+            error = exc.args[0]
+            if refused_by_rebalance(exc):
+                self.log(f"offset commit refused ({error.name()}): this member no longer owns the partitions, "
+                         "so their new owner will read these records again")
+            elif error.code() != KafkaError._NO_OFFSET:  # _NO_OFFSET: nothing new to commit
+                self.commit_error = f"{error.name()}: {error.str()}"
+                return False
+        self.commit_error = None
+        return True
+
     def seek_to_stored(self, consumer, partitions: list) -> None:
         """Start each newly assigned partition at the offset stored in the shop database, not Kafka's.
 
@@ -325,15 +383,30 @@ class PaymentConsumer:
                                          for tp in partitions) + " (offsets from the shop database)")
 
     def run(self) -> int:
-        """Consume until SIGTERM, or until idle for ``exit_when_idle`` s once partitions are assigned."""
+        """Consume until SIGTERM, or until idle for ``exit_when_idle`` s while holding partitions.
+
+        Returns 0, or ``EXIT_RESTART`` (and says why in the log) when the shop
+        database went away mid-batch, whose offsets are then not committed, or
+        when the broker has taken no offset commit for ``COMMIT_OWED_SECONDS``.
+        """
+        clock = IdleClock(self.exit_when_idle)
+
         def on_assign(consumer, partitions):
             if self.stores_offsets:
                 self.seek_to_stored(consumer, partitions)
+            else:
+                self.log(f"assigned partitions {_partition_list(partitions)}")
             self.assigned = True
+            clock.reset()
 
-        self.consumer.subscribe([self.topic], on_assign=on_assign)
-        last_activity = time.monotonic()
-        fetched_any = False
+        def on_revoke(consumer, partitions):
+            # Until the rebalance hands partitions back, waiting is not idle.
+            self.assigned = False
+            self.log(f"partitions {_partition_list(partitions)} revoked: waiting for the rebalance (not idle time)")
+
+        self.consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        owed_since: float | None = None  # when an offset commit the broker could not take became owed
+        last_try = 0.0
         try:
             while not self.stopping:
                 records = []
@@ -344,22 +417,45 @@ class PaymentConsumer:
                         continue
                     records.append(record)
                 self.telemetry.update_lag(self.consumer)
-                if records:
-                    self.handle_batch(records)
-                    # The DLQ copy must be durable before the offset moves past the original.
-                    self.flush_dlq()
-                    self.commit_offsets(records)
-                    last_activity = time.monotonic()
-                    fetched_any = True
-                elif not self.assigned:
-                    last_activity = time.monotonic()
-                elif self.exit_when_idle is not None:
-                    limit = self.exit_when_idle if fetched_any else max(self.exit_when_idle, FIRST_FETCH_GRACE)
-                    if time.monotonic() - last_activity >= limit:
-                        break
+                try:
+                    if records:
+                        self.handle_batch(records)
+                        # The DLQ copy must be durable before the offset moves past the original.
+                        self.flush_dlq()
+                    if records or (owed_since is not None and time.monotonic() - last_try >= 1.0):
+                        last_try = time.monotonic()
+                        committed = self.commit_offsets(records)
+                        if committed and owed_since is not None:
+                            if self.consumer.assignment():
+                                self.log(f"offset commit went through after {last_try - owed_since:.1f} s")
+                            else:
+                                self.log("the owed offset commit is moot: the group took the partitions back while "
+                                         "the broker was away, so their next owner gets those records again and "
+                                         "the dedup table absorbs them")
+                            owed_since = None
+                        elif not committed and owed_since is None:
+                            owed_since = last_try
+                            self.log(f"offset commit failed ({self.commit_error}): owed; the consumer keeps "
+                                     "polling, its client reconnects, and it commits again each second")
+                except psycopg.OperationalError as exc:
+                    return self.restart_needed(f"the shop database went away ({_first_line(exc)})")
+                if owed_since is not None and time.monotonic() - owed_since > COMMIT_OWED_SECONDS:
+                    return self.restart_needed(f"the broker has taken no offset commit for "
+                                               f"{COMMIT_OWED_SECONDS:.0f} s ({self.commit_error})")
+                # A commit still owed is not idle time either: the run is not done until it goes through.
+                holding = self.assigned and bool(self.consumer.assignment()) and owed_since is None
+                if clock.tick(assigned=holding, records=len(records)):
+                    break
         finally:
             self.close()
         return 0
+
+    def restart_needed(self, why: str) -> int:
+        """Say why this consumer stops without committing its batch; return ``EXIT_RESTART``."""
+        self.log(f"{why}: exiting with code {EXIT_RESTART} (restart me) and no offset committed for this batch; "
+                 "the next consumer is redelivered it from the last commit, and the dedup table absorbs "
+                 "what was recorded")
+        return EXIT_RESTART
 
     def close(self) -> None:
         """Leave the group cleanly and close every connection."""
@@ -368,9 +464,20 @@ class PaymentConsumer:
         finally:
             self.dlq.flush(10)
             self.provider.close()
-            self.shop.close()
-            self.events.close()
+            for conn in (self.shop, self.events):
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass  # a connection the server dropped
             self.telemetry.close()
+
+
+def _partition_list(partitions: list) -> str:
+    return ", ".join(str(tp.partition) for tp in partitions) or "none"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,12 +491,20 @@ def main(argv: list[str] | None = None) -> int:
     configure_tracing(settings.spans_file)
     telemetry = ConsumerTelemetry(dedup=settings.uses_dedup, group=settings.group,
                                   window_seconds=settings.metrics_window)
+    from confluent_kafka import KafkaException
+
     try:
         consumer = PaymentConsumer(settings, step=step, log=lambda line: print(line, flush=True), telemetry=telemetry)
+    except KafkaException as exc:
+        print(f"The consumer cannot reach the broker at {settings.bootstrap} ({exc.args[0]}); start the stack "
+              f"with `python -m effectively_once up`; exiting with code {EXIT_RESTART} (restart me).",
+              file=sys.stderr)
+        return EXIT_RESTART
     except psycopg.OperationalError as exc:
-        print(f"The consumer cannot reach the shop database ({str(exc).strip().splitlines()[0]}); "
-              "check --shop-dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
-        return 2
+        print(f"The consumer cannot reach the shop database ({_first_line(exc)}); check --shop-dsn, or start "
+              f"the stack with `python -m effectively_once up`; exiting with code {EXIT_RESTART} (restart me).",
+              file=sys.stderr)
+        return EXIT_RESTART
 
     def on_term(signum, frame):
         consumer.stopping = True

@@ -31,7 +31,7 @@ import psycopg
 from effectively_once.db import columns, one
 from effectively_once.kafka import client_settings, quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
-from effectively_once.payments.consumer import migrate_shop
+from effectively_once.payments.consumer import EXIT_RESTART, migrate_shop
 from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for
 from effectively_once.payments.offsets import stored_offsets
 from effectively_once.payments.producer import Sent, charge_records, send_records
@@ -236,6 +236,15 @@ class PaymentLab:
         self.provider.start()
         return self.provider
 
+    def restart_provider(self) -> ProviderProcess:
+        """Start the lab's provider again (after a crash) on its database and port, with its settings."""
+        if self.provider is None or not self._owns_provider:
+            raise RuntimeError("The lab restarts only a provider it started: call lab.start_provider() first.")
+        old = self.provider
+        self.provider = old.restarted()
+        old.stop()  # the dead one's log and exit handler
+        return self.provider
+
     def _need_provider(self) -> ProviderProcess:
         if self.provider is None or (self._owns_provider and not self.provider.running):
             raise RuntimeError("The provider is not running: call lab.start_provider() first.")
@@ -398,8 +407,9 @@ class PaymentLab:
         """Let running consumers finish, restart after each crash, until every record is committed.
 
         Returns how many consumers it had to start (``options`` go to each,
-        see ``start_consumer``). A consumer that fails for any reason other
-        than SIGKILL stops the run with its log.
+        see ``start_consumer``). A consumer killed by SIGKILL, or one that
+        exited with ``EXIT_RESTART`` (its shop database or broker went away),
+        is replaced; one that fails for any other reason stops the run with its log.
         """
         deadline = time.monotonic() + timeout
         started = 0
@@ -408,8 +418,10 @@ class PaymentLab:
                 if consumer.running:
                     consumer.wait(max(0.1, deadline - time.monotonic()))
             last = self.consumers[-1] if self.consumers else None
-            if last is not None and last.returncode not in (0, -9):
+            if last is not None and last.returncode not in (0, -9, EXIT_RESTART):
                 raise RuntimeError(f"the consumer exited with code {last.returncode}:\n{last.log_tail()}")
+            if last is not None and last.returncode == EXIT_RESTART:
+                time.sleep(0.5)  # it lost the shop database or the broker: give them a moment to come back
             if last is not None and last.returncode == 0 and self.lag() == 0:
                 return started
             if time.monotonic() > deadline:

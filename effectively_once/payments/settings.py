@@ -144,7 +144,8 @@ class ConsumerSettings:
                                    "from outside", default=None)
     log_answers: bool = _option("log each answer of the provider to a charge, with its Idempotent-Replayed header",
                                 default=False)
-    exit_when_idle: float | None = _option("exit after this many seconds without a record", default=None,
+    exit_when_idle: float | None = _option("exit after this many seconds holding partitions and receiving no record "
+                                           "(time waiting for a rebalance is not idle)", default=None,
                                            parse=float, metavar="SECONDS")
     batch_size: int = _option("records per poll", default=100, parse=int)
     poll_timeout: float = _option("seconds one poll waits for records", default=0.1, parse=float)

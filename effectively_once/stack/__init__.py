@@ -36,6 +36,7 @@ from effectively_once.stack.state import (
     attach_or_start,
     command_stack,
     read_state,
+    revive_recorded,
     state_path,
     stop_recorded,
     to_stderr,
@@ -45,6 +46,6 @@ from effectively_once.stack.state import (
 __all__ = [
     "BACKENDS", "LOCAL_BACKENDS", "STATE_FILE", "Stack", "StackError", "attach", "attach_or_start",
     "choose_backend", "command_stack", "detect_broker_flavor", "docker_available", "embedded_available",
-    "new_run_id", "private_broker", "quiet_logger", "read_state", "start", "state_path", "stop_recorded",
-    "to_stderr", "wait_for_state",
+    "new_run_id", "private_broker", "quiet_logger", "read_state", "revive_recorded", "start", "state_path",
+    "stop_recorded", "to_stderr", "wait_for_state",
 ]

@@ -185,6 +185,7 @@ def _start_local(backend: str, root: Path | None, progress: Callable[..., None],
     stack._stoppers.append(lambda: shutil.rmtree(root, ignore_errors=True) if remove_root else None)
     stack._stoppers.append(postgres.stop)
     stack._stoppers.append(broker.stop)
+    stack._revivers.update(broker=_reviver(broker), postgres=_reviver(postgres))
     return stack
 
 
@@ -210,6 +211,19 @@ def start_secured(root: Path | None, progress: Callable[..., None]) -> Stack:
     secure.use_instructor_login(path)
     stack.credentials_file = str(path)
     return stack
+
+
+def _reviver(server: Any) -> Callable[[], int]:
+    """Restart a dead server of a local stack on its files and ports; the new pid."""
+    def revive() -> int:
+        if server.process is not None:
+            server.process.poll()  # collect the dead one's exit status
+        if getattr(server, "socket_dir", None) is not None:
+            shutil.rmtree(server.socket_dir, ignore_errors=True)
+        server.start()
+        return server.pid or 0
+
+    return revive
 
 
 @contextmanager

@@ -48,6 +48,8 @@ class Stack:
     # A secured stack (``up --secure``): the instructor's 0600 file of logins.
     credentials_file: str | None = None
     _stoppers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    # name -> restart that process on its files and ports, returning its new pid (local backends only)
+    _revivers: dict[str, Callable[[], int]] = field(default_factory=dict, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     # -- names -------------------------------------------------------------------------
@@ -206,6 +208,20 @@ class Stack:
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'><code>{v}</code></td></tr>"
                        for k, v in self.describe().items() if k not in ("pids", "java"))
         return f"<table>{rows}</table>"
+
+    def revive(self) -> list[str]:
+        """Start again, on its files and ports, each process of this stack that died; return their names.
+
+        A killed broker comes back with its log (topics, records, committed
+        offsets), a killed PostgreSQL with its data after crash recovery; the
+        processes still alive are left alone, so their clients only reconnect.
+        """
+        revived = []
+        for name, restart in self._revivers.items():
+            if not pid_alive(self.pids.get(name)):
+                self.pids[name] = restart()
+                revived.append(name)
+        return revived
 
     def stop(self) -> None:
         """Stop every process this stack started (by pid). An attached stack is left running."""

@@ -2,7 +2,9 @@
 
 It starts a stack, records it in ``$EO_HOME/stack.json`` and keeps it alive
 until it receives SIGTERM (from ``down``); then it stops every process it
-started. One keeper per state directory. For the docker backend it also keeps
+started. SIGUSR1 (from ``up``, when a process of the stack died) restarts the
+dead processes on their files and ports and records their new pids. One
+keeper per state directory. For the docker backend it also keeps
 testcontainers' reaper from removing the containers, which it does as soon as
 the process that started them exits.
 """
@@ -28,6 +30,21 @@ def _write_state(record: dict) -> None:
     os.replace(tmp, path)
 
 
+def revive(running, record: dict) -> None:
+    """Restart the stack's dead processes on their files and ports, and record their new pids."""
+    try:
+        revived = running.revive()
+    except Exception as exc:
+        print(f"could not restart the stack's dead processes: {exc}", flush=True)
+        record["revive_error"] = str(exc)
+    else:
+        print(f"restarted: {', '.join(revived) or 'nothing (every process was alive)'}", flush=True)
+        record.pop("revive_error", None)
+        record["pids"] = {"keeper": os.getpid(), **running.pids}
+    record["revived"] = record.get("revived", 0) + 1
+    _write_state(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m effectively_once.stack.keeper")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -37,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: stop_event.set())
+    revive_event = threading.Event()  # SIGUSR1, from `up`: restart the processes that died
+    signal.signal(signal.SIGUSR1, lambda *_: revive_event.set())
 
     root = eo_home() / ("secure-stack" if args.secure else "stack")
     root.mkdir(parents=True, exist_ok=True)
@@ -59,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     shown = {**record, "postgres_dsn": hide_password(record.get("postgres_dsn") or "")}
     print(f"stack ready: {json.dumps(shown)}", flush=True)
     try:
-        while not stop_event.wait(1.0):
-            pass
+        while not stop_event.wait(0.2):
+            if revive_event.is_set():
+                revive_event.clear()
+                revive(running, record)
     finally:
         running.stop()
         path = state_path()

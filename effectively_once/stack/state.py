@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -133,3 +135,29 @@ def wait_for_state(timeout: float, keeper_pid: int) -> dict[str, Any]:
                              f"{eo_home() / 'keeper.log'} for why.")
         time.sleep(0.1)
     raise StackError(f"The stack was not ready after {timeout:.0f} s; see {eo_home() / 'keeper.log'}.")
+
+
+def revive_recorded(record: dict[str, Any], timeout: float = 180.0) -> dict[str, Any] | None:
+    """Ask the keeper of a running stack to restart its dead processes; the healthy record, or None.
+
+    The keeper restarts each dead process on its files and ports (a broker
+    with its log, PostgreSQL with its data), so clients only reconnect. None
+    when the keeper cannot do it (a docker stack, an old keeper): the caller
+    then restarts the whole stack.
+    """
+    keeper = record.get("pids", {}).get("keeper")
+    if record.get("backend") not in ("embedded", "tansu") or not pid_alive(keeper):
+        return None
+    before = record.get("revived", 0)
+    os.kill(int(keeper), signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = read_state()
+        if current and current.get("revived", 0) > before:
+            if current.get("revive_error"):
+                return None
+            return current if attach(current).health()["healthy"] else None
+        if not pid_alive(keeper):
+            return None
+        time.sleep(0.2)
+    return None

@@ -1,0 +1,424 @@
+"""Faults a production pipeline meets, each on embedded Apache Kafka and a real PostgreSQL.
+
+The broker, the shop's PostgreSQL and the provider are killed mid-run; two
+consumers are SIGKILLed at random for about 45 s; and the idle exit must not
+fire while a consumer waits for a rebalance. Every fault ends with each
+message charged exactly once in the provider's ledger and every shop row
+'done'.
+
+The faults run on a stack of their own (its own EO_HOME, started with `up`),
+never on the session's: killing its broker or PostgreSQL must not break the
+tests that share the session stack. Each test prints its outcome (times to
+recover, counts charged): run with ``pytest -s`` to see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from effectively_once.payments.consumer import EXIT_RESTART, IdleClock
+from effectively_once.payments.lab import PaymentLab
+from tests.conftest import run_cli
+
+# Enough provider retries (full jitter, at most 1 s apart) to ride out a restart of the provider
+# or its database, instead of dead-lettering the message that was in flight.
+PATIENT = {"max_retries": 40}
+
+
+# -- the idle clock, without a broker -------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_idle_clock_counts_only_time_with_an_assignment_and_no_records():
+    now = FakeClock()
+    clock = IdleClock(1.0, grace=3.0, clock=now)
+    now.now += 60  # a minute waiting for the first assignment
+    assert not clock.tick(assigned=False, records=0)
+    clock.reset()  # assigned: the first fetch gets the grace
+    now.now += 2.0
+    assert not clock.tick(assigned=True, records=0)
+    now.now += 1.0
+    assert clock.tick(assigned=True, records=0), "3 s assigned and nothing fetched is idle"
+
+
+def test_time_waiting_for_a_rebalance_is_not_idle():
+    now = FakeClock()
+    clock = IdleClock(1.0, grace=3.0, clock=now)
+    clock.reset()
+    assert not clock.tick(assigned=True, records=5)
+    now.now += 0.9
+    assert not clock.tick(assigned=True, records=0)
+    # A rebalance takes the partitions away for 10 s: not idle, however long it lasts.
+    for _ in range(10):
+        now.now += 1.0
+        assert not clock.tick(assigned=False, records=0)
+    clock.reset()  # partitions back: a fresh grace for the first fetch
+    now.now += 2.9
+    assert not clock.tick(assigned=True, records=0)
+    assert clock.tick(assigned=True, records=0) is False
+    now.now += 0.2
+    assert clock.tick(assigned=True, records=0)
+    now.now += 5
+    assert not clock.tick(assigned=True, records=1), "a record resets the clock"
+    now.now += 1.0
+    assert clock.tick(assigned=True, records=0), "after a record the limit is exit_when_idle itself"
+
+
+def test_without_a_limit_the_clock_never_fires():
+    now = FakeClock()
+    clock = IdleClock(None, clock=now)
+    clock.reset()
+    now.now += 1e6
+    assert not clock.tick(assigned=True, records=0)
+
+
+def test_a_stack_revives_only_its_dead_processes():
+    import subprocess
+    import sys
+
+    from effectively_once.stack import Stack
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stack = Stack(backend="embedded", kafka_bootstrap="127.0.0.1:9", base_dsn="postgresql://x@127.0.0.1:9/x",
+                  pids={"broker": gone.pid, "postgres": os.getpid()})
+    calls: list[str] = []
+    stack._revivers.update(broker=lambda: calls.append("broker") or 4242,
+                           postgres=lambda: calls.append("postgres") or 4343)
+    assert stack.revive() == ["broker"] and calls == ["broker"]
+    assert stack.pids == {"broker": 4242, "postgres": os.getpid()}
+
+
+# -- a stack of the faults' own ---------------------------------------------------------------
+@dataclass
+class FaultStack:
+    """The faults' private stack: its EO_HOME environment and the record `up` wrote."""
+
+    env: dict
+    home: Path
+
+    def record(self) -> dict:
+        return json.loads((self.home / "stack.json").read_text())
+
+    def attach(self):
+        from effectively_once.stack import attach
+
+        return attach(self.record())
+
+    def pid(self, name: str) -> int:
+        return int(self.record()["pids"][name])
+
+    def up(self) -> tuple[float, str]:
+        """`python -m effectively_once up` on this home: (seconds it took, its output)."""
+        started = time.monotonic()
+        result = run_cli("up", "--backend", "embedded", env=self.env)
+        assert result.returncode == 0, f"`up` failed:\n{result.stdout}\n{result.stderr}"
+        return time.monotonic() - started, result.stdout
+
+
+@pytest.fixture(scope="module")
+def faults_stack():
+    """A private embedded stack for this module, started with `up` and purged at the end.
+
+    Outside pytest's tmp_path for the reason ``private_home`` gives (PostgreSQL,
+    run as its own user, must traverse every parent of its data directory).
+    """
+    base = Path(tempfile.mkdtemp(prefix="eo-faults-home-"))
+    env = os.environ.copy()
+    env["EO_HOME"] = str(base / "home")
+    env.pop("EO_BACKEND", None)
+    stack = FaultStack(env, base / "home")
+    seconds, _ = stack.up()
+    print(f"\n[faults] private embedded stack up in {seconds:.1f} s")
+    yield stack
+    from effectively_once.stack.processes import pid_alive
+
+    pids = stack.record()["pids"]  # the current ones: a revived process has a new pid
+    down = run_cli("down", "--purge", env=env)
+    shutil.rmtree(base, ignore_errors=True)
+    assert down.returncode == 0, down.stderr
+    assert not [name for name, pid in pids.items() if pid_alive(pid)], "a process of the faults' stack is left"
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def ledger_counts(lab: PaymentLab) -> tuple[int, int]:
+    """(ledger rows, distinct msg_ids) of this lab's messages: money moves and messages charged."""
+    with psycopg.connect(lab.provider_dsn, connect_timeout=3) as conn:
+        rows, distinct = conn.execute("SELECT count(*), count(DISTINCT msg_id) FROM ledger WHERE msg_id = ANY(%s)",
+                                      (lab.msg_ids,)).fetchone()
+    return rows, distinct
+
+
+def charged(lab: PaymentLab) -> int:
+    """Messages of the lab with money moved, or -1 while the provider's database cannot answer."""
+    try:
+        return ledger_counts(lab)[1]
+    except psycopg.OperationalError:
+        return -1
+
+
+def wait_for_charges(lab: PaymentLab, at_least: int, timeout: float, keep=None) -> float:
+    """Wait until ``at_least`` of the lab's messages are charged; seconds waited. ``keep()`` runs each turn."""
+    started = time.monotonic()
+    while charged(lab) < at_least:
+        if time.monotonic() - started > timeout:
+            logs = "\n---\n".join(c.log_tail(1500) for c in lab.consumers[-3:])
+            raise TimeoutError(f"only {charged(lab)} of {at_least} charged after {timeout} s:\n{logs}")
+        if keep is not None:
+            keep()
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def replace_exited(lab: PaymentLab, wanted: int, **options) -> list[int]:
+    """Keep ``wanted`` consumers running: start one for each that exited asking for a restart or was killed.
+
+    Returns the exit codes of the consumers it replaced. Any other exit fails the test with its log.
+    """
+    codes = []
+    running = [c for c in lab.consumers if c.running]
+    for consumer in lab.consumers:
+        if consumer.running or getattr(consumer, "_replaced", False):
+            continue
+        consumer._replaced = True  # type: ignore[attr-defined]
+        consumer.saved_log = consumer.log_tail(200_000)  # type: ignore[attr-defined]
+        assert consumer.returncode in (0, -signal.SIGKILL, EXIT_RESTART), \
+            f"a consumer exited with {consumer.returncode}:\n{consumer.log_tail()}"
+        codes.append(consumer.returncode)
+    for _ in range(wanted - len(running)):
+        lab.start_consumer(exit_when_idle=None, **PATIENT, **options)
+    return codes
+
+
+def start_run(lab: PaymentLab, messages: int, seed: int, latency_ms: float = 30):
+    """A provider taking ``latency_ms`` per charge, ``messages`` produced and two consumers charging them.
+
+    Returns the provider once 60 messages are charged: the moment to strike.
+    """
+    provider = lab.start_provider(latency_ms=latency_ms, in_flight_timeout=3)
+    lab.produce(messages, seed=seed)
+    for _ in range(2):
+        lab.start_consumer(exit_when_idle=None, **PATIENT)
+    wait_for_charges(lab, 60, 60)
+    return provider
+
+
+def kill_then_up(lab: PaymentLab, faults_stack: FaultStack, name: str, kill) -> tuple[int, float, float]:
+    """``kill`` the stack's ``name`` process, leave it dead 2 s, then run `up`, which must restart it alone.
+
+    Returns (messages charged at the kill, the kill's monotonic time, seconds `up` took).
+    """
+    before, pid = charged(lab), faults_stack.pid(name)
+    killed_at = time.monotonic()
+    kill(pid)
+    time.sleep(2.0)
+    up_seconds, output = faults_stack.up()
+    assert "restarting its dead processes" in output and "the stack is healthy" in output, output
+    assert faults_stack.pid(name) != pid and faults_stack.attach().health()["healthy"]
+    return before, killed_at, up_seconds
+
+
+def settle(lab: PaymentLab, messages: int) -> str:
+    """Stop the running consumers, let one more finish what is left, and check the money and the shop.
+
+    Returns every consumer's log (stopping a consumer removes its log file).
+    """
+    logs = all_logs(lab)
+    for consumer in lab.consumers:
+        consumer.stop(30)
+    # A fresh consumer finishes what is left and exits as idle; run_until_settled restarts it if need be.
+    lab.start_consumer(exit_when_idle=1.0, **PATIENT)
+    lab.run_until_settled(120, exit_when_idle=1.0, **PATIENT)
+    report = lab.report()
+    with psycopg.connect(lab.shop_dsn) as conn:
+        done = conn.execute("SELECT count(*) FILTER (WHERE status = 'done'), count(*) FROM charges"
+                            " WHERE msg_id = ANY(%s)", (lab.msg_ids,)).fetchone()
+    assert report.ok and report.charges == messages and report.dlq == 0, report
+    assert done == (messages, messages), f"shop rows done/total {done}, expected {messages} of each"
+    return logs
+
+
+def all_logs(lab: PaymentLab) -> str:
+    """The consumers' logs: the saved copy of each replaced one, the file of the others."""
+    return "\n".join(getattr(c, "saved_log", None) or c.log_tail(200_000) for c in lab.consumers)
+
+
+# -- the faults ------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_a_broker_killed_mid_run_restarts_with_up_and_every_message_is_charged_once(faults_stack):
+    messages = 300
+    with PaymentLab(faults_stack.attach(), "both") as lab:
+        start_run(lab, messages, seed=13)
+        survivors = [c for c in lab.consumers if c.running]
+        before, killed_at, up_seconds = kill_then_up(lab, faults_stack, "broker",
+                                                     lambda pid: os.kill(pid, signal.SIGKILL))
+        with psycopg.connect(lab.shop_dsn) as conn:
+            back = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        restarts: list[int] = []
+        wait_for_charges(lab, messages, 120, keep=lambda: restarts.extend(replace_exited(lab, 2)))
+        recovered = time.monotonic() - killed_at
+        # The consumers that lived through the outage reconnected and went on charging.
+        with psycopg.connect(lab.shop_dsn) as conn:
+            late = conn.execute("SELECT count(*) FROM consumer_events WHERE topic = %s AND consumer_pid = ANY(%s)"
+                                " AND created_at > %s", (lab.topic, [c.pid for c in survivors], back)).fetchone()[0]
+        said = [line for c in survivors for line in c.log_tail(200_000).splitlines() if "offset commit" in line]
+        settle(lab, messages)
+    print("\n".join(f"[faults] broker, a consumer said: {line[:160]}" for line in said[:4]))
+    print(f"\n[faults] broker: SIGKILLed with {before}/{messages} charged; `up` restarted it in {up_seconds:.1f} s; "
+          f"all {messages} charged {recovered:.1f} s after the kill; {late} events by consumers that lived through "
+          f"it; consumers replaced: {len(restarts)} (exit codes {sorted(restarts)}); exactly once: yes")
+    assert late > 0 or restarts, "no consumer charged anything after the broker came back"
+
+
+@pytest.mark.integration
+def test_postgres_killed_mid_run_costs_no_charge_and_no_commit_of_unrecorded_work(faults_stack):
+    messages = 300
+    with PaymentLab(faults_stack.attach(), "both") as lab:
+        start_run(lab, messages, seed=17)
+        # The server and every backend at once (its process group), as a crash does.
+        before, killed_at, up_seconds = kill_then_up(lab, faults_stack, "postgres",
+                                                     lambda pid: os.killpg(pid, signal.SIGKILL))
+        restarts: list[int] = []
+        wait_for_charges(lab, messages, 150, keep=lambda: restarts.extend(replace_exited(lab, 2)))
+        recovered = time.monotonic() - killed_at
+        logs = settle(lab, messages)
+        with psycopg.connect(lab.shop_dsn) as conn:
+            redone = conn.execute("SELECT count(*) FROM charges WHERE msg_id = ANY(%s) AND attempts > 1",
+                                  (lab.msg_ids,)).fetchone()[0]
+    said = "the shop database went away" in logs and f"exiting with code {EXIT_RESTART} (restart me)" in logs
+    print(f"\n[faults] postgres: SIGKILLed with {before}/{messages} charged; `up` restarted it in {up_seconds:.1f} s; "
+          f"all {messages} charged {recovered:.1f} s after the kill; consumers exited {EXIT_RESTART} and were "
+          f"restarted: {restarts.count(EXIT_RESTART)}; messages handled again from a 'pending' row: {redone}; "
+          "exactly once: yes")
+    assert EXIT_RESTART in restarts, f"no consumer exited with {EXIT_RESTART} when its database went away:\n{logs}"
+    assert said, f"the consumer did not say why it stopped:\n{logs[-3000:]}"
+    assert "no offset committed for this batch" in logs
+
+
+@pytest.mark.integration
+def test_a_provider_killed_mid_charge_and_restarted_on_its_database_charges_each_message_once(faults_stack):
+    messages = 200
+    with PaymentLab(faults_stack.attach(), "both") as lab:
+        provider = start_run(lab, messages, seed=19, latency_ms=40)
+        before = charged(lab)
+        port = provider.port
+        killed_at = time.monotonic()
+        provider.kill()  # with 40 ms per charge, a request is almost always in flight
+        time.sleep(1.0)
+        restarted = lab.restart_provider()
+        back = time.monotonic() - killed_at
+        assert restarted.port == port and restarted.running
+        restarts: list[int] = []
+        wait_for_charges(lab, messages, 120, keep=lambda: restarts.extend(replace_exited(lab, 2)))
+        recovered = time.monotonic() - killed_at
+        settle(lab, messages)
+        with psycopg.connect(lab.shop_dsn) as conn:
+            retried = conn.execute("SELECT count(*), coalesce(max(retries), 0) FROM consumer_events"
+                                   " WHERE topic = %s AND retries > 0", (lab.topic,)).fetchone()
+    print(f"\n[faults] provider: SIGKILLed mid-charge with {before}/{messages} charged; back on port {port} after "
+          f"{back:.1f} s; all {messages} charged {recovered:.1f} s after the kill; {retried[0]} charge(s) retried "
+          f"across the outage (at most {retried[1]} retries); exactly once: yes")
+    assert retried[0] >= 1, "no charge was in flight when the provider died: the kill tested nothing"
+
+
+@pytest.mark.integration
+def test_two_consumers_sigkilled_at_random_for_45_s_charge_each_message_once(faults_stack):
+    rng = random.Random(45)
+    with PaymentLab(faults_stack.attach(), "both", partitions=3) as lab:
+        lab.start_provider(latency_ms=10, in_flight_timeout=3)
+        lab.produce(200, seed=23)
+        for _ in range(2):
+            lab.start_consumer(exit_when_idle=None, batch_size=20, **PATIENT)
+        started = time.monotonic()
+        kills, next_report, next_batch = 0, started + 5, started + 5
+        while time.monotonic() - started < 45:
+            time.sleep(rng.uniform(1.0, 4.0))
+            running = [c for c in lab.consumers if c.running]
+            if running:
+                rng.choice(running).kill()
+                kills += 1
+            if rng.random() < 0.7:  # most kills are followed at once by a new consumer, some a little later
+                replace_exited(lab, 2, batch_size=20)
+            now = time.monotonic()
+            if now >= next_batch:
+                lab.produce(100, seed=rng.randrange(10**6))
+                next_batch = now + 5
+            if now >= next_report:
+                rows, distinct = ledger_counts(lab)
+                print(f"[faults] kills t={now - started:4.1f} s: {kills} SIGKILLs, {len(lab.consumers)} consumers "
+                      f"started, {len(lab.sent)} produced, {distinct} charged ({rows - distinct} twice), "
+                      f"lag {lab.lag()}", flush=True)
+                assert rows == distinct, f"{rows - distinct} message(s) charged twice during the kills"
+                next_report = now + 5
+        replace_exited(lab, 2, batch_size=20)
+        messages = len(lab.sent)
+        wait_for_charges(lab, messages, 120, keep=lambda: replace_exited(lab, 2, batch_size=20))
+        settled_in = time.monotonic() - started - 45
+        settle(lab, messages)
+        with psycopg.connect(lab.shop_dsn) as conn:
+            workers, redone = conn.execute(
+                "SELECT count(DISTINCT consumer_pid), count(*) FILTER (WHERE dedup_hit) FROM consumer_events"
+                " WHERE topic = %s", (lab.topic,)).fetchone()
+    print(f"\n[faults] consumers: {kills} SIGKILLs in 45 s over {len(lab.consumers)} consumers ({workers} of them "
+          f"charged something); {messages} messages all charged {settled_in:.1f} s after the kills stopped; "
+          f"{redone} redeliveries absorbed by the dedup table; exactly once: yes")
+    assert kills >= 10, f"only {kills} kills in 45 s"
+
+
+@pytest.mark.integration
+def test_a_consumer_waiting_for_a_rebalance_does_not_exit_as_idle(faults_stack):
+    """B has partitions and a backlog; A freezes and C joins, so the rebalance waits for A's session to end.
+
+    B spends that wait without partitions and without records. An idle clock
+    that counted it would stop B (exit_when_idle is shorter than the wait); B
+    must go on, finish its share and only then exit as idle.
+    """
+    messages = 150
+    with PaymentLab(faults_stack.attach(), "both", partitions=3) as lab:
+        lab.start_provider(latency_ms=100, in_flight_timeout=3)
+        lab.produce(messages, seed=29)
+        a = lab.start_consumer(exit_when_idle=None, batch_size=1, **PATIENT)
+        b = lab.start_consumer(exit_when_idle=0.8, batch_size=1, **PATIENT)
+        wait_for_charges(lab, 20, 60)
+        c = lab.start_consumer(exit_when_idle=None, batch_size=1, **PATIENT)
+        deadline = time.monotonic() + 60
+        while "consumer started" not in c.log_tail(20000) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # C is about to join. A stops heartbeating: the rebalance C starts waits until A's session ends.
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 30
+            while "revoked: waiting for the rebalance" not in b.log_tail(20000) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(4.0)
+            assert b.running, f"B exited while the group rebalanced:\n{b.log_tail()}"
+        finally:
+            a.kill()
+        c.stop(30)
+        b.wait(120)
+        assert b.returncode == 0, b.log_tail()
+        with psycopg.connect(lab.shop_dsn) as conn:
+            gap = conn.execute(
+                "SELECT max(gap) FROM (SELECT extract(epoch FROM created_at - lag(created_at) OVER (ORDER BY id))"
+                " AS gap FROM consumer_events WHERE topic = %s AND consumer_pid = %s) g", (lab.topic, b.pid)
+            ).fetchone()[0]
+        settle(lab, messages)
+    print(f"\n[faults] idle exit: B (exit_when_idle 0.8 s) went {float(gap):.1f} s without a record during the "
+          "rebalance, kept running, and exited as idle once its share was done")
+    assert float(gap) > 0.8, f"B's longest gap between records was {gap} s: the rebalance was too quick to test"
