@@ -56,6 +56,7 @@ def reader(stack, **extra):
                      "enable.auto.commit": False, "logger": quiet_logger(), **extra})
 
 
+@pytest.mark.integration
 def test_read_until_quiet_sees_every_record_from_the_start(stack, filled_topic):
     consumer = reader(stack)
     try:
@@ -67,6 +68,7 @@ def test_read_until_quiet_sees_every_record_from_the_start(stack, filled_topic):
     assert time.monotonic() - started < 30, "it stopped because the topic went quiet, not at the timeout"
 
 
+@pytest.mark.integration
 def test_read_until_the_end_of_every_partition(stack, filled_topic):
     consumer = reader(stack, **{"enable.partition.eof": True})
     try:
@@ -76,6 +78,7 @@ def test_read_until_the_end_of_every_partition(stack, filled_topic):
     assert len(values) == 11
 
 
+@pytest.mark.integration
 def test_read_until_a_marker_and_from_given_offsets(stack, filled_topic):
     consumer = reader(stack)
     try:

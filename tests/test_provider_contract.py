@@ -327,6 +327,6 @@ def test_the_fast_validator_never_accepts_what_jsonschema_refuses():
             fast(body)
         except contract.fastjsonschema.JsonSchemaException:
             return
-        assert authority.is_valid(body), body
+        assert authority().is_valid(body), body
 
     agree()

@@ -48,13 +48,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+
+if TYPE_CHECKING:  # jsonschema is imported when first needed: it takes seconds to import with its format extras
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 MAX_AMOUNT = 99_999_999
 MAX_METADATA_KEYS = 50
@@ -368,19 +370,20 @@ def _operation(operation_id: str) -> dict[str, Any]:
     raise KeyError(f"no operation {operation_id!r} in the provider's OpenAPI document")
 
 
-_FORMATS = FormatChecker(formats=())
-_FORMATS.checks(PG_TEXT)(is_pg_text)
-
-
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    formats = FormatChecker(formats=())
+    formats.checks(PG_TEXT)(is_pg_text)
     # The components travel with every schema, so that "#/components/..." references resolve.
-    return Draft202012Validator({**schema, "components": OPENAPI["components"]}, format_checker=_FORMATS)
+    return Draft202012Validator({**schema, "components": OPENAPI["components"]}, format_checker=formats)
 
 
-_VALIDATORS: dict[str, tuple[Callable[[Any], Any], Draft202012Validator]] = {}
+_FAST: dict[str, Callable[[Any], Any]] = {}
+_VALIDATORS: dict[str, Draft202012Validator] = {}
 
 
-def _cached(key: str, schema: dict[str, Any]) -> tuple[Callable[[Any], Any], Draft202012Validator]:
+def _cached(key: str, schema: dict[str, Any]) -> tuple[Callable[[Any], Any], Callable[[], Draft202012Validator]]:
     """Two validators of one schema: a fast one that only says yes, and ``jsonschema``, the authority.
 
     ``jsonschema`` takes about 0.3 ms per charge, which the pipeline would
@@ -389,11 +392,16 @@ def _cached(key: str, schema: dict[str, Any]) -> tuple[Callable[[Any], Any], Dra
     ``jsonschema``, which names the field (and which also decides, should the
     two ever disagree).
     """
-    if key not in _VALIDATORS:
+    if key not in _FAST:
         full = {**schema, "components": OPENAPI["components"]}
-        fast = fastjsonschema.compile(full, formats={PG_TEXT: is_pg_text})
-        _VALIDATORS[key] = (fast, _validator(schema))
-    return _VALIDATORS[key]
+        _FAST[key] = fastjsonschema.compile(full, formats={PG_TEXT: is_pg_text})
+
+    def authority() -> Draft202012Validator:
+        if key not in _VALIDATORS:
+            _VALIDATORS[key] = _validator(schema)
+        return _VALIDATORS[key]
+
+    return _FAST[key], authority
 
 
 def _nearest_error_text(error: ValidationError) -> str | None:
@@ -433,11 +441,11 @@ def check(schema: dict[str, Any], value: Any, *, root: str | None = None, cache_
     Python caller can) is refused by name too.
     """
     if cache_key:
-        fast, validator = _cached(cache_key, schema)
+        fast, authority = _cached(cache_key, schema)
         try:
             fast(value)
         except fastjsonschema.JsonSchemaException:
-            pass
+            validator = authority()
         else:
             _refuse_non_finite(value, root)
             return
