@@ -14,6 +14,11 @@ from effectively_once.review import MultipleChoice, OpenQuestion
 
 _RIGHT = "#d4edda"
 _WRONG = "#f8d7da"
+# ipywidgets gives each radio choice one line's height: a longer choice wraps over the next one. Let it grow.
+_WRAP_CHOICES = ("<style>.eo-quiz .widget-radio-box label, .eo-quiz .jupyter-widget-radio-box label "
+                 "{height: auto; line-height: 1.4; padding: 2px 0; display: flex; align-items: flex-start} "
+                 ".eo-quiz .widget-radio-box input, .eo-quiz .jupyter-widget-radio-box input "
+                 "{flex: none; order: -1; margin: 0.25em 6px 0 0}</style>")
 
 
 class MultipleChoiceWidget(widgets.VBox):
@@ -29,7 +34,8 @@ class MultipleChoiceWidget(widgets.VBox):
         self.feedback = widgets.HTML()
         self.button.on_click(lambda _button: self._show())
         super().__init__([widgets.HTML(f"<b>{html.escape(question.prompt)}</b>"), self.options, self.button,
-                          self.feedback])
+                          self.feedback, widgets.HTML(_WRAP_CHOICES)])
+        self.add_class("eo-quiz")
 
     @property
     def answered(self) -> bool:
