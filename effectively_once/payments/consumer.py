@@ -353,7 +353,7 @@ class PaymentConsumer:
             error = exc.args[0]
             if refused_by_rebalance(exc):
                 self.log(f"offset commit refused ({error.name()}): this member no longer owns the partitions, "
-                         "so their new owner will read these records again")
+                         "so the group will redeliver these records to their new owner")
             elif error.code() != KafkaError._NO_OFFSET:  # _NO_OFFSET: nothing new to commit
                 self.commit_error = f"{error.name()}: {error.str()}"
                 return False

@@ -122,6 +122,12 @@ def run_zombie(stack: Stack, layers: str = "dedup,idempotency_key", *, stall_sec
                 raise TimeoutError(f"after {timeout:.0f} s the two consumers had not both handled {msg_id} "
                                    f"and committed past it.\nA:\n{zombie.log_tail()}\nB:\n{successor.log_tail()}")
             time.sleep(0.2)
+        # A learns it was removed at its next poll after the refused commit; wait for it to say so.
+        try:
+            wait_until(lambda: "_MAX_POLL_EXCEEDED" in zombie.log_tail(20000), 15,
+                       "consumer A's poll to report the exceeded max.poll.interval.ms")
+        except TimeoutError:
+            pass  # the tables are final; the caller sees A's log as it is
         zombie_pid, successor_pid = zombie.pid or 0, successor.pid or 0
         names = {zombie_pid: "A (stuck)", successor_pid: "B (took over)"}
         with psycopg.connect(lab.shop_dsn) as conn:
