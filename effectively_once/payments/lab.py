@@ -328,9 +328,7 @@ class PaymentLab:
         A consumer killed this way before (by the button, say) is not killed
         twice: its report is returned again.
         """
-        consumer = consumer or (self.consumers[-1] if self.consumers else None)
-        if consumer is None:
-            raise RuntimeError("No consumer to kill: start one with lab.start_consumer(pause_at=...) first.")
+        consumer = self._last_consumer(consumer)
         earlier = getattr(consumer, "kill_report", None)
         if earlier is not None:
             return earlier
@@ -341,24 +339,32 @@ class PaymentLab:
             consumer.wait_until_paused(timeout)
         where = consumer.paused_at
         assert consumer.pid is not None, "a running consumer has a pid"
-        os.kill(consumer.pid, signal.SIGKILL)
-        status = consumer.wait(10)
-        statuses = self.shop_rows().column("status")
+        consumer.kill()
+        status = consumer.returncode
+        with psycopg.connect(self.shop_dsn) as conn:
+            pending, done = one(conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'done')"
+                " FROM charges WHERE msg_id = ANY(%s)", (self.msg_ids,)), "the shop's dedup rows")
         report = KillReport(pid=consumer.pid, by=by, paused_at=where[0] if where else None,
                             msg_id=where[1] if where else None, messages=len(self.msg_ids),
-                            charged=len(self.ledger_rows()), pending=statuses.count("pending"),
-                            done=statuses.count("done"), exit_status=status)
+                            charged=sum(self._ledger_counts().values()), pending=pending, done=done,
+                            exit_status=status)
         consumer.kill_report = report  # type: ignore[attr-defined]
         return report
+
+    def _last_consumer(self, consumer: ConsumerProcess | None = None) -> ConsumerProcess:
+        """``consumer``, else the last one started; an error that says how to start one when there is none."""
+        consumer = consumer or (self.consumers[-1] if self.consumers else None)
+        if consumer is None:
+            raise RuntimeError("No consumer to kill: start one with lab.start_consumer(pause_at=...) first.")
+        return consumer
 
     def kill_button(self, consumer: ConsumerProcess | None = None) -> Any:
         """A button that SIGKILLs the consumer (default: the last one started) the moment it is pressed."""
         import ipywidgets as widgets
         from IPython.display import display
 
-        consumer = consumer or (self.consumers[-1] if self.consumers else None)
-        if consumer is None:
-            raise RuntimeError("No consumer to kill: start one with lab.start_consumer(pause_at=...) first.")
+        consumer = self._last_consumer(consumer)
         button = widgets.Button(description=f"SIGKILL pid {consumer.pid}", button_style="danger",
                                 layout=widgets.Layout(width="auto"))
         out = widgets.Output()
@@ -418,7 +424,7 @@ class PaymentLab:
                 if consumer.running:
                     consumer.wait(max(0.1, deadline - time.monotonic()))
             last = self.consumers[-1] if self.consumers else None
-            if last is not None and last.returncode not in (0, -9, EXIT_RESTART):
+            if last is not None and not (last.returncode in (0, EXIT_RESTART) or last.killed_by_sigkill):
                 raise RuntimeError(f"the consumer exited with code {last.returncode}:\n{last.log_tail()}")
             if last is not None and last.returncode == EXIT_RESTART:
                 time.sleep(0.5)  # it lost the shop database or the broker: give them a moment to come back

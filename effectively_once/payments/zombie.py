@@ -28,7 +28,6 @@ import psycopg
 
 from effectively_once.db import one
 from effectively_once.payments.lab import PaymentLab, Table
-from effectively_once.payments.steps import idempotency_key_for
 from effectively_once.stack.processes import wait_until
 
 if TYPE_CHECKING:
@@ -135,15 +134,8 @@ def run_zombie(stack: Stack, layers: str = "dedup,idempotency_key", *, stall_sec
                                " AS call_ms FROM consumer_events WHERE msg_id = %s ORDER BY id", (msg_id,))
             rows = [(names.get(pid, str(pid)), *rest) for pid, *rest in cur.fetchall()]
         events = Table("shop: consumer_events", ["consumer", "result", "dedup_hit", "retries", "call_ms"], rows)
-        key = idempotency_key_for(msg_id)
-        keys = lab._table(lab.provider_dsn, "provider: idempotency_keys",
-                          "SELECT key, state, status_code, response->>'id' AS charge_id FROM idempotency_keys"
-                          " WHERE key = %s", (key,))
         run = ZombieRun(layers=layers, msg_id=msg_id, zombie_pid=zombie_pid, successor_pid=successor_pid,
-                        shop=lab.shop_rows(), events=events,
-                        ledger=lab._table(lab.provider_dsn, "provider: ledger",
-                                          "SELECT charge_id, idempotency_key, amount, currency FROM ledger"
-                                          " WHERE msg_id = %s ORDER BY created_at", (msg_id,)),
-                        keys=keys, zombie_log=_lines_of_interest(zombie.log_tail(20000)),
+                        shop=lab.shop_rows(), events=events, ledger=lab.ledger_rows(), keys=lab.key_rows(),
+                        zombie_log=_lines_of_interest(zombie.log_tail(20000)),
                         successor_log=_lines_of_interest(successor.log_tail(20000)))
     return run
