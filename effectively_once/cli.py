@@ -343,7 +343,7 @@ def jars_fix() -> str:
         return "run `make setup`: it installs jgo, which fetches them on the first `up`, with no Maven needed"
     if routes:
         return f"`python -m effectively_once up` fetches them once (about 45 MB), with {routes[0].describe()}"
-    return f"{jars.why_no_route()}: unset EO_JAR_FETCH, or install Maven"
+    return jars.why_no_route()
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

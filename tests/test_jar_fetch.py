@@ -8,12 +8,14 @@ and no ``java`` on PATH, into an empty cache, and start Apache Kafka on it.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,14 +65,16 @@ def test_jgo_comes_first_mvn_second_and_eo_jar_fetch_keeps_one(env, jgo, mvn, ex
     assert [(route.tool, route.repository) for route in routes] == expected
 
 
-@pytest.mark.parametrize(("env", "missing"), [
-    ({}, "the jgo package is not installed and `mvn` is not on PATH"),
-    ({"EO_JAR_FETCH": "mvn"}, "EO_JAR_FETCH=mvn asks for `mvn`, which is not on PATH"),
-    ({"EO_JAR_FETCH": "jgo"}, "EO_JAR_FETCH=jgo asks for the jgo package, which is not installed"),
+@pytest.mark.parametrize(("env", "missing", "fix"), [
+    ({}, "the jgo package is not installed and `mvn` is not on PATH", "run `make setup` (it installs jgo)"),
+    ({"EO_JAR_FETCH": "mvn"}, "EO_JAR_FETCH=mvn asks for `mvn`, which is not on PATH",
+     "install Maven, or unset EO_JAR_FETCH"),
+    ({"EO_JAR_FETCH": "jgo"}, "EO_JAR_FETCH=jgo asks for the jgo package, which is not installed",
+     "run `make setup`"),
 ])
-def test_without_a_route_the_reason_names_what_is_missing(env, missing):
+def test_without_a_route_the_reason_names_what_is_missing_and_the_fix(env, missing, fix):
     assert jars.fetch_routes(env, jgo=False, mvn=False) == []
-    assert jars.why_no_route(env) == missing
+    assert jars.why_no_route(env) == f"{missing}; {fix}"
 
 
 def test_an_unknown_eo_jar_fetch_is_one_sentence_naming_the_choices():
@@ -142,6 +146,58 @@ def test_when_jgo_reaches_no_repository_the_refusal_is_one_sentence(monkeypatch,
     no_docker()
     backend, why = stack_mod.choose_backend("auto", progress=lambda *_: None)
     assert backend == "tansu" and "could not be fetched" in why and "cannot connect" in why
+
+
+@pytest.fixture
+def flaky_mirror():
+    """A Maven-layout server on 127.0.0.1 for the pinned jars that breaks off its first answer for one jar.
+
+    It serves the shared (warm, read-only) cache; the first request for ``victim`` gets the full
+    Content-Length but only half the bytes before the connection closes.
+    """
+    shared = jars.cache_dir()
+    assert not jars.missing_jars(shared), "the shared jar cache is warm before EO_JAR_CACHE points elsewhere"
+    by_name = {jar.filename: shared / jar.filename for jar in jars.pinned_jars()}
+    state = {"victim": jars.pinned_jars()[-1].filename, "cut": 0, "served": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            path = by_name.get(self.path.rsplit("/", 1)[-1])
+            if path is None:
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if path.name == state["victim"] and not state["cut"]:
+                state["cut"] += 1
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            state["served"] += 1
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_download_cut_short_is_fetched_again_and_never_used_half(monkeypatch, flaky_mirror, empty_cache, no_mvn):
+    monkeypatch.setenv("EO_MAVEN_REPOSITORY", flaky_mirror["url"])
+    jars.ensure_jars(progress=lambda *_: None, bar=lambda *_: None)
+    assert flaky_mirror["cut"] == 1, "the server broke off one download"
+    assert flaky_mirror["served"] == len(jars.pinned_jars()), "and served every jar whole, that one on the retry"
+    victim = empty_cache / flaky_mirror["victim"]
+    assert jars.sha256_of(victim) == next(j.sha256 for j in jars.pinned_jars() if j.filename == victim.name)
+    assert jars.cached()
 
 
 # -- for real: Maven Central, no mvn, an empty cache ----------------------------------------

@@ -46,7 +46,7 @@ ROOT_ARTIFACTS = (
 EXCLUSIONS = {
     f"org.apache.kafka:kafka-tools:{KAFKA_VERSION}": ("org.apache.kafka:connect-runtime",),
 }
-FALLBACK = "the `tansu` backend (EO_BACKEND=tansu) runs without Java or jars"
+FALLBACK = "the `tansu` backend (EO_BACKEND=tansu), which runs without Java or jars"
 
 
 class JarsUnavailable(RuntimeError):
@@ -150,6 +150,7 @@ FETCH_TOOLS = ("jgo", "mvn")
 # jgo's and requests' own settings decide the rest (proxies, CA bundle); a dead repository must not hang
 # a learner's first `up` for minutes, one jar after another.
 JGO_TIMEOUT_S = 30
+JGO_RETRIES = 1  # per jar: a connection that drops once mid-download (a café's wifi) is not a refusal
 
 
 @dataclass(frozen=True)
@@ -204,14 +205,14 @@ def fetch_routes(env: Mapping[str, str] | None = None, jgo: bool | None = None,
 
 
 def why_no_route(env: Mapping[str, str] | None = None) -> str:
-    """Why ``fetch_routes`` is empty, as a clause: what is missing."""
+    """Why ``fetch_routes`` is empty and what fixes it, as a clause."""
     env = os.environ if env is None else env
     asked = env.get("EO_JAR_FETCH", "").strip()
     if asked == "mvn":
-        return "EO_JAR_FETCH=mvn asks for `mvn`, which is not on PATH"
+        return "EO_JAR_FETCH=mvn asks for `mvn`, which is not on PATH; install Maven, or unset EO_JAR_FETCH"
     if asked == "jgo":
-        return "EO_JAR_FETCH=jgo asks for the jgo package, which is not installed"
-    return "the jgo package is not installed and `mvn` is not on PATH"
+        return "EO_JAR_FETCH=jgo asks for the jgo package, which is not installed; run `make setup`"
+    return "the jgo package is not installed and `mvn` is not on PATH; run `make setup` (it installs jgo)"
 
 
 def ensure_jars(progress: Callable[..., None] = print, bar: Callable[[int, int], None] | None = None) -> Path:
@@ -231,7 +232,7 @@ def ensure_jars(progress: Callable[..., None] = print, bar: Callable[[int, int],
         routes = fetch_routes()
         if not routes:
             raise JarsUnavailable(f"Apache Kafka's jars are not cached and nothing here can fetch them: "
-                                  f"{why_no_route()}; run `make setup` (it installs jgo), or use {FALLBACK}.")
+                                  f"{why_no_route()}, or use {FALLBACK}.")
         progress(f"fetching Apache Kafka {KAFKA_VERSION}'s jars ({len(missing)} of them) once, with "
                  f"{routes[0].describe()}, into {directory} ...")
         bar = bar or text_bar("kafka jars")
@@ -310,7 +311,7 @@ def _fetch_with_jgo(route: FetchRoute, staging: Path, missing: list[Jar], bar: C
     """Download each missing jar with jgo's pure-Python Maven client, into ``staging``.
 
     Its Maven repository cache is a folder of ``staging``, removed with it: nothing is written to
-    ``~/.m2`` or elsewhere in the learner's home.
+    ``~/.m2`` or elsewhere in the learner's home. A jar whose download breaks off is tried once more.
     """
     import requests
 
@@ -319,20 +320,34 @@ def _fetch_with_jgo(route: FetchRoute, staging: Path, missing: list[Jar], bar: C
     bar(0, len(missing))
     for index, jar in enumerate(missing, 1):
         artifact = context.project(jar.group, jar.artifact).at_version(jar.version).artifact()
-        try:
-            path = artifact.resolve()
-        except requests.ConnectionError as exc:
-            errno = re.search(r"\[Errno [^\]]+\][^'\")]*", str(exc))
-            raise JarsUnavailable(f"cannot connect to {where}"
-                                  + (f" ({errno.group(0).strip()})" if errno else "")) from exc
-        except requests.Timeout as exc:
-            raise JarsUnavailable(f"{where} did not answer within {JGO_TIMEOUT_S} s") from exc
-        except requests.RequestException as exc:
-            raise JarsUnavailable(f"downloading {jar.filename} from {where} failed ({type(exc).__name__})") from exc
-        except RuntimeError as exc:  # jgo: "Artifact … not found in remote repositories …"
-            raise JarsUnavailable(f"{jar.filename} was not found at {where}") from exc
+        for attempt in range(1 + JGO_RETRIES):
+            try:
+                path = artifact.resolve()
+                break
+            except requests.RequestException as exc:
+                # jgo writes straight into its cache, so a download cut short would be taken as complete.
+                if artifact.cached_path is not None:
+                    artifact.cached_path.unlink(missing_ok=True)
+                if attempt == JGO_RETRIES:
+                    raise JarsUnavailable(_jgo_failure(exc, jar, where)) from exc
+            except RuntimeError as exc:  # jgo: "Artifact … not found in remote repositories …"
+                raise JarsUnavailable(f"{jar.filename} was not found at {where}") from exc
         os.replace(path, staging / jar.filename)
         bar(index, len(missing))
+
+
+def _jgo_failure(exc: Exception, jar: Jar, where: str) -> str:
+    """What went wrong with a download, in a few words (a requests error's text runs to several lines)."""
+    import requests
+
+    if isinstance(exc, requests.ConnectionError):
+        errno = re.search(r"\[Errno [^\]]+\][^'\")]*", str(exc))
+        return f"cannot connect to {where}" + (f" ({errno.group(0).strip()})" if errno else "")
+    if isinstance(exc, requests.Timeout):
+        return f"{where} did not answer within {JGO_TIMEOUT_S} s"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return f"the download of {jar.filename} from {where} broke off ({1 + JGO_RETRIES} tries)"
+    return f"downloading {jar.filename} from {where} failed ({type(exc).__name__})"
 
 
 def _maven_settings(staging: Path, mirror: str | None) -> list[str]:
