@@ -10,8 +10,8 @@ build needs is a Python package pinned in pyproject.toml: no Node.js, nothing
 fetched while it builds, and no page asks another host for a script, a
 stylesheet or a font, so the site reads the same on a machine with no network.
 
-The build copies what it needs into ``_build/site-src`` and changes only those
-copies:
+The build copies what it needs into a temporary folder, deleted after it, and
+changes only those copies:
 
 - a widget's output keeps its static picture (the message-loss widget stores an
   SVG frame) and loses the live view, which a page without a kernel cannot draw;
@@ -32,6 +32,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +43,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 from effectively_once.course import COURSE  # noqa: E402
 from notebooks import MACHINE_PATH, readme_table  # noqa: E402  (tools/notebooks.py: one definition of each)
 
-STAGE = ROOT / "_build" / "site-src"
 OUT = ROOT / "_build" / "site"
 TITLE = "Exactly-Once in Production"
 README_SECTION = "## What this course teaches, and to whom"
@@ -210,29 +210,28 @@ def book_toc() -> dict:
     return {"format": "jb-book", "root": "index", "chapters": [{"file": nb.stem} for nb in COURSE]}
 
 
-def stage() -> Path:
-    """Write the site's sources into _build/site-src (from scratch) and return the folder."""
-    shutil.rmtree(STAGE, ignore_errors=True)
-    for folder in (f"{DOWNLOADS}/notebooks", f"{DOWNLOADS}/labs", "_static"):
-        (STAGE / folder).mkdir(parents=True)
+def stage(folder: Path) -> Path:
+    """Write the site's sources into ``folder`` (an empty one) and return it."""
+    for sub in (f"{DOWNLOADS}/notebooks", f"{DOWNLOADS}/labs", "_static"):
+        (folder / sub).mkdir(parents=True)
     for nb in COURSE:
         source = ROOT / "notebooks" / f"{nb.stem}.ipynb"
         if not source.exists():
             raise SiteError(f"the course map names {nb.stem}, but notebooks/{nb.stem}.ipynb does not exist: "
                             f"run `make notebooks NB={nb.stem}`, or remove it from effectively_once/course.py")
         lab = ROOT / "labs" / f"{nb.stem}.ipynb"
-        shutil.copy(source, STAGE / DOWNLOADS / "notebooks")
+        shutil.copy(source, folder / DOWNLOADS / "notebooks")
         if lab.exists():
-            shutil.copy(lab, STAGE / DOWNLOADS / "labs")
+            shutil.copy(lab, folder / DOWNLOADS / "labs")
         page = page_notebook(nb.stem, lab.exists())
-        (STAGE / f"{nb.stem}.ipynb").write_text(json.dumps(page, indent=1, ensure_ascii=False) + "\n")
-    (STAGE / "index.md").write_text(landing_page())
-    (STAGE / "_static" / "favicon.svg").write_text(FAVICON)
-    (STAGE / "_static" / "site.css").write_text(SITE_CSS)
+        (folder / f"{nb.stem}.ipynb").write_text(json.dumps(page, indent=1, ensure_ascii=False) + "\n")
+    (folder / "index.md").write_text(landing_page())
+    (folder / "_static" / "favicon.svg").write_text(FAVICON)
+    (folder / "_static" / "site.css").write_text(SITE_CSS)
     # JSON is YAML: no YAML writer needed.
-    (STAGE / "_config.yml").write_text(json.dumps(book_config(), indent=1) + "\n")
-    (STAGE / "_toc.yml").write_text(json.dumps(book_toc(), indent=1) + "\n")
-    return STAGE
+    (folder / "_config.yml").write_text(json.dumps(book_config(), indent=1) + "\n")
+    (folder / "_toc.yml").write_text(json.dumps(book_toc(), indent=1) + "\n")
+    return folder
 
 
 # --- what the site must not contain ------------------------------------------------------------
@@ -245,10 +244,14 @@ TEXT_SUFFIXES = {".html", ".js", ".json", ".txt", ".ipynb", ".css", ".svg"}
 REMOTE_ASSET = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*?\b(?:src|href)=["']((?:https?:)?//[^"']+)["'][^>]*>""")
 
 
-def leaks(site: Path) -> list[str]:
-    """Every machine path, and every note on how the course was made, in the built site's text files."""
-    # This checkout, the build's folder and the home folder, each as a whole path ("/root" is not "/root_shop").
-    machine = re.compile("(?:" + "|".join(re.escape(str(p)) for p in (ROOT, STAGE, Path.home())) + r")(?![\w.\-])")
+def leaks(site: Path, *folders: Path) -> list[str]:
+    """Every machine path, and every note on how the course was made, in the built site's text files.
+
+    A machine path is one like ``/work/...`` or ``/tmp/...``, this checkout, the home folder, or one of
+    ``folders`` (the build's own), each as a whole path ("/root" is not "/root_shop").
+    """
+    paths = (ROOT, Path.home(), *folders)
+    machine = re.compile("(?:" + "|".join(re.escape(str(p)) for p in paths) + r")(?![\w.\-])")
     found = []
     for path in sorted(p for p in site.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES):
         text = path.read_text(errors="replace")
@@ -282,22 +285,23 @@ def page_text(text: str) -> str:
 def build(out: Path = OUT) -> Path:
     """Build the site into ``out``; returns it. Raises SiteError, with the fix, when something is wrong."""
     started = time.monotonic()
-    src = stage()
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     if not jupyter_book.exists():
         raise SiteError("jupyter-book is not installed in this environment: run `make setup`, then `make site`.")
-    # -W --keep-going: a warning (a broken cross-reference, a missing download) fails the build, after
-    # Sphinx has listed every one of them.
-    cmd = [str(jupyter_book), "build", str(src), "--builder", "html", "-W", "--keep-going"]
-    log(f"jupyter-book build ({len(COURSE)} notebooks, none executed) ...")
-    done = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
-    if done.returncode:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-40:])
-        raise SiteError(f"jupyter-book build failed (exit {done.returncode}):\n{tail}")
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src / "_build" / "html", out)
-    problems = [f"machine path or note on how the course was made: {p}" for p in leaks(out)]
+    with tempfile.TemporaryDirectory(prefix="eo-site-") as tmp:
+        src = stage(Path(tmp))
+        # -W --keep-going: a warning (a broken cross-reference, a missing download) fails the build, after
+        # Sphinx has listed every one of them.
+        cmd = [str(jupyter_book), "build", str(src), "--builder", "html", "-W", "--keep-going"]
+        log(f"jupyter-book build ({len(COURSE)} notebooks, none executed) ...")
+        done = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
+        if done.returncode:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-40:])
+            raise SiteError(f"jupyter-book build failed (exit {done.returncode}):\n{tail}")
+        shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src / "_build" / "html", out)
+        problems = [f"machine path or note on how the course was made: {p}" for p in leaks(out, src)]
     problems += [f"loaded from another host: {p}" for p in remote_assets(out)]
     if problems:
         raise SiteError("the built site must not hold these:\n  " + "\n  ".join(problems[:20]))
