@@ -316,6 +316,26 @@ def test_every_image_output_is_on_its_page(stem, open_page):
                 f"{stem}: {image['src']} is not the stored picture ({image['natural']})"
 
 
+def _markdown_table_heads(stem: str) -> list[list[str]]:
+    """The header cells of each table in the notebook's Markdown outputs (07's summary has one)."""
+    heads = []
+    for output in _outputs(stem):
+        lines = "".join(output.get("data", {}).get("text/markdown", "")).splitlines()
+        heads += [[c.strip() for c in line.strip().strip("|").split("|")]
+                  for line, below in zip(lines, lines[1:]) if re.fullmatch(r"\|?(\s*:?-{3,}:?\s*\|)+\s*", below)]
+    return heads
+
+
+@pytest.mark.parametrize("stem", [nb.stem for nb in COURSE if _markdown_table_heads(nb.stem)])
+def test_markdown_outputs_show_their_tables(stem, open_page):
+    """A table in a Markdown output (07's summary) is a table on the page, not a paragraph of pipes."""
+    shown = open_page(stem).page.evaluate("""() => [...document.querySelectorAll('article .cell_output table')]
+        .filter(t => t.getBoundingClientRect().height > 0)
+        .map(t => [...t.rows[0].cells].map(c => c.innerText.trim()))""")
+    for head in _markdown_table_heads(stem):
+        assert head in shown, f"{stem}: the Markdown table headed {head} is not a table on the page ({shown})"
+
+
 def test_dashboard_of_05_is_visible_at_full_width(open_page):
     """05's dashboard, its one stored PNG, is on the page, loaded and not shrunk to a thumbnail."""
     [png] = [o["data"]["image/png"] for o in _outputs("05_observability") if "image/png" in o.get("data", {})]

@@ -186,6 +186,8 @@ def book_config() -> dict:
                 # myst-nb loads require.js and the widget manager from CDNs on a page whose notebook stores
                 # widget state; ours store none (metadata.widgets is stripped), and this keeps it so.
                 "nb_ipywidgets_js": {},
+                # A Markdown output reads as JupyterLab shows it: GitHub's Markdown, tables included (07's summary).
+                "nb_render_markdown_format": "gfm",
                 "html_css_files": ["site.css"],
                 # The page's source is the build's copy of the notebook; the downloads offer the real one.
                 "html_copy_source": False,
