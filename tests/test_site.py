@@ -321,8 +321,8 @@ def _markdown_table_heads(stem: str) -> list[list[str]]:
     heads = []
     for output in _outputs(stem):
         lines = "".join(output.get("data", {}).get("text/markdown", "")).splitlines()
-        heads += [[c.strip() for c in line.strip().strip("|").split("|")]
-                  for line, below in zip(lines, lines[1:]) if re.fullmatch(r"\|?(\s*:?-{3,}:?\s*\|)+\s*", below)]
+        heads += [[c.strip() for c in line.strip().strip("|").split("|")] for line, below
+                  in zip(lines, lines[1:], strict=False) if re.fullmatch(r"\|?(\s*:?-{3,}:?\s*\|)+\s*", below)]
     return heads
 
 

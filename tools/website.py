@@ -188,6 +188,8 @@ def book_config() -> dict:
                 "nb_ipywidgets_js": {},
                 # A Markdown output reads as JupyterLab shows it: GitHub's Markdown, tables included (07's summary).
                 "nb_render_markdown_format": "gfm",
+                # Printed lines of one cell read as one block, as in JupyterLab (03's probe prints as it goes).
+                "nb_merge_streams": True,
                 "html_css_files": ["site.css"],
                 # The page's source is the build's copy of the notebook; the downloads offer the real one.
                 "html_copy_source": False,
