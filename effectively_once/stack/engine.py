@@ -30,22 +30,38 @@ LABEL_ROLE = f"{LABEL_PREFIX}.role"
 PULL_ANSWER_SECONDS = 5.0
 
 
+def docker_host() -> str | None:
+    """The engine to use: ``DOCKER_HOST``, else the current docker context's (Docker Desktop sets one), else None.
+
+    None means the default socket. testcontainers finds its engine the same way.
+    """
+    try:
+        from testcontainers.core.docker_client import get_docker_host
+    except ImportError:
+        return os.environ.get("DOCKER_HOST") or None
+    try:
+        return get_docker_host()
+    except Exception:  # an unreadable docker configuration: the default socket, as docker itself would
+        return os.environ.get("DOCKER_HOST") or None
+
+
 def docker_client(timeout: float = 60.0) -> Any:
-    """A client of the engine ``DOCKER_HOST`` names (else the default socket)."""
+    """A client of the engine ``docker_host()`` names (else the default socket)."""
     import docker
 
-    return docker.from_env(timeout=timeout)
+    host = docker_host()
+    return docker.DockerClient(base_url=host, timeout=timeout) if host else docker.from_env(timeout=timeout)
 
 
 def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
     """Whether a Docker engine answers a ping within ``timeout`` s, and why not if it does not."""
-    host = os.environ.get("DOCKER_HOST", "")
-    if not host and not Path("/var/run/docker.sock").exists():
-        return False, "no Docker engine found: DOCKER_HOST is unset and /var/run/docker.sock does not exist"
     try:
         import docker  # noqa: F401
     except ImportError:
         return False, "the docker Python package is not installed"
+    if not docker_host() and not Path("/var/run/docker.sock").exists():
+        return False, ("no Docker engine found: DOCKER_HOST is unset, no docker context names one, and "
+                       "/var/run/docker.sock does not exist")
     try:
         client = docker_client(timeout)
         client.ping()
