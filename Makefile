@@ -52,6 +52,7 @@ test: check
 # dockerd when no engine answers (and stops it), and builds local images when the official ones
 # cannot be pulled (tools/docker_lane.py). Re-point the tests here when they move.
 DOCKER_TESTS ?= tests/test_docker_backend.py tests/test_stack.py tests/test_guarantees.py tests/test_matrix.py \
+	tests/test_kafka4.py::test_kafka_transactions_lists_and_describes \
 	tests/test_faults.py::test_a_broker_killed_mid_run_restarts_with_up_and_every_message_is_charged_once \
 	'tests/test_notebooks.py::test_notebook_passes_nbval[notebooks/00_start_here.ipynb]' \
 	'tests/test_notebooks.py::test_notebook_passes_nbval[notebooks/03_kafka_guarantees.ipynb]' \

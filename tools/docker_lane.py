@@ -10,7 +10,7 @@
    ``dockerd``.
 2. The images: the official ones when the engine has them or can pull them;
    otherwise ``tools/build_images.py`` builds local ones (a second build
-   costs nothing).
+   costs nothing), which the docker backend then picks.
 3. pytest on the given tests, with ``EO_BACKEND=docker``.
 
 It prints how long each step took.
@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from effectively_once.stack.engine import docker_available  # noqa: E402
-from effectively_once.stack.images import obtain_images  # noqa: E402
-from effectively_once.stack.processes import stop_pid  # noqa: E402
+from effectively_once.stack.engine import docker_available, docker_host, image_present, pull_image  # noqa: E402
+from effectively_once.stack.images import ROLES, obtain_images, official_image  # noqa: E402
+from effectively_once.stack.processes import pid_alive, stop_pid  # noqa: E402
 
 DOCKER_DIR = Path(os.environ.get("EO_DOCKER_DIR", "/tmp/eo-docker"))
 START_TIMEOUT = 90.0
@@ -80,34 +80,49 @@ def start_dockerd() -> subprocess.Popen:
     return daemon
 
 
-def engine() -> subprocess.Popen | None:
-    """An engine that answers: the machine's (None), or a private dockerd this lane started (its process)."""
+def engine() -> int | None:
+    """An engine that answers: the machine's (None), or the pid of a private dockerd this lane must stop.
+
+    A private dockerd left by a lane that was killed (its starter's pid, in
+    ``started-by``, is gone) is adopted and stopped at the end, so none outlives
+    the lane that started it for long.
+    """
     ok, why = docker_available()
     if ok:
-        say(f"using the Docker engine at {os.environ.get('DOCKER_HOST') or '/var/run/docker.sock'} ({why})")
+        say(f"using the Docker engine at {docker_host() or 'the default socket'} ({why})")
         return None
     private = f"unix://{DOCKER_DIR / 'docker.sock'}"
     os.environ["DOCKER_HOST"] = private
-    if docker_available()[0]:  # started earlier on the private socket, not by this run: use it, leave it
-        say(f"using the running private engine at {private}")
-        return None
+    starter = DOCKER_DIR / "started-by"
+    if docker_available()[0]:
+        owner = int(starter.read_text()) if starter.exists() else 0
+        if pid_alive(owner):  # another lane runs on it: use it, leave it to that lane
+            say(f"using the private engine at {private}, started by the lane with pid {owner}")
+            return None
+        pid = int((DOCKER_DIR / "docker.pid").read_text())
+        say(f"using the private engine at {private} (pid {pid}), left by a lane that was killed: "
+            "it is stopped at the end")
+        starter.write_text(str(os.getpid()))
+        return pid
     say(f"no Docker engine answers ({why}); starting dockerd on {private}")
     started = time.monotonic()
     daemon = start_dockerd()
+    starter.write_text(str(os.getpid()))
     say(f"dockerd (pid {daemon.pid}) answers after {time.monotonic() - started:.1f} s")
-    return daemon
+    return daemon.pid
 
 
 def images() -> None:
-    """The official images if the engine has or can pull them, else the local build."""
+    """The official images, pulled when missing; when they cannot be, the local build (free when cached)."""
     started = time.monotonic()
-    choices, missing = obtain_images(pull=True, progress=say)
-    if missing is not None:
-        say(f"{missing}: building local images")
+    missing = [official_image(role) for role in ROLES if not image_present(official_image(role))]
+    unobtainable = [name for name in missing if pull_image(name, progress=say) is not None]
+    if unobtainable:
+        say(f"{' and '.join(unobtainable)} cannot be pulled: building the local images")
         subprocess.run([sys.executable, str(ROOT / "tools" / "build_images.py")], check=True)
-        choices, missing = obtain_images(pull=False, progress=say)
-        if missing is not None:
-            raise SystemExit(f"docker lane: after tools/build_images.py, {missing}")
+    choices, why = obtain_images(pull=False, progress=say)
+    if why is not None:
+        raise SystemExit(f"docker lane: {why}")
     say(f"images: {', '.join(c.describe() for c in choices.values())} ({time.monotonic() - started:.1f} s)")
 
 
@@ -119,9 +134,10 @@ def main(argv: list[str]) -> int:
     lane_started = time.monotonic()
     daemon = engine()
 
-    def stop_daemon(*_: object) -> None:
-        if daemon is not None and stop_pid(daemon.pid, signal.SIGTERM, timeout=30):
-            say(f"stopped the dockerd it started (pid {daemon.pid})")
+    def stop_daemon() -> None:
+        if daemon is not None and stop_pid(daemon, signal.SIGTERM, timeout=30):
+            (DOCKER_DIR / "started-by").unlink(missing_ok=True)
+            say(f"stopped the dockerd it started (pid {daemon})")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
