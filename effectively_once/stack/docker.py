@@ -51,10 +51,10 @@ from effectively_once.stack.engine import (
     pull_image,
     remove_containers,
 )
-from effectively_once.stack.images import ImageChoice, obtain_images
+from effectively_once.stack.images import ImageChoice, Role, obtain_images
 from effectively_once.stack.kafka_broker import KafkaNode, answers_metadata, choose_ports, cluster_id
 from effectively_once.stack.kafka_settings import KAFKA_VERSION
-from effectively_once.stack.processes import free_port
+from effectively_once.stack.processes import free_port, stop_pid
 
 __all__ = ["DOCKER_MISSING", "docker_available", "start_docker"]
 
@@ -199,12 +199,12 @@ def postgres_answers(dsn: str) -> bool:
         return conn.execute("select 1").fetchone() == (1,)
 
 
-def require_images(progress: Callable[..., None]) -> dict[str, ImageChoice]:
+def require_images(progress: Callable[..., None]) -> dict[Role, ImageChoice]:
     """Both images, pulled if need be (a registry gets longer to answer than `auto` gives it), or the fix."""
     choices, why = obtain_images(pull=True, answer_within=30.0, progress=progress)
     if why is not None:
         raise StackError(IMAGES_MISSING.format(why=why))
-    return {role: choice for role, choice in choices.items()}
+    return choices
 
 
 def start_docker(root: Path | None = None, progress: Callable[..., None] = print) -> Stack:
@@ -228,8 +228,6 @@ def start_docker(root: Path | None = None, progress: Callable[..., None] = print
     pg_port = free_port()
     stack_id = new_run_id()
     reaper = use_reaper(progress)
-    # The Kafka container writes its log into the mounted directory: as this user, so that
-    # the files are the learner's (and `down --purge` can remove them).
     kafka = kafka_spec(images["kafka"].name, node, stack_id, cluster_id()).container()
     postgres = postgres_spec(images["postgres"].name, pg_port, stack_id).container()
     progress(f"starting Apache Kafka {KAFKA_VERSION} ({images['kafka'].describe()}) and PostgreSQL "
@@ -265,8 +263,11 @@ def start_docker(root: Path | None = None, progress: Callable[..., None] = print
 
     def remove_ours() -> None:
         remove_containers(list(stack.containers.values()))
-        if watcher is not None:
-            watcher.wait(timeout=30)  # it exits as soon as it sees them gone
+        if watcher is not None:  # it exits as soon as it sees them gone
+            try:
+                watcher.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_pid(watcher.pid)
         if remove_root:
             shutil.rmtree(root, ignore_errors=True)
 
