@@ -115,6 +115,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
             print(DOCKER_MISSING.format(why=reason), file=sys.stderr)
             return 2
+        from effectively_once.stack.docker import require_images
+
+        try:  # here, not in the keeper: a pull shows its progress, a missing image its fix
+            require_images(print)
+        except stack_mod.StackError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     warning = namespace_warning(backend)
     if warning:
         print(warning, file=sys.stderr)
@@ -160,6 +167,9 @@ def status_report() -> dict[str, Any]:
     for name, alive in health["processes"].items():
         if not alive:
             problems.append(f"the {name} process (pid {stack.pids[name]}) is not running")
+    for name, alive in health["containers"].items():
+        if not alive:
+            problems.append(f"the {name} container ({stack.containers[name][:12]}) is not running")
     if not health["broker"]:
         problems.append(f"the broker at {stack.kafka_bootstrap} does not answer a metadata request")
     if not health["postgres"]:
@@ -189,6 +199,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report.get("credentials_file"):
         print(f"  logins      {report['credentials_file']} (secured: the instructor's, mode 0600)")
     print("  processes   " + ", ".join(f"{k}={v}" for k, v in report["pids"].items()))
+    if report.get("containers"):
+        print("  containers  " + ", ".join(f"{k}={v[:12]} ({report['images'].get('kafka' if k == 'broker' else k)})"
+                                          for k, v in report["containers"].items()))
     for problem in report["problems"]:
         print(f"  problem: {problem}")
     if report["problems"]:
