@@ -168,5 +168,5 @@ def share_consumer_status() -> str:
     description = metadata.metadata("confluent-kafka").get_payload() or ""  # type: ignore[attr-defined]
     for line in description.splitlines():
         if "ShareConsumer" in line and "KIP-932" in line:
-            return line.replace("**", "").strip(" -")
+            return re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", line).replace("**", "").strip(" -")
     raise LookupError("the installed confluent-kafka's description does not mention a KIP-932 ShareConsumer")
