@@ -16,9 +16,12 @@ from effectively_once.stack import Stack, new_run_id
 class Notebook:
     """One notebook of the course: its file stem, title, what it teaches, and minutes.
 
-    ``minutes`` is the notebook's own "Time:" line; ``exercise_minutes`` is its
-    exercise notebook's (in ``solutions/`` and ``labs/``), when it has one.
-    ``tools/notebooks.py course`` writes both, and README's course map, from here.
+    ``minutes`` is the notebook's own "Time:" line, measured as a fresh learner would
+    spend it: reading at a stated pace plus the measured Run All time
+    (``python tools/learner_time.py`` prints both and says how). ``exercise_minutes``
+    is its exercise notebook's (in ``solutions/`` and ``labs/``), when it has one: the
+    same reading and running, plus time to write the code. ``tools/notebooks.py course``
+    writes both, and README's course map, from here.
     """
 
     stem: str
@@ -32,13 +35,13 @@ class Notebook:
 COURSE = (
     Notebook("00_start_here", "Start here", "the map, choosing a backend, a live check of your services", 15, True),
     Notebook("01_two_generals", "The Two Generals", "why exactly-once delivery is impossible, and why a receiver "
-             "with durable dedup state, written atomically with the effect, still acts on each message once", 20,
+             "with durable dedup state, written atomically with the effect, still acts on each message once", 25,
              False, exercise_minutes=20),
     Notebook("02_message_loss", "Watching messages get lost", "at-most-once, at-least-once, the idempotent "
              "producer and effectively-once, animated and counted", 20, False, exercise_minutes=20),
     Notebook("03_kafka_guarantees", "What Kafka guarantees", "producer ids and sequence numbers and how long the "
              "broker remembers them, transactions and read_committed, the probe on Apache Kafka and Tansu side by "
-             "side, and why Kafka's exactly-once cannot reach PostgreSQL", 45, True, exercise_minutes=25),
+             "side, and why Kafka's exactly-once cannot reach PostgreSQL", 40, True, exercise_minutes=25),
     Notebook("03b_kafka_4x", "Kafka 4.x and exactly-once", "transactions version 2 and what librdkafka uses, a "
              "producer killed mid-transaction, the consumer protocol, Streams' exactly_once_v2, share groups and "
              "two-phase commit, each checked against your broker and client", 45, True),
@@ -47,11 +50,11 @@ COURSE = (
              "comes from, and the traps in the textbook recipe", 45, True, exercise_minutes=25),
     Notebook("04b_beyond_the_dedup_table", "Beyond the dedup table", "offsets stored with the charge in one "
              "PostgreSQL transaction, crashed at every step, and its limit without the key; a transactional "
-             "outbox and an inbox, and an outbox in production", 25, True, exercise_minutes=15),
+             "outbox and an inbox, and an outbox in production", 20, True, exercise_minutes=15),
     Notebook("04c_two_workers_one_message", "Two workers, one message", "a zombie consumer, live; leases and "
              "fencing tokens; row and advisory locks; a sweeper for stuck 'pending' rows", 30, True),
     Notebook("04d_order", "Exactly once, out of order", "a dead-letter topic and two outbox relays each reorder "
-             "one customer's messages, and what keeps the order", 15, True),
+             "one customer's messages, and what keeps the order", 10, True),
     Notebook("05_observability", "Seeing delivery semantics", "lag, DLQ depth and age, dedup hit rate, "
              "side-effect and retry p99 and why they are histograms, trace ids, alert rules", 45, True,
              exercise_minutes=20),
@@ -134,19 +137,19 @@ class WorkshopPlan:
 WORKSHOP_PLANS = (
     WorkshopPlan(
         "Half day", 240,
-        ("00_start_here", "01_two_generals", "02_message_loss", "lab 02_message_loss", ("break", 10),
-         "03_kafka_guarantees", "04_kill_the_consumer", ("break", 10), "lab 04_kill_the_consumer",
-         "05_observability", "07_review"),
-        homework=("lab 01_two_generals", "lab 03_kafka_guarantees", "04b_beyond_the_dedup_table",
-                  "lab 04b_beyond_the_dedup_table", "lab 05_observability", "06_incidents", "lab 06_incidents"),
+        ("00_start_here", "01_two_generals", "02_message_loss", "lab 02_message_loss", ("break", 15),
+         "03_kafka_guarantees", "04_kill_the_consumer", ("break", 10), "lab 04_kill_the_consumer", "07_review"),
+        homework=("lab 01_two_generals", "lab 03_kafka_guarantees", "03b_kafka_4x", "04b_beyond_the_dedup_table",
+                  "lab 04b_beyond_the_dedup_table", "04c_two_workers_one_message", "04d_order", "05_observability",
+                  "lab 05_observability", "06_incidents", "lab 06_incidents"),
     ),
     WorkshopPlan(
-        "Full day", 480,
+        "Full day", 585,
         ("00_start_here", "01_two_generals", "lab 01_two_generals", "02_message_loss", "lab 02_message_loss",
-         ("break", 15), "03_kafka_guarantees", "lab 03_kafka_guarantees", "04_kill_the_consumer", ("lunch", 60),
-         "lab 04_kill_the_consumer", "04b_beyond_the_dedup_table", "lab 04b_beyond_the_dedup_table",
-         "05_observability", "lab 05_observability", ("break", 15), "06_incidents", "lab 06_incidents",
-         "07_review"),
+         ("break", 10), "03_kafka_guarantees", "lab 03_kafka_guarantees", "03b_kafka_4x", ("lunch", 45),
+         "04_kill_the_consumer", "lab 04_kill_the_consumer", "04b_beyond_the_dedup_table",
+         "lab 04b_beyond_the_dedup_table", "04c_two_workers_one_message", "04d_order", ("break", 10),
+         "05_observability", "lab 05_observability", "06_incidents", "lab 06_incidents", "07_review"),
     ),
 )
 

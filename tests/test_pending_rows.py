@@ -39,3 +39,10 @@ def test_the_sweeper_finds_only_rows_older_than_the_key(lab):
     lab.add_pending("old", age_seconds=KEY_MIN_LIFETIME_SECONDS + 60)
     assert lab.stuck().column("msg_id") == ["old"]
     assert lab.stuck(older_than_seconds=5).column("msg_id") == ["old", "fresh"]
+
+
+def test_a_unique_business_key_refuses_a_second_message_for_one_order(stack):
+    from effectively_once.payments.pending import one_charge_per_order
+
+    outcomes = [row[3] for row in one_charge_per_order(stack).rows]
+    assert outcomes[0].startswith("inserted") and outcomes[1].startswith("nothing inserted"), outcomes

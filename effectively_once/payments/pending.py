@@ -229,3 +229,27 @@ class RowLockLab:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def one_charge_per_order(stack: Stack) -> Table:
+    """Two messages with different msg_ids for one order, against a charges table with ``UNIQUE (order_id)``.
+
+    Both are inserted with ``ON CONFLICT DO NOTHING``: the dedup table keyed by msg_id would
+    take both, the constraint on the business key takes the first only. Returns each insert's
+    outcome; the database is private and dropped after.
+    """
+    database = f"orders_{uuid.uuid4().hex[:8]}"
+    dsn = stack.create_database(database)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE charges (msg_id text PRIMARY KEY, order_id text NOT NULL UNIQUE,"
+                         " status text NOT NULL DEFAULT 'pending')")
+            rows = []
+            for msg_id, sender in (("msg-from-checkout", "checkout service"), ("msg-from-retry-job", "retry job")):
+                inserted = conn.execute("INSERT INTO charges (msg_id, order_id) VALUES (%s, 'order-7')"
+                                        " ON CONFLICT DO NOTHING", (msg_id,)).rowcount
+                rows.append((sender, msg_id, "order-7", "inserted: charge it" if inserted else
+                             "nothing inserted: this order is already being charged"))
+    finally:
+        stack.drop_database(database)
+    return Table("two messages, one order", ["sent by", "msg_id", "order_id", "outcome"], rows)

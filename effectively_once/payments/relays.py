@@ -96,7 +96,9 @@ class RelayRace:
         producer = self._producer()
         steps: list[tuple[str, str]] = []
 
-        def publish(conn: psycopg.Connection, row: tuple, relay: str) -> None:
+        def publish(conn: psycopg.Connection, row: tuple | None, relay: str) -> None:
+            if row is None:
+                raise RuntimeError(f"relay {relay} found no unpublished outbox row to claim")
             row_id, msg_id, row_topic, key, payload = row
             producer.produce(row_topic, key=key.encode(), value=json.dumps(payload).encode(),
                              headers=[("msg_id", msg_id.encode())])
