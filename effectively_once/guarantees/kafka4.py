@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import select
 import signal
 import statistics
@@ -39,6 +38,7 @@ from typing import Any
 
 from effectively_once import stack as stack_mod
 from effectively_once.guarantees.clients import OPERATION_TIMEOUT
+from effectively_once.guarantees.defaults import RequestLog
 from effectively_once.guarantees.wire import (
     Reader,
     StoredBatch,
@@ -113,21 +113,6 @@ def wire_client(stack: stack_mod.Stack) -> FeatureWireClient:
 
 
 # -- KIP-890: the producer epoch per transaction ----------------------------------------------------------------
-class _RequestLog(logging.Handler):
-    """Collects the versions of the requests librdkafka sends (its ``debug=protocol`` lines)."""
-
-    SENT = re.compile(r"Sent (\w+)Request \(v(\d+),")
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.versions: dict[str, set[int]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = self.SENT.search(record.getMessage())
-        if match:
-            self.versions.setdefault(match.group(1), set()).add(int(match.group(2)))
-
-
 @dataclass
 class TransactionEpochs:
     """What one transactional producer's transactions left in the log, and what its client negotiated."""
@@ -177,7 +162,7 @@ def transaction_epochs(stack: stack_mod.Stack, transactions: int = 2) -> Transac
     from confluent_kafka import Producer
 
     topic = stack.create_topic(f"kafka4.epochs.{stack_mod.new_run_id()}", partitions=1)
-    requests = _RequestLog()
+    requests = RequestLog()
     logger = logging.getLogger(f"effectively_once.kafka4.{stack_mod.new_run_id()}")
     logger.addHandler(requests)
     logger.setLevel(logging.DEBUG)
@@ -704,3 +689,12 @@ def broker_setting(stack: stack_mod.Stack, name: str) -> str | None:
     configs = admin.describe_configs([resource])[resource].result(timeout=OPERATION_TIMEOUT)
     entry = configs.get(name)
     return None if entry is None else entry.value
+
+
+def finalized_features(stack: stack_mod.Stack) -> dict[str, int]:
+    """The feature levels the cluster finalized (``transaction.version``, ``group.version``, ``share.version``...)."""
+    wire = wire_client(stack)
+    try:
+        return wire.finalized_features()
+    finally:
+        wire.close()
