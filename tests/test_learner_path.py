@@ -4,6 +4,7 @@ action the learner has not taken (a kill, a widget's raw repr) or a check on wha
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -84,3 +85,21 @@ def test_notebook_07_checks_its_quiz_on_copies_never_on_the_learners_widgets():
     checked = [line for line in text.splitlines() if line.lstrip().startswith("assert")
                and any(re.search(rf"\b{name}\b", line) for name in shown)]
     assert not checked, f"an assert on the quiz the learner answers fails once they answer it: {checked}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "labs").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_a_labs_check_cells_hold_no_hints_before_a_check_fails(path):
+    # A table of hints or reasons (a dict of sentences) written in a check cell is read before the learner
+    # has tried: the package holds them, and a failed check shows the one that applies. (Test cases with
+    # their expected values are the exercise's specification, and stay.)
+    def sentences(node: ast.expr) -> bool:
+        return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "check" not in cell.metadata.get("tags", []):
+            continue
+        tables = [ast.unparse(node.targets[0]) for node in ast.parse(cell.source).body
+                  if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and node.value.values
+                  and all(sentences(v) for v in node.value.values)]
+        assert not tables, f"{path.name}: a check cell shows {tables} before any check failed"
