@@ -77,7 +77,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     record = stack_mod.read_state()
     if record and record.get("ready") and pid_alive(record.get("pids", {}).get("keeper")):
         if stack_mod.attach(record).health()["healthy"]:
-            print(f"A {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
+            print(f"The {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
                   "`status` shows its health, `down` stops it.")
             if args.secure and not record.get("secure"):
                 print("It is not secured: run `python -m effectively_once down`, then `up --secure`.", file=sys.stderr)

@@ -9,7 +9,8 @@ own parser; ``scrape(url)`` fetches and parses one endpoint.
 - from every live consumer's ``/metrics``: the dedup counters (the hit rate at
   a sample is the hits of the last ``rate_window`` seconds over the checks of
   the same seconds, what PromQL's ``rate(hits[w]) / rate(checks[w])`` gives) and the gauges
-  ``side_effect_duration_p99`` and ``retry_count_p99`` (the worst consumer);
+  ``side_effect_duration_p99`` and ``retry_count_p99`` (the worst consumer; NaN, a gap in a plot,
+  when no live consumer called the provider within its window);
 - from the broker, whatever the consumers' state: ``consumer_lag_messages`` per
   partition, as the records the producer had acknowledged that the group has
   not committed past yet, and for comparison the same from the end offsets the
@@ -30,6 +31,7 @@ gives a ``Series`` the alert rules of ``observe.alerts`` evaluate.
 from __future__ import annotations
 
 import atexit
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -262,7 +264,7 @@ class Recorder:
             self._previous[url] = (now_checks, now_hits)
             for name in p99s:
                 value = result.get(name)
-                if value is not None:
+                if value is not None and not math.isnan(value):  # NaN: no provider call in its window
                     p99s[name].append(value)
         t = wall - self.t0
         # Like PromQL's rate(hits[w]) / rate(checks[w]): the counts of the last rate_window seconds.
@@ -272,7 +274,7 @@ class Recorder:
         sample: dict[str, Any] = {
             "time": t, CONSUMERS_UP: up, "dedup_checks": checks, "dedup_hits": hits,
             metrics.DEDUP_CHECK_HIT_RATE: window_hits / window_checks if window_checks else 0.0,
-            **{name: max(values, default=0.0) for name, values in p99s.items()},
+            **{name: max(values, default=math.nan) for name, values in p99s.items()},
         }
         broker = self._broker
         if broker is not None:
