@@ -1044,6 +1044,10 @@ from effectively_once.protocol import LISTENING  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     """Run the provider under uvicorn until SIGTERM or Ctrl-C."""
+    # jsonschema imports rfc3987_syntax, when installed, to check the "iri" format, and that import builds a
+    # parser for seconds (8 s on a busy machine) while the provider's first refused request waits. The
+    # contract uses no such format, and jsonschema skips a format whose library will not import.
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
     import uvicorn
 
     from effectively_once.payments.webhooks import check_secret
