@@ -22,6 +22,7 @@ import stripe
 
 from effectively_once import stack as stack_mod
 from effectively_once.observe import metrics as names
+from effectively_once.observe.scrape import Recorder
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.messages import DEFAULT_API_KEY
 from effectively_once.payments.provider import Faults
@@ -293,6 +294,22 @@ def test_a_provider_killed_with_deliveries_pending_sends_them_once_restarted(sta
         first.stop()
         endpoint.answer = lambda delivery, nth: (200, 0.0)
         stack.drop_database(name)
+
+
+def test_the_courses_recorder_samples_the_webhook_counters(provider, endpoint):
+    recorder = Recorder(bootstrap="unused:9092", topic="t", group="g", dlq_topic="t.dlq", targets=list,
+                        acknowledged=list, provider=lambda: f"{provider.url}/metrics")
+    before = recorder.sample()  # not started: no broker is asked, only the provider
+    paid = pay(provider)
+    endpoint.wait_for(lambda: len(endpoint.of(paid.id, paid.latest_charge)) == 2)
+    after = recorder.sample()
+    deliveries = f"{names.WEBHOOK_DELIVERIES}_total"
+    assert after[deliveries] >= before[deliveries] + 2
+    counters = {f"{name}_total" for name in names.WEBHOOK_METRIC_NAMES if name != names.WEBHOOK_EVENTS_PENDING}
+    assert counters | {names.WEBHOOK_EVENTS_PENDING} <= set(after)
+    gone = Recorder(bootstrap="unused:9092", topic="t", group="g", dlq_topic="t.dlq", targets=list,
+                    acknowledged=list, provider=lambda: None)
+    assert deliveries not in gone.sample(), "no provider: a gap, not a zero"
 
 
 @pytest.mark.parametrize("flags,words", [

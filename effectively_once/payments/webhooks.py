@@ -7,10 +7,11 @@ What Stripe documents, and what this module does with it:
   the signature is the hex HMAC-SHA256 of ``"<t>.<payload>"`` keyed with the
   endpoint's secret (``whsec_...``, used as it is, prefix included, as the
   SDK's ``WebhookSignature._compute_signature`` does). ``t`` is the time of
-  *this* attempt: "If Stripe retries an event, then we generate a new
-  signature and timestamp for the new delivery attempt", so a retried old
-  event still passes the receiver's tolerance (300 s by default in
-  ``stripe.Webhook.construct_event``).
+  *this* attempt: Stripe signs each delivery attempt anew, a retry with a new
+  timestamp (https://docs.stripe.com/webhooks#prevent-replay-attacks), so a
+  retried old event still passes the receiver's tolerance (300 s by default
+  in ``stripe.Webhook.construct_event``), and a captured delivery replayed
+  later does not.
 - **At least once** (https://docs.stripe.com/webhooks#retries). A delivery
   that gets no 2xx (another status, a timeout, a refused connection) is
   sent again later with the same event and the same event id, with
@@ -20,11 +21,11 @@ What Stripe documents, and what this module does with it:
   an event past it is marked ``given_up``, and stays readable at
   ``GET /v1/events/{id}``.
 - **Duplicates and order** (https://docs.stripe.com/webhooks#handle-duplicate-events,
-  #event-ordering): "Webhook endpoints might occasionally receive the same
-  event more than once", and "Stripe doesn't guarantee the delivery of
-  events in the order that they're generated". The receiver must
-  deduplicate by event id and must not rely on order; the fault knobs make
-  both happen on purpose.
+  https://docs.stripe.com/webhooks#event-ordering): an endpoint may receive
+  the same event more than once, and Stripe does not promise to deliver
+  events in the order they were created. The receiver must deduplicate by
+  event id and must not rely on order; the fault knobs make both happen on
+  purpose.
 
 Durable: each delivery is a row of ``webhook_deliveries``, written in the
 transaction that writes its event (which is the transaction that changed the
