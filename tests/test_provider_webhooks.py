@@ -316,8 +316,9 @@ def test_the_courses_recorder_samples_the_webhook_counters(provider, endpoint):
     (["--webhook-url", "http://127.0.0.1:9/hooks"], "go together"),
     (["--webhook-url", "http://127.0.0.1:9/hooks", "--webhook-secret", "sk_test_nope"], "whsec_"),
     (["--webhook-url", "hooks", "--webhook-secret", SECRET], "http://"),
+    (["--api-key", "pk_live_123"], "sk_test_"),
 ])
-def test_the_webhook_flags_are_checked_in_one_sentence(flags, words):
+def test_the_webhook_flags_and_the_api_key_are_checked_in_one_sentence(flags, words):
     result = subprocess.run([sys.executable, "-m", "effectively_once.payments.provider", "--dsn",
                              "postgresql://nobody@127.0.0.1:1/none", *flags], capture_output=True, text=True,
                             timeout=120)

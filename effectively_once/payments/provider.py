@@ -528,8 +528,10 @@ def _stripe_api(handler: Handler) -> Handler:
         if not self.authorised(request):
             return self.unauthorised(request)
         if self.over_rate_limit():
+            # Retry-After for the course's own client, which waits at least that long (the SDK ignores it).
             return _error(429, "invalid_request_error", "Too many requests hit the API too quickly: slow down and "
-                                                        "retry with exponential backoff.", code="rate_limit")
+                                                        "retry with exponential backoff.", code="rate_limit",
+                          headers={"Retry-After": "1"})
         try:
             return await handler(self, request)
         except BadRequest as exc:
@@ -1082,6 +1084,10 @@ def main(argv: list[str] | None = None) -> int:
                        "rate_limit_per_second": args.rate_limit, "key_ttl_seconds": args.key_ttl_seconds})
     except BadRequest as exc:
         parser.error(str(exc))
+    if not re.fullmatch(r"sk_test_[A-Za-z0-9_]{1,200}", args.api_key):
+        # The provider is a test-mode account (livemode is false on every object): its keys look like Stripe's.
+        parser.error(f"--api-key must look like a Stripe test key, sk_test_ and then letters, digits or _ "
+                     f"(the course's is {DEFAULT_API_KEY}); got {args.api_key[:12]!r}...")
     if (args.webhook_url is None) != (args.webhook_secret is None):
         parser.error("--webhook-url and --webhook-secret go together: give both, or neither")
     if args.webhook_url is not None:
