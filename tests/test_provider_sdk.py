@@ -296,19 +296,23 @@ def test_search_finds_an_object_only_after_the_index_delay_and_retrieve_at_once(
     assert [c.id for c in charges] == [created.latest_charge]
 
 
-def test_search_shows_an_update_late_too(faults):
+def test_search_shows_an_object_as_it_was_before_its_last_change(faults):
     provider = faults
+    provider.set_faults(search_delay_ms=2000)
     client, m = sdk(provider), msg()
     query = f"metadata['msg_id']:'{m}'"
-    provider.set_faults(search_delay_ms=0)
     created = client.v1.payment_intents.create(params=intent(m, confirm=False))
-    assert [pi.status for pi in client.v1.payment_intents.search(params={"query": query}).data] == [
-        "requires_confirmation"]
-    provider.set_faults(search_delay_ms=3000)
+    deadline = time.monotonic() + 30
+    while not client.v1.payment_intents.search(params={"query": query}).data:
+        assert time.monotonic() < deadline, "the PaymentIntent never became searchable"
+        time.sleep(0.1)
     client.v1.payment_intents.confirm(created.id)
     stale = client.v1.payment_intents.search(params={"query": query}).data
-    assert [pi.status for pi in stale] == ["requires_confirmation"], "the index still shows the old state"
+    assert [pi.status for pi in stale] == ["requires_confirmation"], "Search still shows it before the confirm"
     assert client.v1.payment_intents.retrieve(created.id).status == "succeeded"
+    while client.v1.payment_intents.search(params={"query": query}).data[0].status != "succeeded":
+        assert time.monotonic() < deadline + 30, "the confirm never reached Search"
+        time.sleep(0.1)
 
 
 def test_search_query_syntax_and_pagination(faults):

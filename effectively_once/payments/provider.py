@@ -399,6 +399,10 @@ def answer_for_taken_key(stored: StoredKey | None, digest: str) -> Response:
                          headers={REPLAY_HEADER: "true", SHOULD_RETRY_HEADER: "false"})
 
 
+def _jsonb_or_null(value: dict[str, Any] | None) -> Jsonb | None:
+    return Jsonb(value) if value is not None else None
+
+
 def _stored_answer_headers(key: str | None, status: int) -> dict[str, str] | None:
     """A 5xx stored under a key is what every retry with it gets: tell the SDK not to retry."""
     return {SHOULD_RETRY_HEADER: "false"} if key is not None and status >= 500 else None
@@ -432,7 +436,15 @@ class _RequestIds:
 
 @dataclass
 class _Write:
-    """One write's transaction: its connection, what ties it to the request, and the events it recorded."""
+    """One write: its statements, what ties it to the request, and the events it recorded.
+
+    The statements are collected and sent as one (``flush``: data-modifying
+    CTEs, ``WITH w0 AS (INSERT ...), w1 AS (...) UPDATE ...``), so a charge,
+    its event, its webhook delivery and its stored answer cost one round trip
+    and one commit, as the single statement of a charge did before there were
+    events. The statements of one flush see the database as it was before it,
+    not each other's rows.
+    """
 
     provider: Provider
     conn: psycopg.AsyncConnection
@@ -441,36 +453,49 @@ class _Write:
     trace_id: str | None
     now: float = field(default_factory=time.time)
     deliveries: int = 0
+    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
 
     @property
     def created(self) -> int:
         """The objects' ``created``: this write's time, in whole seconds as Stripe gives it."""
         return int(self.now)
 
-    async def event(self, event_type: str, obj: dict[str, Any]) -> None:
-        """Record an event about ``obj`` (as it is now) and, for the webhook's types, its delivery."""
+    def add(self, sql: str, params: tuple[Any, ...]) -> None:
+        """One more data-modifying statement for the next ``flush``."""
+        self.statements.append((sql, params))
+
+    async def flush(self) -> None:
+        """Send the collected statements as one."""
+        if not self.statements:
+            return
+        *first, (last, last_params) = self.statements
+        sql = ("WITH " + ", ".join(f"w{i} AS ({statement})" for i, (statement, _) in enumerate(first)) + " "
+               if first else "") + last
+        params = tuple(value for _, values in first for value in values) + last_params
+        self.statements = []
+        await self.conn.execute(sql, params)
+
+    def event(self, event_type: str, obj: dict[str, Any]) -> None:
+        """Record an event about ``obj`` (as it is now) and, for the webhook's types, its delivery.
+
+        The event's snapshot of ``obj`` is also what Search finds, once it is
+        ``search_delay_ms`` old.
+        """
         event_id = new_id(EVENT_PREFIX)
         body = objects.event(event_id, event_type, self.created, obj, self.request_id, self.key)
-        await self.conn.execute("INSERT INTO events (id, type, body, created_at) VALUES (%s, %s, %s, to_timestamp(%s))",
-                                (event_id, event_type, Jsonb(body), self.now))
+        self.add("INSERT INTO events (id, type, object_type, object_id, body, created_at)"
+                 " VALUES (%s, %s, %s, %s, %s, to_timestamp(%s))",
+                 (event_id, event_type, obj["object"], obj["id"], Jsonb(body), self.now))
         sender = self.provider.webhooks
         if sender is not None and event_type in WEBHOOK_EVENT_TYPES:
-            await self.conn.execute(
-                "INSERT INTO webhook_deliveries (event_id, url, next_attempt_at)"
-                " VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s))",
-                (event_id, sender.url, self.provider.faults.webhook_delay_ms / 1000))
+            self.add("INSERT INTO webhook_deliveries (event_id, url, next_attempt_at)"
+                     " VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s))",
+                     (event_id, sender.url, self.provider.faults.webhook_delay_ms / 1000))
             self.deliveries += 1
 
-    async def index(self, kind: str, obj: dict[str, Any]) -> None:
-        """Hand ``obj`` to Search: it becomes findable ``search_delay_ms`` from now."""
-        await self.conn.execute(
-            "INSERT INTO search_index (kind, object_id, snapshot, visible_at)"
-            " VALUES (%s, %s, %s, clock_timestamp() + make_interval(secs => %s))",
-            (kind, obj["id"], Jsonb(obj), self.provider.faults.search_delay_ms / 1000))
-
-    async def charge(self, params: dict[str, Any], decline: Decline | None, *, payment_intent: str | None = None,
-                     payment_method: str | None = None) -> dict[str, Any]:
-        """Charge: a ledger row when the money moves, a declined charge when not; its event; its index entry.
+    def charge(self, params: dict[str, Any], decline: Decline | None, *, payment_intent: str | None = None,
+               payment_method: str | None = None) -> dict[str, Any]:
+        """Charge: a ledger row when the money moves, a declined charge when not, and its event.
 
         Returns the Charge object.
         """
@@ -481,22 +506,21 @@ class _Write:
         values = (row["id"], row["customer"], row["amount"], row["currency"], Jsonb(row["metadata"]),
                   row["description"], payment_intent, payment_method, self.now)
         if decline is None:
-            await self.conn.execute(
-                "INSERT INTO ledger (charge_id, customer, amount, currency, metadata, description, payment_intent,"
-                " payment_method, created_at, msg_id, idempotency_key, trace_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), %s, %s, %s)",
-                (*values, row["metadata"].get("msg_id"), self.key, self.trace_id))
+            self.add("INSERT INTO ledger (charge_id, customer, amount, currency, metadata, description,"
+                     " payment_intent, payment_method, created_at, msg_id, idempotency_key, trace_id)"
+                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), %s, %s, %s)",
+                     (*values, row["metadata"].get("msg_id"), self.key, self.trace_id))
         else:
-            await self.conn.execute(
-                "INSERT INTO declined_charges (charge_id, customer, amount, currency, metadata, description,"
-                " payment_intent, payment_method, created_at, decline_code)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), %s)", (*values, decline.decline_code))
+            self.add("INSERT INTO declined_charges (charge_id, customer, amount, currency, metadata, description,"
+                     " payment_intent, payment_method, created_at, decline_code)"
+                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), %s)", (*values, decline.decline_code))
         obj = objects.charge(row, decline)
-        await self.event(objects.CHARGE_SUCCEEDED if decline is None else objects.CHARGE_FAILED, obj)
-        await self.index("charge", obj)
+        self.event(objects.CHARGE_SUCCEEDED if decline is None else objects.CHARGE_FAILED, obj)
         return obj
 
 
+_STORE_ANSWER = ("UPDATE idempotency_keys SET state = 'done', status_code = %s, response = %s,"
+                 " completed_at = clock_timestamp() WHERE key = %s")
 _PI_COLUMNS = ("id, amount, currency, customer, description, metadata, status, payment_method, latest_charge,"
                " last_payment_error, client_secret, floor(extract(epoch FROM created_at))::bigint AS created")
 _LEDGER_COLUMNS = ("charge_id AS id, amount, currency, customer, description, metadata, payment_intent,"
@@ -703,19 +727,17 @@ class Provider:
         row = await cur.fetchone()
         return answer_for_taken_key(StoredKey(*row) if row else None, digest)
 
-    async def _store(self, conn: psycopg.AsyncConnection, key: str, status: int, body: Any) -> None:
-        await conn.execute("UPDATE idempotency_keys SET state = 'done', status_code = %s, response = %s,"
-                           " completed_at = clock_timestamp() WHERE key = %s", (status, Jsonb(body), key))
-
     async def execute(self, request: Request, params: dict[str, Any],
                       work: Callable[[_Write], Awaitable[tuple[int, dict[str, Any]]]], *,
-                      moves_money: bool) -> Response:
+                      moves_money: bool, reads: bool = False) -> Response:
         """Run one write under the request's Idempotency-Key, the fault knobs around it; the answer.
 
-        ``work`` does the writing in one transaction and returns the answer
-        (status, body); the answer is stored under the key in that same
-        transaction, so no money moves without its stored answer, and no
-        answer is stored without its money. The knobs apply when the call
+        ``work`` collects the write's statements and returns the answer
+        (status, body); the statement that stores the answer under the key
+        joins them, and all go to the database as one statement, so no money
+        moves without its stored answer, and no answer is stored without its
+        money. A ``work`` that ``reads`` a row first (and locks it) runs in a
+        transaction with its one statement. The knobs apply when the call
         ``moves_money``.
         """
         key = check_idempotency_key(request.headers.get("idempotency-key"))
@@ -735,18 +757,19 @@ class Provider:
                     await asyncio.sleep(stall / 1000)
                 if faults.fail_before_charge and self.rng.random() < faults.fail_before_charge:
                     if key is not None:
-                        await self._store(conn, key, 500, SERVER_ERROR)
+                        await conn.execute(_STORE_ANSWER, (500, Jsonb(SERVER_ERROR), key))
                     return json_response(SERVER_ERROR, 500, _stored_answer_headers(key, 500))
                 fails_after = bool(faults.fail_after_charge) and self.rng.random() < faults.fail_after_charge
             write = _Write(self, conn, _request_id(request), key, trace_id)
-            async with conn.transaction():
+            async with conn.transaction() if reads else contextlib.nullcontext():
                 status, body = await work(write)
                 if fails_after and faults.fail_after_charge_mode == "500":
                     # The 500 is what the client is sent, so it is what the key keeps (with the work, in one
-                    # transaction): a retry with this key gets the same 500, never the charge.
+                    # statement): a retry with this key gets the same 500, never the charge.
                     status, body = 500, SERVER_ERROR
                 if key is not None:
-                    await self._store(conn, key, status, body)
+                    write.add(_STORE_ANSWER, (status, Jsonb(body), key))
+                await write.flush()
         if write.deliveries and self.webhooks is not None:
             self.webhooks.wake()
         if fails_after and faults.fail_after_charge_mode == "drop":
@@ -787,18 +810,19 @@ class Provider:
                    "status": "requires_confirmation" if params.get("payment_method") else "requires_payment_method",
                    "latest_charge": None, "last_payment_error": None, "client_secret": secrets.token_hex(12),
                    "created": write.created}
-            await write.conn.execute(
-                "INSERT INTO payment_intents (id, amount, currency, customer, description, metadata, status,"
-                " payment_method, client_secret, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                " to_timestamp(%s))",
-                (row["id"], row["amount"], row["currency"], row["customer"], row["description"],
-                 Jsonb(row["metadata"]), row["status"], row["payment_method"], row["client_secret"], write.now))
             obj = objects.payment_intent(row)
-            await write.event(objects.PAYMENT_INTENT_CREATED, obj)
-            await write.index("payment_intent", obj)
+            write.event(objects.PAYMENT_INTENT_CREATED, obj)
+            status, body = 200, obj
             if params["confirm"]:
-                return await self._confirm(write, row, None)
-            return 200, obj
+                status, body, row = self._confirm(write, row, None)
+            # Inserted as it ends up: the statements of one write do not see each other's rows.
+            write.add("INSERT INTO payment_intents (id, amount, currency, customer, description, metadata, status,"
+                      " payment_method, latest_charge, last_payment_error, client_secret, created_at)"
+                      " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))",
+                      (row["id"], row["amount"], row["currency"], row["customer"], row["description"],
+                       Jsonb(row["metadata"]), row["status"], row["payment_method"], row["latest_charge"],
+                       _jsonb_or_null(row["last_payment_error"]), row["client_secret"], write.now))
+            return status, body
 
         return await self.execute(request, params, work, moves_money=params["confirm"])
 
@@ -817,45 +841,47 @@ class Provider:
             await cur.execute(f"SELECT {_PI_COLUMNS} FROM payment_intents WHERE id = %s FOR UPDATE", (pi_id,))
             row = await cur.fetchone()
             assert row is not None, "a PaymentIntent is never deleted"
-            return await self._confirm(write, row, params.get("payment_method"))
+            status, body, confirmed = self._confirm(write, row, params.get("payment_method"))
+            if confirmed is not row:
+                write.add("UPDATE payment_intents SET status = %s, payment_method = %s, latest_charge = %s,"
+                          " last_payment_error = %s WHERE id = %s",
+                          (confirmed["status"], confirmed["payment_method"], confirmed["latest_charge"],
+                           _jsonb_or_null(confirmed["last_payment_error"]), confirmed["id"]))
+            return status, body
 
-        return await self.execute(request, params, work, moves_money=True)
+        return await self.execute(request, params, work, moves_money=True, reads=True)
 
-    async def _confirm(self, write: _Write, row: dict[str, Any], payment_method: str | None) -> tuple[int, dict]:
-        """Confirm the PaymentIntent ``row`` (locked, or created in this transaction): charge it, or refuse."""
+    def _confirm(self, write: _Write, row: dict[str, Any],
+                 payment_method: str | None) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        """Confirm the PaymentIntent ``row``: charge it, or refuse. Returns the answer and the row as it is now
+        (``row`` itself when nothing changed)."""
         if row["status"] == "succeeded":
             return 400, {"error": {"type": "invalid_request_error", "code": "payment_intent_unexpected_state",
                                    "message": "You cannot confirm this PaymentIntent because it has already "
                                               "succeeded after being previously confirmed.",
-                                   "payment_intent": objects.payment_intent(row)}}
+                                   "payment_intent": objects.payment_intent(row)}}, row
         method = payment_method or row["payment_method"]
         if method is None:
             return 400, {"error": {"type": "invalid_request_error", "code": "payment_intent_unexpected_state",
                                    "param": "payment_method",
                                    "message": "You cannot confirm this PaymentIntent because it's missing a payment "
                                               "method: pass payment_method (e.g. pm_card_visa).",
-                                   "payment_intent": objects.payment_intent(row)}}
+                                   "payment_intent": objects.payment_intent(row)}}, row
         decline = _payment_method(method)
-        charge = await write.charge({**row, "metadata": row["metadata"]}, decline, payment_intent=row["id"],
-                                    payment_method=method)
+        charge = write.charge(row, decline, payment_intent=row["id"], payment_method=method)
         if decline is None:
             row = {**row, "status": "succeeded", "payment_method": method, "latest_charge": charge["id"],
                    "last_payment_error": None}
         else:
-            # A declined PaymentIntent asks for another payment method (https://docs.stripe.com/payments/paymentintents/lifecycle).
+            # A declined PaymentIntent asks for another payment method
+            # (https://docs.stripe.com/payments/paymentintents/lifecycle).
             row = {**row, "status": "requires_payment_method", "payment_method": None, "latest_charge": charge["id"],
                    "last_payment_error": objects.last_payment_error(decline, charge["id"], method)}
-        await write.conn.execute(
-            "UPDATE payment_intents SET status = %s, payment_method = %s, latest_charge = %s, last_payment_error = %s"
-            " WHERE id = %s", (row["status"], row["payment_method"], row["latest_charge"],
-                               Jsonb(row["last_payment_error"]) if row["last_payment_error"] else None, row["id"]))
         obj = objects.payment_intent(row)
-        await write.event(objects.PAYMENT_INTENT_SUCCEEDED if decline is None
-                          else objects.PAYMENT_INTENT_PAYMENT_FAILED, obj)
-        await write.index("payment_intent", obj)
+        write.event(objects.PAYMENT_INTENT_SUCCEEDED if decline is None else objects.PAYMENT_INTENT_PAYMENT_FAILED, obj)
         if decline is None:
-            return 200, obj
-        return 402, objects.card_error(decline, charge_id=charge["id"], payment_method=method, payment_intent=obj)
+            return 200, obj, row
+        return 402, objects.card_error(decline, charge_id=charge["id"], payment_method=method, payment_intent=obj), row
 
     @_stripe_api
     async def retrieve_payment_intent(self, request: Request) -> Response:
@@ -872,7 +898,7 @@ class Provider:
         decline = _payment_method(params.get("source"), "source")
 
         async def work(write: _Write) -> tuple[int, dict[str, Any]]:
-            charge = await write.charge(params, decline, payment_method=params.get("source"))
+            charge = write.charge(params, decline, payment_method=params.get("source"))
             if decline is None:
                 return 200, charge
             return 402, objects.card_error(decline, charge_id=charge["id"], payment_method=None)
@@ -919,8 +945,9 @@ class Provider:
 
     # -- Search ------------------------------------------------------------------------------
     async def _search(self, request: Request, operation_id: str, kind: str, url: str) -> Response:
-        """Run a search over the index as it was ``search_delay_ms`` ago: the newest visible snapshot of each
-        object that matches, newest object first."""
+        """Search the objects of ``kind`` as they were ``search_delay_ms`` ago: the newest snapshot of each
+        object in the events that old, if it matches; newest object first. An object younger than that is not
+        found at all, and one changed since is found as it was."""
         params = check_query(operation_id, request)
         try:
             condition, values = search.to_sql(search.parse(params["query"], kind))
@@ -933,11 +960,13 @@ class Provider:
             if not re.fullmatch(r"page_[0-9]{1,9}", page):
                 raise BadRequest("page", "page must be the next_page of a previous search result.")
             offset = int(page[5:])
+        # The newest snapshot of each object among the events at least search_delay_ms old.
         rows = await self._fetch_all(
-            "SELECT snapshot FROM (SELECT DISTINCT ON (object_id) object_id, snapshot FROM search_index"
-            "   WHERE kind = %s AND visible_at <= clock_timestamp() ORDER BY object_id, seq DESC) latest"
+            "SELECT snapshot FROM (SELECT DISTINCT ON (object_id) object_id, body->'data'->'object' AS snapshot"
+            "   FROM events WHERE object_type = %s"
+            "   AND created_at <= clock_timestamp() - make_interval(secs => %s) ORDER BY object_id, seq DESC) latest"
             f" WHERE {condition} ORDER BY (snapshot->>'created')::bigint DESC, object_id DESC LIMIT %s OFFSET %s",
-            [kind, *values, limit + 1, offset])
+            [kind, self.faults.search_delay_ms / 1000, *values, limit + 1, offset])
         next_page = f"page_{offset + limit}" if len(rows) > limit else None
         return json_response(objects.search_result([r["snapshot"] for r in rows[:limit]], url, next_page))
 

@@ -24,9 +24,11 @@ What Search is *not*: consistent. Stripe: "Don't use search for
 read-after-write flows ... Under normal operating conditions, data is
 searchable in under 1 minute. Propagation of new or updated data could be
 delayed during an outage" (https://docs.stripe.com/search#data-freshness).
-The provider models that with its ``search_index`` table: each write of an
-object adds a snapshot that becomes visible ``search_delay_ms`` later, and a
-search reads the newest visible snapshot of each object (``to_sql``).
+The provider models that by searching the past: every write of an object
+records an event holding a snapshot of it, and a search reads the newest
+snapshot of each object among the events at least ``search_delay_ms`` old.
+An object younger than that is not found; one changed since is found as it
+was.
 """
 
 from __future__ import annotations

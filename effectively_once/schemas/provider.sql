@@ -50,25 +50,18 @@ CREATE TABLE IF NOT EXISTS payment_intents (
     created_at         timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- What Search sees: one snapshot per write of an object, visible from visible_at on (the index delay).
-CREATE TABLE IF NOT EXISTS search_index (
-    seq        bigserial PRIMARY KEY,
-    kind       text        NOT NULL CHECK (kind IN ('payment_intent', 'charge')),
-    object_id  text        NOT NULL,
-    snapshot   jsonb       NOT NULL,
-    visible_at timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS search_index_object_idx ON search_index (kind, object_id, seq);
-
--- Events, written in the transaction of the change they describe.
+-- Events, written in the statement of the change they describe. Each holds a snapshot of its object, which is
+-- also what Search finds once the event is search_delay_ms old.
 CREATE TABLE IF NOT EXISTS events (
-    seq        bigserial   UNIQUE,
-    id         text        PRIMARY KEY,
-    type       text        NOT NULL,
-    body       jsonb       NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    seq         bigserial   UNIQUE,
+    id          text        PRIMARY KEY,
+    type        text        NOT NULL,
+    object_type text        NOT NULL,
+    object_id   text        NOT NULL,
+    body        jsonb       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX IF NOT EXISTS events_type_idx ON events (type, seq);
+CREATE INDEX IF NOT EXISTS events_object_idx ON events (object_type, object_id, seq);
 
 -- Webhook deliveries, one per event sent to the endpoint, written with the event: a restart resumes them.
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
