@@ -192,25 +192,34 @@ def test_a_refused_delivery_comes_back_with_the_same_event_id_and_a_fresh_signat
     # Backoff: the second retry waited about twice as long as the first (300 ms, then 600 ms).
     gaps = [later.received - earlier.received for earlier, later in zip(tries, tries[1:], strict=False)]
     assert gaps[0] >= 0.25 and gaps[1] >= 0.5, gaps
-    with psycopg.connect(provider.dsn) as conn:
-        row = conn.execute("SELECT state, attempts, refused, last_status FROM webhook_deliveries WHERE event_id = %s",
-                           (tries[0].event_id,)).fetchone()
-    assert row == ("delivered", 3, 2, 200)
+    assert wait_until_delivered(provider, tries[0].event_id) == ("delivered", 3, 2, 0, 200)
     assert metric(provider, f"{names.WEBHOOK_DELIVERY_RETRIES}_total") >= before + 2
     assert metric(provider, f"{names.WEBHOOK_DELIVERY_FAILURES}_total", reason="refused") >= 2
 
 
-def test_a_delivery_that_times_out_is_sent_again(provider, endpoint):
-    provider.set_faults(webhook_timeout_ms=500, webhook_retry_ms=100)
-    endpoint.answer = lambda delivery, nth: (200, 1.5 if nth == 1 else 0.0)
-    paid = pay(provider)
-    endpoint.wait_for(lambda: len(endpoint.of(paid.id)) == 2)
-    first, second = endpoint.of(paid.id)
-    assert first.event_id == second.event_id
+def delivery_row(provider, event_id: str) -> tuple:
     with psycopg.connect(provider.dsn) as conn:
-        row = conn.execute("SELECT state, timed_out FROM webhook_deliveries WHERE event_id = %s",
-                           (first.event_id,)).fetchone()
-    assert row == ("delivered", 1)
+        return conn.execute("SELECT state, attempts, refused, timed_out, last_status FROM webhook_deliveries"
+                            " WHERE event_id = %s", (event_id,)).fetchone()
+
+
+def wait_until_delivered(provider, event_id: str, timeout: float = 30.0) -> tuple:
+    deadline = time.monotonic() + timeout
+    while (row := delivery_row(provider, event_id))[0] != "delivered":
+        assert time.monotonic() < deadline, f"{event_id} was not delivered: {row}"
+        time.sleep(0.1)
+    return row
+
+
+def test_a_delivery_that_times_out_is_sent_again(provider, endpoint):
+    provider.set_faults(webhook_timeout_ms=1000, webhook_retry_ms=100)
+    endpoint.answer = lambda delivery, nth: (200, 3.0 if nth == 1 else 0.0)
+    paid = pay(provider)
+    endpoint.wait_for(lambda: len(endpoint.of(paid.id)) >= 2)
+    first, second = endpoint.of(paid.id)[:2]
+    assert first.event_id == second.event_id and second.received - first.received >= 1.0
+    state, attempts, _refused, timed_out, _status = wait_until_delivered(provider, first.event_id)
+    assert timed_out >= 1 and attempts == timed_out + 1
 
 
 def test_the_duplicate_knob_sends_a_delivered_event_again(provider, endpoint):
@@ -275,6 +284,11 @@ def test_a_provider_killed_with_deliveries_pending_sends_them_once_restarted(sta
         first.start()
         paid = pay(first)
         endpoint.wait_for(lambda: len(endpoint.of(paid.id)) >= 1, what="a refused attempt")
+        event_id = endpoint.of(paid.id)[0].event_id
+        deadline = time.monotonic() + 30
+        while delivery_row(first, event_id)[2] < 1:  # the refusal is in the database before the kill
+            assert time.monotonic() < deadline, "the refusal was never recorded"
+            time.sleep(0.05)
         first.kill()
         endpoint.answer = lambda delivery, nth: (200, 0.0)
         refused = len(endpoint.of(paid.id))

@@ -15,8 +15,8 @@ or ``StripeClient(..., base_addresses={"api": url})``:
   and ``GET /v1/charges?msg_id=...``, the course's own read-after-write
   lookup of one message's charges (Stripe has no such filter);
 - ``GET /v1/payment_intents/search`` and ``GET /v1/charges/search``:
-  Stripe's query language, over an index that lags the writes by
-  ``search_delay_ms`` (``payments.search`` says why that matters);
+  Stripe's query language, over the objects as they were ``search_delay_ms``
+  ago (``payments.search`` says why that matters);
 - ``GET /v1/events`` and ``GET /v1/events/{id}``, and webhooks: with
   ``--webhook-url URL --webhook-secret whsec_...`` every
   ``payment_intent.succeeded``, ``payment_intent.payment_failed`` and
@@ -35,7 +35,7 @@ is declined: 402 ``card_error``, a failed charge, no money
 - the first request with a key records the key *in flight* with a
   fingerprint of its path and parameters; once the endpoint begins executing,
   the response it sends is stored under the key, status and body, in the
-  transaction that did the work: a 500 is stored too, and a 402 decline;
+  statement that did the work: a 500 is stored too, and a 402 decline;
 - a request that fails validation, or meets the key in flight, stores
   nothing ("no API endpoint initiated execution");
 - the same key with the same parameters gets the stored response again, with
@@ -55,9 +55,9 @@ replaying the first answer.
 
 Without a key every request moves money: that is what makes a retried request
 a duplicate charge. The SDK always sends one on a POST: the key you pass, or
-a random one of its own (a UUID4 from ``stripe._api_requestor.
-_generate_idempotency_key``, stripe-python 16.1.0), which protects its own
-retries of one call and nothing else.
+a random one of its own (128 random bits written like a UUID, from
+``stripe._api_requestor._generate_idempotency_key``, stripe-python 16.1.0),
+which protects its own retries of one call and nothing else.
 
 **Headers, and the SDK's retries.** Every response carries ``Request-Id``
 (``req_...``; the SDK shows it as ``request_id``). The SDK (``_http_client.
@@ -72,7 +72,10 @@ stored under a key whose status is 5xx and on every replay (a retry would
 only get it again), and ``Stripe-Should-Retry: true`` on the 409 of a key in
 flight (a lock: the retry gets the answer once the first request is done). A
 429 from the rate limiter carries neither, so the SDK raises
-``RateLimitError`` at once, as it would for Stripe's rate limiter.
+``RateLimitError`` at once: ``_should_retry`` retries a 429 only when the
+header asks for it. (Whether Stripe's own rate limiter sends the header is
+not documented; this provider's lesson is that backing off is the caller's
+job.)
 
 **Errors** have Stripe's four types (``api_error``, ``card_error``,
 ``idempotency_error``, ``invalid_request_error``) and Stripe's statuses
@@ -93,7 +96,7 @@ database is touched: a malformed request gets a 4xx that names the field
 (``param``), never a 5xx.
 
 Fault knobs for the labs (at start, or at run time through ``POST
-/admin/faults``). The first five act on calls that move money (``POST
+/admin/faults``). The first ones act on calls that move money (``POST
 /v1/charges``, a confirm, a create with ``confirm=true``): ``latency_ms``;
 ``stall_next_ms`` (the next such call only, after it has taken its key,
 waits this long: one stuck call, while every other request is answered at
@@ -454,6 +457,8 @@ class _Write:
     now: float = field(default_factory=time.time)
     deliveries: int = 0
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    webhook_rows: list[tuple[Any, ...]] = field(default_factory=list)
 
     @property
     def created(self) -> int:
@@ -465,7 +470,19 @@ class _Write:
         self.statements.append((sql, params))
 
     async def flush(self) -> None:
-        """Send the collected statements as one."""
+        """Send the collected statements as one (the events first, in one INSERT: the CTEs of one statement
+        run in no set order, but the rows of one INSERT take their ``seq`` in the order they are listed)."""
+        if self.events:
+            self.statements.insert(0, (
+                "INSERT INTO events (id, type, object_type, object_id, body, created_at) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, to_timestamp(%s))"] * len(self.events)),
+                tuple(value for row in self.events for value in row)))
+        if self.webhook_rows:
+            self.statements.insert(1, (
+                "INSERT INTO webhook_deliveries (event_id, url, next_attempt_at) VALUES "
+                + ", ".join(["(%s, %s, clock_timestamp() + make_interval(secs => %s))"] * len(self.webhook_rows)),
+                tuple(value for row in self.webhook_rows for value in row)))
+        self.events, self.webhook_rows = [], []
         if not self.statements:
             return
         *first, (last, last_params) = self.statements
@@ -483,14 +500,10 @@ class _Write:
         """
         event_id = new_id(EVENT_PREFIX)
         body = objects.event(event_id, event_type, self.created, obj, self.request_id, self.key)
-        self.add("INSERT INTO events (id, type, object_type, object_id, body, created_at)"
-                 " VALUES (%s, %s, %s, %s, %s, to_timestamp(%s))",
-                 (event_id, event_type, obj["object"], obj["id"], Jsonb(body), self.now))
+        self.events.append((event_id, event_type, obj["object"], obj["id"], Jsonb(body), self.now))
         sender = self.provider.webhooks
         if sender is not None and event_type in WEBHOOK_EVENT_TYPES:
-            self.add("INSERT INTO webhook_deliveries (event_id, url, next_attempt_at)"
-                     " VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s))",
-                     (event_id, sender.url, self.provider.faults.webhook_delay_ms / 1000))
+            self.webhook_rows.append((event_id, sender.url, self.provider.faults.webhook_delay_ms / 1000))
             self.deliveries += 1
 
     def charge(self, params: dict[str, Any], decline: Decline | None, *, payment_intent: str | None = None,
