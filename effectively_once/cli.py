@@ -77,7 +77,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     record = stack_mod.read_state()
     if record and record.get("ready") and pid_alive(record.get("pids", {}).get("keeper")):
         if stack_mod.attach(record).health()["healthy"]:
-            print(f"A {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
+            print(f"The {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
                   "`status` shows its health, `down` stops it.")
             if args.secure and not record.get("secure"):
                 print("It is not secured: run `python -m effectively_once down`, then `up --secure`.", file=sys.stderr)
@@ -114,6 +114,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             from effectively_once.stack.docker import DOCKER_MISSING
 
             print(DOCKER_MISSING.format(why=reason), file=sys.stderr)
+            return 2
+        from effectively_once.stack.docker import require_images
+
+        try:  # here, not in the keeper: a pull shows its progress, a missing image its fix
+            require_images(print)
+        except stack_mod.StackError as exc:
+            print(exc, file=sys.stderr)
             return 2
     warning = namespace_warning(backend)
     if warning:
@@ -160,6 +167,9 @@ def status_report() -> dict[str, Any]:
     for name, alive in health["processes"].items():
         if not alive:
             problems.append(f"the {name} process (pid {stack.pids[name]}) is not running")
+    for name, alive in health["containers"].items():
+        if not alive:
+            problems.append(f"the {name} container ({stack.containers[name][:12]}) is not running")
     if not health["broker"]:
         problems.append(f"the broker at {stack.kafka_bootstrap} does not answer a metadata request")
     if not health["postgres"]:
@@ -189,6 +199,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report.get("credentials_file"):
         print(f"  logins      {report['credentials_file']} (secured: the instructor's, mode 0600)")
     print("  processes   " + ", ".join(f"{k}={v}" for k, v in report["pids"].items()))
+    if report.get("containers"):
+        print("  containers  " + ", ".join(f"{k}={v[:12]} ({report['images'].get('kafka' if k == 'broker' else k)})"
+                                          for k, v in report["containers"].items()))
     for problem in report["problems"]:
         print(f"  problem: {problem}")
     if report["problems"]:

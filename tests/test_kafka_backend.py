@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, Producer
 from effectively_once import stack as stack_mod
 from effectively_once.stack import jars
 from effectively_once.stack.java import JavaMissing, find_java, java_major
-from effectively_once.stack.kafka_settings import BROKER_SETTINGS, KAFKA_VERSION, docker_environment
+from effectively_once.stack.kafka_settings import KAFKA_VERSION
 from tests.conftest import closed_port, run_cli
 
 
@@ -186,21 +186,6 @@ def test_cluster_ids_never_look_like_an_option():
     ids = [cluster_id() for _ in range(2000)]  # about 31 of 2000 raw ids would start with "-"
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
-
-
-# -- docker shares the embedded broker's settings ---------------------------------------------
-def test_docker_uses_the_same_broker_settings_and_version():
-    from effectively_once.stack.docker import KAFKA_IMAGE, kafka_container_env
-
-    env = kafka_container_env(19092)
-    assert KAFKA_IMAGE == f"apache/kafka:{KAFKA_VERSION}"
-    assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
-    assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "1"
-    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
-    assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
-    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://127.0.0.1:19092"
-    assert "-Xmx512m" in env["KAFKA_HEAP_OPTS"]
-    assert len(docker_environment()) == len(BROKER_SETTINGS) + 1
 
 
 # -- the broker as a process of the stack -------------------------------------------------------

