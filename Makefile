@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 BACKEND ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: setup lab check test test-docker test-notebook notebooks up down status doctor labs environment
+.PHONY: setup lab check test test-docker test-notebook notebooks up down status doctor labs environment site site-preview test-site
 
 # Re-runs are fast: pip runs again only when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -90,3 +90,18 @@ labs: setup
 
 environment: setup
 	$(BIN)/python tools/sync_environment.py
+
+# The course as a website, in _build/site: Jupyter Book (Sphinx) over the committed notebooks, which it never
+# runs; everything it needs comes with `make setup` (no Node.js), and no page loads anything from another host.
+site: setup
+	$(BIN)/python tools/website.py build
+
+# Serve _build/site on http://127.0.0.1:8000 (SITE_PORT=8001 for another port; Ctrl-C stops it).
+SITE_PORT ?= 8000
+site-preview:
+	@test -f _build/site/index.html || { echo "no site yet: run make site first" >&2; exit 2; }
+	$(BIN)/python -m http.server --bind 127.0.0.1 --directory _build/site $(SITE_PORT)
+
+# Build the site and read every page in headless Chromium (tests/test_site.py); screenshots in artifacts/site/.
+test-site: setup
+	$(BIN)/python -m pytest tests/test_site.py -p no:cacheprovider $(PYTEST_ARGS)
