@@ -66,6 +66,7 @@ def attach(record: dict[str, Any] | None = None) -> Stack:
         pids={k: int(v) for k, v in record.get("pids", {}).items()},
         owned=False,
         credentials_file=record.get("credentials_file"),
+        root=record.get("root"),
     )
 
 
@@ -146,7 +147,7 @@ def revive_recorded(record: dict[str, Any], timeout: float = 180.0) -> dict[str,
     then restarts the whole stack.
     """
     keeper = record.get("pids", {}).get("keeper")
-    if record.get("backend") not in ("embedded", "tansu") or not pid_alive(keeper):
+    if record.get("backend") not in ("embedded", "tansu") or not pid_alive(keeper) or not hasattr(signal, "SIGUSR1"):
         return None
     before = record.get("revived", 0)
     os.kill(int(keeper), signal.SIGUSR1)
