@@ -213,6 +213,6 @@ class ResetCommand:
         print(f"{chosen.copy} is the course's version again"
               + (f"; your copy is kept as {kept}" if kept else "") + ".")
         results = clean(chosen.name)
-        print(report(results, [], dry_run=False))
+        print(report(results, [], dry_run=False, whose=chosen.name))
         return 0 if not any(c.waiting for c in results) else 1
 

@@ -305,14 +305,14 @@ def stop_strays() -> list[Resource]:
     return stopped
 
 
-def report(results: list[Cleaned], alive: list[Run], dry_run: bool) -> str:
+def report(results: list[Cleaned], alive: list[Run], dry_run: bool, whose: str = "this namespace") -> str:
     """What ``clean`` prints: each run it cleaned, then the runs it left alone."""
     touched = [c for c in results if c.removed or c.waiting or c.busy]
     lines = [c.summary() for c in touched]
     removed = sum(len(c.removed) for c in results)
     waiting = sum(len(c.waiting) for c in results)
     if not touched:
-        lines.append("Nothing to clean: no run of this namespace left anything behind.")
+        lines.append(f"Nothing to clean: no run of {whose} left anything behind.")
     else:
         verb = "would remove" if dry_run else "removed"
         lines.append(f"{verb} {plural(removed, 'leftover')}" + (f"; {waiting} must wait (see above)" if waiting else "")
