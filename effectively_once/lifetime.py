@@ -6,7 +6,9 @@ process on Windows, and ``/proc`` exists only on Linux.
 
 ``spawn`` starts a child that dies when the process that started it dies,
 however it dies (a graceful exit, a kernel restart, SIGKILL). On Linux the
-child asks the kernel for a parent-death signal (``prctl(PR_SET_PDEATHSIG)``).
+child asks the kernel for a parent-death signal (``prctl(PR_SET_PDEATHSIG)``):
+a Python child first thing, through ``effectively_once.die_with_parent``;
+any other (the JVM, PostgreSQL) in a ``preexec_fn`` between fork and exec.
 Linux sends that signal when the *thread* that forked the child exits, not
 the process, so every such child is forked by one thread that lives as long
 as the process (``_Spawner``). Elsewhere, and as a second line on Linux, the
@@ -182,10 +184,8 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
-def _parent_death_signal(sig: int) -> Callable[[], None] | None:
-    """The ``preexec_fn`` that asks Linux to send ``sig`` to the child when its parent dies; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
+def _parent_death_signal(sig: int) -> Callable[[], None]:
+    """The ``preexec_fn`` that asks Linux to send ``sig`` to the child when its parent dies."""
     import ctypes
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child only calls it
@@ -207,7 +207,14 @@ def spawn(argv: list[str], *, die_signal: int | None = SIGKILL, **popen: Any) ->
     one that should shut down by itself. None starts a child that outlives
     this process (the stack ``up`` leaves running, the watchdog).
     """
-    preexec = _parent_death_signal(die_signal) if die_signal is not None else None
-    if preexec is None:
+    if die_signal is None or not sys.platform.startswith("linux"):
         return subprocess.Popen(argv, **popen)
+    if len(argv) >= 3 and argv[0] == sys.executable and argv[1] in ("-m", "-c"):
+        # A Python child asks for the signal itself: no preexec_fn, so Popen keeps its vfork(),
+        # where a preexec_fn forces a fork() of the whole kernel for each consumer of a crash
+        # matrix (benchmarks/spawn.py measures both).
+        bound = [sys.executable, "-m", "effectively_once.die_with_parent", str(die_signal), str(os.getpid()),
+                 *argv[1:]]
+        return _SPAWNER.call(lambda: subprocess.Popen(bound, **popen))
+    preexec = _parent_death_signal(die_signal)
     return _SPAWNER.call(lambda: subprocess.Popen(argv, preexec_fn=preexec, **popen))

@@ -168,3 +168,15 @@ def test_spawn_passes_popen_options_and_errors_through():
         assert child.communicate(timeout=30)[0] == "hi\n"
     with pytest.raises(FileNotFoundError):
         spawn(["/nonexistent/program"])
+
+
+@pytest.mark.parametrize("argv", [
+    [sys.executable, "-c", "import sys; print(sys.argv[1:], __name__); sys.exit(3)", "a", "b"],
+    [sys.executable, "-m", "json.tool", "--no-ensure-ascii", "--compact"],
+])
+def test_a_python_child_runs_as_python_would_run_it(argv):
+    """A Python child bound to its parent runs its -c code or -m module in the same way: argv, __main__, exit code."""
+    plain = subprocess.run(argv, input='{"a": 1}', capture_output=True, text=True, timeout=60)
+    with spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        out, err = child.communicate('{"a": 1}', timeout=60)
+    assert (child.returncode, out, err) == (plain.returncode, plain.stdout, plain.stderr)
