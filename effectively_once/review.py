@@ -106,8 +106,11 @@ DEDUP_SPIKE = MultipleChoice(
         Choice("The dedup table's UNIQUE constraint was dropped.", False,
                "Then the hit rate would fall to zero, not rise: a hit is the constraint doing its job."),
         Choice("Customers are submitting each payment twice.", False,
-               "A customer's second click is a new message with a new msg_id, so it does not hit the dedup "
-               "table at all; that problem needs an idempotency key at the front door."),
+               "With msg_ids derived from the order, as notebook 04 derives them, a second click for the same "
+               "order does hit the dedup table and is absorbed. But customers do not start clicking twice as "
+               "often for ten minutes and then stop; double clicks are part of the steady 0.05 %. A jump that "
+               "starts and ends like this points at the redelivery machinery. (With ids minted per click, a "
+               "double click would not hit the table at all: it would charge twice, and the ledger would show it.)"),
         Choice("The broker is redelivering messages whose offsets were not committed in time: commits that are "
                "late, missing or failed (a crash before the commit), a rebalance, or a poll batch whose "
                "processing outlasts max.poll.interval.ms.", True,
@@ -164,20 +167,28 @@ OPEN_QUESTIONS = (
         prompt="What three layers make up the hybrid exactly-once pattern for a payment processor, and which "
                "failure window does each one close?",
         model_answer=(
-            "1. Kafka's idempotent producer (enable.idempotence=true, acks=all): the broker drops a producer's "
-            "retried batch by producer id and sequence number, at a small throughput cost. "
-            "2. A consumer that reads with read_committed and keeps a dedup table in PostgreSQL: INSERT the "
-            "msg_id as 'pending' ON CONFLICT DO NOTHING before the side effect, mark it 'done' after; a 'done' "
-            "row is skipped, a 'pending' row is retried, never skipped. "
-            "3. The payment provider's Idempotency-Key derived from msg_id: a retried call after the charge "
-            "went through (the window the dedup table cannot close) returns the stored response instead of "
-            "moving money again, for as long as the provider keeps the key (24 hours at Stripe)."),
+            "The hybrid exactly-once pattern (notebook 04) layers the defences of three systems, because none "
+            "gives exactly-once alone; delivery stays at least once. "
+            "1. Kafka's idempotent producer (enable.idempotence=true, acks=all; librdkafka leaves it off unless "
+            "asked): the broker drops a retried batch by producer id and sequence number. It works within one "
+            "producer session and while the broker keeps that producer's state; a restarted producer's resend "
+            "is a new record. "
+            "2. A dedup table in the consumer's database, keyed by a msg_id derived from the input: INSERT it "
+            "as 'pending' ON CONFLICT DO NOTHING before the side effect, mark it 'done' after. A 'done' row is "
+            "skipped, which closes redelivery after the effect; a 'pending' row is retried with the same key, "
+            "never skipped. "
+            "3. The payment provider's Idempotency-Key derived from the msg_id: it closes the window the dedup "
+            "table cannot, between the provider call and 'done', because a retried call gets the stored answer "
+            "instead of moving money again. It is also the only layer that stops two workers calling at once "
+            "(the provider answers 409 while the key is in flight). It lasts only as long as the provider keeps "
+            "the key (Stripe's API v1 may prune it once it is at least 24 hours old), so a 'pending' row older "
+            "than that must be reconciled with the provider before any charge."),
         points=(
             Point("idempotent producer", ("idempotent producer", "enable.idempotence", "producer id", "sequence")),
             Point("consumer dedup table in the database", ("dedup", "on conflict", "pending")),
             Point("Idempotency-Key at the provider", ("idempotency-key", "idempotency key", "stripe")),
         ),
-        where="notebooks 03 and 04",
+        where="notebooks 03, 04 and 04c",
     ),
     OpenQuestion(
         key="hit_rate_spike",
@@ -208,12 +219,14 @@ OPEN_QUESTIONS = (
 
 # (layer, the window it closes, the window it leaves open)
 LAYERS = (
-    ("idempotent producer (`enable.idempotence=true`, `acks=all`)", "a producer retry after a lost ack",
-     "anything after the broker"),
+    ("idempotent producer (`enable.idempotence=true`, `acks=all`)",
+     "a producer's retry after a lost ack, within one producer session",
+     "a restarted producer's resend; anything after the broker"),
     ("dedup table (`INSERT ... ON CONFLICT DO NOTHING`, `pending` then `done`)", "a redelivery after the status update",
-     "the gap between the provider call and `done`"),
-    ("provider `Idempotency-Key` derived from `msg_id`", "a retried call after the money moved",
-     "a retry after the provider dropped the key (24 h)"),
+     "the gap between the provider call and `done`; two workers on one `pending` row"),
+    ("provider `Idempotency-Key` derived from `msg_id`",
+     "a retried call after the money moved; a second worker's concurrent call (409)",
+     "a retry after the provider pruned the key (Stripe API v1: any time after 24 h): reconcile old `pending` rows"),
 )
 LAYERS_TABLE = "\n".join(["| layer | closes | does not close |", "|---|---|---|",
                           *(f"| {layer} | {closes} | {leaves_open} |" for layer, closes, leaves_open in LAYERS)])
@@ -242,9 +255,9 @@ messages are arriving again: late, missing or failed commits, a poll batch that 
 your timeouts), `retry_count_p99` (high: an unhealthy downstream), and one trace id per message end to end.
 Committing too early does not show here: it loses messages instead.
 
-**The incidents:** Stripe 2020, SQS 2019, Stripe 2023 and Slack 2022 are illustrative accounts (no public
-post-mortem was found for them), each paired with documented evidence of its mechanism. In the first three the
-broker or queue kept its promises and the invariant broke in the consumer or in an operational procedure. In
-Slack's the broker itself failed to fence a zombie producer, and the consumer's dedup table is what would have
-held. Broker guarantees are necessary and never sufficient.
+**The incidents:** Stripe 2020, SQS 2019, Stripe 2023 and Slack 2022 are stories told in the field (no public
+post-mortem was found for any of them), each paired with documented evidence of its mechanism. In the first
+three the broker or queue kept its promises and the invariant broke in the consumer or in an operational
+procedure. Slack's tells of a broker that failed to fence a zombie producer, a failure no public record shows;
+the consumer's dedup table is what would have held. Broker guarantees are necessary and never sufficient.
 """

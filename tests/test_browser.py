@@ -55,8 +55,11 @@ NOTEBOOKS = {
     "01_two_generals": 120,
     "02_message_loss": 180,
     "03_kafka_guarantees": 300,
+    "03b_kafka_4x": 300,
     "04_kill_the_consumer": 300,
     "04b_beyond_the_dedup_table": 240,
+    "04c_two_workers_one_message": 240,
+    "04d_order": 180,
     "05_observability": 240,
     "06_incidents": 360,
     "07_review": 120,
@@ -371,7 +374,8 @@ def _check_message_loss_widget(page, saved: dict) -> None:
     """02: the summary chart's labels all lie inside it; rewind and play moves a token and the counters."""
     widget = page.locator(".eo-message-loss-widget").first
     widget.wait_for(timeout=60_000)
-    # Run All ends with the widget at its last step, where the summary chart appears.
+    # Run All leaves the widget at step 0; its "last step" button shows the summary chart.
+    widget.locator("button.eo-end").click()
     page.wait_for_function(
         "() => [...document.querySelectorAll('.eo-counter[data-name=\"messages\"]')]"
         ".some(e => e.textContent.trim() === '10')", timeout=60_000)

@@ -29,7 +29,7 @@ import pytest
 
 from effectively_once.payments.consumer import EXIT_RESTART, IdleClock
 from effectively_once.payments.lab import PaymentLab
-from tests.conftest import run_cli
+from tests.conftest import containers_of, run_cli
 
 # Enough provider retries (full jitter, at most 1 s apart) to ride out a restart of the provider
 # or its database, instead of dead-lettering the message that was in flight.
@@ -121,20 +121,40 @@ class FaultStack:
 
         return attach(self.record())
 
-    def pid(self, name: str) -> int:
-        return int(self.record()["pids"][name])
+    def incarnation(self, name: str) -> str:
+        """Which start of server ``name`` runs now: its pid, or (docker) its container's start time."""
+        record = self.record()
+        if name in record.get("containers", {}):
+            from effectively_once.stack.engine import docker_client
+
+            return docker_client().containers.get(record["containers"][name]).attrs["State"]["StartedAt"]
+        return str(record["pids"][name])
+
+    def sigkill(self, name: str, group: bool = False) -> None:
+        """SIGKILL server ``name``: its process (its process group with ``group``), or its container."""
+        record = self.record()
+        if name in record.get("containers", {}):
+            from effectively_once.stack.engine import docker_client
+
+            docker_client().containers.get(record["containers"][name]).kill()  # every process in it
+        else:
+            (os.killpg if group else os.kill)(int(record["pids"][name]), signal.SIGKILL)
 
     def up(self) -> tuple[float, str]:
         """`python -m effectively_once up` on this home: (seconds it took, its output)."""
         started = time.monotonic()
-        result = run_cli("up", "--backend", "embedded", env=self.env)
+        result = run_cli("up", "--backend", FAULTS_BACKEND, env=self.env)
         assert result.returncode == 0, f"`up` failed:\n{result.stdout}\n{result.stderr}"
         return time.monotonic() - started, result.stdout
 
 
+# The faults run on embedded Apache Kafka; in the docker lane, on its containers.
+FAULTS_BACKEND = "docker" if os.environ.get("EO_BACKEND") == "docker" else "embedded"
+
+
 @pytest.fixture(scope="module")
 def faults_stack():
-    """A private embedded stack for this module, started with `up` and purged at the end.
+    """A private embedded (or docker) stack for this module, started with `up` and purged at the end.
 
     Outside pytest's tmp_path for the reason ``private_home`` gives (PostgreSQL,
     run as its own user, must traverse every parent of its data directory).
@@ -145,7 +165,7 @@ def faults_stack():
     env.pop("EO_BACKEND", None)
     stack = FaultStack(env, base / "home")
     seconds, _ = stack.up()
-    print(f"\n[faults] private embedded stack up in {seconds:.1f} s")
+    print(f"\n[faults] private {FAULTS_BACKEND} stack up in {seconds:.1f} s")
     yield stack
     from effectively_once.stack.processes import pid_alive
 
@@ -154,6 +174,8 @@ def faults_stack():
     shutil.rmtree(base, ignore_errors=True)
     assert down.returncode == 0, down.stderr
     assert not [name for name, pid in pids.items() if pid_alive(pid)], "a process of the faults' stack is left"
+    if FAULTS_BACKEND == "docker":
+        assert containers_of(stack.home) == [], "a container of the faults' stack is left"
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -219,18 +241,18 @@ def start_run(lab: PaymentLab, messages: int, seed: int, latency_ms: float = 30)
     return provider
 
 
-def kill_then_up(lab: PaymentLab, faults_stack: FaultStack, name: str, kill) -> tuple[int, float, float]:
-    """``kill`` the stack's ``name`` process, leave it dead 2 s, then run `up`, which must restart it alone.
+def kill_then_up(lab: PaymentLab, faults_stack: FaultStack, name: str, group: bool = False) -> tuple[int, float, float]:
+    """SIGKILL the stack's ``name`` server, leave it dead 2 s, then run `up`, which must restart it alone.
 
     Returns (messages charged at the kill, the kill's monotonic time, seconds `up` took).
     """
-    before, pid = charged(lab), faults_stack.pid(name)
+    before, incarnation = charged(lab), faults_stack.incarnation(name)
     killed_at = time.monotonic()
-    kill(pid)
+    faults_stack.sigkill(name, group)
     time.sleep(2.0)
     up_seconds, output = faults_stack.up()
     assert "restarting its dead processes" in output and "the stack is healthy" in output, output
-    assert faults_stack.pid(name) != pid and faults_stack.attach().health()["healthy"]
+    assert faults_stack.incarnation(name) != incarnation and faults_stack.attach().health()["healthy"]
     return before, killed_at, up_seconds
 
 
@@ -266,8 +288,7 @@ def test_a_broker_killed_mid_run_restarts_with_up_and_every_message_is_charged_o
     with PaymentLab(faults_stack.attach(), "both") as lab:
         start_run(lab, messages, seed=13)
         survivors = [c for c in lab.consumers if c.running]
-        before, killed_at, up_seconds = kill_then_up(lab, faults_stack, "broker",
-                                                     lambda pid: os.kill(pid, signal.SIGKILL))
+        before, killed_at, up_seconds = kill_then_up(lab, faults_stack, "broker")
         with psycopg.connect(lab.shop_dsn) as conn:
             back = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         restarts: list[int] = []
@@ -292,8 +313,7 @@ def test_postgres_killed_mid_run_costs_no_charge_and_no_commit_of_unrecorded_wor
     with PaymentLab(faults_stack.attach(), "both") as lab:
         start_run(lab, messages, seed=17)
         # The server and every backend at once (its process group), as a crash does.
-        before, killed_at, up_seconds = kill_then_up(lab, faults_stack, "postgres",
-                                                     lambda pid: os.killpg(pid, signal.SIGKILL))
+        before, killed_at, up_seconds = kill_then_up(lab, faults_stack, "postgres", group=True)
         restarts: list[int] = []
         wait_for_charges(lab, messages, 150, keep=lambda: restarts.extend(replace_exited(lab, 2)))
         recovered = time.monotonic() - killed_at

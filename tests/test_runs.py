@@ -45,7 +45,7 @@ OWNER = textwrap.dedent("""
     runs.record_process("sleeper", sleeper.pid, signal.SIGTERM)
     made["sleeper"] = sleeper.pid
     # A topic on a stack whose files are gone: gone with them, nothing to reach.
-    runs.record(runs.Resource("topic", "test.gone", stack="local:/nonexistent/stack"))
+    runs.record(runs.Resource("topic", "test.gone", stack="files:/nonexistent/stack"))
     print(json.dumps(made), flush=True)
     time.sleep(120)
 """)

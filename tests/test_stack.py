@@ -154,11 +154,17 @@ def test_up_status_down_round_trip_leaves_nothing(private_home):
 def test_a_process_killed_from_outside_shows_as_unhealthy(private_home, victim):
     assert run_cli("up", "--backend", BACKEND, env=private_home).returncode == 0
     report = json.loads(run_cli("status", "--json", env=private_home).stdout)
-    os.kill(report["pids"][victim], signal.SIGKILL)
+    in_container = victim in report.get("containers", {})
+    if in_container:  # docker: the server is its container's process; SIGKILL it as `docker kill` does
+        from effectively_once.stack.engine import docker_client
+
+        docker_client().containers.get(report["containers"][victim]).kill()
+    else:
+        os.kill(report["pids"][victim], signal.SIGKILL)
     time.sleep(0.3)
     text = run_cli("status", env=private_home)
     assert text.returncode == 1
-    assert f"the {victim} process" in text.stdout and "not running" in text.stdout
+    assert f"the {victim} {'container' if in_container else 'process'}" in text.stdout and "not running" in text.stdout
     assert "python -m effectively_once down && python -m effectively_once up" in text.stdout
     after = json.loads(run_cli("status", "--json", env=private_home).stdout)
     assert after["healthy"] is False and after["fix"]

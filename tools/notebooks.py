@@ -12,7 +12,7 @@ name: ``04``, ``04_kill``, ``solutions/04``; none means all)::
     python tools/notebooks.py check [NB...]     # no kernel, seconds: every .ipynb matches its source
     python tools/notebooks.py execute NB...     # rebuild from the source, run every cell, write the .ipynb
     python tools/notebooks.py prose [NB...]     # carry markdown-only edits into the .ipynb, no kernel
-    python tools/notebooks.py strip [NB...]     # drop widget state and timings, renumber the cell ids
+    python tools/notebooks.py strip [NB...]     # drop widget state, timings and no-saved-output outputs
     python tools/notebooks.py adopt NB...       # write the source from the .ipynb (an edit made in JupyterLab)
     python tools/notebooks.py course [--check]  # write (or check) the course map in README and the Time lines
 
@@ -56,6 +56,10 @@ GUIDE_END = "<!-- end of workshop plans -->"
 # The .ipynb's metadata key holding a digest of the code its outputs came from: `execute` writes it,
 # `check` compares it, so code edited after the last run (outputs now stale) fails the check.
 DIGEST_KEY = "executed_code_sha256"
+# A cell whose output shows something only the learner should do (a SIGKILL the notebook asks them to
+# send, an answer they give) is stored without it: executed, then cleared, so a notebook opened fresh
+# never shows an action nobody has taken yet.
+NO_SAVED_OUTPUT = "no-saved-output"
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,14 @@ def renumber(nb: NotebookNode) -> NotebookNode:
 
 
 def strip(nb: NotebookNode) -> NotebookNode:
-    """Remove saved widget state and per-cell timings (they change on every run); renumber the ids."""
+    """Remove saved widget state, per-cell timings (they change on every run) and the outputs of cells
+    tagged ``no-saved-output``; renumber the ids."""
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        if cell.cell_type == "code" and NO_SAVED_OUTPUT in cell.metadata.get("tags", []):
+            cell.outputs = []
+            cell.execution_count = None
     return renumber(nb)
 
 
@@ -177,7 +185,8 @@ def differences(source: NotebookNode, executed: NotebookNode) -> list[str]:
 
 
 def hygiene(nb: NotebookNode) -> list[str]:
-    """What must never be committed in an executed notebook: unstable ids, widget state, machine paths."""
+    """What must never be committed in an executed notebook: unstable ids, widget state, machine paths,
+    an output of a cell tagged ``no-saved-output``."""
     problems = []
     if nb.metadata.get(DIGEST_KEY) != code_digest(nb):
         problems.append("its outputs did not come from the code it holds (a code cell changed after the last run, "
@@ -189,6 +198,8 @@ def hygiene(nb: NotebookNode) -> list[str]:
             problems.append(f"cell {i} has id {cell.get('id')!r}, not cell-{i:03d}")
         if "execution" in cell.metadata:
             problems.append(f"cell {i} stores execution timings")
+        if cell.get("outputs") and NO_SAVED_OUTPUT in cell.metadata.get("tags", []):
+            problems.append(f"cell {i} is tagged {NO_SAVED_OUTPUT} but stores an output")
         for out in cell.get("outputs", []):
             found = MACHINE_PATH.search(json.dumps(out))
             if found:
@@ -349,7 +360,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     for name, text in (("check", "every .ipynb matches its source, without a kernel"),
                        ("execute", "rebuild from the source and run every cell (needs the stack)"),
                        ("prose", "carry markdown-only edits of the source into the .ipynb"),
-                       ("strip", "drop widget state and timings, renumber the cell ids"),
+                       ("strip", "drop widget state, timings and no-saved-output outputs; renumber the ids"),
                        ("adopt", "write the source from the .ipynb")):
         command = sub.add_parser(name, help=text)
         command.add_argument("names", nargs="*", metavar="NB")

@@ -18,16 +18,18 @@ and reports what a ``read_committed`` consumer (or the group coordinator) actual
   consumer-group metadata of a member that has since been replaced is refused
   (KIP-447), and the group's committed offset does not move.
 
-Apache Kafka gives all four. Tansu, the embedded broker, gives only the first;
-the probe shows that rather than assuming it.
+Apache Kafka gives all four. Tansu, the Kafka-protocol broker the ``tansu``
+backend runs when neither Docker nor Java is at hand, gives only the first; the
+probe shows that rather than assuming it.
 
 ``kafka_txn_vs_postgres(stack)`` shows why none of this reaches PostgreSQL: a
 Kafka transaction and a database transaction side by side commit and roll back
 independently.
 
-``compare_leaks()`` (pure, no broker) shows when a consumer's dedup table makes
-up for a broker that shows aborted records or does not fence zombies: only when
-every aborted transaction is retried and each ``msg_id`` is derived from the input.
+``compare_leaks()`` (pure, no broker; notebook 04 shows it) tells when a consumer's
+dedup table makes up for a broker that shows aborted records or does not fence
+zombies: only when every aborted transaction is retried and each ``msg_id`` is
+derived from the input.
 
 The package, by concern:
 
@@ -40,6 +42,7 @@ The package, by concern:
 - ``leak``: ``compare_leaks``, what a dedup table keyed by ``msg_id`` absorbs of an aborted or zombie transaction;
 - ``kafka4``: what Kafka 4.x changed, live: the producer epoch per transaction (KIP-890), the time each
   group protocol takes to reassign a killed consumer's partitions (KIP-848), a share group's redelivery (KIP-932);
+- ``defaults``: what librdkafka does when a setting is left out (idempotence, the group protocol), on the wire;
 - ``cli``: ``python -m effectively_once probe`` (and ``python -m effectively_once.guarantees``).
 """
 

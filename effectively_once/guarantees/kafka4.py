@@ -12,7 +12,8 @@
 - ``share_group_redelivery(stack)``: a KIP-932 share group, live: a released record
   comes back with a higher delivery count.
 - ``kafka_transactions(stack, *args)``: Kafka's own ``kafka-transactions.sh`` (KIP-664),
-  run from the embedded broker's Java and jars; ``abandoned_transaction(stack)`` uses it
+  run with the broker's Java and jars (embedded's, or in the broker's container on
+  docker); ``abandoned_transaction(stack)`` uses it
   on a transaction whose producer was SIGKILLed mid-flight: the coordinator still knows
   it, ``find-hanging`` does not report it, and ``abort`` ends it.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import select
 import statistics
 import struct
@@ -38,6 +38,7 @@ from typing import Any
 from effectively_once import runs
 from effectively_once import stack as stack_mod
 from effectively_once.guarantees.clients import OPERATION_TIMEOUT
+from effectively_once.guarantees.defaults import RequestLog
 from effectively_once.guarantees.wire import (
     Reader,
     StoredBatch,
@@ -113,21 +114,6 @@ def wire_client(stack: stack_mod.Stack) -> FeatureWireClient:
 
 
 # -- KIP-890: the producer epoch per transaction ----------------------------------------------------------------
-class _RequestLog(logging.Handler):
-    """Collects the versions of the requests librdkafka sends (its ``debug=protocol`` lines)."""
-
-    SENT = re.compile(r"Sent (\w+)Request \(v(\d+),")
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.versions: dict[str, set[int]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = self.SENT.search(record.getMessage())
-        if match:
-            self.versions.setdefault(match.group(1), set()).add(int(match.group(2)))
-
-
 @dataclass
 class TransactionEpochs:
     """What one transactional producer's transactions left in the log, and what its client negotiated."""
@@ -177,7 +163,7 @@ def transaction_epochs(stack: stack_mod.Stack, transactions: int = 2) -> Transac
     from confluent_kafka import Producer
 
     topic = stack.create_topic(f"kafka4.epochs.{stack_mod.new_run_id()}", partitions=1)
-    requests = _RequestLog()
+    requests = RequestLog()
     logger = logging.getLogger(f"effectively_once.kafka4.{stack_mod.new_run_id()}")
     logger.addHandler(requests)
     logger.setLevel(logging.DEBUG)
@@ -471,15 +457,20 @@ class ToolRun:
         return f"$ kafka-transactions.sh {' '.join(shown)}\n{output or '(nothing printed)'}"
 
 
-def _tools_java(stack: stack_mod.Stack) -> str:
-    """The Java to run Kafka's tools with, or ``ToolsUnavailable`` naming the fix."""
+def _tools_java(stack: stack_mod.Stack) -> str | None:
+    """The Java to run Kafka's tools with (None: in the broker's container), or ``ToolsUnavailable`` and the fix."""
     from effectively_once.stack import jars
 
-    if stack.broker_flavor != "apache-kafka" or stack.backend != "embedded":
+    if stack.broker_flavor != "apache-kafka" or stack.backend not in ("embedded", "docker"):
         raise ToolsUnavailable(
-            f"kafka-transactions runs from the embedded broker's Java and jars, and this stack's broker is "
+            f"kafka-transactions runs with the course's Apache Kafka (its Java and jars), and this stack's broker is "
             f"{stack.broker_flavor} on the {stack.backend} backend: start one with "
             "`python -m effectively_once up --backend embedded` (Java 17+).")
+    if stack.backend == "docker":
+        if "broker" not in stack.containers:
+            raise ToolsUnavailable("this docker stack does not say which container runs its broker: "
+                                   "run `python -m effectively_once down`, then `up --backend docker`.")
+        return None
     java = stack.java
     if not java:
         from effectively_once.stack.java import find_java
@@ -494,27 +485,48 @@ def _tools_java(stack: stack_mod.Stack) -> str:
     return java
 
 
+def _tools_command(java: str, log_config: str, classpath: str, args: list[str]) -> list[str]:
+    return [java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath, TRANSACTIONS_COMMAND, *args]
+
+
+def _in_broker_container(container_id: str, args: list[str], timeout: float) -> tuple[int, str, str]:
+    """Run the tool in the broker's container, with the image's Java and ``/opt/kafka/libs``, as the broker runs."""
+    import shlex
+
+    from effectively_once.stack.engine import docker_client
+    from effectively_once.stack.kafka_broker import IMAGE_CLASSPATH, IMAGE_JAVA
+
+    log_config = "/tmp/effectively-once-kafka-tools-log4j2.properties"
+    command = shlex.join(_tools_command(IMAGE_JAVA, log_config, IMAGE_CLASSPATH, args))
+    script = f"printf %s {shlex.quote(TOOLS_LOG4J)} > {log_config} && exec {command}"
+    container = docker_client(timeout).containers.get(container_id)
+    code, (out, err) = container.exec_run(["sh", "-c", script], demux=True)
+    return code, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
+
+
 def kafka_transactions(stack: stack_mod.Stack, *args: str, timeout: float = 60.0) -> ToolRun:
     """Run ``kafka-transactions.sh`` (Kafka's ``TransactionsCommand``, KIP-664) against the stack's broker.
 
     ``args`` are the command and its options, as on the command line: ``"list"``,
     ``"describe", "--transactional-id", tid``, ``"find-hanging", "--broker-id", "1"``,
     ``"abort", "--topic", t, "--partition", "0", "--start-offset", "0"``. It runs with
-    the stack's Java and the cached jars (``kafka-tools`` is pinned among them), so only
-    on the ``embedded`` backend; elsewhere it raises ``ToolsUnavailable``.
+    the broker's own Java and jars: the stack's Java and the cached jars (``kafka-tools``
+    is pinned among them) on ``embedded``, the image's in the broker's container on
+    ``docker``; elsewhere it raises ``ToolsUnavailable``.
     """
     from effectively_once.stack import jars
 
     java = _tools_java(stack)
+    full = ["--bootstrap-server", stack.kafka_bootstrap.split(",")[0], *args]
+    if java is None:
+        return ToolRun(full, *_in_broker_container(stack.containers["broker"], full, timeout))
     log_config = Path(tempfile.gettempdir()) / "effectively-once-kafka-tools-log4j2.properties"
     if not log_config.exists() or log_config.read_text() != TOOLS_LOG4J:
         staged = log_config.with_name(f"{log_config.name}.{os.getpid()}")
         staged.write_text(TOOLS_LOG4J)
         os.replace(staged, log_config)
-    full = ["--bootstrap-server", stack.kafka_bootstrap.split(",")[0], *args]
-    done = subprocess.run([java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
-                           f"-Dlog4j2.configurationFile={log_config}", "-cp", jars.classpath(),
-                           TRANSACTIONS_COMMAND, *full],
+    done = subprocess.run(_tools_command(java, str(log_config), jars.classpath(), full),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return ToolRun(full, done.returncode, done.stdout, done.stderr)
 
@@ -680,3 +692,12 @@ def broker_setting(stack: stack_mod.Stack, name: str) -> str | None:
     configs = admin.describe_configs([resource])[resource].result(timeout=OPERATION_TIMEOUT)
     entry = configs.get(name)
     return None if entry is None else entry.value
+
+
+def finalized_features(stack: stack_mod.Stack) -> dict[str, int]:
+    """The feature levels the cluster finalized (``transaction.version``, ``group.version``, ``share.version``...)."""
+    wire = wire_client(stack)
+    try:
+        return wire.finalized_features()
+    finally:
+        wire.close()

@@ -1,6 +1,6 @@
 """Stripe, 2023: a dead-letter queue redriven all at once floods the consumers behind it.
 
-In the account notebook 06 tells (illustrative: no public post-mortem was found
+In the story notebook 06 tells (told in the field; no public post-mortem was found
 for it), a DLQ filled with about a million messages during a downstream
 incident; an operator redrove all of them at once, the source queue received them in one
 burst, the consumer pool was overwhelmed and the payment API behind it started
@@ -13,7 +13,7 @@ producer like any other: it needs a rate limit.
   it to the source topic with an idempotent producer: same key, value and
   headers, minus the DLQ's error headers (see ``is_dlq_header``), plus
   ``redriven-at``. ``rate=None`` sends as fast as the producer can (as
-  in the account); a number paces the sends with a token bucket (the fix).
+  in the story); a number paces the sends with a token bucket (the fix).
 - ``python -m effectively_once redrive --dlq TOPIC --to TOPIC [--rate N] [--limit N]``.
 
 The redrive commits its DLQ offsets only after the broker has acknowledged the

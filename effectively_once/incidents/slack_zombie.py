@@ -1,15 +1,17 @@
 """Slack 2022: a zombie producer during a rolling restart, replayed on the broker at hand.
 
-The account (illustrative: no public post-mortem was found for it): a Kafka
+The story (told in the field; no public post-mortem was found for it): a Kafka
 exactly-once stream job (read, transform, write in one transaction) was
 restarted node by node. An old instance that had stalled mid-transaction
 came back after its replacement had started with the same
 ``transactional.id``, and finished its work: the same charges were written
 twice, for the six minutes the restart took. Apache Kafka is supposed to fence
 such a zombie (the replacement's ``init_transactions`` bumps the producer epoch
-and aborts the open transaction); in the account a coordinator bug let the
-zombie through. Failures of the broker's transaction machinery are documented
-(KIP-890's motivation, KAFKA-9144, Jepsen's Bufstream 0.1.0 analysis).
+and aborts the open transaction); in the story it did not, and no public record
+says why. Other failures of the broker's transaction machinery are documented
+(KIP-890's motivation, KAFKA-9144, Jepsen's Bufstream 0.1.0 analysis: late
+requests of one producer, hanging and torn transactions), but none of them shows
+a second instance failing to fence the first.
 
 The replay:
 
@@ -23,7 +25,7 @@ Then two downstream consumers read the output with ``read_committed``: one
 applies every record it sees to a ledger, the other goes through a dedup table
 (``INSERT ... ON CONFLICT DO NOTHING`` on ``msg_id``). On Apache Kafka the
 zombie is fenced and both ledgers are right. On a broker that does not fence
-it (Tansu, the embedded broker, does not) the zombie's records arrive too: the
+it (Tansu, the ``tansu`` backend's broker, does not) the zombie's records arrive too: the
 naive ledger double-charges, the dedup table absorbs every duplicate.
 """
 

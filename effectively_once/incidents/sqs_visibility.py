@@ -1,6 +1,6 @@
 """A model of SQS's visibility timeout: a side effect that outlasts it runs twice.
 
-Notebook 06 tells this as "AWS SQS 2019", an illustrative account with no
+Notebook 06 tells this as "AWS SQS 2019", a story told in the field with no
 public post-mortem: consumers that called ChangeMessageVisibility while a
 DeleteMessage was in flight saw the message delivered again although the
 delete had completed. This module does not reconstruct that bug. It models

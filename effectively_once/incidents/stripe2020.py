@@ -1,6 +1,6 @@
 """Stripe, 2020: a queue consumer whose retry path forgot the Idempotency-Key.
 
-The account (illustrative: no public post-mortem was found for it): during a
+The story (told in the field; no public post-mortem was found for it): during a
 Q4 traffic spike the payment API answered some charge requests with
 an error *after* the charge had gone through. The consumer retried, as it
 should, but the code path that built the retry request did not carry the

@@ -1,6 +1,6 @@
 """Stripe, 2023: redrive-all floods the consumers and the payment API throttles; a paced redrive does not.
 
-The account (illustrative: no public post-mortem was found for it): a
+The story (told in the field; no public post-mortem was found for it): a
 downstream incident filled a dead-letter queue with about a million messages.
 Once it was over, an operator redrove the whole DLQ at once: the source queue
 received everything in one burst, the consumer pool took it as fast as it
@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 
 from effectively_once import protocol
 from effectively_once.db import one
-from effectively_once.kafka import ensure_topic
 from effectively_once.schemas import load
 
 if TYPE_CHECKING:
@@ -500,7 +499,7 @@ class FloodLab:
         provider_url, provider_dsn = lab.provider.url, lab.provider_dsn
         self.runs += 1
         dlq = f"{lab.topic}.dlq.{self.runs}"
-        ensure_topic(self.stack.kafka_bootstrap, dlq)
+        self.stack.ensure_topic(dlq)
         self._topics.append(dlq)
         self.say(f"parking {messages} dead-lettered charges in {dlq}...")
         records = dlq_records(messages, seed=seed, prefix=f"{lab.run_id}r{self.runs}", source_topic=lab.topic,
@@ -597,7 +596,7 @@ def replay(stack: Stack, rate: float | None = None, messages: int = DEFAULT_MESS
            progress: Callable[[str], None] | None = None) -> FloodReplay:
     """One redrive of a DLQ of ``messages`` charges into a fresh consumer pool; see the module docstring.
 
-    ``rate=None`` redrives everything at once (as in the account); a number of
+    ``rate=None`` redrives everything at once (as in the story); a number of
     records per second paces the redrive with a token bucket (the fix). Keep
     ``rate`` well under ``provider_limit``: the consumers pass on whatever
     arrives, and arrivals bunch up (see the notebook). ``batch_dedup`` runs the

@@ -35,8 +35,10 @@ def plot_dashboard(recorder: Recorder, phases: Sequence[tuple[str, float, float]
     hits.set_ylabel("dedup_check_hit_rate (%)")
     hits.legend(loc="upper left", fontsize=8)
 
+    # A window without a provider call has no p99: NaN, which matplotlib leaves as a gap in the line
+    # (the dots keep a lone sample between two gaps visible).
     side = recorder.series(metrics.SIDE_EFFECT_DURATION_P99)
-    p99.plot(side.timestamps, [v * 1000 for v in side.values], color="#bf8700")
+    p99.plot(side.timestamps, [v * 1000 for v in side.values], color="#bf8700", marker=".", markersize=3)
     p99.set_ylabel("side_effect_duration_p99 (ms)")
 
     depth = recorder.series(metrics.DLQ_DEPTH)

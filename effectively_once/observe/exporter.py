@@ -12,6 +12,9 @@ raw material, as Prometheus likes it (a query computes rates from counters)
     ``messages_processed_total{result}``       charged, replayed, reconciled, skipped, dead_lettered
 the per-consumer metrics, by name, over the last ``window_seconds``
     ``dedup_check_hit_rate``, ``side_effect_duration_p99`` (seconds), ``retry_count_p99``
+    (the two p99s are NaN for a window without a provider call: a percentile of nothing is
+    undefined, not zero, as PromQL's histogram_quantile also answers,
+    https://github.com/prometheus/prometheus/issues/6645; a plot draws it as a gap)
     ``consumer_lag_messages{topic,partition}`` the client's cached end offset minus this consumer's position
 
 The lag a consumer reports about itself has two blind spots, which is why lag
@@ -25,6 +28,7 @@ measures lag from outside, from the records the producer had acknowledged.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -166,12 +170,14 @@ class ConsumerTelemetry:
         return metrics.dedup_check_hit_rate([o for _, o, _, _ in self._window() if o is not None])
 
     def side_effect_p99(self) -> float:
-        """``side_effect_duration_p99`` (seconds) over the window."""
-        return metrics.side_effect_duration_p99([d for _, _, d, _ in self._window() if d is not None])
+        """``side_effect_duration_p99`` (seconds) over the window; NaN when no provider call fell in it."""
+        durations = [d for _, _, d, _ in self._window() if d is not None]
+        return metrics.side_effect_duration_p99(durations) if durations else math.nan
 
     def retry_p99(self) -> float:
-        """``retry_count_p99`` over the window."""
-        return metrics.retry_count_p99([r for _, _, _, r in self._window() if r is not None])
+        """``retry_count_p99`` over the window; NaN when no provider call fell in it."""
+        retries = [r for _, _, _, r in self._window() if r is not None]
+        return metrics.retry_count_p99(retries) if retries else math.nan
 
     # -- serving -------------------------------------------------------------------------
     def serve(self, port: int = 0, host: str = "127.0.0.1") -> str:

@@ -1,4 +1,5 @@
-"""Six delivery-semantics metrics, as pure functions (no I/O), and a small time series.
+"""Six delivery-semantics metrics, as pure functions (no I/O), a small time series, and the provider's
+webhook counters' names.
 
 One name per metric, used by the dashboard, the alert rules and the notebooks alike:
 
@@ -11,6 +12,15 @@ per consumer
     ``dedup_check_hit_rate``    share of dedup INSERTs blocked by the UNIQUE constraint
     ``side_effect_duration_p99``  p99 of the side effect's duration, in seconds
     ``retry_count_p99``         p99 of the retries a message needed
+
+per provider (its ``/metrics``: webhook deliveries, at least once)
+    ``webhook_events_total``              events queued for the shop's webhook endpoint
+    ``webhook_deliveries_total``          POSTs sent to it, duplicates included
+    ``webhook_delivery_retries_total``    attempts after an event's first attempt failed
+    ``webhook_delivery_failures_total{reason}``  attempts without a 2xx: refused, timed_out, dropped
+    ``webhook_duplicate_deliveries_total``  events sent again after a 2xx (a fault knob)
+    ``webhook_events_pending``            events not delivered yet (a gauge)
+    ``webhook_events_delivered_total``, ``webhook_events_given_up_total``
 
 Every percentile here is the nearest-rank percentile (see ``percentile``).
 Collecting the inputs (offsets, DLQ contents, consumer events) is the caller's job.
@@ -33,6 +43,19 @@ SIDE_EFFECT_DURATION_P99 = "side_effect_duration_p99"
 RETRY_COUNT_P99 = "retry_count_p99"
 METRIC_NAMES = (CONSUMER_LAG_MESSAGES, DLQ_DEPTH, DLQ_OLDEST_AGE_SECONDS, DEDUP_CHECK_HIT_RATE,
                 SIDE_EFFECT_DURATION_P99, RETRY_COUNT_P99)
+
+# The provider's webhook counters (payments.webhooks serves them; Prometheus adds _total to counters).
+WEBHOOK_EVENTS = "webhook_events"
+WEBHOOK_DELIVERIES = "webhook_deliveries"
+WEBHOOK_DELIVERY_RETRIES = "webhook_delivery_retries"
+WEBHOOK_DELIVERY_FAILURES = "webhook_delivery_failures"
+WEBHOOK_DUPLICATE_DELIVERIES = "webhook_duplicate_deliveries"
+WEBHOOK_EVENTS_PENDING = "webhook_events_pending"
+WEBHOOK_EVENTS_DELIVERED = "webhook_events_delivered"
+WEBHOOK_EVENTS_GIVEN_UP = "webhook_events_given_up"
+WEBHOOK_METRIC_NAMES = (WEBHOOK_EVENTS, WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_RETRIES, WEBHOOK_DELIVERY_FAILURES,
+                        WEBHOOK_DUPLICATE_DELIVERIES, WEBHOOK_EVENTS_PENDING, WEBHOOK_EVENTS_DELIVERED,
+                        WEBHOOK_EVENTS_GIVEN_UP)
 
 # What the consumer's dedup INSERT can report. A "hit" is each time the UNIQUE
 # constraint blocks the INSERT, whatever the existing row's state.

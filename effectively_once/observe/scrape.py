@@ -9,7 +9,8 @@ own parser; ``scrape(url)`` fetches and parses one endpoint.
 - from every live consumer's ``/metrics``: the dedup counters (the hit rate at
   a sample is the hits of the last ``rate_window`` seconds over the checks of
   the same seconds, what PromQL's ``rate(hits[w]) / rate(checks[w])`` gives) and the gauges
-  ``side_effect_duration_p99`` and ``retry_count_p99`` (the worst consumer);
+  ``side_effect_duration_p99`` and ``retry_count_p99`` (the worst consumer; NaN, a gap in a plot,
+  when no live consumer called the provider within its window);
 - from the broker, whatever the consumers' state: ``consumer_lag_messages`` per
   partition, as the records the producer had acknowledged that the group has
   not committed past yet, and for comparison the same from the end offsets the
@@ -30,6 +31,7 @@ gives a ``Series`` the alert rules of ``observe.alerts`` evaluate.
 from __future__ import annotations
 
 import atexit
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,6 +55,7 @@ LAG_FROM_WATERMARKS = "lag_from_watermarks"
 CONSUMERS_UP = "consumers_up"
 
 LabelSet = frozenset  # of (label, value) pairs
+WEBHOOK_PREFIX = "webhook_"
 
 
 @dataclass(frozen=True)
@@ -166,14 +169,19 @@ class Recorder:
 
     ``targets()`` returns the ``/metrics`` URLs to scrape now; ``acknowledged()``
     the records the producer has had acknowledged (objects with ``partition``
-    and ``offset``). Use it as a context manager, or ``start()`` and ``stop()``.
+    and ``offset``). ``provider()``, when given, returns the payment
+    provider's ``/metrics`` URL (None while it is down): each sample then
+    carries its webhook counters (``metrics.WEBHOOK_METRIC_NAMES``, by their
+    exposed names, ``webhook_deliveries_total``...). Use it as a context
+    manager, or ``start()`` and ``stop()``.
     """
 
     def __init__(self, *, bootstrap: str, topic: str, group: str, dlq_topic: str,
                  targets: Callable[[], list[str]], acknowledged: Callable[[], list[Any]],
-                 partitions: Sequence[int] = (0, 1, 2), interval: float = 0.25, rate_window: float = 2.0) -> None:
+                 partitions: Sequence[int] = (0, 1, 2), interval: float = 0.25, rate_window: float = 2.0,
+                 provider: Callable[[], str | None] | None = None) -> None:
         self.bootstrap, self.topic, self.group, self.dlq_topic = bootstrap, topic, group, dlq_topic
-        self.targets, self.acknowledged = targets, acknowledged
+        self.targets, self.acknowledged, self.provider = targets, acknowledged, provider
         self.partitions, self.interval, self.rate_window = tuple(partitions), interval, rate_window
         self.samples: list[dict[str, Any]] = []
         self.marks: list[tuple[float, str]] = []
@@ -185,15 +193,19 @@ class Recorder:
         self.t0 = time.time()
 
     @classmethod
-    def for_lab(cls, lab, interval: float = 0.25, rate_window: float = 2.0) -> Recorder:
-        """A recorder of a ``PaymentLab``: its consumers started with ``metrics_port``, its topic and DLQ."""
+    def for_lab(cls, lab, interval: float = 0.25, rate_window: float = 2.0, webhooks: bool = False) -> Recorder:
+        """A recorder of a ``PaymentLab``: its consumers started with ``metrics_port``, its topic and DLQ; with
+        ``webhooks``, its provider's webhook counters too."""
         def targets() -> list[str]:
             return [c.metrics_url for c in list(lab.consumers) if c.running and c.metrics_url]
+
+        def provider() -> str | None:
+            return f"{lab.provider.url}/metrics" if lab.provider is not None and lab.provider.running else None
 
         partitions = range(_partition_count(lab.stack, lab.topic))
         return cls(bootstrap=lab.stack.kafka_bootstrap, topic=lab.topic, group=lab.group, dlq_topic=lab.dlq_topic,
                    targets=targets, acknowledged=lambda: list(lab.sent), partitions=partitions, interval=interval,
-                   rate_window=rate_window)
+                   rate_window=rate_window, provider=provider if webhooks else None)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> Recorder:
@@ -262,7 +274,7 @@ class Recorder:
             self._previous[url] = (now_checks, now_hits)
             for name in p99s:
                 value = result.get(name)
-                if value is not None:
+                if value is not None and not math.isnan(value):  # NaN: no provider call in its window
                     p99s[name].append(value)
         t = wall - self.t0
         # Like PromQL's rate(hits[w]) / rate(checks[w]): the counts of the last rate_window seconds.
@@ -272,8 +284,9 @@ class Recorder:
         sample: dict[str, Any] = {
             "time": t, CONSUMERS_UP: up, "dedup_checks": checks, "dedup_hits": hits,
             metrics.DEDUP_CHECK_HIT_RATE: window_hits / window_checks if window_checks else 0.0,
-            **{name: max(values, default=0.0) for name, values in p99s.items()},
+            **{name: max(values, default=math.nan) for name, values in p99s.items()},
         }
+        sample.update(self._webhook_counts())
         broker = self._broker
         if broker is not None:
             committed = broker.committed(self.partitions)
@@ -290,6 +303,18 @@ class Recorder:
             sample[metrics.DLQ_OLDEST_AGE_SECONDS] = metrics.dlq_oldest_age_seconds(seen, wall)
         self.samples.append(sample)
         return sample
+
+    def _webhook_counts(self) -> dict[str, float]:
+        """The provider's webhook counters by exposed name; none while it is down (a gap, not a zero)."""
+        url = self.provider() if self.provider is not None else None
+        if url is None:
+            return {}
+        try:
+            result = scrape(url, timeout=1.0)
+        except httpx.HTTPError:
+            return {}
+        # Failures are summed over their reasons; ProviderProcess.metrics() has them one by one.
+        return {name: result.total(name) for name in result.names() if name.startswith(WEBHOOK_PREFIX)}
 
     # -- reading the recording -----------------------------------------------------------
     def series(self, name: str, **labels: str) -> Series:

@@ -23,6 +23,7 @@ import httpx
 
 from effectively_once import protocol, runs
 from effectively_once.lifetime import SIGKILL, kill_now
+from effectively_once.observe.scrape import Scrape, scrape
 from effectively_once.payments.messages import DEFAULT_API_KEY
 from effectively_once.payments.settings import ConsumerSettings
 from effectively_once.stack.processes import stop_pid, wait_until
@@ -123,24 +124,32 @@ class ProviderProcess(Child):
     """The provider service running under uvicorn, on a free port.
 
     ``faults`` are the start-up fault knobs (``latency_ms``, ``fail_after_charge``,
-    ``fail_before_charge``, ``rate_limit_per_second``, ...); ``set_faults`` changes
-    them while it runs. ``port`` 0 picks a free port; a restart after a crash
-    passes the old one, so that consumers holding its URL find it again.
+    ``fail_before_charge``, ``rate_limit_per_second``, ``search_delay_ms``,
+    ``webhook_duplicate``, ...); ``set_faults`` changes them while it runs.
+    ``port`` 0 picks a free port; a restart after a crash passes the old one,
+    so that consumers holding its URL find it again. With ``webhook_url`` and
+    ``webhook_secret`` (``whsec_...``) it sends its events there, signed, at
+    least once; a restart resumes the deliveries it had not finished.
     """
 
     name = "provider"
 
     def __init__(self, dsn: str, *, api_key: str = DEFAULT_API_KEY, key_ttl_seconds: float = 86400,
                  in_flight_timeout: float = 30.0, seed: int | None = None, log_dir: Path | None = None,
-                 port: int = 0, **faults: Any) -> None:
+                 port: int = 0, webhook_url: str | None = None, webhook_secret: str | None = None,
+                 **faults: Any) -> None:
         argv = [sys.executable, "-m", "effectively_once.payments.provider", "--dsn", dsn, "--port", str(port),
                 "--api-key", api_key, "--key-ttl-seconds", str(key_ttl_seconds),
                 "--in-flight-timeout", str(in_flight_timeout)]
         if seed is not None:
             argv += ["--seed", str(seed)]
+        if webhook_url is not None or webhook_secret is not None:
+            argv += ["--webhook-url", str(webhook_url), "--webhook-secret", str(webhook_secret)]
         self.dsn, self.api_key = dsn, api_key
+        self.webhook_url, self.webhook_secret = webhook_url, webhook_secret
         self._options = dict(api_key=api_key, key_ttl_seconds=key_ttl_seconds, in_flight_timeout=in_flight_timeout,
-                             seed=seed, log_dir=log_dir, **faults)
+                             seed=seed, log_dir=log_dir, webhook_url=webhook_url, webhook_secret=webhook_secret,
+                             **faults)
         super().__init__(argv, log_dir)
         self._initial_faults = faults
         self.url: str | None = None
@@ -195,6 +204,10 @@ class ProviderProcess(Child):
     def expire_keys(self) -> int:
         """Age every stored idempotency key past the TTL (as if a day went by); returns how many."""
         return int(self._admin("/admin/expire-keys")["aged"])
+
+    def metrics(self) -> Scrape:
+        """The provider's ``/metrics`` (webhook deliveries, retries, failures by reason), parsed."""
+        return scrape(f"{self.url}/metrics", timeout=10)
 
 
 class ConsumerProcess(Child):

@@ -48,6 +48,7 @@ from effectively_once.protocol import (
 
 if TYPE_CHECKING:
     from effectively_once.stack import Stack
+    from effectively_once.widgets.kill_button import KillButton
 
 REPORT_KEYS = ("messages", "charges", "duplicate_charges", "lost_charges", "dedup_hits", "key_replays", "dlq")
 
@@ -208,6 +209,7 @@ class PaymentLab:
         self._token = f"{self.run_id}_{uuid.uuid4().hex[:6]}".lower()
         self.sent: list[Sent] = []
         self.consumers: list[ConsumerProcess] = []
+        self._kill_buttons: list[tuple[ConsumerProcess, KillButton]] = []  # greyed out once their consumer is killed
         self._stopped = False
         self.provider = provider
         self._owns_provider = provider is None
@@ -350,6 +352,9 @@ class PaymentLab:
                             charged=sum(self._ledger_counts().values()), pending=pending, done=done,
                             exit_status=status)
         consumer.kill_report = report  # type: ignore[attr-defined]
+        for target, button in self._kill_buttons:
+            if target is consumer:
+                button.used(str(report))  # its one SIGKILL has been sent: a press could only repeat this report
         return report
 
     def _last_consumer(self, consumer: ConsumerProcess | None = None) -> ConsumerProcess:
@@ -359,28 +364,26 @@ class PaymentLab:
             raise RuntimeError("No consumer to kill: start one with lab.start_consumer(pause_at=...) first.")
         return consumer
 
-    def kill_button(self, consumer: ConsumerProcess | None = None) -> Any:
-        """A button that SIGKILLs the consumer (default: the last one started) the moment it is pressed."""
-        import ipywidgets as widgets
-        from IPython.display import display
+    def kill_button(self, consumer: ConsumerProcess | None = None) -> KillButton:
+        """A button that SIGKILLs the consumer (default: the last one started) the moment it is pressed.
+
+        It works once: pressed, or once ``kill_consumer`` killed the same consumer,
+        it greys out and shows the kill report. Made for a consumer that is
+        already dead, it starts greyed out and says so.
+        """
+        from effectively_once.widgets.kill_button import KillButton
 
         consumer = self._last_consumer(consumer)
-        button = widgets.Button(description=f"SIGKILL pid {consumer.pid}", button_style="danger",
-                                layout=widgets.Layout(width="auto"))
-        out = widgets.Output()
-
-        def press(_: Any) -> None:
-            button.disabled = True
-            with out:
-                try:
-                    print(self.kill_consumer(consumer, wait=False, by="you (the button)"))
-                except Exception as exc:
-                    print(exc)
-
-        button.on_click(press)
-        box = widgets.VBox([button, out])
-        display(box)
-        return None
+        button = KillButton(f"SIGKILL pid {consumer.pid}",
+                            lambda: self.kill_consumer(consumer, wait=False, by="you (the button)"))
+        earlier = getattr(consumer, "kill_report", None)
+        if earlier is not None:
+            button.used(str(earlier))
+        elif not consumer.running:
+            button.used(f"The consumer pid {consumer.pid} already exited with status {consumer.returncode}: "
+                        "start another with lab.start_consumer(pause_at=...) for a new button.", label="no consumer")
+        self._kill_buttons.append((consumer, button))
+        return button
 
     def lag(self) -> int:
         """How many records this lab produced that the group has not committed past yet.

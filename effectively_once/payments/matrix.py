@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import atexit
 import html
-import inspect
 import os
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +34,7 @@ from effectively_once import runs
 from effectively_once.db import columns
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
+from effectively_once.payments.plugged import step_module_source
 from effectively_once.payments.producer import charge_records
 from effectively_once.payments.settings import NAMED_LAYER_SETS
 from effectively_once.protocol import CRASH_POINTS, plural
@@ -121,8 +120,7 @@ class MatrixCell:
         if self.outcome == LOST:
             return "'pending' row skipped: never charged" if "skipped" in self.results else "never charged"
         if self.outcome == CHARGED_TWICE:
-            why = "key expired" if self.keys_expired and "idempotency_key" in NAMED_LAYER_SETS.get(self.layers, ()) \
-                else "no key"
+            why = self._why_charged_again()
             return f"'pending' row charged again: {why}" if self.dedup_hits else f"redelivered: {why}, charged again"
         if self.absorbed_by == KEY:
             return "the key replayed the first charge"
@@ -133,6 +131,21 @@ class MatrixCell:
         if self.dedup_hits:
             return "'pending' row retried: first charge"
         return "nothing had moved: first charge"
+
+    def _why_charged_again(self) -> str:
+        # What the provider saw on the duplicated messages' charges, from the ledger's keys: none, a new
+        # one each time (a key that is not derived from the message), or the same one it had forgotten.
+        # Without the ledger's rows, the layer set says whether there was a key at all.
+        has_key = "idempotency_key" in NAMED_LAYER_SETS.get(self.layers, ())
+        if self.ledger is not None:
+            duplicated = set(self.report.duplicated if self.report else ())
+            keys = [r["idempotency_key"] for r in self.ledger if r["msg_id"] in duplicated]
+            if keys and None not in keys and len(set(keys)) > 1:
+                return "a different key each time"
+            has_key = bool(keys) and None not in keys
+        if not has_key:
+            return "no key"
+        return "key expired" if self.keys_expired else "the same key, charged again"
 
     def problem(self) -> str:
         """One sentence on what went wrong (empty when the money came out right)."""
@@ -364,23 +377,22 @@ class PluggedStep:
         with PluggedStep(charge_once) as step:
             run_matrix(stack, CRASH_POINTS, ["both"], step=step.spec)
 
-    The function's source (a notebook cell's, too) goes to a file in a
-    temporary directory, after a header that imports ``ChargeMessage``,
-    ``idempotency_key_for`` and ``Outcome``; anything else the function needs
-    it imports itself. The directory is put on ``PYTHONPATH`` for the child
-    processes started while the step is plugged in; ``close()`` (or leaving
-    the ``with`` block, or interpreter exit) removes both.
+    The module holds the function as written (a notebook cell's, too) and
+    everything it uses from its notebook or file, so that it runs in the
+    consumer as it ran in the kernel: the modules and names it imported (in
+    its own cell or an earlier one), the functions it calls that are defined
+    beside it, and the plain values it reads (``payments.plugged`` says how).
+    A header imports ``ChargeMessage``, ``idempotency_key_for`` and
+    ``Outcome`` first. The file lives in a temporary directory, put on
+    ``PYTHONPATH`` for the child processes started while the step is plugged
+    in; ``close()`` (or leaving the ``with`` block, or interpreter exit)
+    removes both.
     """
 
     def __init__(self, function: Callable) -> None:
         if not callable(function) or not hasattr(function, "__code__"):
             raise TypeError(f"{function!r} is not a function defined with def")
-        try:
-            source = textwrap.dedent(inspect.getsource(function))
-        except (OSError, TypeError) as exc:
-            raise ValueError(f"the source of {function.__name__} cannot be read ({exc}): define it with def "
-                             "in a notebook cell or a file") from None
-        text = STEP_HEADER + source
+        text = STEP_HEADER + step_module_source(function)
         compile(text, f"<step {function.__name__}>", "exec")  # a syntax error here, not in a child process
         self.directory = runs.temp_dir("eo-step-")
         self.module = f"plugged_step_{self.directory.name.replace('-', '_').lower()}"

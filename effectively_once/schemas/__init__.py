@@ -1,6 +1,7 @@
 """The SQL schemas of the course's databases, one ``.sql`` file each, shipped as package data.
 
-- ``provider.sql``: the payment provider's own database (``ledger``, ``idempotency_keys``);
+- ``provider.sql``: the payment provider's own database (``ledger``, ``payment_intents``, ``declined_charges``,
+  ``events``, ``webhook_deliveries``, ``idempotency_keys``);
 - ``shop.sql``: the shop's database the consumer writes (``charges``, ``consumer_events``, ``consumer_offsets``);
 - ``stripe2023_answers.sql``: the provider's answers as the Stripe 2023 replay records them;
 - ``outbox.sql``: the transactional outbox, the relay's marks and the warehouse's inbox (``orders``,

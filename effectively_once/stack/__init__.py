@@ -1,13 +1,15 @@
 """Where Kafka and PostgreSQL come from: ``start(backend)`` returns a running ``Stack``.
 
 Backends:
-- ``docker``: Apache Kafka 4.x (KRaft) and the postgres image through testcontainers;
+- ``docker``: the same Apache Kafka node and PostgreSQL commands as ``embedded``, in containers
+  (testcontainers), on the official images or ones ``tools/build_images.py`` built here;
 - ``embedded``: Apache Kafka 4.x in a JVM and a real PostgreSQL, as child processes;
 - ``tansu``: the Tansu Kafka-protocol broker and a real PostgreSQL, for machines with no Java
   and no way to fetch Kafka's jars (it lacks three of the guarantees the course teaches);
 - ``external``: ``EO_KAFKA_BOOTSTRAP`` and ``EO_POSTGRES_DSN`` (a workshop's shared cluster).
-``auto`` picks docker when a Docker daemon answers within about 2 s, else
-embedded when a Java runtime and Kafka's jars can be had, else tansu.
+``auto`` picks docker when a Docker engine answers within about 2 s and its
+images are here or can be pulled, else embedded when a Java runtime and
+Kafka's jars can be had, else tansu.
 
 A ``Stack`` owns the processes it started and stops them by pid; a stack
 attached to (``attach_or_start``) belongs to whoever started it and is left running.

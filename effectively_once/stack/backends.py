@@ -1,7 +1,10 @@
 """Which backend to run, and starting it: ``start(backend)`` returns a running ``Stack``.
 
-``auto`` picks docker when a Docker daemon answers within about 2 s, else
-embedded when a Java runtime and Kafka's jars can be had, else tansu.
+``auto`` picks docker when a Docker engine answers within about 2 s and has
+both images (or a registry starts sending them within a few seconds), else
+embedded when a Java runtime and Kafka's jars can be had (jgo, installed with
+the course, fetches them), else tansu where its binary is built. It never
+fails on an image it cannot get: it says why and moves on.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from effectively_once import runs
 from effectively_once.kafka import admin_client
 from effectively_once.settings import eo_home
 from effectively_once.stack.core import Stack, StackError
-from effectively_once.stack.docker import docker_available
+from effectively_once.stack.engine import docker_available
 
 BACKENDS = ("auto", "docker", "embedded", "tansu", "external")
 LOCAL_BACKENDS = ("embedded", "tansu")  # child processes under a root directory
+ROOTED_BACKENDS = (*LOCAL_BACKENDS, "docker")  # keep their files (Kafka's log) under a root directory
 
 
 def detect_broker_flavor(bootstrap: str, timeout: float = 10.0, config: dict[str, Any] | None = None) -> str:
@@ -58,9 +62,16 @@ def choose_backend(backend: str = "auto", progress: Callable[..., None] = print,
                    fetch: bool = True) -> tuple[str, str]:
     """Resolve ``auto`` (and ``$EO_BACKEND``) to a concrete backend, with the reason.
 
-    Deciding on ``embedded`` may fetch Kafka's jars once (with a progress bar);
-    with ``fetch=False`` a way to fetch them (``mvn`` or EO_MAVEN_REPOSITORY) is enough.
+    Deciding on ``docker`` may pull its images, when a registry answers within
+    a few seconds; deciding on ``embedded`` may fetch Kafka's jars once (with a
+    progress bar). With ``fetch=False`` nothing is pulled or fetched: images
+    must be here, and a way to fetch the jars (jgo, which the course installs,
+    or ``mvn``) is enough. ``tansu`` is the last resort, and only where its
+    binary is built (``tansu_unavailable``); where nothing can run, a
+    ``StackError`` says what to do.
     """
+    from effectively_once.stack.embedded import tansu_unavailable
+
     backend = backend or "auto"
     if backend == "auto":
         backend = os.environ.get("EO_BACKEND", "auto") or "auto"
@@ -68,11 +79,21 @@ def choose_backend(backend: str = "auto", progress: Callable[..., None] = print,
             return _check_backend(backend), "EO_BACKEND is set"
         ok, why = docker_available()
         if ok:
-            return "docker", why
+            from effectively_once.stack.images import obtain_images
+
+            choices, missing = obtain_images(pull=fetch, progress=progress)
+            if missing is None:
+                return "docker", f"{why}; images {', '.join(c.describe() for c in choices.values())}"
+            why = f"Docker answers but {missing}; using embedded"
         ok, java_why = embedded_available(progress, fetch=fetch)
         if ok:
             return "embedded", f"{why}; {java_why}"
-        return "tansu", f"{why}; {java_why}, so the light Tansu broker (it lacks three Kafka guarantees)"
+        no_tansu = tansu_unavailable()
+        if no_tansu is None:
+            return "tansu", f"{why}; {java_why}, so the light Tansu broker (it lacks three Kafka guarantees)"
+        raise StackError(f"No broker can run here: {why}; {java_why}; and {no_tansu}: start Docker, or let the "
+                         "embedded Apache Kafka fetch its jars (check the network, or set EO_MAVEN_REPOSITORY)"
+                         ", or use a shared cluster (EO_BACKEND=external).")
     return _check_backend(backend), "asked for"
 
 
@@ -87,10 +108,14 @@ def embedded_available(progress: Callable[..., None] = print, fetch: bool = True
         return False, str(exc)
     was_cached = jars.cached()
     if not was_cached and not fetch:
-        if jars.fetch_method() == "mvn" or os.environ.get("EO_MAVEN_REPOSITORY"):
-            return True, f"Apache Kafka can run in a JVM here (Java {java.version}; its jars are fetched on first use)"
-        return False, f"Java {java.version} found, but Kafka's jars are not cached and neither mvn nor " \
-                      "EO_MAVEN_REPOSITORY can fetch them"
+        try:
+            routes = jars.fetch_routes()
+        except jars.JarsUnavailable as exc:
+            return False, f"Java {java.version} found, but Kafka's jars are not cached and {exc}"
+        if routes:
+            return True, (f"Apache Kafka can run in a JVM here (Java {java.version}; its jars are fetched on "
+                          f"first use, with {routes[0].describe()})")
+        return False, f"Java {java.version} found, but Kafka's jars are not cached and {jars.why_no_route()}"
     try:
         jars.ensure_jars(progress)
     except jars.JarsUnavailable as exc:
@@ -102,6 +127,13 @@ def embedded_available(progress: Callable[..., None] = print, fetch: bool = True
 def _check_backend(backend: str) -> str:
     if backend not in BACKENDS[1:]:
         raise StackError(f"Unknown backend {backend!r}: use one of {', '.join(BACKENDS)}.")
+    if backend == "tansu":
+        from effectively_once.stack.embedded import tansu_unavailable
+
+        no_tansu = tansu_unavailable()
+        if no_tansu is not None:
+            raise StackError(f"The tansu backend cannot run here: {no_tansu}; use EO_BACKEND=embedded "
+                             "(Apache Kafka in a JVM) or docker instead.")
     return backend
 
 
@@ -110,8 +142,8 @@ def start(backend: str = "auto", *, root: Path | None = None, progress: Callable
           secure: bool = False) -> Stack:
     """Start (or, for ``external``, connect to) a broker and a PostgreSQL server.
 
-    ``root`` is where an embedded stack keeps its files; by default a fresh
-    directory under ``$EO_HOME/runs`` that ``stop()`` removes. ``secure``
+    ``root`` is where an embedded or docker stack keeps its files; by default a
+    fresh directory under ``$EO_HOME/runs`` that ``stop()`` removes. ``secure``
     (embedded only) locks both servers: see ``start_secured``.
     """
     chosen, why = choose_backend(backend, progress)
@@ -127,7 +159,7 @@ def start(backend: str = "auto", *, root: Path | None = None, progress: Callable
     elif chosen == "docker":
         from effectively_once.stack.docker import start_docker
 
-        stack = start_docker(progress)
+        stack = start_docker(root, progress)
     else:
         from effectively_once.stack.external import connect_external
 

@@ -94,10 +94,10 @@ class Stacks:
         up = self._up_stack()
         if up is not None and up.ref == ref:
             found = (up, "")
-        elif kind == "local" and (not Path(where).exists() or any(_inside(where, d) for d in leaving)):
+        elif kind == "files" and (not Path(where).exists() or any(_inside(where, d) for d in leaving)):
             found = (None, "gone")  # its servers kept everything in that directory
         elif kind == "docker":
-            found = (None, "gone")  # containers go with whoever started them (testcontainers' reaper)
+            found = (None, "gone")  # containers go with whoever started them (their reaper)
         elif kind == "external" and os.environ.get("EO_KAFKA_BOOTSTRAP", "").strip() == where:
             from effectively_once.stack.external import connect_external
 

@@ -45,6 +45,9 @@ class Stack:
     java: str | None = None
     namespace: str = field(default_factory=namespace)
     pids: dict[str, int] = field(default_factory=dict)
+    # The docker backend's servers: name -> container id, and the image each runs.
+    containers: dict[str, str] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
     owned: bool = True
     # A secured stack (``up --secure``): the instructor's 0600 file of logins.
     credentials_file: str | None = None
@@ -60,10 +63,11 @@ class Stack:
     def ref(self) -> str:
         """Which servers this stack's topics, groups and databases live on, as the runs' records name them.
 
-        A local stack is named by its directory (its servers come back on other
-        ports after a restart, with the same files); any other by its broker's address.
+        A stack that keeps its files in a directory (embedded, tansu, docker) is
+        named by it: its servers come back on other ports after a restart, with
+        the same files. Any other by its broker's address.
         """
-        return f"local:{self.root}" if self.root else f"{self.backend}:{self.kafka_bootstrap}"
+        return f"files:{self.root}" if self.root else f"{self.backend}:{self.kafka_bootstrap}"
 
     def _record(self, kind: runs.ResourceKind, name: str, *, keep: bool = False) -> None:
         runs.record(runs.Resource(kind, name, stack=self.ref, keep=keep))
@@ -230,8 +234,21 @@ class Stack:
             result["postgres_error"] = str(exc).splitlines()[0][:200] if str(exc) else repr(exc)
         for name, pid in self.pids.items():
             result["processes"][name] = pid_alive(pid)
-        result["healthy"] = bool(result["broker"] and result["postgres"] and all(result["processes"].values()))
+        result["containers"] = {name: self.alive(name) for name in self.containers}
+        result["healthy"] = bool(result["broker"] and result["postgres"] and all(result["processes"].values())
+                                 and all(result["containers"].values()))
         return result
+
+    def alive(self, name: str) -> bool:
+        """Whether this stack's server ``name`` runs: its container (docker) or its process."""
+        if name in self.containers:
+            from effectively_once.stack.engine import container_running
+
+            try:
+                return container_running(self.containers[name])
+            except Exception:  # the engine itself is gone: so is the container, for a learner
+                return False
+        return pid_alive(self.pids.get(name))
 
     def describe(self) -> dict[str, Any]:
         """What this stack is, as plain data (what ``status --json`` prints)."""
@@ -244,6 +261,7 @@ class Stack:
             "postgres_dsn": self.postgres_dsn("postgres"),
             "namespace": self.namespace,
             "pids": dict(self.pids),
+            **({"containers": dict(self.containers), "images": dict(self.images)} if self.containers else {}),
             **({"secure": True, "credentials_file": self.credentials_file} if self.credentials_file else {}),
         }
 
@@ -255,7 +273,7 @@ class Stack:
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'><code>{v}</code></td></tr>"
-                       for k, v in self.describe().items() if k not in ("pids", "java"))
+                       for k, v in self.describe().items() if k not in ("pids", "java", "containers", "images"))
         return f"<table>{rows}</table>"
 
     def revive(self) -> list[str]:
@@ -267,8 +285,10 @@ class Stack:
         """
         revived = []
         for name, restart in self._revivers.items():
-            if not pid_alive(self.pids.get(name)):
-                self.pids[name] = restart()
+            if not self.alive(name):
+                pid = restart()  # a container keeps its id: only a process gets a new pid
+                if name not in self.containers:
+                    self.pids[name] = pid
                 revived.append(name)
         return revived
 

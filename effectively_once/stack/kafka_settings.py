@@ -1,15 +1,14 @@
 """The one place that says which Apache Kafka the course runs and how it is configured.
 
-The embedded backend writes these settings into its ``server.properties``; the
-docker backend turns the same settings into the ``apache/kafka`` image's
-``KAFKA_*`` environment variables. Change a setting here and both follow.
+Both backends run one node with these settings (``kafka_broker.KafkaNode``):
+embedded in a JVM of its own, docker in a container that reads the same
+``server.properties``. Change a setting here and both follow.
 """
 
 from __future__ import annotations
 
 KAFKA_VERSION = "4.4.0"
 SCALA_VERSION = "2.13"
-DOCKER_IMAGE = f"apache/kafka:{KAFKA_VERSION}"
 
 # About 512 MB of heap: the broker of one learner holds a few small topics.
 HEAP_OPTS = "-Xms512m -Xmx512m"
@@ -45,15 +44,6 @@ BROKER_SETTINGS: dict[str, str] = {
 CLASSIC_SESSION_TIMEOUT_MS = 2000
 CLASSIC_HEARTBEAT_INTERVAL_MS = 500
 
-
-def docker_environment() -> dict[str, str]:
-    """The settings as the ``apache/kafka`` image reads them: ``a.b_c`` becomes ``KAFKA_A_B__C``."""
-    env = {}
-    for key, value in BROKER_SETTINGS.items():
-        name = key.replace("_", "__").replace("-", "___").replace(".", "_").upper()
-        env[f"KAFKA_{name}"] = value
-    env["KAFKA_HEAP_OPTS"] = HEAP_OPTS
-    return env
 
 # Which group protocol the course's consumers speak on Apache Kafka: "classic"
 # (JoinGroup/SyncGroup) or "consumer" (KIP-848, GA in Kafka 4.0).

@@ -3,10 +3,10 @@
 It starts a stack, records it in ``$EO_HOME/stack.json`` and keeps it alive
 until it receives SIGTERM (from ``down``); then it stops every process it
 started. SIGUSR1 (from ``up``, when a process of the stack died) restarts the
-dead processes on their files and ports and records their new pids. One
-keeper per state directory. For the docker backend it also keeps
-testcontainers' reaper from removing the containers, which it does as soon as
-the process that started them exits.
+dead processes (or containers) on their files and ports and records their
+new pids. One keeper per state directory. For the docker backend it is the
+owner of the containers: testcontainers' reaper, or the course's own,
+removes them as soon as it exits.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import signal
 import threading
 
 from effectively_once.settings import eo_home
-from effectively_once.stack.backends import BACKENDS, LOCAL_BACKENDS, choose_backend, start
+from effectively_once.stack.backends import BACKENDS, ROOTED_BACKENDS, choose_backend, start
 from effectively_once.stack.secure import hide_password, write_private
 from effectively_once.stack.state import read_state, state_path
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.secure:
             running = start(args.backend, root=root, secure=True)
-        elif choose_backend(args.backend)[0] in LOCAL_BACKENDS:
+        elif choose_backend(args.backend)[0] in ROOTED_BACKENDS:
             running = start(args.backend, root=root)
         else:
             running = start(args.backend)

@@ -64,6 +64,8 @@ def attach(record: dict[str, Any] | None = None) -> Stack:
         broker_version=record.get("broker_version"),
         java=record.get("java"),
         pids={k: int(v) for k, v in record.get("pids", {}).items()},
+        containers=dict(record.get("containers") or {}),
+        images=dict(record.get("images") or {}),
         owned=False,
         credentials_file=record.get("credentials_file"),
         root=record.get("root"),
@@ -102,9 +104,11 @@ def command_stack(backend: str = "auto", progress: Callable[..., None] = to_stde
 
 
 def stop_recorded(record: dict[str, Any], purge: bool = False) -> list[str]:
-    """Stop every process listed in an ``up`` record, keeper first; return what was stopped.
+    """Stop every process listed in an ``up`` record, keeper first, and remove its containers; say what went.
 
-    The stack's files (Kafka's log, PostgreSQL's data) stay for the next ``up``
+    The keeper removes a docker stack's containers when it stops; what is
+    still there after it (a keeper that was SIGKILLed) is removed here. The
+    stack's files (Kafka's log, PostgreSQL's data) stay for the next ``up``
     unless ``purge``.
     """
     stopped = []
@@ -115,6 +119,17 @@ def stop_recorded(record: dict[str, Any], purge: bool = False) -> list[str]:
     for name, pid in pids.items():
         if name != "keeper" and stop_pid(int(pid), timeout=10):
             stopped.append(f"{name} (pid {pid})")
+    containers = record.get("containers") or {}
+    if containers:
+        from effectively_once.stack.engine import remove_containers
+
+        try:
+            # The keeper removed them when it stopped, unless it was SIGKILLed: then they go here.
+            removed = remove_containers(list(containers.values()))
+            stopped.append(f"its {len(containers)} containers" + (f" ({len(removed)} left by the keeper)"
+                                                                  if removed else ""))
+        except Exception as exc:  # no engine answers: nothing of ours can be running there
+            stopped.append(f"(its containers could not be checked: {exc})")
     root = record.get("root")
     if root and purge:
         shutil.rmtree(root, ignore_errors=True)
@@ -141,13 +156,14 @@ def wait_for_state(timeout: float, keeper_pid: int) -> dict[str, Any]:
 def revive_recorded(record: dict[str, Any], timeout: float = 180.0) -> dict[str, Any] | None:
     """Ask the keeper of a running stack to restart its dead processes; the healthy record, or None.
 
-    The keeper restarts each dead process on its files and ports (a broker
-    with its log, PostgreSQL with its data), so clients only reconnect. None
-    when the keeper cannot do it (a docker stack, an old keeper): the caller
-    then restarts the whole stack.
+    The keeper restarts each dead process (or stopped container) on its files
+    and ports (a broker with its log, PostgreSQL with its data), so clients
+    only reconnect. None when the keeper cannot do it (an external stack, an
+    old keeper): the caller then restarts the whole stack.
     """
     keeper = record.get("pids", {}).get("keeper")
-    if record.get("backend") not in ("embedded", "tansu") or not pid_alive(keeper) or not hasattr(signal, "SIGUSR1"):
+    if (record.get("backend") not in ("embedded", "tansu", "docker") or not pid_alive(keeper)
+            or not hasattr(signal, "SIGUSR1")):
         return None
     before = record.get("revived", 0)
     os.kill(int(keeper), signal.SIGUSR1)

@@ -11,6 +11,7 @@ from html import escape
 import ipywidgets as w
 
 from effectively_once.theory.generals import ATTACK, ProofStep, Run, proof_steps
+from effectively_once.widgets.placeholder import RunToShow
 from effectively_once.widgets.svgtext import text_width
 
 _COLOURS = {ATTACK: "#c0392b", "retreat": "#2471a3"}
@@ -80,8 +81,10 @@ def step_html(step: ProofStep, index: int, total: int) -> str:
             f'<p><b>Forced decision:</b> both {step.forced}.</p><p>{escape(step.reason)}.</p></div></div>')
 
 
-class GeneralsProofWidget(w.VBox):
+class GeneralsProofWidget(RunToShow, w.VBox):
     """Previous/next through :func:`proof_steps`; set ``.step`` from Python to move it."""
+
+    placeholder = "Run this cell to step through the proof: it needs this notebook's running kernel."
 
     def __init__(self, n_messages: int = 4) -> None:
         self.steps = proof_steps(n_messages)

@@ -1,10 +1,12 @@
 // The browser half of MessageLossWidget (effectively_once/widgets/message_loss.py).
 //
 // Python sends the drawing of every event (`events`), the counters after each step
-// (`frames`) and the summary chart (`summary`). This module draws the lanes, moves a token
+// (`frames`) and the summary chart (`summary`). Each view draws the lanes, moves a token
 // along each new arrow with requestAnimationFrame (a round one for a message, a square one
-// for an ack or a commit), makes a lost one vanish at its cross, and advances the steps on
-// its own timer while `playing`: no kernel round trip per frame.
+// for an ack or a commit) and makes a lost one vanish at its cross. While `playing`, one
+// timer per widget model (in `initialize`, not in `render`) advances `step`: however many
+// views show the widget, it plays at `speed_ms` per step, with no kernel round trip per frame.
+// With prefers-reduced-motion, nothing glides: each step's row appears at once.
 
 const SVG = "http://www.w3.org/2000/svg";
 const GLYPHS = { cross: "\u2717", cycle: "\u21bb", dot: "\u25cf" };
@@ -27,6 +29,39 @@ function easeInOut(t) {
   return t < 0.5 ? 2 * t * t : 1 - Math.pow(-2 * t + 2, 2) / 2;
 }
 
+function reducedMotion() {
+  return Boolean(window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches);
+}
+
+// Once per widget model, however many views it has: the clock that plays it.
+function initialize({ model }) {
+  let timer = null;
+
+  function tick() {
+    const n = model.get("events").length;
+    const step = model.get("step");
+    if (step >= n) {
+      model.set("playing", false);
+    } else {
+      model.set("step", Math.min(step + 1, n));
+    }
+    model.save_changes();
+  }
+
+  function syncTimer() {
+    if (timer !== null) clearInterval(timer);
+    timer = null;
+    if (model.get("playing")) timer = setInterval(tick, Math.max(50, model.get("speed_ms")));
+  }
+
+  model.on("change:playing", syncTimer);
+  model.on("change:speed_ms", syncTimer);
+  syncTimer();
+  return () => {
+    if (timer !== null) clearInterval(timer);
+  };
+}
+
 function render({ model, el }) {
   const L = model.get("layout_info");
   const height = L.top + L.row * L.visible_rows;
@@ -39,15 +74,19 @@ function render({ model, el }) {
   const playButton = htmlEl("button", { class: "eo-play" }, bar);
   const stepButton = htmlEl("button", { class: "eo-step", title: "one event" }, bar);
   stepButton.textContent = "step +1";
+  const endButton = htmlEl("button", { class: "eo-end", title: "the last step, and the summary of all four" }, bar);
+  endButton.textContent = "last step";
   const scrub = htmlEl("input", { type: "range", min: 0, step: 1, class: "eo-scrub", style: "width:260px" }, bar);
   const status = htmlEl("span", { class: "eo-status", style: "font-size:12px" }, bar);
 
+  // The diagram shrinks before the counters move below it: both stay in view together.
   const body = htmlEl("div", { style: "display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start" }, el);
+  const diagram = htmlEl("div", { style: `flex:1 1 460px;min-width:0;max-width:${L.width}px` }, body);
   const svg = svgEl("svg", {
     width: L.width, height, viewBox: `0 0 ${L.width} ${height}`, "font-family": "sans-serif",
-    "font-size": 12, class: "eo-message-loss", style: "max-width:100%;height:auto",
-  }, body);
-  const counterBox = htmlEl("div", { style: "font-size:12px" }, body);
+    "font-size": 12, class: "eo-message-loss", style: "width:100%;height:auto;display:block",
+  }, diagram);
+  const counterBox = htmlEl("div", { class: "eo-counters", style: "flex:0 0 auto;font-size:12px" }, body);
   const summaryBox = htmlEl("div", { class: "eo-summary-box", style: "margin-top:8px;font-size:12px" }, el);
 
   const defs = svgEl("defs", {}, svg);
@@ -65,7 +104,6 @@ function render({ model, el }) {
   const rows = svgEl("g", { class: "eo-rows" }, svg);
 
   let frameRequest = null;
-  let timer = null;
   let shownStep = -1;
 
   function drawRow(d, y, parent) {
@@ -182,7 +220,7 @@ function render({ model, el }) {
       const y = L.top + L.row * (i - first);
       last = { d: events[i], y, parts: drawRow(events[i], y, rows) };
     }
-    if (animate && last) animateRow(last.d, last.y, last.parts);
+    if (animate && last && !reducedMotion()) animateRow(last.d, last.y, last.parts);
     drawCounters(step);
     scrub.max = events.length;
     scrub.value = step;
@@ -204,20 +242,7 @@ function render({ model, el }) {
     model.save_changes();
   }
 
-  function tick() {
-    const n = model.get("events").length;
-    if (model.get("step") >= n) {
-      model.set("playing", false);
-      model.save_changes();
-      return;
-    }
-    setStep(model.get("step") + 1);
-  }
-
-  function syncTimer() {
-    if (timer !== null) clearInterval(timer);
-    timer = null;
-    if (model.get("playing")) timer = setInterval(tick, Math.max(50, model.get("speed_ms")));
+  function showPlaying() {
     playButton.textContent = model.get("playing") ? "pause" : "\u25b6 play";
   }
 
@@ -232,6 +257,10 @@ function render({ model, el }) {
     model.set("playing", false);
     setStep(0);
   });
+  endButton.addEventListener("click", () => {
+    model.set("playing", false);
+    setStep(model.get("events").length);
+  });
   scrub.addEventListener("input", () => {
     model.set("playing", false);
     setStep(Number(scrub.value));
@@ -244,17 +273,16 @@ function render({ model, el }) {
   const onEvents = () => draw(model.get("step"), false);
   const listeners = [
     ["change:step", onStep], ["change:events", onEvents], ["change:frames", onEvents],
-    ["change:summary", onEvents], ["change:playing", syncTimer], ["change:speed_ms", syncTimer],
+    ["change:summary", onEvents], ["change:playing", showPlaying],
   ];
   for (const [name, handler] of listeners) model.on(name, handler);
   draw(model.get("step"), false);
-  syncTimer();
+  showPlaying();
 
   return () => {
-    if (timer !== null) clearInterval(timer);
     if (frameRequest !== null) cancelAnimationFrame(frameRequest);
     for (const [name, handler] of listeners) model.off(name, handler);
   };
 }
 
-export default { render };
+export default { initialize, render };

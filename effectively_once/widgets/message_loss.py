@@ -13,6 +13,12 @@ From Python, setting ``widget.step`` moves the animation deterministically;
 the counters follow, which is how the tests drive it without a browser. The
 same drawings give a static SVG frame, which the widget's output carries for
 readers without a widget front end (GitHub, nbviewer).
+
+The defaults (``DEFAULTS``) are a case where each checkbox changes the counters
+the way notebook 02 says: ticking *idempotent producer* drops the retried copies
+at the broker but leaves duplicated side effects from redeliveries; ticking
+*consumer dedup* too skips those (``checkbox_outcomes`` shows all four, and a
+unit test holds the defaults to it).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import traitlets
 
 from effectively_once.theory import channel
 from effectively_once.theory.channel import Event, Semantics
+from effectively_once.widgets.placeholder import RunToShow
 from effectively_once.widgets.svgtext import text_width
 
 LANES = ("producer", "network", "broker", "consumer")
@@ -37,6 +44,21 @@ WIDTH = 880
 ROW = 22
 TOP = 56
 VISIBLE_ROWS = 16
+
+
+@dataclass(frozen=True)
+class StartingValues:
+    """The values the widget's controls start at."""
+
+    message_loss: float
+    ack_loss: float
+    retries: int
+    seed: int
+
+
+# A seed at which, within the ten animated messages, the idempotent producer removes some duplicates
+# but not all, and the dedup log the rest (see checkbox_outcomes; a unit test holds the defaults to it).
+DEFAULTS = StartingValues(message_loss=0.2, ack_loss=0.2, retries=3, seed=3)
 
 COLOURS = {"normal": "#2471a3", "retry": "#e67e22", "duplicate": "#c0392b", "lost": "#7f8c8d",
            "ack": "#27ae60", "dedup": "#8e44ad", "cross": "#c0392b"}
@@ -264,25 +286,36 @@ class MessageLossAnimation(anywidget.AnyWidget):
     speed_ms = traitlets.Int(400).tag(sync=True)
 
 
+CHECKBOX_SETTINGS = (("neither", False, False), ("idempotent producer", True, False),
+                     ("consumer dedup", False, True), ("both", True, True))
+
+
+def _semantics(retries: int, idempotent_producer: bool, consumer_dedup: bool) -> Semantics:
+    return Semantics(channel.semantics_for(retries, idempotent_producer, consumer_dedup), retries,
+                     idempotent_producer, consumer_dedup)
+
+
 def _layout() -> dict:
     return {"lanes": [[lane, LANE_X[lane]] for lane in LANES], "label_x": LABEL_X, "width": WIDTH, "row": ROW,
             "top": TOP, "visible_rows": VISIBLE_ROWS, "colours": COLOURS}
 
 
-class MessageLossWidget(w.VBox):
+class MessageLossWidget(RunToShow, w.VBox):
     """Producer -> network -> broker -> consumer, animated one event per step.
 
-    Parameters are the starting values of the controls. ``animated_messages``
-    messages are animated; the summary compares the four semantics on
-    ``summary_messages`` messages drawn with the same seed and loss rates.
-    ``preview_step`` is the step drawn in the static frame that readers without
-    a widget front end see in the widget's place.
+    Parameters are the starting values of the controls (by default ``DEFAULTS``).
+    ``animated_messages`` messages are animated; the summary compares the four
+    semantics on ``summary_messages`` messages drawn with the same seed and loss
+    rates. ``preview_step`` is the step drawn in the static frame that readers
+    without a widget front end see in the widget's place.
     """
 
-    def __init__(self, *, message_loss: float = 0.2, ack_loss: float = 0.2, retries: int = 3,
-                 idempotent_producer: bool = False, consumer_dedup: bool = False, seed: int = 0,
-                 speed_ms: int = 400, animated_messages: int = 10, summary_messages: int = 1000,
-                 preview_step: int = 40) -> None:
+    placeholder = "Run this cell to play the animation: it needs this notebook's running kernel."
+
+    def __init__(self, *, message_loss: float = DEFAULTS.message_loss, ack_loss: float = DEFAULTS.ack_loss,
+                 retries: int = DEFAULTS.retries, idempotent_producer: bool = False, consumer_dedup: bool = False,
+                 seed: int = DEFAULTS.seed, speed_ms: int = 400, animated_messages: int = 10,
+                 summary_messages: int = 1000, preview_step: int = 40) -> None:
         self.animated_messages = animated_messages
         self.summary_messages = summary_messages
         self.preview_step = preview_step
@@ -302,8 +335,11 @@ class MessageLossWidget(w.VBox):
         for control in (self.message_loss, self.ack_loss, self.retries, self.idempotent_producer,
                         self.consumer_dedup, self.seed):
             control.observe(lambda _c: self._rebuild(), names="value")
-        controls = w.VBox([self.message_loss, self.ack_loss, self.retries,
-                           w.HBox([self.idempotent_producer, self.consumer_dedup]), self.seed, self.speed])
+        # Two columns of controls, so that they and the counters below fit one screen together.
+        controls = w.HBox([w.VBox([self.message_loss, self.ack_loss, self.retries],
+                                  layout=w.Layout(margin="0 16px 0 0")),
+                           w.VBox([self.idempotent_producer, self.consumer_dedup, self.seed, self.speed])],
+                          layout=w.Layout(flex_flow="row wrap"))
         super().__init__([controls, self.animation])
         self.add_class("eo-message-loss-widget")
         self._rebuild()
@@ -313,9 +349,21 @@ class MessageLossWidget(w.VBox):
     @property
     def semantics(self) -> Semantics:
         """The semantic the controls describe."""
-        name = channel.semantics_for(self.retries.value, self.idempotent_producer.value, self.consumer_dedup.value)
-        return Semantics(name, int(self.retries.value), bool(self.idempotent_producer.value),
-                         bool(self.consumer_dedup.value))
+        return _semantics(int(self.retries.value), bool(self.idempotent_producer.value),
+                          bool(self.consumer_dedup.value))
+
+    def checkbox_outcomes(self) -> dict[str, dict[str, int]]:
+        """The final counters for each setting of the two checkboxes, at the current sliders and seed.
+
+        Keys are ``"neither"``, ``"idempotent producer"``, ``"consumer dedup"`` and ``"both"``. The
+        widget itself is left as it is: same checkboxes, same step.
+        """
+        retries = int(self.retries.value)
+        out = {}
+        for label, idempotent, dedup in CHECKBOX_SETTINGS:
+            events = list(channel.iter_events(self.draws, _semantics(retries, idempotent, dedup)))
+            out[label] = counters(events, self.animated_messages)
+        return out
 
     @property
     def step(self) -> int:

@@ -11,6 +11,7 @@ import html
 import ipywidgets as widgets
 
 from effectively_once.review import MultipleChoice, OpenQuestion
+from effectively_once.widgets.placeholder import RunToShow
 
 _RIGHT = "#d4edda"
 _WRONG = "#f8d7da"
@@ -21,8 +22,10 @@ _WRAP_CHOICES = ("<style>.eo-quiz .widget-radio-box label, .eo-quiz .jupyter-wid
                  "{flex: none; order: -1; margin: 0.25em 6px 0 0}</style>")
 
 
-class MultipleChoiceWidget(widgets.VBox):
+class MultipleChoiceWidget(RunToShow, widgets.VBox):
     """Radio buttons, a Check button, and the feedback for the chosen answer."""
+
+    placeholder = "Run this cell to show the question and answer it."
 
     def __init__(self, question: MultipleChoice):
         self.question = question
@@ -61,8 +64,10 @@ class MultipleChoiceWidget(widgets.VBox):
         return choice.correct
 
 
-class OpenQuestionWidget(widgets.VBox):
+class OpenQuestionWidget(RunToShow, widgets.VBox):
     """A text box for the learner's answer, then the model answer and which points it seems to make."""
+
+    placeholder = "Run this cell to show the question and write your answer."
 
     def __init__(self, question: OpenQuestion):
         self.question = question
