@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,4 +170,5 @@ def test_reset_restores_the_notebook_and_drops_its_runs_only(stack, monkeypatch)
         of_lab.kill(watchdog_first=False)
         if of_04.proc.poll() is None:
             of_04.kill(watchdog_first=False)
+        shutil.rmtree(workspace, ignore_errors=True)
     assert not _wait_until_gone(stack, of_lab.made, 30)
