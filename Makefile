@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The course opens from my-course/, your own git-ignored copy: running it never changes a tracked
+# file, so `git pull` always applies. Notebooks a course update adds are copied in; yours are never overwritten.
 lab: setup
 	$(BIN)/python -m effectively_once up --backend $(BACKEND)
 	@# JupyterLab refuses to run as root unless told to (containers, CI machines).
-	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/00_start_here.ipynb
+	@dir="$$($(BIN)/python -m effectively_once workspace --print-dir)" && cd "$$dir" && \
+	  exec "$(CURDIR)/$(BIN)/jupyter" lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) 00_start_here.ipynb
 
 # The fast checks, no services needed (about a minute): lint, types, every notebook
 # against its source, labs against solutions, and the unit tests.

@@ -1,9 +1,9 @@
 """``python -m effectively_once up|down|status|doctor|...``: the course's command line.
 
 ``up``, ``down``, ``status`` and ``doctor`` live here. Other commands live in
-the module that does their work; each such module has ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int``, and is listed in
-``PLUGIN_COMMANDS``.
+the module that does their work; each such module (or the class named after
+its ``:`` in ``PLUGIN_COMMANDS``) has ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``.
 
 This module and what it imports at the top use only the standard library, so
 ``doctor`` runs on a bare Python before ``make setup``: a subcommand that needs
@@ -28,6 +28,9 @@ from effectively_once.settings import eo_home, namespace, namespace_warning
 from effectively_once.stack.processes import pid_alive
 
 PLUGIN_COMMANDS = {
+    "clean": "effectively_once.stack.cleanup",
+    "reset": "effectively_once.workspace:ResetCommand",
+    "workspace": "effectively_once.workspace:WorkspaceCommand",
     "demo": "effectively_once.payments.demo",
     "probe": "effectively_once.guarantees.cli",
     "lint": "effectively_once.incidents.lint",
@@ -129,10 +132,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     home = eo_home()
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "keeper.log", "ab")
+    # The keeper outlives this command, and belongs to no notebook even when a notebook runs `up`.
     keeper = subprocess.Popen(
         [sys.executable, "-m", "effectively_once.stack.keeper", "--backend", backend,
          *(["--secure"] if args.secure else [])],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k != "JPY_SESSION_NAME"},
     )
     log.close()
     try:
@@ -216,15 +221,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     record = stack_mod.read_state()
     if not record:
-        print("Nothing is running: there is no stack to stop.")
+        print("Nothing is running: there is no stack to stop." + stop_strays())
         return 0
     stopped = stack_mod.stop_recorded(record, purge=args.purge)
     stack_mod.state_path().unlink(missing_ok=True)
     kept = "" if args.purge or not record.get("root") else \
         f" Its files stay in {record['root']} for the next `up` (`down --purge` removes them)."
     print("stopped " + (", ".join(stopped) if stopped else "nothing (its processes had already exited)")
-          + "; state removed." + kept)
+          + "; state removed." + kept + stop_strays())
     return 0
+
+
+def stop_strays() -> str:
+    """Stop the processes earlier runs left running when their owner died; a sentence saying so, or ""."""
+    from effectively_once.stack.cleanup import stop_strays as stop
+
+    stopped = stop()
+    if not stopped:
+        return ""
+    return (f"\nAlso stopped {len(stopped)} process(es) that runs whose owner is gone had left: "
+            + ", ".join(r.describe() for r in stopped)
+            + ". `python -m effectively_once clean` removes the rest of what they left.")
 
 
 # -- doctor --------------------------------------------------------------------------------
@@ -388,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
     doctor = sub.add_parser("doctor", help="check this machine for what the course needs")
     doctor.set_defaults(func=cmd_doctor)
-    for name, module_name in PLUGIN_COMMANDS.items():
+    for name, target in PLUGIN_COMMANDS.items():
+        module_name, _, attribute = target.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -403,9 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
             plugin.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             plugin.set_defaults(func=lambda _args, sentence=sentence: _refuse(sentence))
             continue
-        plugin = sub.add_parser(name, help=getattr(module, "HELP", None))
-        module.add_arguments(plugin)
-        plugin.set_defaults(func=module.run)
+        command = getattr(module, attribute) if attribute else module
+        plugin = sub.add_parser(name, help=getattr(command, "HELP", None))
+        command.add_arguments(plugin)
+        plugin.set_defaults(func=command.run)
     return parser
 
 

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import select
-import signal
 import statistics
 import struct
 import subprocess
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from effectively_once import runs
 from effectively_once import stack as stack_mod
 from effectively_once.guarantees.clients import OPERATION_TIMEOUT
 from effectively_once.guarantees.defaults import RequestLog
@@ -48,6 +48,7 @@ from effectively_once.guarantees.wire import (
     parse_batches,
 )
 from effectively_once.kafka import client_settings, quiet_logger
+from effectively_once.lifetime import kill_now
 
 # The request versions a client must send for the broker to run its transactions on
 # transaction version 2 (KIP-890 part 2): EndTxn v5+ and Produce v12+.
@@ -226,8 +227,8 @@ def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions:
     config: dict[str, Any] = {"bootstrap.servers": stack.kafka_bootstrap, **client_settings(), "group.id": group,
                               "auto.offset.reset": "earliest", "enable.auto.commit": False,
                               **consumer_group_settings(protocol)}
-    victim = subprocess.Popen([sys.executable, "-c", _VICTIM, json.dumps(config), topic],
-                              stdout=subprocess.PIPE, text=True)
+    victim = runs.start_process("victim", [sys.executable, "-c", _VICTIM, json.dumps(config), topic],
+                                stdout=subprocess.PIPE, text=True)
     survivor = None
     try:
         assert victim.stdout is not None
@@ -246,7 +247,7 @@ def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions:
             raise RuntimeError(f"{protocol}: the group never split its partitions")
         time.sleep(1.0)  # let the split settle: heartbeats flowing on both sides
         survivor.poll(0.05)
-        os.kill(victim.pid, signal.SIGKILL)
+        kill_now(victim.pid)
         killed = time.monotonic()
         while time.monotonic() < killed + 60:
             survivor.poll(0.02)
@@ -259,6 +260,7 @@ def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions:
         if victim.poll() is None:
             victim.kill()
         victim.wait()
+        runs.process_ended("victim", victim)
         if victim.stdout is not None:
             victim.stdout.close()
 
@@ -530,8 +532,9 @@ def kafka_transactions(stack: stack_mod.Stack, *args: str, timeout: float = 60.0
 
 
 _ABANDONING_PRODUCER = """
-import json, os, signal, sys
+import json, os, sys
 from confluent_kafka import Producer
+from effectively_once.lifetime import kill_now
 config, topic, records = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 producer = Producer(config)
 producer.init_transactions(30)
@@ -540,7 +543,7 @@ for number in range(records):
     producer.produce(topic, value=f"uncommitted {number + 1}".encode(), partition=0)
 producer.flush(30)
 print("flushed", flush=True)
-os.kill(os.getpid(), signal.SIGKILL)  # no commit, no abort: the transaction stays open
+kill_now(os.getpid())  # no commit, no abort: the transaction stays open
 """
 
 

@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 
 from effectively_once import protocol
 from effectively_once.db import one
-from effectively_once.kafka import ensure_topic
 from effectively_once.schemas import load
 
 if TYPE_CHECKING:
@@ -500,7 +499,7 @@ class FloodLab:
         provider_url, provider_dsn = lab.provider.url, lab.provider_dsn
         self.runs += 1
         dlq = f"{lab.topic}.dlq.{self.runs}"
-        ensure_topic(self.stack.kafka_bootstrap, dlq)
+        self.stack.ensure_topic(dlq)
         self._topics.append(dlq)
         self.say(f"parking {messages} dead-lettered charges in {dlq}...")
         records = dlq_records(messages, seed=seed, prefix=f"{lab.run_id}r{self.runs}", source_topic=lab.topic,

@@ -2,7 +2,10 @@
 
 Each ``Child`` is owned by the object that started it, works as a context
 manager, and registers an atexit cleanup, so that a notebook kernel or a test
-that exits leaves nothing running.
+that exits leaves nothing running. A kernel that dies without running its
+atexit handlers (SIGKILL, a restart) takes its children with it all the
+same: each is started to die with the process that started it, and is
+recorded in its run (``effectively_once.runs``) for the watchdog and ``clean``.
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
-from effectively_once import protocol
+from effectively_once import protocol, runs
+from effectively_once.lifetime import SIGKILL, kill_now
 from effectively_once.observe.scrape import Scrape, scrape
 from effectively_once.payments.messages import DEFAULT_API_KEY
 from effectively_once.payments.settings import ConsumerSettings
@@ -36,7 +39,7 @@ class Child:
     def __init__(self, argv: list[str], log_dir: Path | None = None) -> None:
         self.argv = argv
         self._own_log_dir = log_dir is None
-        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix=f"eo-{self.name}-"))
+        self.log_dir = Path(log_dir) if log_dir is not None else runs.temp_dir(f"eo-{self.name}-")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"{self.name}-{time.time_ns()}.log"
         self.proc: subprocess.Popen | None = None
@@ -45,9 +48,10 @@ class Child:
         """Start the process (its stdout and stderr go to ``log_path``)."""
         with open(self.log_path, "ab") as log:
             # A session of its own: Ctrl-C in a notebook must not reach the pipeline's processes.
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            # SIGKILL when its owner dies: the pipeline is built to survive exactly that.
+            self.proc = runs.start_process(self.name, self.argv, die_signal=SIGKILL, stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         atexit.register(self.stop)
         return self
 
@@ -69,7 +73,7 @@ class Child:
     @property
     def killed_by_sigkill(self) -> bool:
         """True when the process ended by SIGKILL (its own crash point or a kill from outside)."""
-        return self.returncode == -signal.SIGKILL
+        return self.returncode == -SIGKILL
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit and return its exit status (TimeoutError if it does not)."""
@@ -83,7 +87,7 @@ class Child:
     def kill(self) -> None:
         """SIGKILL the process now, as a crash would, and collect its exit status."""
         if self.proc is not None and self.running:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            kill_now(self.proc.pid)
             self.proc.wait(10)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -93,16 +97,12 @@ class Child:
                 self.proc.send_signal(signal.SIGTERM)
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                stop_pid(self.proc.pid, signal.SIGKILL, timeout=5)
+                stop_pid(self.proc.pid, SIGKILL, timeout=5)
                 self.proc.poll()
+        runs.process_ended(self.name, self.proc)
         atexit.unregister(self.stop)
         if self._own_log_dir:
-            for path in self.log_dir.glob("*"):
-                path.unlink(missing_ok=True)
-            try:
-                self.log_dir.rmdir()
-            except OSError:
-                pass
+            runs.remove_dir(self.log_dir)
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the process's output, for error messages."""

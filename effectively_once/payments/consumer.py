@@ -39,6 +39,7 @@ import psycopg
 
 from effectively_once import protocol
 from effectively_once.kafka import client_settings, ensure_topic, is_partition_eof, quiet_logger, refused_by_rebalance
+from effectively_once.lifetime import kill_now
 from effectively_once.observe.exporter import ConsumerTelemetry
 from effectively_once.observe.spans import configure_tracing
 from effectively_once.payments.client import ChargeFailed, ProviderClient
@@ -110,13 +111,16 @@ class StepContext:
         self.reached[name] = self.reached.get(name, 0) + 1
         if name == self.crash_at and self.reached[name] == self.crash_on:
             print(protocol.crash_point_reached(name, self.crash_on), flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill_now(os.getpid())
         if name == self.pause_at and self.reached[name] == 1:
             # No cleanup to wait for while paused: a SIGTERM (the lab stopping) ends the process at once.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             print(protocol.paused_at(name, self.current_msg_id or "(a batch)"), flush=True)
             while True:
-                signal.pause()
+                if hasattr(signal, "pause"):
+                    signal.pause()
+                else:  # Windows has no pause(); a SIGTERM ends the sleep all the same
+                    time.sleep(3600)
 
 
 def _msg_id_of(value: bytes | None, headers: dict[str, bytes]) -> str | None:

@@ -19,7 +19,6 @@ import atexit
 import html
 import json
 import os
-import signal
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -30,6 +29,7 @@ import psycopg
 
 from effectively_once.db import columns, one
 from effectively_once.kafka import client_settings, quiet_logger, read_topic
+from effectively_once.lifetime import SIGKILL
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
 from effectively_once.payments.consumer import EXIT_RESTART, migrate_shop
 from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for
@@ -183,7 +183,7 @@ class KillReport:
     def __repr__(self) -> str:
         where = (f"it was paused at {self.paused_at} with {self.msg_id}" if self.paused_at else
                  "it was still running, between two crash points")
-        status = (f"exit status {self.exit_status} (SIGKILL)" if self.exit_status == -signal.SIGKILL
+        status = (f"exit status {self.exit_status} (SIGKILL)" if self.exit_status == -SIGKILL
                   else f"exit status {self.exit_status}")
         return (f"SIGKILL sent to consumer pid {self.pid} by {self.by}: {where}.\n"
                 f"money moved at the provider: {self.charged} of {plural(self.messages, 'message')}; "
@@ -557,6 +557,11 @@ class PaymentLab:
                 self.stack.drop_database(f"shop_{self._token}")
             if self._owns_provider and self.provider_dsn:
                 self.stack.drop_database(f"provider_{self._token}")
+        else:  # left to inspect: the run's watchdog leaves them; `clean` or `reset` removes them
+            kept = [f"shop_{self._token}"] if self._owns_shop else []
+            if self._owns_provider and self.provider_dsn:
+                kept.append(f"provider_{self._token}")
+            self.stack.keep_for_inspection(topics=(self.topic,), databases=tuple(map(self.stack.database, kept)))
         atexit.unregister(self.stop)
 
     def __enter__(self) -> PaymentLab:

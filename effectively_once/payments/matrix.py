@@ -21,18 +21,16 @@ from __future__ import annotations
 import atexit
 import html
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from effectively_once import runs
 from effectively_once.db import columns
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
@@ -396,7 +394,7 @@ class PluggedStep:
             raise TypeError(f"{function!r} is not a function defined with def")
         text = STEP_HEADER + step_module_source(function)
         compile(text, f"<step {function.__name__}>", "exec")  # a syntax error here, not in a child process
-        self.directory = Path(tempfile.mkdtemp(prefix="eo-step-"))
+        self.directory = runs.temp_dir("eo-step-")
         self.module = f"plugged_step_{self.directory.name.replace('-', '_').lower()}"
         (self.directory / f"{self.module}.py").write_text(text)
         self.spec = f"{self.module}:{function.__name__}"
@@ -415,7 +413,7 @@ class PluggedStep:
             os.environ["PYTHONPATH"] = os.pathsep.join(parts)
         else:
             os.environ.pop("PYTHONPATH", None)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        runs.remove_dir(self.directory)
         atexit.unregister(self.close)
 
     def __enter__(self) -> PluggedStep:

@@ -27,7 +27,6 @@ import atexit
 import json
 import os
 import random
-import signal
 import sys
 import time
 import uuid
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from effectively_once.db import columns, one
+from effectively_once.lifetime import kill_now
 from effectively_once.payments.children import Child
 from effectively_once.payments.lab import Table
 from effectively_once.schemas import load
@@ -104,7 +104,7 @@ def relay(dsn: str, bootstrap: str, *, batch_size: int = 100, crash_after_publis
                 if crash_after_publish:
                     log(CRASHED_AFTER_PUBLISH)
                     sys.stdout.flush()
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    kill_now(os.getpid())
                 conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
                 marked += len(rows)
             idle_since = time.monotonic()

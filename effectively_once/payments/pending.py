@@ -25,8 +25,6 @@ harmless is gone, so the charge must be looked up at the provider first.
 from __future__ import annotations
 
 import atexit
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,7 +35,9 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import errors
 
+from effectively_once import runs
 from effectively_once.db import columns
+from effectively_once.lifetime import kill_now
 from effectively_once.payments.lab import Table
 
 if TYPE_CHECKING:
@@ -157,7 +157,8 @@ class RowLockLab:
         """A child process locks the row and is SIGKILLed mid-call; B's NOWAIT lock succeeds right after."""
         self.add_pending(msg_id)
         story = LockStory()
-        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, self.dsn, msg_id], stdout=subprocess.PIPE, text=True)
+        holder = runs.start_process("lock holder", [sys.executable, "-c", _HOLDER, self.dsn, msg_id],
+                                    stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout is not None
             if holder.stdout.readline().strip() != "locked":
@@ -170,7 +171,7 @@ class RowLockLab:
                 except errors.LockNotAvailable:
                     story.step("B", "SELECT ... FOR UPDATE NOWAIT", "refused: A holds it")
                 b.rollback()
-                os.kill(holder.pid, signal.SIGKILL)
+                kill_now(holder.pid)
                 holder.wait(timeout)
                 story.step("A", "killed with SIGKILL", f"exit status {holder.returncode}")
                 deadline = time.monotonic() + timeout
@@ -190,6 +191,7 @@ class RowLockLab:
             if holder.poll() is None:
                 holder.kill()
             holder.wait()
+            runs.process_ended("lock holder", holder)
             if holder.stdout is not None:
                 holder.stdout.close()
         story.row = self._row(msg_id)

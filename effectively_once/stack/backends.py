@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from effectively_once import runs
 from effectively_once.kafka import admin_client
 from effectively_once.settings import eo_home
 from effectively_once.stack.core import Stack, StackError
@@ -200,12 +200,14 @@ def _start_local(backend: str, root: Path | None, progress: Callable[..., None],
     if backend == "embedded":
         _need_java_and_jars(progress)
     remove_root = root is None
-    if root is None:
-        runs = eo_home() / "runs"
-        runs.mkdir(parents=True, exist_ok=True)
-        root = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=runs))
-    postgres, broker = start_embedded(root, progress, broker_kind="kafka" if backend == "embedded" else "tansu",
-                                      passwords=passwords)
+    root = _private_root(backend) if root is None else Path(os.path.abspath(root))
+    try:
+        postgres, broker = start_embedded(root, progress, broker_kind="kafka" if backend == "embedded" else "tansu",
+                                          passwords=passwords)
+    except Exception:
+        if remove_root:
+            runs.remove_dir(root)
+        raise
     stack = Stack(
         backend=backend,
         kafka_bootstrap=broker.bootstrap,
@@ -213,12 +215,20 @@ def _start_local(backend: str, root: Path | None, progress: Callable[..., None],
         broker_version=broker.version,
         java=broker.java.path if broker.java else None,
         pids={"broker": broker.pid or 0, "postgres": postgres.pid or 0},
+        root=str(root),
     )
-    stack._stoppers.append(lambda: shutil.rmtree(root, ignore_errors=True) if remove_root else None)
+    stack._stoppers.append(lambda: runs.remove_dir(root) if remove_root else None)
     stack._stoppers.append(postgres.stop)
     stack._stoppers.append(broker.stop)
     stack._revivers.update(broker=_reviver(broker), postgres=_reviver(postgres))
     return stack
+
+
+def _private_root(backend: str, what: str = "") -> Path:
+    """A new directory under ``$EO_HOME/runs`` for a stack that lives as long as this process, recorded as its run's."""
+    parent = eo_home() / "runs"
+    parent.mkdir(parents=True, exist_ok=True)
+    return runs.recorded_dir(Path(os.path.abspath(tempfile.mkdtemp(prefix=f"{backend}-{what}", dir=parent))))
 
 
 def start_secured(root: Path | None, progress: Callable[..., None]) -> Stack:
@@ -250,8 +260,9 @@ def _reviver(server: Any) -> Callable[[], int]:
     def revive() -> int:
         if server.process is not None:
             server.process.poll()  # collect the dead one's exit status
-        if getattr(server, "socket_dir", None) is not None:
-            shutil.rmtree(server.socket_dir, ignore_errors=True)
+            runs.process_ended(server.role, server.process)
+        if hasattr(server, "remove_socket_dir"):
+            server.remove_socket_dir()
         server.start()
         return server.pid or 0
 
@@ -266,22 +277,20 @@ def private_broker(backend: str, progress: Callable[..., None] = print) -> Itera
     """
     if backend not in LOCAL_BACKENDS:
         raise StackError(f"A private broker is {' or '.join(LOCAL_BACKENDS)}, not {backend!r}.")
-    runs = eo_home() / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f"{backend}-broker-", dir=runs))
     from effectively_once.stack.embedded import new_broker
 
     if backend == "embedded":
         _need_java_and_jars(progress)
+    root = _private_root(backend, "broker-")
     broker = new_broker("kafka" if backend == "embedded" else "tansu", root)
     try:
         progress(f"starting a private {backend} broker for comparison...")
         broker.start()
         stack = Stack(backend=backend, kafka_bootstrap=broker.bootstrap, base_dsn="", broker_version=broker.version,
-                      pids={"broker": broker.pid or 0})
+                      pids={"broker": broker.pid or 0}, root=str(root))
         stack.broker_flavor = detect_broker_flavor(stack.kafka_bootstrap)
         yield stack
     finally:
         broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        runs.remove_dir(root)
 

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from effectively_once import runs
 from effectively_once.kafka import admin_client, client_settings, ensure_topic
+from effectively_once.lifetime import pid_alive
 from effectively_once.settings import namespace
-from effectively_once.stack.processes import pid_alive
 
 
 class StackError(RuntimeError):
@@ -50,10 +51,29 @@ class Stack:
     owned: bool = True
     # A secured stack (``up --secure``): the instructor's 0600 file of logins.
     credentials_file: str | None = None
+    # Where a local stack (embedded, tansu) keeps its files: what names it in the runs' records.
+    root: str | None = None
     _stoppers: list[Callable[[], None]] = field(default_factory=list, repr=False)
     # name -> restart that process on its files and ports, returning its new pid (local backends only)
     _revivers: dict[str, Callable[[], int]] = field(default_factory=dict, repr=False)
     _stopped: bool = field(default=False, repr=False)
+    _groups: set[str] = field(default_factory=set, repr=False)
+
+    @property
+    def ref(self) -> str:
+        """Which servers this stack's topics, groups and databases live on, as the runs' records name them.
+
+        A stack that keeps its files in a directory (embedded, tansu, docker) is
+        named by it: its servers come back on other ports after a restart, with
+        the same files. Any other by its broker's address.
+        """
+        return f"files:{self.root}" if self.root else f"{self.backend}:{self.kafka_bootstrap}"
+
+    def _record(self, kind: runs.ResourceKind, name: str, *, keep: bool = False) -> None:
+        runs.record(runs.Resource(kind, name, stack=self.ref, keep=keep))
+
+    def _release(self, kind: runs.ResourceKind, name: str) -> None:
+        runs.release(runs.Resource(kind, name, stack=self.ref))
 
     # -- names -------------------------------------------------------------------------
     def topic(self, name: str) -> str:
@@ -61,8 +81,12 @@ class Stack:
         return f"{self.namespace}.{name}"
 
     def group(self, name: str) -> str:
-        """The namespaced name of consumer group ``name``."""
-        return f"{self.namespace}.{name}"
+        """The namespaced name of consumer group ``name``, recorded as this run's (see ``runs``)."""
+        full = f"{self.namespace}.{name}"
+        if full not in self._groups:
+            self._groups.add(full)
+            self._record("group", full)
+        return full
 
     def database(self, name: str) -> str:
         """The namespaced name of database ``name`` (e.g. ``alice_shop``)."""
@@ -85,18 +109,26 @@ class Stack:
             if fresh:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
             exists = conn.execute("select 1 from pg_database where datname = %s", (db,)).fetchone()
+            self._record("database", db)
             if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
         return self.postgres_dsn(db)
 
     def drop_database(self, name: str) -> None:
         """Drop the namespaced database ``name`` if it exists."""
+        self.drop_databases(self.database(name))
+
+    def drop_databases(self, *full_names: str) -> None:
+        """Drop databases by their full names, if they exist."""
         import psycopg
         from psycopg import sql
 
+        if not full_names:
+            return
         with psycopg.connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(self.database(name))))
+            for db in full_names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+                self._release("database", db)
 
     # -- Kafka -------------------------------------------------------------------------
     def admin(self):
@@ -105,7 +137,12 @@ class Stack:
 
     def create_topic(self, name: str, partitions: int = 3) -> str:
         """Create the namespaced topic ``name`` (if missing) and return its full name."""
-        return ensure_topic(self.kafka_bootstrap, self.topic(name), partitions)
+        return self.ensure_topic(self.topic(name), partitions)
+
+    def ensure_topic(self, full_name: str, partitions: int = 1) -> str:
+        """Create topic ``full_name`` (its full name) unless it exists, recorded as this run's; return it."""
+        self._record("topic", full_name)
+        return ensure_topic(self.kafka_bootstrap, full_name, partitions)
 
     def delete_topics(self, *full_names: str) -> None:
         """Delete topics by their full names (best effort)."""
@@ -117,6 +154,19 @@ class Stack:
                 future.result(timeout=15)
             except Exception:
                 pass
+        for name in full_names:
+            self._release("topic", name)
+
+    def keep_for_inspection(self, *, topics: tuple[str, ...] = (), databases: tuple[str, ...] = ()) -> None:
+        """Mark topics and databases (full names) as kept after the run, to inspect.
+
+        The run's watchdog leaves them when the run ends; ``clean`` and
+        ``reset`` remove them.
+        """
+        for name in topics:
+            self._record("topic", name, keep=True)
+        for name in databases:
+            self._record("database", name, keep=True)
 
     def list_topics(self) -> list[str]:
         """Every topic on the broker this learner can see (namespaced ones only)."""

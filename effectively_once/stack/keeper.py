@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: stop_event.set())
     revive_event = threading.Event()  # SIGUSR1, from `up`: restart the processes that died
-    signal.signal(signal.SIGUSR1, lambda *_: revive_event.set())
+    if hasattr(signal, "SIGUSR1"):  # POSIX only; elsewhere `up` restarts the whole stack
+        signal.signal(signal.SIGUSR1, lambda *_: revive_event.set())
 
     root = eo_home() / ("secure-stack" if args.secure else "stack")
     root.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     record = running.describe()
-    record.update(ready=True, root=str(root) if running.backend in ROOTED_BACKENDS else None)
+    record.update(ready=True, root=running.root)
     record["pids"] = {"keeper": os.getpid(), **running.pids}
     _write_state(record)
     shown = {**record, "postgres_dsn": hide_password(record.get("postgres_dsn") or "")}

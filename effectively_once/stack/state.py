@@ -68,6 +68,7 @@ def attach(record: dict[str, Any] | None = None) -> Stack:
         images=dict(record.get("images") or {}),
         owned=False,
         credentials_file=record.get("credentials_file"),
+        root=record.get("root"),
     )
 
 
@@ -161,7 +162,8 @@ def revive_recorded(record: dict[str, Any], timeout: float = 180.0) -> dict[str,
     old keeper): the caller then restarts the whole stack.
     """
     keeper = record.get("pids", {}).get("keeper")
-    if record.get("backend") not in ("embedded", "tansu", "docker") or not pid_alive(keeper):
+    if (record.get("backend") not in ("embedded", "tansu", "docker") or not pid_alive(keeper)
+            or not hasattr(signal, "SIGUSR1")):
         return None
     before = record.get("revived", 0)
     os.kill(int(keeper), signal.SIGUSR1)
