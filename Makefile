@@ -51,7 +51,7 @@ test: check
 test-notebook: setup
 	@test -n "$(NB)" || { echo "usage: make test-notebook NB=04" >&2; exit 2; }
 	@k="$(NB)"; case "$$k" in *[0-9]) k="$${k}_";; esac; \
-	$(BIN)/python -m pytest tests/test_notebooks.py -k "$$k" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/notebooks/test_notebooks.py -k "$$k" $(PYTEST_ARGS)
 
 # Rebuild notebooks from their sources against the stack, then labs/: make notebooks NB=04
 notebooks: setup

@@ -61,7 +61,7 @@ EXPECTED = {
 }
 
 
-FORGETFUL_STEP = "tests.test_pipeline:step_that_forgets_the_key"
+FORGETFUL_STEP = "tests.integration.test_pipeline:step_that_forgets_the_key"
 
 
 def step_that_forgets_the_key(ctx, msg):

@@ -20,8 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+ROOT = Path(__file__).resolve().parents[2]
+SANITIZE = ROOT / "tests" / "notebooks" / "nbval_sanitize.cfg"
 COURSE = sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("solutions/*.ipynb"))
 LABS = sorted(ROOT.glob("labs/*.ipynb"))
 CHECK_TAG = "check"

@@ -44,7 +44,7 @@ import pytest
 
 from effectively_once.stack.processes import free_port, pid_alive, port_open, stop_pid, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("EO_ARTIFACTS") or ROOT / "tests" / "artifacts")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -20,7 +20,7 @@ from effectively_once.payments.matrix import (
     run_matrix,
     view,
 )
-from tests.test_pipeline import step_that_forgets_the_key
+from tests.integration.test_pipeline import step_that_forgets_the_key
 
 
 def step_that_raises(ctx, msg):

@@ -56,7 +56,7 @@ def test_every_client_config_of_the_package_adds_the_client_settings():
     so a cluster that wants a login is reached by every client, children included."""
     import ast
 
-    package = Path(__file__).resolve().parents[1] / "effectively_once"
+    package = Path(__file__).resolve().parents[2] / "effectively_once"
     missing, found = [], 0
     for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
