@@ -1,24 +1,26 @@
-"""Every course notebook in a real browser: JupyterLab in headless Chromium, Run All, no error.
+"""The course in a real browser: JupyterLab in headless Chromium, checking only what nbval cannot.
+
+The notebooks lane has already run every notebook under nbval: its cells, its
+asserts, its stored outputs. This lane does not run them again. It checks what
+only a browser shows:
+
+- every committed notebook, opened as a learner first opens it: each stored
+  output renders, every image loads, no error and no traceback shows (the
+  widgets, which need a live kernel, are left to the next point);
+- the notebooks whose point is an interaction, live: 01's proof stepper, 02's
+  animated widget (every label of the summary chart lies inside the chart;
+  rewind and play move a token and the counters), 07's quiz (it opens
+  unanswered: no choice selected, no feedback shown), each after Run All with
+  every widget rendered and no error shown;
+- 04 as the learner runs it: the cells up to the kill button, the button
+  pressed once the consumer has paused, then the rest; the kill report names
+  the button, and the tables the notebook promises are on the page. nbval runs
+  04 with no one to press the button, through its fallback cell.
 
 One JupyterLab server per module serves a temporary copy of ``notebooks/`` (with
 ``labs/`` and ``solutions/`` beside it, as notebook 00's course map expects) and
-gets the session's stack through ``EO_HOME``, so notebooks 03 on attach to it.
-For each notebook the test clears its outputs, runs all cells, waits until the
-kernel is idle and every code cell has an execution count, saves it, and checks
-both the page (no Traceback on stderr) and the saved file (no ``error`` output).
-Each Run All's wall time is printed and written to ``run_all_times_<broker>.json``;
-``EO_BACKEND=tansu`` runs the whole file on Tansu (``make test`` runs it once, on
-the default broker).
-
-On top of that:
-
-- 02: every label of the summary chart lies inside the chart (``getBBox`` of each
-  text against the SVG's viewBox); rewind and play moves a token and the counters;
-- 04: the cells run up to the kill button, the test presses it once the consumer
-  has paused, then runs the rest: the kill report names the button, and the
-  tables the notebook promises (charges, ledger, idempotency_keys, the
-  ``Idempotent-Replayed: true`` answer) are on the page;
-- 07: the quiz opens unanswered: no choice selected, no feedback shown.
+gets the run's stack through ``EO_HOME``. Each live Run All's wall time is
+printed and written to ``run_all_times_<broker>.json``.
 
 Uses Debian's ``chromium`` through Playwright's ``executable_path`` (Playwright
 never downloads a browser here). Where Chromium is not installed the tests are
@@ -49,7 +51,7 @@ ARTIFACTS = Path(os.environ.get("EO_ARTIFACTS") or ROOT / "tests" / "artifacts")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-# Each notebook's Run All limit in seconds: under nbclient 03, 04 and 06 take one to two and a half minutes.
+# Every course notebook, and how long its Run All may take where this lane runs one (seconds).
 NOTEBOOKS = {
     "00_start_here": 120,
     "01_two_generals": 120,
@@ -61,6 +63,8 @@ NOTEBOOKS = {
     "06_incidents": 360,
     "07_review": 120,
 }
+# The notebooks run live here, for their widgets (04 has its own test: the learner presses the kill button).
+LIVE = ("01_two_generals", "02_message_loss", "07_review")
 RUN_ALL_TIMES: dict[str, float] = {}
 
 
@@ -91,14 +95,14 @@ def _descendants(pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def jupyterlab(chromium, stack, tmp_path_factory):
-    """JupyterLab on a free loopback port, serving a copy of the course, on the session's stack; stopped by pid."""
+    """JupyterLab on a free loopback port, serving a copy of the course, on the run's stack; stopped by pid."""
     tmp = tmp_path_factory.mktemp("jupyterlab")
     work = tmp / "course"
     work.mkdir()
     for folder in ("notebooks", "labs", "solutions"):
         shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     port, token = free_port(), secrets.token_hex(16)
-    env = os.environ.copy()  # EO_HOME is the session stack's (conftest's `stack` exported it)
+    env = os.environ.copy()  # EO_HOME is the run's stack's (tests/services.py exported it)
     # The kernels import this checkout's package, wherever the venv's editable install points.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     # Keep the server's runtime files, settings and workspaces out of the user's home.
@@ -440,6 +444,65 @@ def _check_quiz_unanswered(page, saved: dict) -> None:
 AFTER_RUN_ALL = {"02_message_loss": _check_message_loss_widget, "07_review": _check_quiz_unanswered}
 
 
+# -- a notebook as it was saved ---------------------------------------------------------------
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+# Per code cell of PATH: the outputs its model holds, the output areas the page shows, and which of them
+# render a widget (those need a live kernel, so a saved notebook shows them only once run).
+RENDERED = f"""(path) => {{
+    const panel = ({PANEL})(path);
+    const model = panel.content.model;
+    const cells = [];
+    for (let i = 0; i < model.cells.length; i++) {{
+        const cell = model.cells.get(i);
+        if (cell.type !== 'code') continue;
+        const node = panel.content.widgets[i].node;
+        const shown = [...node.querySelectorAll('.jp-OutputArea-output')];
+        const saved = cell.outputs.toJSON();
+        cells.push({{index: i, saved: saved.length,
+                     widgets: saved.filter(o => o.data && '{WIDGET_MIME}' in o.data).length,
+                     shown: shown.length,
+                     empty: shown.filter(e => !e.innerHTML.trim()).length}});
+    }}
+    return cells;
+}}"""
+
+# Images in output areas that did not load (a broken data URL, a missing file).
+BROKEN_IMAGES = """() => [...document.querySelectorAll('.jp-OutputArea-output img')]
+    .filter(img => !(img.complete && img.naturalWidth > 0)).map(img => (img.src || '').slice(0, 80))"""
+
+# The message ipywidgets shows where a widget cannot be displayed.
+WIDGET_ERRORS = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
+    .map(e => e.innerText).filter(t => t.includes('Error displaying widget'))"""
+
+
+def _check_saved_rendering(page, path: str) -> list[dict]:
+    """Each stored output of the saved notebook renders, every image loads, no traceback shows; returns the cells."""
+    page.wait_for_function(f"(path) => ({RENDERED})(path).every(c => c.shown >= c.saved)", arg=path,
+                           timeout=60_000)
+    cells = page.evaluate(RENDERED, path)
+    missing = [c["index"] for c in cells if c["shown"] < c["saved"]]
+    assert not missing, f"{path}: cells {missing} show fewer outputs than they hold"
+    blank = [c["index"] for c in cells if c["empty"] > c["widgets"]]
+    assert not blank, f"{path}: cells {blank} show an empty output"
+    broken = page.evaluate(BROKEN_IMAGES)
+    assert not broken, f"{path}: images that did not load: {broken}"
+    tracebacks = page.evaluate(STDERR_TRACEBACKS)
+    assert not tracebacks, f"{path}: the page shows a traceback on stderr:\n{tracebacks[0][:2000]}"
+    return cells
+
+
+def _check_widgets_render(page, path: str, saved: dict) -> None:
+    """After a live run: every widget output renders, none shows ipywidgets' error."""
+    wanted = sum(1 for c in saved["content"]["cells"] for o in c.get("outputs", []) if WIDGET_MIME in o.get("data", {}))
+    if not wanted:
+        return
+    page.wait_for_function("(n) => document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets').length >= n",
+                           arg=wanted, timeout=30_000)
+    errors = page.evaluate(WIDGET_ERRORS)
+    assert not errors, f"{path}: widgets that did not display: {errors}"
+
+
 # -- the tests ------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _notebook_page(browser, jupyterlab: dict, name: str):
@@ -467,21 +530,42 @@ def _end_state(page, jupyterlab: dict, path: str, name: str) -> dict:
     return saved
 
 
-def _params():
-    for name, limit in NOTEBOOKS.items():
-        if name == "04_kill_the_consumer":
-            continue  # the learner's kill has its own test below
-        yield pytest.param(name, limit, id=name, marks=pytest.mark.timeout(limit + 120))
+@pytest.mark.parametrize("name", list(NOTEBOOKS))
+def test_the_saved_notebook_renders_as_a_learner_first_opens_it(name, browser, jupyterlab):
+    """Open the committed notebook without running it: its outputs, images, and no error on the page."""
+    path = f"notebooks/{name}.ipynb"
+    saved = json.loads((ROOT / path).read_text())
+    errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in saved["cells"] for o in c.get("outputs", [])
+              if o["output_type"] == "error"]
+    assert not errors, f"{path} is saved with error outputs {errors}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        _open(page, jupyterlab, path)
+        cells = _check_saved_rendering(page, path)
+        assert sum(c["shown"] for c in cells) > 0, f"{path} shows no output at all"
+        page.screenshot(path=str(ARTIFACTS / f"browser_{name}_saved.png"))
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / f"browser_{name}_saved_failure.png"))
+        raise
+    finally:
+        page.close()
+        _shutdown_session(jupyterlab, path)
 
 
-@pytest.mark.browser
-@pytest.mark.parametrize(("name", "limit"), list(_params()))
-def test_notebook_runs_all_cells_in_jupyterlab(name, limit, browser, jupyterlab, stack, capsys):
-    """Open the notebook, clear it, Run All: every code cell runs, none shows an error; then its own checks."""
+def _live_params():
+    for name in LIVE:
+        yield pytest.param(name, NOTEBOOKS[name], id=name, marks=pytest.mark.timeout(NOTEBOOKS[name] + 120))
+
+
+@pytest.mark.parametrize(("name", "limit"), list(_live_params()))
+def test_a_widget_notebook_runs_all_cells_in_jupyterlab(name, limit, browser, jupyterlab, stack, capsys):
+    """Open the notebook, clear it, Run All: every cell runs, every widget renders, no error; then its own checks."""
     with _notebook_page(browser, jupyterlab, name) as (page, path):
         seconds = _run(page, path, "notebook:run-all-cells", None, limit)
         _report_time(capsys, name, seconds, stack)
         saved = _end_state(page, jupyterlab, path, name)
+        _check_widgets_render(page, path, saved)
         if name in AFTER_RUN_ALL:
             AFTER_RUN_ALL[name](page, saved)
 
@@ -489,7 +573,6 @@ def test_notebook_runs_all_cells_in_jupyterlab(name, limit, browser, jupyterlab,
 KILL_REPORT = "SIGKILL sent to consumer pid"
 
 
-@pytest.mark.browser
 @pytest.mark.timeout(NOTEBOOKS["04_kill_the_consumer"] + 180)
 def test_learner_kills_the_consumer_in_notebook_04(browser, jupyterlab, stack, capsys):
     """Run 04 up to the kill button, press it once the consumer paused, run the rest; check the tables."""
@@ -513,6 +596,7 @@ def test_learner_kills_the_consumer_in_notebook_04(browser, jupyterlab, stack, c
         after = _run(page, path, "notebook:run-all-below", None, limit, index=kill_cell)
         _report_time(capsys, name, before + after, stack)
         saved = _end_state(page, jupyterlab, path, name)
+        _check_widgets_render(page, path, saved)
 
         cells = saved["content"]["cells"]
         fallback = _output_text({"content": {"cells": [cells[kill_cell]]}})

@@ -1,4 +1,4 @@
-"""``effectively_once.kafka`` on the session's real broker: topics made once, topics read to an end."""
+"""``effectively_once.kafka`` on the run's real broker: topics made once, topics read to an end."""
 
 from __future__ import annotations
 
@@ -6,34 +6,14 @@ import itertools
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, Producer
 
 from effectively_once.kafka import (
-    REBALANCE_ERRORS,
     ensure_topic,
-    is_partition_eof,
     quiet_logger,
     read_topic,
-    refused_by_rebalance,
-    topic_already_exists,
 )
 from effectively_once.stack import new_run_id
-
-
-def test_errors_are_classified_by_code():
-    for name in REBALANCE_ERRORS:
-        error = KafkaError(getattr(KafkaError, name))
-        assert refused_by_rebalance(error) and refused_by_rebalance(KafkaException(error))
-    assert not refused_by_rebalance(KafkaException(KafkaError(KafkaError._TRANSPORT)))
-    assert is_partition_eof(KafkaError(KafkaError._PARTITION_EOF))
-    assert not is_partition_eof(KafkaError(KafkaError._TRANSPORT))
-    assert topic_already_exists(KafkaException(KafkaError(KafkaError.TOPIC_ALREADY_EXISTS)))
-    assert not topic_already_exists(KafkaException(KafkaError(KafkaError.INVALID_PARTITIONS)))
-
-
-def test_ensure_topic_refuses_zero_partitions():
-    with pytest.raises(ValueError, match="partitions must be at least 1"):
-        ensure_topic("127.0.0.1:1", "t", 0)
 
 
 @pytest.fixture
@@ -56,7 +36,6 @@ def reader(stack, **extra):
                      "enable.auto.commit": False, "logger": quiet_logger(), **extra})
 
 
-@pytest.mark.integration
 def test_read_until_quiet_sees_every_record_from_the_start(stack, filled_topic):
     consumer = reader(stack)
     try:
@@ -68,7 +47,6 @@ def test_read_until_quiet_sees_every_record_from_the_start(stack, filled_topic):
     assert time.monotonic() - started < 30, "it stopped because the topic went quiet, not at the timeout"
 
 
-@pytest.mark.integration
 def test_read_until_the_end_of_every_partition(stack, filled_topic):
     consumer = reader(stack, **{"enable.partition.eof": True})
     try:
@@ -78,7 +56,6 @@ def test_read_until_the_end_of_every_partition(stack, filled_topic):
     assert len(values) == 11
 
 
-@pytest.mark.integration
 def test_read_until_a_marker_and_from_given_offsets(stack, filled_topic):
     consumer = reader(stack)
     try:

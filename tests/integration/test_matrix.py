@@ -1,31 +1,22 @@
-"""The crash matrix (payments/matrix.py): real crashes on the real stack, and the pieces around them."""
+"""The crash matrix (payments/matrix.py): real crashes on the real stack, against the package's EXPECTED_MATRIX.
+
+Its pieces that need no stack are tested in tests/unit/test_matrix.py.
+"""
 
 from __future__ import annotations
-
-import os
 
 import psycopg
 import pytest
 
-from effectively_once.payments.lab import PaymentReport, Table
 from effectively_once.payments.matrix import (
-    CHARGED_ONCE,
     CHARGED_TWICE,
     DID_NOT_RUN,
-    LOST,
-    CrashMatrix,
-    MatrixCell,
     PluggedStep,
-    SideBySide,
+    expected_outcomes,
     run_matrix,
-    view,
 )
 from tests.integration.test_pipeline import step_that_forgets_the_key
-
-
-def step_that_raises(ctx, msg):
-    """A step that was never finished."""
-    raise NotImplementedError("write the dedup insert first")
+from tests.unit.test_matrix import step_that_raises
 
 
 def _matrix_databases(stack) -> set[str]:
@@ -45,22 +36,14 @@ def small(stack):
     return matrix, lines
 
 
-@pytest.mark.integration
 def test_the_matrix_says_what_happened_to_the_money(small):
     matrix, lines = small
-    assert matrix.outcomes() == {
-        ("after_dedup_insert", "both"): CHARGED_ONCE,
-        ("after_dedup_insert", "dedup_only"): CHARGED_ONCE,
-        ("after_dedup_insert", "dedup_as_written"): LOST,
-        ("after_provider_call", "both"): CHARGED_ONCE,
-        ("after_provider_call", "dedup_only"): CHARGED_TWICE,
-        ("after_provider_call", "dedup_as_written"): CHARGED_ONCE,
-    }, matrix.problems()
+    expected = expected_outcomes()
+    assert matrix.outcomes() == {key: expected[key] for key in matrix.cells}, matrix.problems()
     assert len(lines) == 6 and lines[-1].startswith("6/6")
     assert matrix.holds("both") and not matrix.holds("dedup_only")
 
 
-@pytest.mark.integration
 def test_each_cell_keeps_its_rows_and_names_the_absorbing_layer(small):
     matrix, _ = small
     lost = matrix.cell("after_dedup_insert", "dedup_as_written")
@@ -75,7 +58,6 @@ def test_each_cell_keeps_its_rows_and_names_the_absorbing_layer(small):
     assert matrix.cell("after_dedup_insert", "both").shop.rows == [("msg-tm00-00000", "done", 2)]
 
 
-@pytest.mark.integration
 def test_the_matrix_renders_as_a_coloured_table(small):
     matrix, _ = small
     page = matrix._repr_html_()
@@ -85,7 +67,6 @@ def test_the_matrix_renders_as_a_coloured_table(small):
                                                      "charged", "once"]
 
 
-@pytest.mark.integration
 def test_a_plugged_in_step_is_the_one_the_consumers_run(stack):
     """Without its key, the course's step double-charges after the provider call, and only there."""
     with PluggedStep(step_that_forgets_the_key) as step:
@@ -96,7 +77,6 @@ def test_a_plugged_in_step_is_the_one_the_consumers_run(stack):
     assert "step_that_forgets_the_key" in matrix._repr_html_()
 
 
-@pytest.mark.integration
 def test_a_step_that_raises_is_reported_not_raised(stack):
     with PluggedStep(step_that_raises) as step:
         matrix = run_matrix(stack, ["before_dedup_insert"], ["both"], step=step.spec, run_prefix="tr")
@@ -106,52 +86,3 @@ def test_a_step_that_raises_is_reported_not_raised(stack):
     assert "did not run" in cell.problem() and "before_dedup_insert" in cell.problem()
 
 
-# -- without the stack -----------------------------------------------------------------------
-def test_plugged_step_writes_a_module_and_cleans_up():
-    before = os.environ.get("PYTHONPATH")
-    step = PluggedStep(step_that_raises)
-    module, function = step.spec.split(":")
-    path = step.directory / f"{module}.py"
-    assert function == "step_that_raises" and path.exists()
-    assert "from effectively_once.payments.steps import Outcome" in path.read_text()
-    assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(step.directory)
-    step.close()
-    assert not path.exists() and os.environ.get("PYTHONPATH") == before
-    with pytest.raises(TypeError):
-        PluggedStep(len)
-
-
-def test_bad_names_are_refused_before_anything_starts():
-    with pytest.raises(ValueError, match="unknown crash point"):
-        run_matrix(None, ["after_lunch"], ["both"])
-    with pytest.raises(ValueError, match="unknown layer"):
-        run_matrix(None, ["after_provider_call"], ["dedupe"])
-    with pytest.raises(ValueError, match="at least 1"):
-        run_matrix(None, ["after_provider_call"], ["both"], messages=0)
-
-
-def _report(duplicates=0, lost=0):
-    return PaymentReport(messages=1, charges=1 + duplicates - lost, duplicate_charges=duplicates, lost_charges=lost,
-                         dedup_hits=0, key_replays=0, dlq=0)
-
-
-def test_cell_outcomes_follow_the_report_and_the_events():
-    assert MatrixCell("after_status_update", "both", _report(), results=["skipped"], dedup_hits=1).how == \
-        "row 'done': skipped"
-    expired = MatrixCell("after_provider_call", "both", _report(duplicates=1), results=["charged"], dedup_hits=1,
-                         keys_expired=True)
-    assert expired.outcome == CHARGED_TWICE and expired.how == "'pending' row charged again: key expired"
-    assert MatrixCell("after_dedup_insert", "none", _report()).absorbed_by == "nothing needed"
-    assert MatrixCell("after_dedup_insert", "none", None, error="RuntimeError: x\nlog\nValueError: y").how == \
-        "ValueError: y"
-    matrix = CrashMatrix(("after_dedup_insert",), ("none",), {("after_dedup_insert", "none"): expired}, 1)
-    with pytest.raises(KeyError, match="the crash points are after_dedup_insert"):
-        matrix.cell("after_provider_call", "none")
-
-
-def test_view_keeps_only_the_named_columns():
-    table = Table("t", ["a", "b", "c"], [(1, 2, 3), (4, 5, 6)])
-    assert view(table, "c", "a").rows == [(3, 1), (6, 4)] and view(table, title="u").title == "u"
-    with pytest.raises(ValueError, match="no column"):
-        view(table, "d")
-    assert SideBySide(table, table)._repr_html_().count("<table>") == 2

@@ -8,7 +8,6 @@ import pytest
 from effectively_once.payments.outbox import CRASHED_AFTER_PUBLISH, OutboxLab, place_order
 
 
-@pytest.mark.integration
 def test_a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_doubles_nothing(stack):
     with OutboxLab(stack, seed=5) as lab:
         ids = lab.place_orders(4)
@@ -26,7 +25,6 @@ def test_a_relay_killed_between_publish_and_mark_loses_nothing_and_the_inbox_dou
         assert lab.apply_inbox()["shipped"] == 0, "a second pass over the topic ships nothing"
 
 
-@pytest.mark.integration
 def test_an_order_and_its_message_commit_or_vanish_together(stack):
     with OutboxLab(stack) as lab:
         lab.place_orders(1)

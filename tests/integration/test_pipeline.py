@@ -13,6 +13,7 @@ import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 
 import psycopg
 import pytest
@@ -22,45 +23,13 @@ from hypothesis import strategies as st
 from effectively_once import stack as stack_mod
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.consumer import CRASH_POINTS
-from effectively_once.payments.lab import LAYER_SETS, PaymentLab, run_scenario
-from effectively_once.payments.messages import MAX_VALUE_BYTES, MalformedMessage, parse_charge
+from effectively_once.payments.lab import PaymentLab, run_scenario
+from effectively_once.payments.matrix import EXPECTED_MATRIX
+from effectively_once.payments.messages import parse_charge
+from tests.unit.test_pipeline import _bad_records
 
-pytestmark = pytest.mark.integration
-
+# Charges per scenario. What each (crash point, layer set) must count lives once, in the package: EXPECTED_MATRIX.
 MESSAGES = 5
-
-# (duplicate_charges, lost_charges, dedup_hits, key_replays) after one crash on the first
-# message and a restart. Only that message is ever processed twice: the crash comes on
-# the first record the consumer handles, so nothing before it waits for an offset commit.
-OK = (0, 0, 0, 0)
-EXPECTED = {
-    ("before_dedup_insert", "both"): OK,
-    ("before_dedup_insert", "dedup_only"): OK,
-    ("before_dedup_insert", "idempotency_key_only"): OK,
-    ("before_dedup_insert", "none"): OK,
-    ("before_dedup_insert", "dedup_as_written"): OK,
-    # The row is 'pending' and no money moved yet: the recovery rule retries it...
-    ("after_dedup_insert", "both"): (0, 0, 1, 0),
-    ("after_dedup_insert", "dedup_only"): (0, 0, 1, 0),
-    ("after_dedup_insert", "idempotency_key_only"): OK,
-    ("after_dedup_insert", "none"): OK,
-    # ...while the lesson's literal "0 rows: skip" loses the charge (trap 1).
-    ("after_dedup_insert", "dedup_as_written"): (0, 1, 1, 0),
-    # The money moved but the row still says 'pending': only the key stops a second charge (trap 2).
-    ("after_provider_call", "both"): (0, 0, 1, 1),
-    ("after_provider_call", "dedup_only"): (1, 0, 1, 0),
-    ("after_provider_call", "idempotency_key_only"): (0, 0, 0, 1),
-    ("after_provider_call", "none"): (1, 0, 0, 0),
-    ("after_provider_call", "dedup_as_written"): (0, 0, 1, 0),
-    # 'done' but the offset was not committed: the redelivery is a dedup hit, or a replay, or a duplicate.
-    ("after_status_update", "both"): (0, 0, 1, 0),
-    ("after_status_update", "dedup_only"): (0, 0, 1, 0),
-    ("after_status_update", "idempotency_key_only"): (0, 0, 0, 1),
-    ("after_status_update", "none"): (1, 0, 0, 0),
-    ("after_status_update", "dedup_as_written"): (0, 0, 1, 0),
-}
-
-
 FORGETFUL_STEP = "tests.integration.test_pipeline:step_that_forgets_the_key"
 
 
@@ -102,7 +71,7 @@ def matrix(stack, shared):
                             consumer_options={"batch_dedup": variant == "per_poll",
                                               "step": FORGETFUL_STEP if variant == "forgetful" else None})
 
-    jobs = [(point, layers, False) for point, layers in EXPECTED]
+    jobs = [(point, layers, False) for point, layers in EXPECTED_MATRIX]
     jobs.append(("after_provider_call", "both", "expired"))
     jobs += [(point, "both", "per_poll") for point in CRASH_POINTS]
     jobs.append(("after_provider_call", "both", "forgetful"))
@@ -111,18 +80,13 @@ def matrix(stack, shared):
     return dict(zip([(p, layers, e) for p, layers, e in jobs], reports, strict=True))
 
 
-def test_matrix_covers_every_crash_point_and_layer_set():
-    assert {p for p, _ in EXPECTED} == set(CRASH_POINTS)
-    assert {layers for _, layers in EXPECTED} == set(LAYER_SETS)
-
-
-@pytest.mark.parametrize("point,layers", list(EXPECTED))
+@pytest.mark.parametrize("point,layers", list(EXPECTED_MATRIX))
 def test_crash_matrix(matrix, point, layers):
     report = matrix[(point, layers, False)]
     got = (report.duplicate_charges, report.lost_charges, report.dedup_hits, report.key_replays)
-    assert got == EXPECTED[(point, layers)], (
+    assert got == astuple(EXPECTED_MATRIX[(point, layers)]), (
         f"crash at {point} with layers {layers}: (duplicates, lost, dedup hits, key replays) = {got}, "
-        f"expected {EXPECTED[(point, layers)]}; duplicated {report.duplicated}, lost {report.lost}")
+        f"expected {EXPECTED_MATRIX[(point, layers)]}; duplicated {report.duplicated}, lost {report.lost}")
     assert report.messages == MESSAGES and report.dlq == 0
     # Every charge in the ledger is one of ours: the money that moved is messages + duplicates - lost.
     assert report.charges == MESSAGES + report.duplicate_charges - report.lost_charges
@@ -202,13 +166,6 @@ def test_demo_keep_leaves_the_databases_to_inspect(stack):
             if topic.startswith(stack.topic("payments.charges.")) and report["shop_dsn"].endswith(
                     topic.removeprefix(stack.topic("payments.charges.")).removesuffix(".dlq")):
                 stack.delete_topics(topic)
-
-
-def test_demo_refuses_an_unknown_layer():
-    from tests.conftest import run_cli
-
-    result = run_cli("demo", "--layers", "dedupe")
-    assert result.returncode == 2 and "unknown layer" in result.stderr
 
 
 # -- random kills ----------------------------------------------------------------------------
@@ -391,55 +348,6 @@ def test_a_key_that_replays_a_500_is_reconciled_and_each_message_is_charged_once
     assert shop == {m: ("done", charge, key) for m, (charge, key) in ledger.items()}, shop
 
 
-# -- bad input (hypothesis) ------------------------------------------------------------------
-_GOOD = {"msg_id": "m", "customer": "cus_001", "amount": 500, "currency": "usd"}
-_BAD_VALUES = {
-    "msg_id": st.one_of(st.none(), st.integers(), st.just(""), st.just("   "), st.lists(st.text(max_size=3))),
-    "customer": st.one_of(st.none(), st.integers(), st.just(""), st.text(min_size=201, max_size=240)),
-    "amount": st.one_of(st.none(), st.integers(max_value=0), st.floats(allow_nan=True), st.booleans(),
-                        st.text(max_size=6), st.integers(min_value=10**12 + 1)),
-    "currency": st.one_of(st.none(), st.integers(), st.text(max_size=8).filter(
-        lambda s: not (len(s) == 3 and s.isascii() and s.isalpha()))),
-}
-
-
-def _with_bad_field(field_and_value):
-    field, value = field_and_value
-    return {**_GOOD, field: value}
-
-
-_bad_records = st.one_of(
-    st.binary(max_size=120).filter(lambda b: not b.strip().startswith(b"{")),
-    st.one_of(st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=3), st.none()).map(
-        lambda v: json.dumps(v).encode()),
-    st.sampled_from(sorted(_GOOD)).map(lambda f: json.dumps({k: v for k, v in _GOOD.items() if k != f}).encode()),
-    st.sampled_from(sorted(_BAD_VALUES)).flatmap(lambda f: _BAD_VALUES[f].map(lambda v: (f, v))).map(
-        lambda fv: json.dumps(_with_bad_field(fv)).encode()),
-    st.integers(MAX_VALUE_BYTES + 1, 3 * MAX_VALUE_BYTES).map(
-        lambda n: json.dumps({**_GOOD, "note": "x" * n}).encode()),
-    st.none(),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(_bad_records, st.binary(max_size=300)))
-def test_parse_charge_either_accepts_or_says_why(value):
-    """No input makes the validator fail in any way other than MalformedMessage with a reason."""
-    try:
-        msg = parse_charge(value)
-    except MalformedMessage as exc:
-        assert str(exc)
-    else:
-        assert msg.amount > 0 and len(msg.currency) == 3 and msg.msg_id
-
-
-@settings(max_examples=300, deadline=None)
-@given(_bad_records)
-def test_every_generated_bad_record_is_malformed(value):
-    with pytest.raises(MalformedMessage):
-        parse_charge(value)
-
-
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(bad=st.lists(_bad_records, min_size=1, max_size=8))
 def test_malformed_messages_end_in_the_dlq_and_the_consumer_survives(stack, shared, bad):
@@ -497,22 +405,6 @@ def test_the_producer_command_publishes_charges(stack):
         stack.delete_topics(topic)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--layers", "dedup,bogus"], "unknown layer"),
-    (["--layers", "dedup,dedup_as_written"], "pick one"),
-    (["--step", "no_colon"], "module:function"),
-    (["--step", "effectively_once.payments.steps:nothing_here"], "not a function"),
-])
-def test_the_consumer_command_refuses_bad_options(args, message):
-    import subprocess
-    import sys
-
-    base = [sys.executable, "-m", "effectively_once.payments.consumer", "--bootstrap", "127.0.0.1:1", "--topic", "t",
-            "--group", "g", "--shop-dsn", "postgresql://x@127.0.0.1:1/x", "--provider-url", "http://127.0.0.1:1"]
-    result = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-
-
 def test_a_lab_refuses_bad_consumer_settings_before_starting_a_process(stack):
     """The dedup/dedup_as_written conflict used to surface as a child exiting with code 2."""
     with PaymentLab(stack, run_id="badsettings") as lab:
@@ -529,69 +421,3 @@ def test_a_lab_refuses_bad_consumer_settings_before_starting_a_process(stack):
         assert settings.max_retries == 2 and settings.exit_when_idle == 1.0
 
 
-@pytest.mark.parametrize("code", ["ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS"])
-def test_a_commit_refused_by_a_rebalance_is_logged_not_fatal(code):
-    """Under group churn the coordinator refuses a commit from a generation that moved on (seen on Tansu):
-    the consumer carries on, since the new owner redelivers and the dedup table absorbs."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    from effectively_once.payments.consumer import PaymentConsumer
-
-    class Refusing:
-        def __init__(self, error):
-            self.error = error
-
-        def commit(self, asynchronous=True):
-            raise KafkaException(KafkaError(self.error))
-
-    consumer = PaymentConsumer.__new__(PaymentConsumer)
-    lines: list[str] = []
-    consumer.log = lines.append
-    consumer.consumer = Refusing(getattr(KafkaError, code))
-    assert consumer.commit_offsets() is True
-    assert len(lines) == 1 and code in lines[0] and "redeliver" in lines[0]
-    consumer.consumer = Refusing(KafkaError._TRANSPORT)
-    # Anything else (the broker is down or restarting) is owed: the poll loop commits again each second.
-    assert consumer.commit_offsets() is False and "_TRANSPORT" in consumer.commit_error
-
-
-def test_a_refused_dead_letter_write_is_sent_again_before_the_offset_moves():
-    """flush() empties the queue even when the broker refused a write: the refused copy must be resent."""
-    from confluent_kafka import KafkaError
-
-    from effectively_once.payments.consumer import PaymentConsumer
-
-    class Sent:
-        def topic(self):
-            return "t.dlq"
-
-        def key(self):
-            return b"k"
-
-        def value(self):
-            return b"v"
-
-        def headers(self):
-            return []
-
-    class FlakyDlq:
-        def __init__(self, owner, refusals):
-            self.owner, self.refusals, self.produced = owner, refusals, 0
-
-        def produce(self, topic, key=None, value=None, headers=None, on_delivery=None):
-            self.produced += 1
-
-        def flush(self, timeout):
-            if self.refusals:
-                self.refusals -= 1
-                self.owner._dlq_delivered(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION), Sent())
-            return 0
-
-    consumer = PaymentConsumer.__new__(PaymentConsumer)
-    consumer.log, consumer._dlq_failed = (lambda line: None), []
-    consumer.dlq = FlakyDlq(consumer, refusals=1)
-    consumer.flush_dlq()
-    assert consumer.dlq.produced == 1, "the refused copy was sent again"
-    consumer.dlq = FlakyDlq(consumer, refusals=5)
-    with pytest.raises(RuntimeError, match="offsets left uncommitted"):
-        consumer.flush_dlq()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,8 +13,6 @@ import pytest
 from effectively_once import stack as stack_mod
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.messages import DEFAULT_API_KEY
-
-pytestmark = pytest.mark.integration
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
 
@@ -286,8 +282,3 @@ def test_a_key_past_its_ttl_counts_as_new(stack):
         stack.drop_database(f"provider_ttl_{run}")
 
 
-def test_an_unreachable_database_is_one_clear_sentence():
-    result = subprocess.run([sys.executable, "-m", "effectively_once.payments.provider", "--dsn",
-                             "postgresql://nobody@127.0.0.1:1/none"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert "cannot reach its database" in result.stderr and "--dsn" in result.stderr

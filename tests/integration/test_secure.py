@@ -1,8 +1,9 @@
 """The workshop stack with a lock on each door: `up --secure`, `workshop add-learners`, and what a learner may reach.
 
-The integration tests bring up their own secured stack in a private EO_HOME
-(the session's stack is left alone), add two learners, run `demo` as the
-first through the external backend, and check every door the second finds shut.
+These tests bring up their own secured stack in a private EO_HOME (the run's
+stack is left alone), add two learners, run `demo` as the first through the
+external backend, and check every door the second finds shut. The pieces that
+need no stack are in tests/unit/test_secure.py.
 """
 
 from __future__ import annotations
@@ -18,86 +19,11 @@ from pathlib import Path
 import pytest
 
 from effectively_once.kafka import client_settings
-from effectively_once.stack.secure import client_config_text, env_text, hide_password, read_env_file
-from effectively_once.stack.workshop import Learner, hba_line, learner_dsn, new_learners
+from effectively_once.stack.secure import read_env_file
 from tests.conftest import run_cli
 
 # What a learner's shell must not carry into the tests' own commands.
 CLIENT_ENV = ("EO_BACKEND", "EO_NAMESPACE", "EO_KAFKA_BOOTSTRAP", "EO_KAFKA_CONFIG", "EO_POSTGRES_DSN")
-
-
-# -- no services ---------------------------------------------------------------------------------
-def test_client_settings_reads_pairs_and_json():
-    pairs = "security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512,sasl.username=u,sasl.password=p=q"
-    assert client_settings(pairs) == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
-                                      "sasl.username": "u", "sasl.password": "p=q"}
-    assert client_settings('{"sasl.password": "a,b", "ssl.ca.location": "/etc/ca.pem"}') == {
-        "sasl.password": "a,b", "ssl.ca.location": "/etc/ca.pem"}
-    assert client_settings("") == {}
-
-
-def test_client_settings_names_the_variable_when_malformed():
-    with pytest.raises(ValueError, match="EO_KAFKA_CONFIG: 'sasl.username' is not key=value"):
-        client_settings("security.protocol=SASL_SSL,sasl.username")
-    with pytest.raises(ValueError, match="EO_KAFKA_CONFIG: not a JSON object"):
-        client_settings("{not json")
-
-
-def test_client_settings_come_from_the_environment(monkeypatch):
-    from effectively_once.kafka import admin_client
-
-    monkeypatch.setenv("EO_KAFKA_CONFIG", "client.id=from-env")
-    assert client_settings() == {"client.id": "from-env"}
-    admin_client("127.0.0.1:1")  # accepts the merged settings (librdkafka checks each name)
-
-
-def test_every_client_config_of_the_package_adds_the_client_settings():
-    """A dict with ``bootstrap.servers`` anywhere in the package also unpacks ``client_settings()``,
-    so a cluster that wants a login is reached by every client, children included."""
-    import ast
-
-    package = Path(__file__).resolve().parents[2] / "effectively_once"
-    missing, found = [], 0
-    for path in sorted(package.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Dict):
-                continue
-            keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
-            if "bootstrap.servers" not in keys:
-                continue
-            found += 1
-            unpacked = [v for k, v in zip(node.keys, node.values, strict=True) if k is None]
-            if not any(isinstance(v, ast.Call) and getattr(v.func, "id", "") == "client_settings" for v in unpacked):
-                missing.append(f"{path.relative_to(package.parent)}:{node.lineno}")
-    assert found >= 10, f"only {found} client configs found: has the way clients are configured changed?"
-    assert not missing, f"client configs without **client_settings(): {missing}"
-
-
-def test_env_file_round_trip(tmp_path):
-    values = {"EO_BACKEND": "external", "EO_KAFKA_CONFIG": client_config_text({"a": "1", "b": "2"})}
-    path = tmp_path / "x.env"
-    path.write_text(env_text(values, "first line\n\nthird line"))
-    assert path.read_text().startswith("# first line\n#\n# third line\n")
-    assert read_env_file(path) == {"EO_BACKEND": "external", "EO_KAFKA_CONFIG": "a=1,b=2"}
-
-
-def test_learner_names_continue_after_existing_files(tmp_path):
-    assert [learner.name for learner in new_learners(tmp_path, 2)] == ["learner01", "learner02"]
-    (tmp_path / "learner07.env").write_text("")
-    later = new_learners(tmp_path, 3)
-    assert [learner.name for learner in later] == ["learner08", "learner09", "learner10"]
-    assert len({learner.password for learner in later}) == 3
-
-
-def test_learner_logins_name_their_own_prefix():
-    learner = Learner("learner03", "pw")
-    assert hba_line(learner).split()[:3] == ["host", "/^learner03_", "learner03"]
-    assert learner_dsn("postgresql://postgres:secret@127.0.0.1:5432/postgres", learner) == \
-        "postgresql://learner03:pw@127.0.0.1:5432/postgres"
-    assert hide_password("postgresql://postgres:secret@127.0.0.1:5432/postgres") == \
-        "postgresql://postgres@127.0.0.1:5432/postgres"
-    assert hide_password("postgresql://a:b@[::1]:5432/x?sslmode=require") == "postgresql://a@[::1]:5432/x?sslmode=require"
-    assert hide_password("postgresql://postgres@127.0.0.1/postgres") == "postgresql://postgres@127.0.0.1/postgres"
 
 
 # -- a secured stack -----------------------------------------------------------------------------
@@ -107,31 +33,26 @@ def _clean_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _timed_up(env: dict[str, str], *extra: str) -> float:
-    started = time.monotonic()
+def _up(env: dict[str, str], *extra: str) -> None:
     result = run_cli("up", "--backend", "embedded", *extra, env=env)
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, f"`up {' '.join(extra)}` failed:\n{result.stdout}\n{result.stderr}"
-    return elapsed
 
 
 @pytest.fixture(scope="module")
 def room():
-    """A secured stack in a private EO_HOME, two learners' files, and the start times (plain, secured)."""
+    """A secured stack in a private EO_HOME and two learners' files.
+
+    What the lock costs at start-up is benchmarks/stack_start.py --secure's to measure, side by side.
+    """
     base = Path(tempfile.mkdtemp(prefix="eo-secure-"))
-    plain_env, secure_env = _clean_env(base / "plain"), _clean_env(base / "secure")
+    secure_env = _clean_env(base / "secure")
     try:
-        # The plain stack first, alone, so the two starts do not share the machine's two cores.
-        plain = _timed_up(plain_env)
-        run_cli("down", "--purge", env=plain_env)
-        secured = _timed_up(secure_env, "--secure")
-        print(f"\nstart time: plain embedded stack {plain:.1f} s, secured {secured:.1f} s")
+        _up(secure_env, "--secure")
         added = run_cli("workshop", "add-learners", "2", "--out", str(base / "room"), env=secure_env)
         assert added.returncode == 0, added.stdout + added.stderr
         yield {"env": secure_env, "room": base / "room", "base": base,
                "learners": [read_env_file(base / "room" / f"learner0{n}.env") for n in (1, 2)]}
     finally:
-        run_cli("down", "--purge", env=plain_env)
         run_cli("down", "--purge", env=secure_env)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -147,7 +68,6 @@ def _learner_env(room: dict, learner: dict[str, str], name: str) -> dict[str, st
     return env
 
 
-@pytest.mark.integration
 def test_status_shows_the_instructors_private_credentials_file(room):
     report = json.loads(run_cli("status", "--json", env=room["env"]).stdout)
     assert report["healthy"] and report["secure"], report
@@ -165,7 +85,6 @@ def test_status_shows_the_instructors_private_credentials_file(room):
         assert values["EO_BACKEND"] == "external" and values["EO_NAMESPACE"] == name
 
 
-@pytest.mark.integration
 def test_adding_learners_again_elsewhere_is_refused_before_any_change(room):
     again = run_cli("workshop", "add-learners", "1", "--out", str(room["base"] / "elsewhere"), env=room["env"])
     assert again.returncode == 2
@@ -173,7 +92,6 @@ def test_adding_learners_again_elsewhere_is_refused_before_any_change(room):
     assert not (room["base"] / "elsewhere").exists()
 
 
-@pytest.mark.integration
 def test_no_login_no_broker(room):
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
@@ -187,7 +105,6 @@ def test_no_login_no_broker(room):
         wrong.list_topics(timeout=3)
 
 
-@pytest.mark.integration
 def test_a_learner_runs_the_demo_through_the_external_backend(room):
     learner = room["learners"][0]
     result = run_cli("demo", "--json", "--messages", "6", env=_learner_env(room, learner, "learner01"))
@@ -198,7 +115,6 @@ def test_a_learner_runs_the_demo_through_the_external_backend(room):
     assert report["lost_charges"] == 0 and report["duplicate_charges"] == 0, report
 
 
-@pytest.mark.integration
 def test_a_second_learner_finds_every_door_of_the_first_shut(room):
     import psycopg
     from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -299,7 +215,6 @@ def _silent():
     return logger
 
 
-@pytest.mark.integration
 def test_down_and_up_keep_the_room(room):
     """The users, ACLs and roles live in the stack's files, so `up --secure` again keeps them (run last)."""
     import psycopg

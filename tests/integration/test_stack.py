@@ -1,13 +1,13 @@
-"""The stack against real services: the session's broker, real PostgreSQL, the CLI round trip.
+"""The stack against real services: the run's broker, real PostgreSQL, the CLI.
 
-These run in both passes of `make test`: on Apache Kafka (embedded) and on Tansu.
+These run in make test, on Apache Kafka (embedded), and again in make test-tansu. The
+stack's own life (`up`, a killed process, `down`) is in test_faults.py, on its
+disposable stack.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 
 import psycopg
@@ -15,12 +15,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from effectively_once import stack as stack_mod
-from effectively_once.stack.processes import pid_alive
 from tests.conftest import run_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.tansu_pass]
-
-BACKEND = os.environ.get("EO_BACKEND", "embedded")
+pytestmark = pytest.mark.tansu_pass
 
 
 def _consume(stack, topic: str, group: str, expected: int, timeout: float = 30.0) -> list:
@@ -135,38 +132,6 @@ def test_up_twice_says_so_and_exits_zero(stack):
     assert "already running" in result.stdout
 
 
-def test_up_status_down_round_trip_leaves_nothing(private_home):
-    assert run_cli("up", "--backend", BACKEND, env=private_home).returncode == 0
-    report = json.loads(run_cli("status", "--json", env=private_home).stdout)
-    assert report["healthy"] and report["backend"] == BACKEND
-    pids = report["pids"]
-    assert all(pid_alive(pid) for pid in pids.values())
-    down = run_cli("down", env=private_home)
-    assert down.returncode == 0 and "stopped" in down.stdout
-    assert not any(pid_alive(pid) for pid in pids.values()), "down left a process running"
-    again = run_cli("down", env=private_home)
-    assert again.returncode == 0 and "Nothing is running" in again.stdout
-    assert json.loads(run_cli("status", "--json", env=private_home).stdout)["running"] is False
-
-
-# On embedded Apache Kafka the killed broker is tested in test_kafka_backend.py, with its restart.
-@pytest.mark.parametrize("victim", ["postgres"] if BACKEND == "embedded" else ["broker", "postgres"])
-def test_a_process_killed_from_outside_shows_as_unhealthy(private_home, victim):
-    assert run_cli("up", "--backend", BACKEND, env=private_home).returncode == 0
-    report = json.loads(run_cli("status", "--json", env=private_home).stdout)
-    os.kill(report["pids"][victim], signal.SIGKILL)
-    time.sleep(0.3)
-    text = run_cli("status", env=private_home)
-    assert text.returncode == 1
-    assert f"the {victim} process" in text.stdout and "not running" in text.stdout
-    assert "python -m effectively_once down && python -m effectively_once up" in text.stdout
-    after = json.loads(run_cli("status", "--json", env=private_home).stdout)
-    assert after["healthy"] is False and after["fix"]
-    pids = after["pids"]
-    assert run_cli("down", env=private_home).returncode == 0
-    assert not any(pid_alive(pid) for pid in pids.values())
-
-
 def test_docker_backend_without_docker_gives_one_sentence_and_the_fix(private_home):
     ok, _ = stack_mod.docker_available()
     if ok:
@@ -179,13 +144,6 @@ def test_docker_backend_without_docker_gives_one_sentence_and_the_fix(private_ho
 
     with pytest.raises(stack_mod.StackError, match="--backend embedded"):
         start_docker(progress=lambda *_: None)
-
-
-def test_external_backend_needs_its_variables(monkeypatch):
-    monkeypatch.delenv("EO_KAFKA_BOOTSTRAP", raising=False)
-    monkeypatch.delenv("EO_POSTGRES_DSN", raising=False)
-    with pytest.raises(stack_mod.StackError, match="EO_KAFKA_BOOTSTRAP and EO_POSTGRES_DSN"):
-        stack_mod.start("external", progress=lambda *_: None)
 
 
 def test_external_backend_attaches_to_given_servers(stack, monkeypatch):
@@ -204,7 +162,3 @@ def test_doctor_reports_each_check():
         assert f" {check} " in result.stdout, f"doctor does not report {check}"
 
 
-def test_stack_errors_show_as_one_sentence_in_a_notebook():
-    sentence = "Docker is not running: start Docker, or use EO_BACKEND=embedded."
-    error = stack_mod.StackError(sentence)
-    assert error._render_traceback_() == [f"StackError: {sentence}"]

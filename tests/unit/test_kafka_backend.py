@@ -1,32 +1,27 @@
-"""The embedded Apache Kafka: Java discovery, the jar cache and its fetch paths, `auto`, restarts.
+"""The embedded Apache Kafka without a broker: Java discovery, the jar cache and its fetch paths, `auto`.
 
 Fetch tests use a private jar cache (``EO_JAR_CACHE``). The direct download is
 tested against a real HTTP server on 127.0.0.1 that serves the pinned jars in
-Maven's layout (a mirror, as EO_MAVEN_REPOSITORY would name one); the mvn path
-runs the real `mvn`.
+Maven's layout (a mirror, as EO_MAVEN_REPOSITORY would name one). The mvn path
+(a JVM) is tests/integration/test_kafka_backend.py's; a killed broker and its
+restart, tests/integration/test_faults.py's.
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
-import json
-import os
 import shutil
-import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
 
 from effectively_once import stack as stack_mod
 from effectively_once.stack import jars
 from effectively_once.stack.java import JavaMissing, find_java, java_major
 from effectively_once.stack.kafka_settings import BROKER_SETTINGS, KAFKA_VERSION, docker_environment
-from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -130,16 +125,6 @@ def test_a_jar_that_does_not_match_its_checksum_is_never_used(monkeypatch, tmp_p
     assert not (tmp_path / "cache" / victim.filename).exists()
 
 
-def test_mvn_fetches_the_jars_into_an_empty_cache(monkeypatch, tmp_path):
-    if shutil.which("mvn") is None:
-        pytest.skip("mvn is not on PATH here; the direct download is tested instead")
-    monkeypatch.setenv("EO_JAR_CACHE", str(tmp_path / "cache"))
-    assert jars.fetch_method() == "mvn" and not jars.cached()
-    jars.ensure_jars(progress=lambda *_: None, bar=lambda *_: None)
-    assert jars.cached()
-    assert sorted(p.name for p in (tmp_path / "cache").glob("*.jar")) == sorted(j.filename for j in jars.pinned_jars())
-
-
 # -- auto -------------------------------------------------------------------------------------
 def test_auto_picks_tansu_when_java_is_hidden(monkeypatch):
     monkeypatch.setenv("EO_JAVA", "none")
@@ -218,44 +203,3 @@ def test_docker_uses_the_same_broker_settings_and_version():
     assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://127.0.0.1:19092"
     assert "-Xmx512m" in env["KAFKA_HEAP_OPTS"]
     assert len(docker_environment()) == len(BROKER_SETTINGS) + 1
-
-
-# -- the broker as a process of the stack -------------------------------------------------------
-@pytest.mark.integration
-def test_a_killed_broker_is_unhealthy_and_up_restarts_it_with_its_log(private_home):
-    assert run_cli("up", "--backend", "embedded", env=private_home).returncode == 0
-    report = json.loads(run_cli("status", "--json", env=private_home).stdout)
-    assert report["broker_flavor"] == "apache-kafka" and report["broker_version"] == KAFKA_VERSION
-    assert report["java"] and Path(report["java"]).exists()
-    running = stack_mod.attach(report | {"ready": True, "postgres_dsn": report["postgres_dsn"]})
-    topic = running.create_topic("survives-restart", partitions=1)
-    producer = Producer(running.producer_config())
-    for i in range(5):
-        producer.produce(topic, value=f"record {i}".encode())
-    assert producer.flush(15) == 0
-
-    os.kill(report["pids"]["broker"], signal.SIGKILL)
-    time.sleep(0.3)
-    status = run_cli("status", env=private_home)
-    assert status.returncode == 1 and "the broker process" in status.stdout and "not running" in status.stdout
-
-    again = run_cli("up", env=private_home)
-    assert again.returncode == 0 and "restarting it" in again.stdout, again.stdout + again.stderr
-    after = json.loads(run_cli("status", "--json", env=private_home).stdout)
-    assert after["healthy"] and after["pids"]["broker"] != report["pids"]["broker"]
-    restarted = stack_mod.attach(after | {"ready": True})
-    assert topic in restarted.list_topics()
-    consumer = Consumer(restarted.consumer_config(**{"group.id": restarted.group("survivor")}))
-    consumer.subscribe([topic])
-    values, deadline = [], time.monotonic() + 30
-    while len(values) < 5 and time.monotonic() < deadline:
-        msg = consumer.poll(0.2)
-        if msg is not None and not msg.error():
-            values.append(msg.value().decode())
-    consumer.close()
-    assert values == [f"record {i}" for i in range(5)], "the records written before the kill must survive it"
-    pids = after["pids"]
-    assert run_cli("down", env=private_home).returncode == 0
-    from effectively_once.stack.processes import pid_alive
-
-    assert not any(pid_alive(pid) for pid in pids.values()), "down left a process (the JVM?) running"

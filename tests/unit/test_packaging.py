@@ -33,13 +33,47 @@ def test_every_dependency_is_pinned():
 
 def test_readme_shows_the_two_commands_and_ci_runs_the_test_one():
     readme = (ROOT / "README.md").read_text()
-    assert "make lab" in readme and "make test" in readme
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make lab" in readme and "make test" in readme and "make test-all" in readme
+    assert "make test-all" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_make_test_turns_no_tests_into_a_failure():
+def _recipe(makefile: str, target: str) -> str:
+    """The recipe of ``target`` (its prerequisites line and the tab-indented lines after it)."""
+    match = re.search(rf"^{re.escape(target)}:(.*)\n((?:\t.*\n?)*)", makefile, re.M)
+    assert match, f"the Makefile has no target {target}"
+    return match.group(1) + "\n" + match.group(2)
+
+
+def test_each_make_target_runs_its_lanes_once():
+    """make check runs the unit lane and the fast checks; make test adds integration and notebooks; test-all all."""
     makefile = (ROOT / "Makefile").read_text()
-    assert "$$rc -eq 5" in makefile
+    check = _recipe(makefile, "check")
+    for step in ("ruff check", "mypy", "tools/notebooks.py check", "tools/make_labs.py --check", "tools/lanes.py unit"):
+        assert step in check, f"make check does not run {step}"
+    assert " check" in _recipe(makefile, "test").splitlines()[0]
+    assert "tools/lanes.py integration notebooks $(LANE_ARGS)" in _recipe(makefile, "test")
+    assert "tools/lanes.py browser" in _recipe(makefile, "test-browser")
+    assert "tools/lanes.py tansu" in _recipe(makefile, "test-tansu")
+    assert "tools/lanes.py integration notebooks browser tansu" in _recipe(makefile, "test-all")
+    ran = re.findall(r"tools/lanes\.py ((?:[a-z]+ ?)+)", _recipe(makefile, "test-all") + check)
+    lanes = " ".join(ran).split()
+    assert sorted(lanes) == sorted(set(lanes)), f"make test-all runs a lane twice: {lanes}"
+
+
+def test_a_lane_that_collects_no_test_fails(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import lanes
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    probe = lanes.Lane("probe", ("tests/unit/test_lanes.py",))
+    code, _ = lanes.run_lane(probe, ["-k", "no_test_has_this_name", "-q"], None, results=tmp_path)
+    assert code == lanes.NO_TESTS_COLLECTED
+    assert (tmp_path / "probe.xml").exists(), "every lane writes its JUnit XML"
+    capsys.readouterr()
+    assert lanes.summarize([("probe", code, 1.0), ("unit", 0, 1.0)]) == 1
+    assert "probe        FAILED: no test collected" in capsys.readouterr().out
+    assert lanes.summarize([("unit", 0, 1.0)]) == 0
 
 
 def schemas_the_code_loads() -> dict[str, list[str]]:
