@@ -85,17 +85,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             raise pytest.UsageError("the tests' stack did not stop cleanly: " + "; ".join(problems))
 
 
-def one_worker_per_module(items: list[pytest.Item], lane: str) -> None:
-    """Under ``--dist loadgroup``, run each test module of ``lane`` whole on one worker (unless it names a group).
-
-    A module's fixtures then start once, and its tests keep their order.
-    """
-    folder = Path(__file__).parent / lane
-    for item in items:
-        if item.path.is_relative_to(folder) and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(f"{lane}/{item.path.stem}"))
-
-
 @pytest.fixture(scope="session")
 def stack():
     """The run's stack (embedded unless EO_BACKEND says otherwise), shared by every test and every worker."""

@@ -55,8 +55,8 @@ class Lane:
         if self.markers:
             cmd += ["-m", self.markers]
         if self.workers:
-            # loadgroup: each test module runs whole on one worker (tests/services.py groups them).
-            cmd += ["-n", str(self.workers), "--dist", "loadgroup"]
+            # loadscope: each test module runs whole, in order, on one worker, so its fixtures start once.
+            cmd += ["-n", str(self.workers), "--dist", "loadscope"]
         return cmd + extra
 
 

@@ -5,6 +5,8 @@ Its pieces that need no stack are tested in tests/unit/test_matrix.py.
 
 from __future__ import annotations
 
+import copy
+
 import psycopg
 import pytest
 
@@ -19,20 +21,25 @@ from tests.integration.test_pipeline import step_that_forgets_the_key
 from tests.unit.test_matrix import step_that_raises
 
 
-def _matrix_databases(stack) -> set[str]:
+def _existing(stack, names: list[str]) -> set[str]:
     with psycopg.connect(stack.postgres_dsn("postgres")) as conn:
-        return {name for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                                 (f"{stack.namespace}_matrix_%",))}
+        return {name for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                                                 ([stack.database(n) for n in names],))}
 
 
 @pytest.fixture(scope="module")
 def small(stack):
-    """Two crash points x three layer sets, run once for the module; the databases it used must be gone."""
-    before = _matrix_databases(stack)
+    """Two crash points x three layer sets, run once for the module; the databases it made must be gone.
+
+    It counts the databases this run made (another module's matrix may run beside it under xdist).
+    """
+    made: list[str] = []
+    watched = copy.copy(stack)
+    watched.create_database = lambda name, **kw: made.append(name) or stack.create_database(name, **kw)
     lines: list[str] = []
-    matrix = run_matrix(stack, ["after_dedup_insert", "after_provider_call"],
+    matrix = run_matrix(watched, ["after_dedup_insert", "after_provider_call"],
                         ["both", "dedup_only", "dedup_as_written"], seed=1, progress=lines.append, run_prefix="tm")
-    assert _matrix_databases(stack) == before, "run_matrix must drop the databases it created"
+    assert made and _existing(stack, made) == set(), "run_matrix must drop the databases it created"
     return matrix, lines
 
 
