@@ -1,12 +1,16 @@
-# Exactly-Once in Production: `make lab` opens the course, `make test` runs every check.
+# Exactly-Once in Production: `make lab` opens the course, `make test` runs a contributor's checks,
+# `make test-all` every lane (CI).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 BACKEND ?= auto
 PYTEST_ARGS ?=
+# Anything for pytest, through tools/lanes.py: make test PYTEST_ARGS="-x -k churn"
+LANE_ARGS = $(if $(strip $(PYTEST_ARGS)),-- $(PYTEST_ARGS))
 
-.PHONY: setup lab check test test-docker test-notebook notebooks up down status doctor labs environment site site-preview test-site
+.PHONY: setup lab check test test-browser test-tansu test-docker test-all test-notebook notebooks up down status \
+        doctor labs environment site site-preview test-site
 
 # Re-runs are fast: pip runs again only when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -17,8 +21,6 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The course opens from my-course/, your own git-ignored copy: running it never changes a tracked
-# file, so `git pull` always applies. Notebooks a course update adds are copied in; yours are never overwritten.
 lab: setup
 	$(BIN)/python -m effectively_once up --backend $(BACKEND)
 	@# JupyterLab refuses to run as root unless told to (containers, CI machines).
@@ -26,48 +28,49 @@ lab: setup
 	  exec "$(CURDIR)/$(BIN)/jupyter" lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) 00_start_here.ipynb
 
 # The fast checks, no services needed (about a minute): lint, types, every notebook
-# against its source, labs against solutions, and the unit tests.
+# against its source, labs against solutions, and the unit lane (tests/unit).
 check: setup
 	@set -e; start=$$(date +%s); \
 	echo "== ruff"; $(BIN)/ruff check .; \
 	echo "== mypy"; $(BIN)/mypy; \
 	echo "== notebooks against their sources"; $(BIN)/python tools/notebooks.py check; \
 	echo "== labs against solutions"; $(BIN)/python tools/make_labs.py --check; \
-	echo "== unit tests"; $(BIN)/python -m pytest -q -m "not integration and not browser" -p no:cacheprovider $(PYTEST_ARGS); \
+	$(BIN)/python tools/lanes.py unit $(LANE_ARGS); \
 	echo "make check: passed in $$(( $$(date +%s) - start )) s"
 
-# Two passes: everything on the default broker (embedded Apache Kafka), then the
-# checks that differ by broker on Tansu, the light fallback (stack, probe, churn,
-# notebooks 03 and 04). pytest exits 5 when it collected no test: a failure here.
-TANSU_PASS ?= 1
+# The lanes, each run once (tools/lanes.py: one stack for all of them, a JUnit XML each under
+# test-results/, `python tools/slowest_tests.py` prints the slowest). CONTRIBUTING.md says which to run when.
+# What a contributor runs: make check, then the integration and notebooks lanes on embedded Apache Kafka.
 test: check
-	@$(BIN)/python -m pytest -m "not tansu_only and not docker" --durations=15 $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
-	if [ "$(TANSU_PASS)" = 1 ]; then \
-	  echo "== make test: the broker-dependent checks again, on Tansu =="; \
-	  EO_BACKEND=tansu $(BIN)/python -m pytest -m "tansu_pass or tansu_only" --durations=5 $(PYTEST_ARGS); rc2=$$?; \
-	  if [ $$rc2 -eq 5 ]; then echo "make test: the Tansu pass collected no tests" >&2; rc2=1; fi; \
-	  if [ $$rc -eq 0 ]; then rc=$$rc2; fi; \
-	fi; exit $$rc
+	@$(BIN)/python tools/lanes.py integration notebooks $(LANE_ARGS)
+
+# JupyterLab in headless Chromium (Debian's `chromium`; skipped, saying why, where there is none).
+test-browser: setup
+	@$(BIN)/python tools/lanes.py browser $(LANE_ARGS)
+
+# The checks that differ by broker, again on Tansu, the light fallback: stack, probe, churn, notebooks 03 and 04.
+test-tansu: setup
+	@$(BIN)/python tools/lanes.py tansu $(LANE_ARGS)
 
 # The docker lane: the stack tests, the guarantee probe, the crash matrix, a killed broker
 # container then `up`, and notebooks 00, 03, 04, all on EO_BACKEND=docker. It starts a private
 # dockerd when no engine answers (and stops it), and builds local images when the official ones
-# cannot be pulled (tools/docker_lane.py). Re-point the tests here when they move.
-DOCKER_TESTS ?= tests/test_docker_backend.py tests/test_stack.py tests/test_guarantees.py tests/test_matrix.py \
-	tests/test_kafka4.py::test_kafka_transactions_lists_and_describes \
-	tests/test_faults.py::test_a_broker_killed_mid_run_restarts_with_up_and_every_message_is_charged_once \
-	'tests/test_notebooks.py::test_notebook_passes_nbval[notebooks/00_start_here.ipynb]' \
-	'tests/test_notebooks.py::test_notebook_passes_nbval[notebooks/03_kafka_guarantees.ipynb]' \
-	'tests/test_notebooks.py::test_notebook_passes_nbval[notebooks/04_kill_the_consumer.ipynb]'
+# cannot be pulled (tools/docker_lane.py, which runs `tools/lanes.py docker`).
 test-docker: setup
-	$(BIN)/python tools/docker_lane.py $(DOCKER_TESTS) $(PYTEST_ARGS)
+	@$(BIN)/python tools/docker_lane.py $(LANE_ARGS)
+
+# CI: every lane once (the site's check is in the browser lane). DOCKER_LANE=0 leaves the docker lane out
+# (the GitHub workflow runs it in a job of its own).
+DOCKER_LANE ?= 1
+test-all: check
+	@$(BIN)/python tools/lanes.py integration notebooks browser tansu $(LANE_ARGS)
+	@if [ "$(DOCKER_LANE)" = 1 ]; then $(BIN)/python tools/docker_lane.py $(LANE_ARGS); fi
 
 # One notebook's nbval (its solution and lab too, when it has them): make test-notebook NB=04
 test-notebook: setup
 	@test -n "$(NB)" || { echo "usage: make test-notebook NB=04" >&2; exit 2; }
 	@k="$(NB)"; case "$$k" in *[0-9]) k="$${k}_";; esac; \
-	$(BIN)/python -m pytest tests/test_notebooks.py -k "$$k" $(PYTEST_ARGS)
+	$(BIN)/python tools/lanes.py notebooks -- -k "$$k" $(PYTEST_ARGS)
 
 # Rebuild notebooks from their sources against the stack, then labs/: make notebooks NB=04
 notebooks: setup
@@ -105,6 +108,6 @@ site-preview:
 	@test -f _build/site/index.html || { echo "no site yet: run make site first" >&2; exit 2; }
 	$(BIN)/python -m http.server --bind 127.0.0.1 --directory _build/site $(SITE_PORT)
 
-# Build the site and read every page in headless Chromium (tests/test_site.py); screenshots in artifacts/site/.
+# Build the site and read every page in headless Chromium (tests/browser/test_site.py); screenshots in artifacts/site/.
 test-site: setup
-	$(BIN)/python -m pytest tests/test_site.py -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/browser/test_site.py -p no:cacheprovider $(PYTEST_ARGS)

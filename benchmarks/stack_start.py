@@ -9,7 +9,11 @@ run (this machine is noisy; only the ratio is comparable between runs).
 Goal: at most 1.3x. The first-run jar download is timed separately, into an
 empty private cache.
 
-    .venv/bin/python benchmarks/stack_start.py [--rounds 5] [--no-download]
+``--secure`` measures instead what the workshop's lock costs: the secured
+stack (`up --secure`: SASL/SCRAM users, ACLs, password logins) against the
+plain one, alternately, as a ratio.
+
+    .venv/bin/python benchmarks/stack_start.py [--rounds 5] [--no-download] [--secure]
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from effectively_once.stack.kafka_broker import KafkaBroker, answers_metadata, c
 from effectively_once.stack.processes import stop_pid
 
 
-def time_stack(base: Path) -> float:
+def time_stack(base: Path, secure: bool = False) -> float:
     started = time.perf_counter()
-    running = stack_mod.start("embedded", root=Path(tempfile.mkdtemp(dir=base)), progress=lambda *_: None)
+    running = stack_mod.start("embedded", root=Path(tempfile.mkdtemp(dir=base)), progress=lambda *_: None,
+                              secure=secure)
     health = running.health()
     elapsed = time.perf_counter() - started
     assert health["broker"] and health["postgres"], health
@@ -98,14 +103,32 @@ def time_download(base: Path) -> float:
             os.environ["EO_JAR_CACHE"] = previous
 
 
+def secure_against_plain(base: Path, rounds: int) -> int:
+    """The secured stack's start against the plain one's, alternately; prints both medians and their ratio."""
+    time_stack(base)  # warm the page cache once, outside the measurement
+    plain_times, secure_times = [], []
+    for round_no in range(rounds):
+        plain_times.append(time_stack(base))
+        secure_times.append(time_stack(base, secure=True))
+        print(f"round {round_no + 1}: plain {plain_times[-1]:.2f} s, secured {secure_times[-1]:.2f} s", flush=True)
+    plain, secured = statistics.median(plain_times), statistics.median(secure_times)
+    print(f"median start: plain embedded stack {plain:.2f} s, secured {secured:.2f} s")
+    print(f"ratio secured / plain: {secured / plain:.2f}x")
+    shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-download", action="store_true", help="skip timing the first-run jar fetch")
+    parser.add_argument("--secure", action="store_true", help="the secured stack against the plain one")
     args = parser.parse_args(argv)
     jars.ensure_jars()
     base = Path(tempfile.mkdtemp(prefix="eo-bench-"))
     base.chmod(0o755)
+    if args.secure:
+        return secure_against_plain(base, args.rounds)
     java = find_java()
     print(f"Apache Kafka {KafkaBroker.version} on {java.describe()}")
     if not args.no_download:

@@ -126,13 +126,16 @@ def stop_pid(pid: int | None, sig: int = signal.SIGTERM, timeout: float = 10.0) 
     while time.monotonic() < deadline:
         _reap(pid)
         if not pid_alive(pid):
+            _reap(pid)  # it may have exited after the first look: a zombie counts as dead, and is collected here
             return True
         time.sleep(0.05)
     if not _signal(pid, SIGKILL):
+        _reap(pid)
         return True
     for _ in range(100):
         _reap(pid)
         if not pid_alive(pid):
+            _reap(pid)
             break
         time.sleep(0.05)
     return True

@@ -1,6 +1,6 @@
 """The docker lane (`make test-docker`): the course's checks on `EO_BACKEND=docker`.
 
-    python tools/docker_lane.py TEST...    # the tests to run: files, node ids, pytest options
+    python tools/docker_lane.py [-- PYTEST_ARGS]    # the docker lane of tools/lanes.py, with what it needs
 
 1. A Docker engine: the one ``DOCKER_HOST`` (or the default socket) names
    when it answers. Otherwise ``dockerd`` is started on a private socket and
@@ -11,7 +11,7 @@
 2. The images: the official ones when the engine has them or can pull them;
    otherwise ``tools/build_images.py`` builds local ones (a second build
    costs nothing), which the docker backend then picks.
-3. pytest on the given tests, with ``EO_BACKEND=docker``.
+3. ``tools/lanes.py docker``: the lane's tests, with ``EO_BACKEND=docker``.
 
 It prints how long each step took.
 """
@@ -127,10 +127,7 @@ def images() -> None:
 
 
 def main(argv: list[str]) -> int:
-    tests = [arg for arg in argv if arg != "--"]
-    if not tests:
-        print(__doc__, file=sys.stderr)
-        return 2
+    extra = argv[argv.index("--") + 1:] if "--" in argv else argv
     lane_started = time.monotonic()
     daemon = engine()
 
@@ -144,12 +141,11 @@ def main(argv: list[str]) -> int:
         images()
         pytest_started = time.monotonic()
         env = {**os.environ, "EO_BACKEND": "docker"}
-        result = subprocess.run([sys.executable, "-m", "pytest", "--durations=10", *tests], cwd=ROOT, env=env)
-        say(f"pytest exited {result.returncode} after {time.monotonic() - pytest_started:.0f} s; "
+        # tools/lanes.py's docker lane: its tests, its stack, its JUnit XML under test-results/.
+        command = [sys.executable, str(ROOT / "tools" / "lanes.py"), "docker", *(["--", *extra] if extra else [])]
+        result = subprocess.run(command, cwd=ROOT, env=env)
+        say(f"the tests exited {result.returncode} after {time.monotonic() - pytest_started:.0f} s; "
             f"the lane took {time.monotonic() - lane_started:.0f} s")
-        if result.returncode == 5:
-            print("docker lane: pytest collected no tests", file=sys.stderr)
-            return 1
         return result.returncode
     finally:
         stop_daemon()

@@ -24,7 +24,7 @@ def render() -> str:
     python = project["requires-python"].removeprefix(">=")
     lines = [
         "# Generated from pyproject.toml by tools/sync_environment.py: edit pyproject.toml, then run",
-        "# `make environment`. tests/test_packaging.py fails when the two differ.",
+        "# `make environment`. tests/unit/test_packaging.py fails when the two differ.",
         "name: effectively-once",
         "channels:",
         "  - conda-forge",

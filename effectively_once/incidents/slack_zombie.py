@@ -40,6 +40,11 @@ from effectively_once.db import one
 from effectively_once.guarantees import OPERATION_TIMEOUT, read_values, transactional_producer, try_zombie_commit
 from effectively_once.kafka import quiet_logger
 
+FENCED, NOT_FENCED = "the zombie was fenced", "the zombie was not fenced"
+# What each broker does to the zombie, by broker flavour: notebook 06 and the tests assert against it.
+# Either way the dedup table holds each charge once.
+EXPECTED_OUTCOME = {"apache-kafka": FENCED, "tansu": NOT_FENCED}
+
 
 @dataclass
 class ZombieReplay:
@@ -58,6 +63,16 @@ class ZombieReplay:
     def fenced(self) -> bool:
         """True when none of the zombie's records reached a read_committed consumer."""
         return self.zombie_records_delivered == 0
+
+    @property
+    def outcome(self) -> str:
+        """``FENCED`` or ``NOT_FENCED``."""
+        return FENCED if self.fenced else NOT_FENCED
+
+    @property
+    def expected_outcome(self) -> str:
+        """What this broker must do to the zombie: ``EXPECTED_OUTCOME[broker_flavor]``."""
+        return EXPECTED_OUTCOME[self.broker_flavor]
 
     @property
     def naive_double_charges(self) -> int:

@@ -224,6 +224,14 @@ class VisibilityHeartbeat:
 
 
 # -- the replay ---------------------------------------------------------------------------------
+RAN_TWICE, RAN_ONCE, LOST = "a side effect ran twice", "each side effect ran once", "a message was lost"
+CAME_BACK, STAYED_DELETED = "the deleted message came back", "the deleted message stayed deleted"
+# What each replay must show, by ``replay(fix=...)`` and ``replay_delete_race(atomic=...)``:
+# notebook 06 and the tests assert against these.
+EXPECTED_OUTCOME = {None: RAN_TWICE, "extend_visibility": RAN_ONCE, "dedup": RAN_ONCE}
+EXPECTED_RACE_OUTCOME = {False: CAME_BACK, True: STAYED_DELETED}
+
+
 @dataclass
 class SqsReplay:
     """What happened in one replay: each side-effect execution, and the counts that matter."""
@@ -271,6 +279,16 @@ class SqsReplay:
     def lost(self) -> list[int]:
         """Ids of messages whose side effect never ran (should be empty)."""
         return sorted(mid for mid, n in self.executions.items() if n == 0)
+
+    @property
+    def outcome(self) -> str:
+        """``RAN_TWICE``, ``LOST`` or ``RAN_ONCE``: what happened to the side effects."""
+        return LOST if self.lost else RAN_TWICE if self.duplicates else RAN_ONCE
+
+    @property
+    def expected_outcome(self) -> str:
+        """The outcome this fix (or no fix) must have: ``EXPECTED_OUTCOME[fix]``."""
+        return EXPECTED_OUTCOME[self.fix]
 
     @property
     def side_effect_duration_p99(self) -> float:
@@ -534,6 +552,16 @@ class DeleteRaceReplay:
     def duplicates(self) -> int:
         """Side-effect runs beyond the first."""
         return max(0, self.side_effect_runs - 1)
+
+    @property
+    def outcome(self) -> str:
+        """``CAME_BACK`` or ``STAYED_DELETED``."""
+        return CAME_BACK if self.reappeared else STAYED_DELETED
+
+    @property
+    def expected_outcome(self) -> str:
+        """The outcome this way of changing the visibility must have: ``EXPECTED_RACE_OUTCOME[atomic]``."""
+        return EXPECTED_RACE_OUTCOME[self.atomic]
 
     def verdict(self) -> str:
         """One sentence on the outcome."""

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, TypeGuard
 import httpx
 
 from effectively_once.db import one
+from effectively_once.payments.matrix import CHARGED_ONCE, CHARGED_TWICE, LOST
 from effectively_once.payments.messages import REPLAY_HEADER, ChargeMessage, child_traceparent
 
 if TYPE_CHECKING:
@@ -219,6 +220,10 @@ def lint_steps(path: str | Path | None = None) -> dict[str, list]:
 
 
 # -- the replay -----------------------------------------------------------------------------------
+# What each replay must do to the money, by ``replay(fixed=...)``: notebook 06 and the tests assert against it.
+EXPECTED_OUTCOME = {False: CHARGED_TWICE, True: CHARGED_ONCE}
+
+
 @dataclass
 class Stripe2020Replay:
     """One run of the pipeline with one of the two steps, and what it did to the money."""
@@ -249,6 +254,18 @@ class Stripe2020Replay:
     def ok(self) -> bool:
         """True when every message was charged exactly once."""
         return self.duplicate_charges == 0 and self.lost_charges == 0 and self.charged_messages == self.messages
+
+    @property
+    def outcome(self) -> str:
+        """``charged twice`` (some customer), ``lost`` (some charge), or ``charged once`` (every message)."""
+        if self.duplicate_charges:
+            return CHARGED_TWICE
+        return CHARGED_ONCE if self.ok else LOST
+
+    @property
+    def expected_outcome(self) -> str:
+        """The outcome this step must have: ``EXPECTED_OUTCOME`` of the bug or of the fix."""
+        return EXPECTED_OUTCOME[self.fixed]
 
     def summary(self) -> dict[str, object]:
         """The counts as plain data (what the HTML table shows)."""

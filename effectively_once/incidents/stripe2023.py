@@ -143,6 +143,11 @@ def dlq_records(n: int, *, seed: int, prefix: str, source_topic: str, group: str
 
 
 # -- the replay -------------------------------------------------------------------------------------
+THROTTLED, NOT_THROTTLED = "the provider throttled (429)", "no 429"
+# What each redrive must meet, by whether it is paced (``run(rate=...)``): notebook 06 and the tests assert it.
+EXPECTED_OUTCOME = {"redrive-all": THROTTLED, "paced": NOT_THROTTLED}
+
+
 @dataclass
 class FloodReplay:
     """One redrive into a live consumer pool behind a rate-limited provider, and what followed."""
@@ -166,6 +171,16 @@ class FloodReplay:
     def throttled(self) -> int:
         """How many times the provider answered 429 (rate limit)."""
         return sum(1 for _, status in self.answers if status == 429)
+
+    @property
+    def outcome(self) -> str:
+        """``THROTTLED`` when the provider answered 429 to the pool or to a live checkout, else ``NOT_THROTTLED``."""
+        return THROTTLED if self.throttled or self.live_throttled else NOT_THROTTLED
+
+    @property
+    def expected_outcome(self) -> str:
+        """The outcome this redrive must have: ``EXPECTED_OUTCOME`` of redrive-all or of a paced one."""
+        return EXPECTED_OUTCOME["redrive-all" if self.rate is None else "paced"]
 
     @property
     def live_throttled(self) -> int:

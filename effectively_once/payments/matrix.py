@@ -42,14 +42,72 @@ from effectively_once.protocol import CRASH_POINTS, plural
 if TYPE_CHECKING:
     from effectively_once.stack import Stack
 
-__all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "CrashMatrix", "DID_NOT_RUN", "LOST", "MatrixCell", "OFFSETS",
-           "PluggedStep", "SideBySide", "run_matrix", "view"]
+__all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "EXPECTED_MATRIX", "CrashMatrix", "DID_NOT_RUN",
+           "ExpectedCell", "LOST", "MatrixCell", "OFFSETS", "PluggedStep", "SideBySide", "expected_outcomes",
+           "run_matrix", "view"]
 
 CHARGED_ONCE, CHARGED_TWICE, LOST, DID_NOT_RUN = "charged once", "charged twice", "lost", "did not run"
 DEDUP, KEY, NOTHING = "dedup", "idempotency_key", "nothing needed"
 ABSORBERS = (DEDUP, KEY, NOTHING)
 # The offsets_in_db layer absorbs without a trace: the stored offset keeps the message from coming back.
 OFFSETS = "offsets_in_db"
+
+
+
+@dataclass(frozen=True)
+class ExpectedCell:
+    """What one crash on the first message does once the restarted consumer settles, counted in the ledger.
+
+    Only that message is ever handled twice: the crash comes on the first record
+    the consumer handles, so nothing before it waits for an offset commit.
+    """
+
+    duplicate_charges: int = 0
+    lost_charges: int = 0
+    dedup_hits: int = 0
+    key_replays: int = 0
+
+    @property
+    def outcome(self) -> str:
+        """``charged twice``, ``lost`` or ``charged once``, as ``MatrixCell.outcome`` names a cell."""
+        return CHARGED_TWICE if self.duplicate_charges else LOST if self.lost_charges else CHARGED_ONCE
+
+
+_OK = ExpectedCell()
+# The expected crash matrix: every crash point against every layer set of the course. Notebook 04
+# and the tests assert against this one table.
+EXPECTED_MATRIX: dict[tuple[str, str], ExpectedCell] = {
+    ("before_dedup_insert", "both"): _OK,
+    ("before_dedup_insert", "dedup_only"): _OK,
+    ("before_dedup_insert", "idempotency_key_only"): _OK,
+    ("before_dedup_insert", "none"): _OK,
+    ("before_dedup_insert", "dedup_as_written"): _OK,
+    # The row is 'pending' and no money moved yet: the recovery rule retries it...
+    ("after_dedup_insert", "both"): ExpectedCell(dedup_hits=1),
+    ("after_dedup_insert", "dedup_only"): ExpectedCell(dedup_hits=1),
+    ("after_dedup_insert", "idempotency_key_only"): _OK,
+    ("after_dedup_insert", "none"): _OK,
+    # ...while the recipe's literal "0 rows: skip" loses the charge.
+    ("after_dedup_insert", "dedup_as_written"): ExpectedCell(lost_charges=1, dedup_hits=1),
+    # The money moved but the row still says 'pending': only the key stops a second charge.
+    ("after_provider_call", "both"): ExpectedCell(dedup_hits=1, key_replays=1),
+    ("after_provider_call", "dedup_only"): ExpectedCell(duplicate_charges=1, dedup_hits=1),
+    ("after_provider_call", "idempotency_key_only"): ExpectedCell(key_replays=1),
+    ("after_provider_call", "none"): ExpectedCell(duplicate_charges=1),
+    ("after_provider_call", "dedup_as_written"): ExpectedCell(dedup_hits=1),
+    # 'done' but the offset was not committed: the redelivery is a dedup hit, or a replay, or a duplicate.
+    ("after_status_update", "both"): ExpectedCell(dedup_hits=1),
+    ("after_status_update", "dedup_only"): ExpectedCell(dedup_hits=1),
+    ("after_status_update", "idempotency_key_only"): ExpectedCell(key_replays=1),
+    ("after_status_update", "none"): ExpectedCell(duplicate_charges=1),
+    ("after_status_update", "dedup_as_written"): ExpectedCell(dedup_hits=1),
+}
+
+
+def expected_outcomes() -> dict[tuple[str, str], str]:
+    """The outcome of every cell of ``EXPECTED_MATRIX``, as ``CrashMatrix.outcomes()`` reports a run."""
+    return {key: cell.outcome for key, cell in EXPECTED_MATRIX.items()}
+
 
 _COLOURS = {CHARGED_ONCE: "#dafbe1", CHARGED_TWICE: "#ffd8d3", LOST: "#ffe7b3", DID_NOT_RUN: "#eaeef2"}
 _LAYER_NOTES = {
@@ -203,6 +261,11 @@ class CrashMatrix:
     def outcomes(self) -> dict[tuple[str, str], str]:
         """Every cell's outcome, as plain data."""
         return {key: c.outcome for key, c in self.cells.items()}
+
+    def unexpected(self) -> dict[tuple[str, str], str]:
+        """The cells whose outcome is not ``EXPECTED_MATRIX``'s (or that it has no entry for), with their outcome."""
+        expected = expected_outcomes()
+        return {key: got for key, got in self.outcomes().items() if got != expected.get(key)}
 
     def problems(self) -> list[str]:
         """One sentence for each cell where the money went wrong."""

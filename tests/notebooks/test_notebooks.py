@@ -1,0 +1,92 @@
+"""Every notebook tells the truth on the stack at hand; every lab fails until solved.
+
+* Each ``notebooks/*.ipynb`` and ``solutions/*.ipynb`` runs under nbval in a
+  subprocess, against the run's stack (the kernel inherits ``EO_HOME`` and
+  attaches with ``attach_or_start()``). Outputs of deterministic cells are
+  compared; cells tagged ``nbval-ignore-output`` only have to run.
+* That ``labs/`` is what ``solutions/`` gives is ``make check``'s to say
+  (``tools/make_labs.py --check``), before any kernel starts.
+* Each ``labs/*.ipynb``, executed, stops with an error at a cell tagged
+  ``check`` (an unfinished exercise raises NotImplementedError, or its check
+  raises AssertionError), never earlier and never not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SANITIZE = ROOT / "tests" / "notebooks" / "nbval_sanitize.cfg"
+COURSE = sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("solutions/*.ipynb"))
+LABS = sorted(ROOT.glob("labs/*.ipynb"))
+CHECK_TAG = "check"
+LAB_ERRORS = ("NotImplementedError", "AssertionError")
+
+
+def _tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _ids(paths):
+    return [str(p.relative_to(ROOT)) for p in paths]
+
+
+@pytest.mark.parametrize("path", COURSE, ids=_ids(COURSE))
+def test_notebook_passes_nbval(path, stack):
+    """Run the notebook with nbval; its asserts and its stored outputs must hold on this stack."""
+    cmd = [sys.executable, "-m", "pytest", "--nbval", str(path), "--nbval-sanitize-with", str(SANITIZE),
+           "-p", "no:cacheprovider", "-q", "-o", "addopts=", "--nbval-cell-timeout=600"]
+    result = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, (f"nbval failed on {path.relative_to(ROOT)} (exit {result.returncode}):\n"
+                                    f"{_tail(result.stdout + result.stderr)}")
+
+
+TANSU_NOTEBOOKS = [ROOT / "notebooks" / "03_kafka_guarantees.ipynb", ROOT / "notebooks" / "04_kill_the_consumer.ipynb"]
+
+
+@pytest.mark.tansu_only
+@pytest.mark.parametrize("path", TANSU_NOTEBOOKS, ids=_ids(TANSU_NOTEBOOKS))
+def test_notebook_runs_on_tansu(path, stack):
+    """The notebooks whose cells branch on the broker, run on Tansu: every cell and assert must hold.
+
+    Their stored outputs come from Apache Kafka, so outputs are not compared
+    (``--nbval-lax``); what must hold on Tansu is each assert cell, which states
+    what this broker does.
+    """
+    assert stack.broker_flavor == "tansu", "this test belongs to make test-tansu"
+    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", str(path), "-p", "no:cacheprovider", "-q",
+           "-o", "addopts=", "--nbval-cell-timeout=600"]
+    result = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, (f"{path.relative_to(ROOT)} failed on Tansu (exit {result.returncode}):\n"
+                                    f"{_tail(result.stdout + result.stderr)}")
+
+
+@pytest.mark.parametrize("path", LABS, ids=_ids(LABS))
+def test_lab_fails_at_a_check_cell(path, stack, tmp_path):
+    """An unsolved lab must stop at one of its check cells, with NotImplementedError or AssertionError."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(str(path), as_version=4)
+    assert any(CHECK_TAG in c.metadata.get("tags", []) for c in nb.cells), f"{path.name} has no cell tagged 'check'"
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    with pytest.raises(CellExecutionError) as raised:
+        client.execute()
+    failing = [(i, c) for i, c in enumerate(nb.cells)
+               if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failing, f"{path.name} raised outside any cell: {raised.value}"
+    index, cell = failing[0]
+    error = next(o for o in cell.outputs if o.get("output_type") == "error")
+    assert CHECK_TAG in cell.metadata.get("tags", []), (
+        f"{path.name} failed at cell {index}, which is not a check cell (it should fail only where the learner's "
+        f"work is checked): {error['ename']}: {error['evalue']}")
+    assert error["ename"] in LAB_ERRORS, f"{path.name} cell {index} raised {error['ename']}: {error['evalue']}"
+
+

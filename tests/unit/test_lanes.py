@@ -1,0 +1,97 @@
+"""The lanes keep their promises: tests/unit refuses the stack and notices a service; every test sits in a lane."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.unit.conftest import LANE_MARK, ServiceWatch
+
+LANES = ("unit", "integration", "notebooks", "browser", "docker")
+
+
+def test_a_unit_test_that_asks_for_the_stack_fails_at_once_with_its_name(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    pytester.makeconftest("from tests.unit.conftest import *  # noqa: F403\n")
+    pytester.makepyfile(test_wants_a_broker="def test_charges_on_the_broker(stack):\n    assert stack\n")
+    # It fails in its setup, before any fixture could start a thing; and this test's own watch (the inner
+    # pytest is its child) would fail it if a broker or a PostgreSQL had started.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_charges_on_the_broker*",
+                                 "*test_wants_a_broker.py::test_charges_on_the_broker asks for the fixture 'stack'*"
+                                 "move the test to tests/integration*"])
+
+
+def _detached(program: str, env: dict[str, str]) -> int:
+    """Start ``program 30`` detached (its parent exits at once, as `up`'s keeper's does); returns its pid."""
+    out = subprocess.run(["sh", "-c", f'"{program}" 30 >/dev/null 2>&1 & echo $!'], env=env, capture_output=True,
+                         text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def test_the_watch_sees_a_detached_service_of_its_run_and_nothing_else(tmp_path):
+    """A program named postgres, detached, carrying the run's mark, is seen; unmarked, or a script named java, not."""
+    sleep = shutil.which("sleep")
+    assert sleep
+    fake_postgres = tmp_path / "postgres"
+    shutil.copy(sleep, fake_postgres)
+    script_java = tmp_path / "java"
+    script_java.write_text("#!/bin/sh\nexec sleep \"$1\"\n")
+    script_java.chmod(0o755)
+    mark = uuid.uuid4().hex
+    watch = ServiceWatch(mark)
+    clean = {k: v for k, v in os.environ.items() if k != LANE_MARK}
+    pids = [_detached(str(fake_postgres), clean), _detached(str(script_java), {**clean, LANE_MARK: mark})]
+    try:
+        time.sleep(0.3)
+        watch.sample()
+        assert watch.seen == [], "neither an unmarked process nor a script named java is this run's service"
+        pids.append(_detached(str(fake_postgres), {**clean, LANE_MARK: mark}))
+        time.sleep(0.3)
+        watch.sample()
+        assert len(watch.seen) == 1 and watch.seen[0].startswith(f"postgres (pid {pids[-1]})"), watch.seen
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+def test_every_test_file_lives_in_a_lane():
+    """A test file directly under tests/ would run in no lane: say where it belongs, by its markers."""
+    strays = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        text = path.read_text()
+        lane = "browser" if "mark.browser" in text else "integration" if "mark.integration" in text else "unit"
+        strays.append(f"git mv {path.relative_to(ROOT)} tests/{lane}/")
+    assert not strays, "test files outside the lanes; move them:\n" + "\n".join(strays)
+    assert {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and (p / "conftest.py").exists()} == set(LANES)
+
+
+def _calls_make(path) -> list[int]:
+    """Lines of ``path`` that run `make` as a command (a list or a string starting with it)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.List | ast.Tuple) and first.elts:
+                first = first.elts[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value.split()[:1] == ["make"]:
+                lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("lane", LANES)
+def test_no_test_runs_make(lane):
+    """`make check` and `make test` run the lanes; a test that ran make would run a lane twice."""
+    found = {str(p.relative_to(ROOT)): _calls_make(p) for p in (ROOT / "tests" / lane).rglob("*.py")}
+    assert not {name: lines for name, lines in found.items() if lines}
