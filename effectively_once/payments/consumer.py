@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 import psycopg
 
 from effectively_once import protocol
+from effectively_once.connections import announce_limit
 from effectively_once.kafka import client_settings, ensure_topic, is_partition_eof, quiet_logger, refused_by_rebalance
 from effectively_once.observe.exporter import ConsumerTelemetry
 from effectively_once.observe.spans import configure_tracing
@@ -501,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_RESTART
     except psycopg.OperationalError as exc:
+        if announce_limit(exc, settings.shop_dsn):  # over the role's CONNECTION LIMIT: a restart would be refused too
+            return protocol.EXIT_CONNECTION_LIMIT
         print(f"The consumer cannot reach the shop database ({_first_line(exc)}); check --shop-dsn, or start "
               f"the stack with `python -m effectively_once up`; exiting with code {EXIT_RESTART} (restart me).",
               file=sys.stderr)

@@ -77,11 +77,12 @@ class Stack:
 
     def create_database(self, name: str, *, fresh: bool = True) -> str:
         """Create the namespaced database ``name`` (dropped first when ``fresh``) and return its DSN."""
-        import psycopg
         from psycopg import sql
 
+        from effectively_once.connections import connect
+
         db = self.database(name)
-        with psycopg.connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
+        with connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
             if fresh:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
             exists = conn.execute("select 1 from pg_database where datname = %s", (db,)).fetchone()
@@ -91,10 +92,11 @@ class Stack:
 
     def drop_database(self, name: str) -> None:
         """Drop the namespaced database ``name`` if it exists."""
-        import psycopg
         from psycopg import sql
 
-        with psycopg.connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
+        from effectively_once.connections import connect
+
+        with connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(self.database(name))))
 
