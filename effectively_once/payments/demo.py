@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the run's databases and topics for inspection")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--backend", default="auto", help="backend to start if no stack is running")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds each consumer may take before the run is called stuck (default: 120)")
 
 
 def render(report: PaymentReport, keep: bool) -> str:
@@ -68,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if args.messages < 1:
         note("--messages must be at least 1")
         return 2
+    if args.timeout <= 0:
+        note("--timeout must be a positive number of seconds")
+        return 2
     try:
         stack = stack_mod.attach_or_start(args.backend, progress=note)
     except Exception as exc:
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         report = run_scenario(stack, crash_at, layers, args.messages, seed=args.seed, keep=args.keep,
-                              expire_keys=args.expire_keys)
+                              expire_keys=args.expire_keys, timeout=args.timeout)
     except Exception as exc:
         note(f"The scenario could not run: {exc}")
         _record(stack, RunRecord("demo", time.time(), time.monotonic() - started, ok=False, crash_at=crash_at,
