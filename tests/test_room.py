@@ -86,7 +86,7 @@ def test_thirty_learners_run_the_demo_at_once_and_each_run_charges_every_message
         assert not wrong, f"runs not charged exactly once: {wrong}"
         busiest = {role: peak for role, peak in sampler.peaks.items() if role.startswith("learner")}
         assert busiest and max(busiest.values()) <= DEMO_CONNECTIONS, \
-            f"a demo opened more PostgreSQL connections than connections.DEMO_CONNECTIONS ({DEMO_CONNECTIONS}): {busiest}"
+            f"a demo opened more PostgreSQL connections than DEMO_CONNECTIONS ({DEMO_CONNECTIONS}): {busiest}"
 
         # The instructor sees each learner's last run, as a typed record.
         status = run_cli("workshop", "status", "--json", env=room.env)

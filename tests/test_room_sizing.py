@@ -16,7 +16,14 @@ from effectively_once.connections import (
 )
 from effectively_once.payments.consumer import IdleClock
 from effectively_once.runs import RunRecord
-from effectively_once.stack.room import INSTRUCTOR_CONNECTIONS, ROOM_STEP, SUPERUSER_RESERVED, Room, read_room, write_room
+from effectively_once.stack.room import (
+    INSTRUCTOR_CONNECTIONS,
+    ROOM_STEP,
+    SUPERUSER_RESERVED,
+    Room,
+    read_room,
+    write_room,
+)
 
 
 def test_the_room_is_sized_in_steps_for_every_learners_limit():
