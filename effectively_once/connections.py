@@ -14,7 +14,7 @@ notebook fits in that limit:
   a lesson needs two transactions side by side.
 
 A process that adds connections (a webhook sender or receiver, say) takes its
-size from here and adds to ``LEARNER_RUN_CONNECTIONS``' reasoning below.
+size from here and is counted in ``DEMO_CONNECTIONS`` when a demo run starts it.
 
 When a learner hits the limit anyway (a kernel left running with its
 pipeline), PostgreSQL refuses the next connection; ``ConnectionLimitReached``
@@ -40,11 +40,9 @@ LAB_CONNECTIONS = 2  # what the lab itself holds at once, at most (a table read 
 DEMO_CONNECTIONS = PROVIDER_CONNECTIONS + CONSUMER_CONNECTIONS + LAB_CONNECTIONS
 
 # A learner's PostgreSQL role may open this many connections (CONNECTION LIMIT). Notebook 04's
-# crash matrix is the heaviest moment of the course: four scenarios at once, each with a consumer
-# and the lab's reads, on one shared provider, beside the provider of the notebook's own lab; that
-# is 4 * (CONSUMER_CONNECTIONS + LAB_CONNECTIONS) + 2 * PROVIDER_CONNECTIONS + LAB_CONNECTIONS = 28
-# (benchmarks/room_sizing.py measures the peak of each notebook against this). The rest is room
-# for a second notebook's kernel left running.
+# crash matrix is the heaviest moment of the course: four scenarios at once on one shared provider,
+# beside the provider of the notebook's own lab; benchmarks/room_sizing.py measured its peak at 12
+# (notebook 05's at 8). The rest is room for the kernels of notebooks a learner left running.
 LEARNER_CONNECTION_LIMIT = 40
 
 # SQLSTATE 53300, too_many_connections: PostgreSQL's refusal of a connection over a limit. A refused
