@@ -25,7 +25,8 @@ from tests.room_helpers import charged_exactly_once, finish_demo, load_average, 
 LEARNERS = 30
 MESSAGES = 10
 
-pytestmark = [pytest.mark.integration, pytest.mark.room]
+# A room of thirty on two busy cores takes minutes; the suite's 600 s default would cut it short.
+pytestmark = [pytest.mark.integration, pytest.mark.room, pytest.mark.timeout(3600)]
 
 
 class ConnectionSampler(threading.Thread):

@@ -28,7 +28,7 @@ from effectively_once.stack.room import LEARNER_QUOTA, read_room
 from tests.conftest import ROOT, run_cli
 from tests.room_helpers import charged_exactly_once, finish_demo, load_average, secured_room, start_demo, timed_demo
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 FLOODER = r"""
 import json, os, signal, sys, time
