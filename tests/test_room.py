@@ -47,7 +47,8 @@ class ConnectionSampler(threading.Thread):
                 rows = conn.execute("SELECT usename, count(*) FROM pg_stat_activity"
                                     " WHERE backend_type = 'client backend' GROUP BY usename").fetchall()
                 for role, count in rows:
-                    self.peaks[role] = max(self.peaks[role], count)
+                    if role is not None:  # a session still logging in has no role yet
+                        self.peaks[role] = max(self.peaks[role], count)
                 self.total_peak = max(self.total_peak, sum(count for _, count in rows))
 
 
