@@ -61,7 +61,7 @@ test-docker: setup
 	$(BIN)/python tools/docker_lane.py $(DOCKER_TESTS) $(PYTEST_ARGS)
 
 # The room of thirty (tests marked `room`): thirty learners run the demo at once on one secured
-# stack; it prints the room's time against one learner alone. Heavy (about 10 minutes on two busy
+# stack; it prints the room's time against one learner alone. Heavy (about 4 minutes on two busy
 # cores), so `make test` leaves it out; the full CI run includes it.
 test-room: setup
 	@$(BIN)/python -m pytest -m room --durations=5 -s $(PYTEST_ARGS); rc=$$?; \
