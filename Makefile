@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Anything for pytest, through tools/lanes.py: make test PYTEST_ARGS="-x -k churn"
 LANE_ARGS = $(if $(strip $(PYTEST_ARGS)),-- $(PYTEST_ARGS))
 
-.PHONY: setup lab check test test-browser test-tansu test-docker test-all test-notebook notebooks up down status \
+.PHONY: setup lab check test test-browser test-tansu test-docker test-room test-all test-notebook notebooks up down status \
         doctor labs environment site site-preview test-site
 
 # Re-runs are fast: pip runs again only when pyproject.toml changed.
@@ -52,6 +52,11 @@ test-browser: setup
 test-tansu: setup
 	@$(BIN)/python tools/lanes.py tansu $(LANE_ARGS)
 
+# The room of thirty (tests/room): thirty learners run the demo at the same moment on one secured stack, each
+# run charged exactly once; it prints the room's time against one learner alone. Heavy: make test leaves it out.
+test-room: setup
+	@$(BIN)/python tools/lanes.py room $(LANE_ARGS)
+
 # The docker lane: the stack tests, the guarantee probe, the crash matrix, a killed broker
 # container then `up`, and notebooks 00, 03, 04, all on EO_BACKEND=docker. It starts a private
 # dockerd when no engine answers (and stops it), and builds local images when the official ones
@@ -63,7 +68,7 @@ test-docker: setup
 # (the GitHub workflow runs it in a job of its own).
 DOCKER_LANE ?= 1
 test-all: check
-	@$(BIN)/python tools/lanes.py integration notebooks browser tansu $(LANE_ARGS)
+	@$(BIN)/python tools/lanes.py integration notebooks browser tansu room $(LANE_ARGS)
 	@if [ "$(DOCKER_LANE)" = 1 ]; then $(BIN)/python tools/docker_lane.py $(LANE_ARGS); fi
 
 # One notebook's nbval (its solution and lab too, when it has them): make test-notebook NB=04

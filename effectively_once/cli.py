@@ -125,6 +125,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         except stack_mod.StackError as exc:
             print(exc, file=sys.stderr)
             return 2
+    if args.learners:
+        if not args.secure or args.learners < 0:
+            print("--learners N sizes a secured stack: use `up --backend embedded --secure --learners N` (N >= 1).",
+                  file=sys.stderr)
+            return 2
+        plan_room(args.learners)
     warning = namespace_warning(backend)
     if warning:
         print(warning, file=sys.stderr)
@@ -155,6 +161,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"Secured: SASL/SCRAM and ACLs on Kafka, passwords on PostgreSQL. Your logins (super user) are in "
               f"{record['credentials_file']}; `workshop add-learners N --out DIR` writes the learners' files.")
     return 0
+
+
+def plan_room(learners: int) -> None:
+    """Record that the secured stack about to start is for ``learners`` learners (``stack.room``)."""
+    from dataclasses import replace
+
+    from effectively_once.stack.room import read_room, write_room
+    from effectively_once.stack.secure import SECURE_ROOT
+
+    root = eo_home() / SECURE_ROOT
+    room = write_room(root, replace(read_room(root), planned=learners))
+    print(f"sizing PostgreSQL for {room.sized_for} learners: max_connections {room.max_connections}")
 
 
 # -- status --------------------------------------------------------------------------------
@@ -396,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the stack")
     up.add_argument("--secure", action="store_true",
                     help="a workshop stack: SASL/SCRAM and ACLs on Kafka, password logins on PostgreSQL (embedded)")
+    up.add_argument("--learners", type=int, default=0, metavar="N",
+                    help="with --secure: size PostgreSQL for a room of N learners before they are added")
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="check the running stack's health live")
     status.add_argument("--json", action="store_true")

@@ -47,12 +47,17 @@ METRICS_ON = "metrics on "
 CRASH_POINT = "crash point "
 PAUSED_AT = "paused at "
 PROVIDER_ANSWERED = "provider answered "
+CONNECTION_LIMIT = "connection limit reached: "
+# The exit status of a provider or consumer that PostgreSQL refused over a connection limit:
+# restarting it would only be refused again, so the parent reports the sentence instead.
+EXIT_CONNECTION_LIMIT = 76
 
 _PROVIDER_LISTENING = re.compile(re.escape(LISTENING) + r"(?P<url>https?://\S+)")
 _METRICS_ON = re.compile(r"^" + re.escape(METRICS_ON) + r"(?P<url>https?://\S+)", re.MULTILINE)
 _CRASH_POINT_REACHED = re.compile(
     re.escape(CRASH_POINT) + r"(?P<point>\w+) reached for the (?P<count>\d+)(st|nd|rd|th) time")
 _PAUSED_AT = re.compile(r"^" + re.escape(PAUSED_AT) + r"(?P<point>\w+) with (?P<msg_id>[^\s:]+)", re.MULTILINE)
+_CONNECTION_LIMIT = re.compile(r"^" + re.escape(CONNECTION_LIMIT) + r"(?P<sentence>.+)$", re.MULTILINE)
 _PROVIDER_ANSWERED = re.compile(
     r"^" + re.escape(PROVIDER_ANSWERED) + r"(?P<msg_id>\S+) \(Idempotency-Key: (?P<key>\S+)\): HTTP (?P<status>\d+), "
     r"Idempotent-Replayed: (?P<replayed>\S+), charge (?P<charge_id>\S+)$", re.MULTILINE)
@@ -122,3 +127,14 @@ def provider_answered(msg_id: str, key: str | None, status: int, replayed: str |
 def parse_provider_answers(text: str) -> list[dict[str, str]]:
     """Every provider answer a consumer's output records, in order, as dicts of the line's fields."""
     return [match.groupdict() for match in _PROVIDER_ANSWERED.finditer(text)]
+
+
+def connection_limit(sentence: str) -> str:
+    """A process's line when PostgreSQL refused it a connection over a limit: the sentence for the learner."""
+    return f"{CONNECTION_LIMIT}{sentence}"
+
+
+def parse_connection_limit(text: str) -> str | None:
+    """The sentence a process's output gives for a connection refused over a limit, or None."""
+    match = _CONNECTION_LIMIT.search(text)
+    return match.group("sentence") if match else None

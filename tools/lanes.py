@@ -4,6 +4,7 @@
     python tools/lanes.py integration notebooks        # make test, after make check
     python tools/lanes.py browser                      # make test-browser
     python tools/lanes.py tansu                        # make test-tansu
+    python tools/lanes.py room                         # make test-room
     python tools/lanes.py docker                       # through tools/docker_lane.py (make test-docker)
     python tools/lanes.py integration -- -k churn -x   # anything after -- goes to pytest
 
@@ -62,12 +63,13 @@ class Lane:
     backend: str | None = None          # None: no stack; else the backend its stack runs
     workers: int = 0                    # xdist workers; 0 runs in this process
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()          # more pytest options of this lane
 
     def command(self, extra: list[str], results: Path = RESULTS) -> list[str]:
         """The pytest command line of this lane, writing its JUnit XML into ``results``."""
         cmd = [sys.executable, "-m", "pytest", *self.paths, "-p", "no:cacheprovider",
                f"--junitxml={results / f'{self.name}.xml'}", "-o", f"junit_suite_name={self.name}",
-               "--durations=10"]
+               "--durations=10", *self.args]
         if self.markers:
             cmd += ["-m", self.markers]
         if self.workers:
@@ -94,6 +96,8 @@ def lanes() -> dict[str, Lane]:
         "browser": Lane("browser", ("tests/browser",), None, _backend()),
         "tansu": Lane("tansu", ("tests/integration", "tests/notebooks"), "tansu_pass or tansu_only", "tansu",
                       env={"EO_BACKEND": "tansu"}),
+        # Each module of the room lane starts its own secured stack; -s shows the room's time against one learner's.
+        "room": Lane("room", ("tests/room",), None, None, args=("-s",)),
         # Run by tools/docker_lane.py (`make test-docker`), which first makes sure an engine and the images are here.
         "docker": Lane("docker", DOCKER_TESTS, None, "docker", env={"EO_BACKEND": "docker"}),
     }

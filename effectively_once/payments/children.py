@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import httpx
 
 from effectively_once import protocol, runs
+from effectively_once.connections import raise_if_limit
 from effectively_once.lifetime import SIGKILL, kill_now
 from effectively_once.observe.scrape import Scrape, scrape
 from effectively_once.payments.messages import DEFAULT_API_KEY
@@ -167,7 +168,9 @@ class ProviderProcess(Child):
             wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200, timeout,
                        "the payment provider's /healthz", proc=self.proc, log=self.log_path)
         except Exception:
+            tail = self.log_tail(20000)
             self.stop()
+            raise_if_limit(tail)  # refused over the role's CONNECTION LIMIT: one sentence, not the log
             raise
         if self._initial_faults:
             self.set_faults(**self._initial_faults)

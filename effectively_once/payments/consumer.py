@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 import psycopg
 
 from effectively_once import protocol
+from effectively_once.connections import announce_limit
 from effectively_once.kafka import client_settings, ensure_topic, is_partition_eof, quiet_logger, refused_by_rebalance
 from effectively_once.lifetime import kill_now
 from effectively_once.observe.exporter import ConsumerTelemetry
@@ -52,6 +53,9 @@ from effectively_once.schemas import load
 # After an assignment the first fetch can take a while (offset look-ups, a busy machine):
 # silence that short is not yet "idle".
 FIRST_FETCH_GRACE = 3.0
+# How long a consumer that holds partitions waits for the broker to report their end before
+# silence counts as idle anyway (a broker that never sends the end of a partition).
+END_WAIT = 60.0
 # The exit status that asks for a restart (EX_TEMPFAIL in sysexits.h): the shop database or the
 # broker went away, the batch's offsets were not committed, and a new process resumes where they stand.
 EXIT_RESTART = 75
@@ -147,25 +151,35 @@ class IdleClock:
     def __init__(self, limit: float | None, grace: float = FIRST_FETCH_GRACE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit, self.grace, self.clock = limit, grace, clock
-        self.since = clock()
+        self.since = self.assigned_at = clock()
         self.fetched = False  # a record arrived since the last assignment
 
     def reset(self) -> None:
         """A new assignment: the clock starts again, with the first-fetch grace."""
         self.since, self.fetched = self.clock(), False
+        self.assigned_at = self.since
 
-    def tick(self, *, assigned: bool, records: int) -> bool:
-        """Account for one poll; True when the consumer has been idle for ``limit`` seconds."""
+    def tick(self, *, assigned: bool, records: int, at_end: bool | None = None) -> bool:
+        """Account for one poll; True when the consumer has been idle for ``limit`` seconds.
+
+        ``at_end`` (when the consumer knows it) says whether the broker has
+        reported the end of every assigned partition: until it has, silence is
+        a slow fetch (a busy machine, a room of thirty), not idleness, for up
+        to ``END_WAIT`` seconds after the assignment.
+        """
         now = self.clock()
         if records:
             self.since, self.fetched = now, True
             return False
         if not assigned:
-            self.since = now  # waiting for a rebalance: not idle
+            self.since = self.assigned_at = now  # waiting for a rebalance: not idle
+            return False
+        if at_end is False and now - self.assigned_at < END_WAIT:
+            self.since = now
             return False
         if self.limit is None:
             return False
-        return now - self.since >= (self.limit if self.fetched else max(self.limit, self.grace))
+        return now - self.since >= (self.limit if self.fetched or at_end else max(self.limit, self.grace))
 
 
 class PaymentConsumer:
@@ -200,6 +214,8 @@ class PaymentConsumer:
         config = {
             "bootstrap.servers": settings.bootstrap, **client_settings(), "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "isolation.level": "read_committed", "logger": quiet_logger(),
+            # The end of each partition is reported, so that silence before it is not taken for idleness.
+            "enable.partition.eof": True,
             **settings.consumer_config,
         }
         config["group.id"] = settings.group
@@ -395,7 +411,10 @@ class PaymentConsumer:
         """
         clock = IdleClock(self.exit_when_idle)
 
+        at_end: set[tuple[str, int]] = set()  # assigned partitions the broker said are read to their end
+
         def on_assign(consumer, partitions):
+            at_end.clear()
             if self.stores_offsets:
                 self.seek_to_stored(consumer, partitions)
             else:
@@ -416,9 +435,12 @@ class PaymentConsumer:
                 records = []
                 for record in self.consumer.consume(self.batch_size, timeout=self.poll_timeout):
                     if record.error():
-                        if not is_partition_eof(record.error()):
+                        if is_partition_eof(record.error()):
+                            at_end.add((record.topic() or "", record.partition() or 0))
+                        else:
                             self.log(f"consumer error: {record.error()}")
                         continue
+                    at_end.discard((record.topic() or "", record.partition() or 0))
                     records.append(record)
                 self.telemetry.update_lag(self.consumer)
                 try:
@@ -447,8 +469,10 @@ class PaymentConsumer:
                     return self.restart_needed(f"the broker has taken no offset commit for "
                                                f"{COMMIT_OWED_SECONDS:.0f} s ({self.commit_error})")
                 # A commit still owed is not idle time either: the run is not done until it goes through.
-                holding = self.assigned and bool(self.consumer.assignment()) and owed_since is None
-                if clock.tick(assigned=holding, records=len(records)):
+                assignment = self.consumer.assignment()
+                holding = self.assigned and bool(assignment) and owed_since is None
+                read_to_end = {(tp.topic, tp.partition) for tp in assignment} <= at_end
+                if clock.tick(assigned=holding, records=len(records), at_end=read_to_end):
                     break
         finally:
             self.close()
@@ -505,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_RESTART
     except psycopg.OperationalError as exc:
+        if announce_limit(exc, settings.shop_dsn):  # over the role's CONNECTION LIMIT: a restart would be refused too
+            return protocol.EXIT_CONNECTION_LIMIT
         print(f"The consumer cannot reach the shop database ({_first_line(exc)}); check --shop-dsn, or start "
               f"the stack with `python -m effectively_once up`; exiting with code {EXIT_RESTART} (restart me).",
               file=sys.stderr)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from effectively_once.payments.lab import REPORT_KEYS, PaymentReport, resolve_layers, run_scenario
 from effectively_once.payments.settings import NAMED_LAYER_SETS
 from effectively_once.protocol import CRASH_POINTS, LAYERS
+from effectively_once.run_results import RunRecord, record_run
 
 HELP = "run one crash scenario of the payment pipeline and report duplicate and lost charges"
 
@@ -33,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the run's databases and topics for inspection")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--backend", default="auto", help="backend to start if no stack is running")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds each consumer may take before the run is called stuck (default: 120)")
 
 
 def render(report: PaymentReport, keep: bool) -> str:
@@ -66,23 +70,41 @@ def run(args: argparse.Namespace) -> int:
     if args.messages < 1:
         note("--messages must be at least 1")
         return 2
+    if args.timeout <= 0:
+        note("--timeout must be a positive number of seconds")
+        return 2
     try:
         stack = stack_mod.attach_or_start(args.backend, progress=note)
     except Exception as exc:
         note(f"No stack to run the demo on: {exc}")
         return 1
     crash_at = None if args.crash_at == "none" else args.crash_at
+    started = time.monotonic()
     try:
         report = run_scenario(stack, crash_at, layers, args.messages, seed=args.seed, keep=args.keep,
-                              expire_keys=args.expire_keys)
+                              expire_keys=args.expire_keys, timeout=args.timeout)
     except Exception as exc:
         note(f"The scenario could not run: {exc}")
-        return 1
-    finally:
+        _record(stack, RunRecord("demo", time.time(), time.monotonic() - started, ok=False, crash_at=crash_at,
+                                 layers=tuple(layers), messages=args.messages, error=str(exc).splitlines()[0]),
+                note)
         if stack.owned:
             stack.stop()
+        return 1
+    _record(stack, RunRecord("demo", time.time(), time.monotonic() - started, ok=report.ok, crash_at=crash_at,
+                             layers=tuple(report.layers), messages=report.messages, charges=report.charges,
+                             duplicate_charges=report.duplicate_charges, lost_charges=report.lost_charges), note)
+    if stack.owned:
+        stack.stop()
     if args.json:
         print(json.dumps({**report.as_dict(), "shop_dsn": report.shop_dsn, "provider_dsn": report.provider_dsn}))
     else:
         print(render(report, args.keep))
     return 0
+
+
+def _record(stack, record: RunRecord, note) -> None:
+    """Keep the run's result in the learner's runs topic (``effectively_once.runs``), for ``workshop status``."""
+    why = record_run(stack.kafka_bootstrap, stack.namespace, record)
+    if why is not None:
+        note(f"(the run's result was not recorded for the instructor: {why})")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from effectively_once.connections import connect, raise_if_limit
 from effectively_once.db import columns, one
 from effectively_once.kafka import client_settings, quiet_logger, read_topic
 from effectively_once.lifetime import SIGKILL
@@ -43,6 +44,7 @@ from effectively_once.protocol import (
     DLQ_REASON,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_PARTITION,
+    EXIT_CONNECTION_LIMIT,
     plural,
 )
 
@@ -219,7 +221,7 @@ class PaymentLab:
         self.group = stack.group(f"payments.{self._token}")
         self._owns_shop = shop_dsn is None
         self.shop_dsn = shop_dsn or stack.create_database(f"shop_{self._token}")
-        with psycopg.connect(self.shop_dsn, autocommit=True) as conn:
+        with connect(self.shop_dsn, autocommit=True) as conn:
             migrate_shop(conn)
         atexit.register(self.stop)
 
@@ -231,7 +233,7 @@ class PaymentLab:
                 self.provider.set_faults(**faults)
             return self.provider
         self.provider_dsn = self.stack.create_database(f"provider_{self._token}")
-        with psycopg.connect(self.provider_dsn, autocommit=True) as conn:
+        with connect(self.provider_dsn, autocommit=True) as conn:
             migrate(conn)
         ttl = faults.pop("key_ttl_seconds", 86400)
         self.provider = ProviderProcess(self.provider_dsn, api_key=self.api_key, key_ttl_seconds=ttl, **faults)
@@ -427,6 +429,8 @@ class PaymentLab:
                 if consumer.running:
                     consumer.wait(max(0.1, deadline - time.monotonic()))
             last = self.consumers[-1] if self.consumers else None
+            if last is not None and last.returncode == EXIT_CONNECTION_LIMIT:
+                raise_if_limit(last.log_tail())
             if last is not None and not (last.returncode in (0, EXIT_RESTART) or last.killed_by_sigkill):
                 raise RuntimeError(f"the consumer exited with code {last.returncode}:\n{last.log_tail()}")
             if last is not None and last.returncode == EXIT_RESTART:
@@ -595,6 +599,8 @@ def run_scenario(stack: Stack, crash_at: str | None, layers: str | Iterable[str]
         lab.produce(messages, seed=seed)
         first = lab.start_consumer(crash_at=crash_at, crash_on=crash_on, exit_when_idle=exit_when_idle, **options)
         first.wait(timeout)
+        if first.returncode == EXIT_CONNECTION_LIMIT:
+            raise_if_limit(first.log_tail())
         if crash_at and not first.killed_by_sigkill:
             raise RuntimeError(f"the consumer never reached {crash_at} (exit {first.returncode}):\n"
                                f"{first.log_tail()}")

@@ -153,6 +153,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from effectively_once.connections import PROVIDER_CONNECTIONS, PROVIDER_POOL_SIZE, announce_limit, room_for
 from effectively_once.payments import objects, search
 from effectively_once.payments.contract import (
     MAX_AMOUNT,
@@ -310,7 +311,11 @@ class _Pool:
         self._free: asyncio.Queue = asyncio.Queue()
 
     async def _connect(self) -> psycopg.AsyncConnection:
-        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=self.options)
+        try:
+            return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=self.options)
+        except psycopg.OperationalError as exc:
+            announce_limit(exc, self.dsn)  # over the role's CONNECTION LIMIT: the parent says so in one sentence
+            raise
 
     async def open(self) -> None:
         for _ in range(self.size):
@@ -588,7 +593,8 @@ class Provider:
 
     def __init__(self, dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None = None,
                  in_flight_timeout: float = 30.0, seed: int | None = None, announce: str | None = None,
-                 pool_size: int = 8, webhook_url: str | None = None, webhook_secret: str | None = None) -> None:
+                 pool_size: int = PROVIDER_POOL_SIZE, webhook_url: str | None = None,
+                 webhook_secret: str | None = None) -> None:
         self.dsn = dsn
         self.api_key = api_key
         self.faults = faults or Faults()
@@ -1077,13 +1083,15 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 def create_app(dsn: str, api_key: str = DEFAULT_API_KEY, faults: Faults | None = None,
                in_flight_timeout: float = 30.0, seed: int | None = None, announce: str | None = None,
-               pool_size: int = 8, webhook_url: str | None = None, webhook_secret: str | None = None) -> ASGIApp:
+               pool_size: int = PROVIDER_POOL_SIZE, webhook_url: str | None = None,
+               webhook_secret: str | None = None) -> ASGIApp:
     """The provider as an ASGI app over the database at ``dsn`` (``Provider(...).app()``)."""
     return Provider(dsn, api_key, faults, in_flight_timeout=in_flight_timeout, seed=seed, announce=announce,
                     pool_size=pool_size, webhook_url=webhook_url, webhook_secret=webhook_secret).app()
 
 
-from effectively_once.protocol import LISTENING  # noqa: E402
+from effectively_once.protocol import EXIT_CONNECTION_LIMIT, LISTENING  # noqa: E402
+from effectively_once.protocol import connection_limit as protocol_line_for_limit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1140,12 +1148,15 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"--webhook-secret: {exc}")
     try:
-        with psycopg.connect(args.dsn, connect_timeout=5):
-            pass
+        # Room for its pools under the role's CONNECTION LIMIT (a workshop room), or one sentence why not.
+        full = room_for(args.dsn, PROVIDER_CONNECTIONS, connect_timeout=5)
     except psycopg.Error as exc:
         print(f"The provider cannot reach its database ({str(exc).strip().splitlines()[0]}); "
               "check --dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
         return 2
+    if full is not None:
+        print(protocol_line_for_limit(full), flush=True)
+        return EXIT_CONNECTION_LIMIT
     # IPPROTO_TCP explicitly: asyncio turns Nagle off only on sockets that say they are TCP,
     # and with Nagle on every response waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -194,7 +194,7 @@ def _need_java_and_jars(progress: Callable[..., None]) -> None:
 
 
 def _start_local(backend: str, root: Path | None, progress: Callable[..., None],
-                 passwords: dict[str, str] | None = None) -> Stack:
+                 passwords: dict[str, str] | None = None, max_connections: Callable[[], int] | None = None) -> Stack:
     from effectively_once.stack.embedded import start_embedded
 
     if backend == "embedded":
@@ -203,7 +203,7 @@ def _start_local(backend: str, root: Path | None, progress: Callable[..., None],
     root = _private_root(backend) if root is None else Path(os.path.abspath(root))
     try:
         postgres, broker = start_embedded(root, progress, broker_kind="kafka" if backend == "embedded" else "tansu",
-                                          passwords=passwords)
+                                          passwords=passwords, max_connections=max_connections)
     except Exception:
         if remove_root:
             runs.remove_dir(root)
@@ -239,11 +239,13 @@ def start_secured(root: Path | None, progress: Callable[..., None]) -> Stack:
     PostgreSQL takes password logins only. The instructor's logins go to
     ``$EO_HOME/instructor.env`` (0600), and this process logs in with them.
     """
-    from effectively_once.stack import secure
+    from effectively_once.stack import room, secure
 
     root = root or eo_home() / secure.SECURE_ROOT
     passwords = secure.stack_passwords(root)
-    stack = _start_local("embedded", root, progress, passwords)
+    kept = root  # read at every start of PostgreSQL: `workshop add-learners` may have grown the room
+    stack = _start_local("embedded", root, progress, passwords,
+                         max_connections=lambda: room.read_room(kept).max_connections)
     try:
         secure.lock_databases(stack.base_dsn)
     except Exception:

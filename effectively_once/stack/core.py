@@ -101,11 +101,12 @@ class Stack:
 
     def create_database(self, name: str, *, fresh: bool = True) -> str:
         """Create the namespaced database ``name`` (dropped first when ``fresh``) and return its DSN."""
-        import psycopg
         from psycopg import sql
 
+        from effectively_once.connections import connect
+
         db = self.database(name)
-        with psycopg.connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
+        with connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
             if fresh:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
             exists = conn.execute("select 1 from pg_database where datname = %s", (db,)).fetchone()
@@ -120,12 +121,13 @@ class Stack:
 
     def drop_databases(self, *full_names: str) -> None:
         """Drop databases by their full names, if they exist."""
-        import psycopg
         from psycopg import sql
+
+        from effectively_once.connections import connect
 
         if not full_names:
             return
-        with psycopg.connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
+        with connect(self.postgres_dsn("postgres"), autocommit=True) as conn:
             for db in full_names:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
                 self._release("database", db)

