@@ -54,7 +54,9 @@ def test_paced_redrive_delivers_each_record_once_at_the_rate(stack):
         assert paced.observed_rate <= rate * 1.05
         assert paced.max_in_window(1.0) <= rate * 1.0 + paced.burst + 1
         assert paced.elapsed_seconds >= (n - 1) / rate * 0.95
-        assert flood.observed_rate > 5 * paced.observed_rate
+        # Without the limit the broker takes them more than twice as fast: the limit, not the broker, set the pace
+        # (a fixed multiple of the paced rate failed once on a loaded machine, at 4.1x).
+        assert flood.observed_rate > 2 * rate
 
         arrived = _read_all(stack, paced_target)
         ids = [json.loads(m.value())["msg_id"] for m in arrived]
