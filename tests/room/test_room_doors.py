@@ -85,6 +85,26 @@ def start_flood(env: dict[str, str]) -> subprocess.Popen:
     return proc
 
 
+# Commits the end of the learner's `.runs` topic in a group of theirs, as a reader that is done would:
+# a group that stays (a demo's own groups go with its run, when the run's watchdog cleans up after it).
+COMMITTED_READER = r"""
+import os
+from confluent_kafka import Consumer, TopicPartition
+from effectively_once.kafka import client_settings, quiet_logger
+
+ns = os.environ["EO_NAMESPACE"]
+consumer = Consumer({"bootstrap.servers": os.environ["EO_KAFKA_BOOTSTRAP"], **client_settings(),
+                     "group.id": ns + ".status-check", "enable.auto.commit": False, "logger": quiet_logger()})
+topic = ns + ".runs"
+partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+ends = [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1])
+        for p in partitions]
+consumer.commit(offsets=ends, asynchronous=False)
+consumer.close()
+print(sum(tp.offset for tp in ends))
+"""
+
+
 def test_one_learners_flood_does_not_double_anothers_run(room):
     runner = room.learner_env(2)
     first_alone, report = timed_demo(runner)
@@ -108,13 +128,17 @@ def test_one_learners_flood_does_not_double_anothers_run(room):
     assert rate <= 3 * LEARNER_QUOTA.producer_byte_rate, "the broker did not throttle the flood to its quota"
     assert flooded <= 2 * alone, f"the flood pushed the run to {flooded / alone:.2f}x its time alone"
 
+    reader = subprocess.run([sys.executable, "-c", COMMITTED_READER], capture_output=True, text=True,
+                            env=runner, cwd=ROOT, timeout=120)
+    assert reader.returncode == 0 and int(reader.stdout.split()[-1]) >= 3, reader.stderr
     status = run_cli("workshop", "status", "--json", env=room.env)
     assert status.returncode == 0, status.stderr
     learners = {s["name"]: s for s in map(json.loads, status.stdout.splitlines())}
     assert "learner01.flood" in learners["learner01"]["topics"]
     runs = learners["learner02"]
     assert runs["last_run"]["ok"] and runs["last_run"]["charges"] == 10, runs
-    assert "learner02.runs" in runs["topics"] and runs["groups"], runs
+    assert "learner02.runs" in runs["topics"], runs
+    assert "learner02.status-check" in [group["group"] for group in runs["groups"]], runs["groups"]
     assert all(group["lag"] == 0 and group["members"] == 0 for group in runs["groups"]), runs["groups"]
     assert learners["learner03"]["last_run"] is None
 
