@@ -135,7 +135,6 @@ import os
 import random
 import re
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -1092,8 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
     # parser for seconds (8 s on a busy machine) while the provider's first refused request waits. The
     # contract uses no such format, and jsonschema skips a format whose library will not import.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-    import uvicorn
-
+    from effectively_once.payments.serving import listening_socket, serve
     from effectively_once.payments.webhooks import check_secret
 
     parser = argparse.ArgumentParser(prog="python -m effectively_once.payments.provider",
@@ -1146,17 +1144,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"The provider cannot reach its database ({str(exc).strip().splitlines()[0]}); "
               "check --dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
         return 2
-    # IPPROTO_TCP explicitly: asyncio turns Nagle off only on sockets that say they are TCP,
-    # and with Nagle on every response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    port = sock.getsockname()[1]
+    sock, port = listening_socket(args.host, args.port)
     app = create_app(args.dsn, args.api_key, faults, in_flight_timeout=args.in_flight_timeout, seed=args.seed,
                      announce=f"{LISTENING}http://{args.host}:{port}", webhook_url=args.webhook_url,
                      webhook_secret=args.webhook_secret)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(app, sock)
     return 0
 
 
