@@ -66,9 +66,10 @@ class ChargeFailed(Exception):
     """
 
     def __init__(self, kind: str, message: str, status: int | None = None, retries: int = 0,
-                 code: str | None = None) -> None:
+                 code: str | None = None, replayed: bool = False) -> None:
         super().__init__(message)
         self.kind, self.status, self.retries, self.code = kind, status, retries, code
+        self.replayed = replayed  # the answer came from the key store: an earlier request spent the key
 
     @property
     def indeterminate(self) -> bool:
@@ -86,8 +87,9 @@ class KeySpent(ChargeFailed):
     on the PaymentIntent path, retrieve the PaymentIntent by id.
     """
 
-    def __init__(self, message: str, status: int | None = None, retries: int = 0, code: str | None = None) -> None:
-        super().__init__("key_spent", message, status, retries, code)
+    def __init__(self, message: str, status: int | None = None, retries: int = 0, code: str | None = None,
+                 replayed: bool = False) -> None:
+        super().__init__("key_spent", message, status, retries, code, replayed)
 
 
 @dataclass(frozen=True)
@@ -322,9 +324,9 @@ def _failure(exc: stripe.StripeError, retries: int) -> ChargeFailed:
         f"no answer: {type(exc).__name__}: {str(exc).splitlines()[-1] if str(exc) else ''}"
     if status is not None and status >= 500 and (headers.get(REPLAY_HEADER) == "true"
                                                   or headers.get(SHOULD_RETRY_HEADER) == "false"):
-        replayed = " replayed" if headers.get(REPLAY_HEADER) == "true" else ""
-        return KeySpent(f"{text} (stored under the Idempotency-Key{replayed}: every retry with it gets it again)",
-                        status, retries, code)
+        replayed = headers.get(REPLAY_HEADER) == "true"
+        return KeySpent(f"{text} (stored under the Idempotency-Key{', replayed' if replayed else ''}: every retry "
+                        "with it gets it again)", status, retries, code, replayed)
     if status is None or status >= 500 or status in (409, 429):
         return ChargeFailed("retries_exhausted", f"gave up after {retries} retries; last: {text}", status, retries,
                             code)

@@ -163,6 +163,53 @@ def sweep(conn: psycopg.Connection, provider: ProviderClient,
                  ["msg_id", "payment_intent", "age_seconds", "found", "action"], rows)
 
 
+AGREES, SHOP_BEHIND, NOT_CHARGED, DIFFERENT, TWICE = (
+    "agrees", "shop 'pending', provider charged: settle it", "no charge at the provider",
+    "the shop holds another charge", "charged more than once at the provider")
+
+
+def reconcile(shop_dsn: str, provider_url: str, msg_ids: list[str], api_key: str | None = None) -> Table:
+    """The shop's rows for ``msg_ids`` next to what the provider's ``payment_intent.succeeded`` events say.
+
+    The events are read through the SDK (``GET /v1/events``, every page); each
+    row gets a verdict: ``AGREES``, ``SHOP_BEHIND`` (the row is 'pending', the
+    provider charged: the sweeper's case), ``NOT_CHARGED``, ``DIFFERENT`` or
+    ``TWICE`` (two PaymentIntents of one message succeeded).
+    """
+    from effectively_once.payments.client import ProviderClient
+    from effectively_once.payments.messages import DEFAULT_API_KEY
+
+    client = ProviderClient(provider_url, api_key or DEFAULT_API_KEY)
+    charged: dict[str, list[str]] = {}
+    try:
+        events = client.stripe.v1.events.list(params={"type": "payment_intent.succeeded", "limit": 100})
+        for event in events.auto_paging_iter():
+            intent = event.data.object.to_dict()
+            msg_id = (intent.get("metadata") or {}).get("msg_id")
+            if msg_id in msg_ids:
+                charged.setdefault(msg_id, []).append(intent["latest_charge"])
+    finally:
+        client.close()
+    with psycopg.connect(shop_dsn) as conn:
+        shop = {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT msg_id, status, charge_id FROM charges WHERE msg_id = ANY(%s)", (msg_ids,))}
+    rows = []
+    for msg_id in msg_ids:
+        status, charge = shop.get(msg_id, (None, None))
+        at_provider = charged.get(msg_id, [])
+        if len(at_provider) > 1:
+            verdict = TWICE
+        elif not at_provider:
+            verdict = AGREES if status is None else NOT_CHARGED
+        elif status == "pending":
+            verdict = SHOP_BEHIND
+        else:
+            verdict = AGREES if charge == at_provider[0] else DIFFERENT
+        rows.append((msg_id, status, charge, ", ".join(at_provider) or None, verdict))
+    return Table("the shop against the provider", ["msg_id", "shop_status", "shop_charge", "provider_charge",
+                                                   "verdict"], rows)
+
+
 # The 64-bit advisory-lock number of a msg_id: every worker computes the same one from the same text.
 ADVISORY_KEY = "hashtextextended(%s, 0)"
 

@@ -49,9 +49,11 @@ is declined: 402 ``card_error``, a failed charge, no money
   key's lifetime; here they are pruned at exactly ``key_ttl_seconds`` (24
   hours by default) and a pruned key counts as new.
 
-API v2 differs, and the provider does not model it: v2 keeps keys for 30 days
-and retries failed or partially failed work to completion instead of
-replaying the first answer.
+API v2 differs, and the provider does not model it: a retry under a v2 key
+does not repeat work that succeeded, and Stripe retries failed or partially
+failed work to completion where it can instead of replaying the first answer
+(https://docs.stripe.com/api/idempotent_requests). How long v2 keeps a key is
+not stated here: no primary source for a number was found.
 
 Without a key every request moves money: that is what makes a retried request
 a duplicate charge. The SDK always sends one on a POST: the key you pass, or

@@ -181,25 +181,26 @@ def confirm_or_recover(ctx: Context, msg: ChargeMessage, intent_id: str, key: st
       dead-letter topic; its row keeps the PaymentIntent's id for the sweeper).
 
     This is what Search cannot do: right after a write, Search may not find it
-    (``recovery.search_then_charge``). A handling that needs more than
-    ``MAX_NEW_KEYS`` rounds (the provider keeps failing) gives up with the last
-    ``ChargeFailed``.
+    (``recovery.search_then_charge``). A handling that meets more than
+    ``MAX_NEW_KEYS`` fresh failures (the provider keeps failing) gives up with
+    the last ``ChargeFailed``; keys spent by earlier handlings (their 500 comes
+    back replayed) are stepped over without counting, so a later handling (a
+    redrive, the sweeper) goes on from the next key.
     """
     from effectively_once.payments.client import UNEXPECTED_STATE, ChargeFailed, ChargeResult
 
-    started, retries, rounds, generation = time.perf_counter(), 0, 0, 0
+    started, retries, fresh, generation = time.perf_counter(), 0, 0, 0
     while True:
         try:
             result = ctx.provider.confirm_intent(msg, intent_id, idempotency_key=key)
         except ChargeFailed as failed:
             retries += failed.retries
-            if not (failed.indeterminate or failed.code == UNEXPECTED_STATE) or rounds >= MAX_NEW_KEYS:
+            if not (failed.indeterminate or failed.code == UNEXPECTED_STATE) or fresh >= MAX_NEW_KEYS:
                 failed.retries = retries  # the dead-letter event counts every retry of this handling
                 raise
-            rounds += 1
             intent = ctx.provider.retrieve_intent(intent_id)
             if intent.status == MOVED and intent.latest_charge:
-                return ChargeResult(intent.latest_charge, replayed=False, retries=retries + rounds,
+                return ChargeResult(intent.latest_charge, replayed=False, retries=retries,
                                     duration_ms=(time.perf_counter() - started) * 1000, recovered=True,
                                     idempotency_key=key, payment_intent=intent_id)
             if intent.status not in NOT_MOVED or failed.code == UNEXPECTED_STATE:
@@ -208,8 +209,11 @@ def confirm_or_recover(ctx: Context, msg: ChargeMessage, intent_id: str, key: st
             if key is not None and failed.kind == "key_spent":
                 generation += 1
                 key = new_key_for(msg.msg_id, generation)
+            # A key an earlier handling spent (its answer here was a replay) costs this handling nothing.
+            fresh += not failed.replayed
+            retries += 1
             continue
-        return replace(result, retries=retries + rounds + result.retries,
+        return replace(result, retries=retries + result.retries,
                        duration_ms=(time.perf_counter() - started) * 1000)
 
 
