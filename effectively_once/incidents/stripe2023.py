@@ -367,6 +367,11 @@ class LiveTraffic:
     how long the customer waited. It shares the provider's rate limit with
     the redrive, as live payments share an account's limit with a backlog
     being replayed.
+
+    Raw HTTP on purpose: these are not the consumer's calls but a load that
+    stands for other services' checkouts, and the replay times every attempt
+    and honours the 429's ``Retry-After`` itself; the SDK would hide the
+    attempts, and does not retry a 429 at all.
     """
 
     def __init__(self, url: str, api_key: str, rate: float, prefix: str, retries: int = CHECKOUT_RETRIES) -> None:

@@ -197,6 +197,7 @@ class ProviderProcess(Child):
         return int(self.url.rsplit(":", 1)[1]) if self.url else None
 
     def _admin(self, path: str, body: dict | None = None) -> dict:
+        # Raw HTTP: the lab's own routes (fault knobs, key ageing) are no part of Stripe's API, nor of its SDK.
         response = httpx.post(f"{self.url}{path}", json=body or {}, timeout=10,
                               headers={"Authorization": f"Bearer {self.api_key}"})
         if response.status_code != 200:

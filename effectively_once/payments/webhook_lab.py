@@ -125,6 +125,7 @@ def signature_checks(lab: PaymentLab) -> Table:
     rows = []
     for what, body, signature in tries:
         headers = {"Content-Type": "application/json"} | ({"Stripe-Signature": signature} if signature else {})
+        # Raw HTTP: a delivery is the provider's request to the shop, which no SDK call makes (and a forged one less).
         answer = httpx.post(receiver.url, content=body.encode(), headers=headers, timeout=10, trust_env=False)
         said = answer.json()
         # The SDK's message names the timestamp it refused: dropped, so the table reads the same on every run.
