@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import re
 import sys
 import threading
@@ -36,6 +37,7 @@ from typing import Any
 
 import psycopg
 
+from effectively_once.connections import RECEIVER_CONNECTIONS, RECEIVER_POOL_SIZE, connect, room_for
 from effectively_once.observe import metrics as names
 from effectively_once.payments.inbox import HANDLED, HANDLER
 
@@ -46,16 +48,20 @@ PATH = "/webhooks"
 class Inbox:
     """The receiving endpoint's logic, without the HTTP server: verify, hand over, count.
 
-    ``handler(conn, event)`` gets a connection of its own thread to the shop
-    database (autocommit) and the verified event as plain data.
+    ``handler(conn, event)`` gets a connection to the shop database
+    (autocommit) that no other delivery uses meanwhile, and the verified event
+    as plain data. At most ``pool_size`` connections are open: a workshop
+    room's role has a CONNECTION LIMIT (``effectively_once.connections``), and
+    a delivery beyond the pool waits for a connection instead of opening one.
     """
 
     def __init__(self, shop_dsn: str, secret: str, handler: Callable[[psycopg.Connection, dict[str, Any]], str],
-                 tolerance: float = DEFAULT_TOLERANCE_SECONDS) -> None:
+                 tolerance: float = DEFAULT_TOLERANCE_SECONDS, pool_size: int = RECEIVER_POOL_SIZE) -> None:
         from prometheus_client import CollectorRegistry, Counter
 
         self.shop_dsn, self.secret, self.handler, self.tolerance = shop_dsn, secret, handler, tolerance
-        self._local = threading.local()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()
         self.registry = CollectorRegistry(auto_describe=True)
         self.recorded = Counter(names.INBOX_EVENTS, "Events recorded in the inbox for the first time",
                                 registry=self.registry)
@@ -66,11 +72,34 @@ class Inbox:
         for reason in ("signature", "payload"):
             self.refused.labels(reason=reason)
 
-    def _conn(self) -> psycopg.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = psycopg.connect(self.shop_dsn, autocommit=True)
-        return conn
+    def _take(self) -> psycopg.Connection:
+        """A connection of the pool, opened when none is idle; waits while all ``pool_size`` are in use."""
+        self._slots.acquire()
+        try:
+            while True:
+                conn = self._idle.get_nowait()
+                if not conn.closed:
+                    return conn
+        except queue.Empty:
+            pass
+        try:
+            return connect(self.shop_dsn, autocommit=True)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _give_back(self, conn: psycopg.Connection) -> None:
+        if not conn.closed:
+            self._idle.put(conn)
+        self._slots.release()
+
+    def close(self) -> None:
+        """Close the pool's idle connections (the receiver's process closes them all when it ends)."""
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     def receive(self, payload: bytes, signature: str | None) -> tuple[int, dict[str, Any]]:
         """Verify one delivery and hand it to the handler; the HTTP status and body to answer with."""
@@ -87,12 +116,14 @@ class Inbox:
             self.refused.labels(reason="payload").inc()
             return 400, {"error": f"the payload is not an event: {exc}"}
         data = event.to_dict()
-        conn = self._conn()
+        conn = self._take()
         try:
             outcome = self.handler(conn, data)
         except psycopg.OperationalError:
             conn.close()  # a new one next time; the provider retries this event
             raise
+        finally:
+            self._give_back(conn)
         if outcome not in HANDLED:
             raise ValueError(f"the webhook handler returned {outcome!r}; it must return one of {HANDLED}")
         (self.recorded if outcome == "recorded" else self.duplicates).inc()
@@ -153,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from effectively_once.payments.consumer import migrate_shop
     from effectively_once.payments.serving import listening_socket, serve
     from effectively_once.payments.webhooks import check_secret
-    from effectively_once.protocol import receiver_listening
+    from effectively_once.protocol import EXIT_CONNECTION_LIMIT, connection_limit, receiver_listening
 
     parser = argparse.ArgumentParser(prog="python -m effectively_once.payments.receiver",
                                      description="The shop's webhook endpoint: verify, record once, settle.")
@@ -178,12 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         parser.error(f"--handler: {exc}")
     try:
-        with psycopg.connect(args.shop_dsn, autocommit=True, connect_timeout=5) as conn:
-            migrate_shop(conn)
+        # Room for its pool under the role's CONNECTION LIMIT (a workshop room), or one sentence why not.
+        full = room_for(args.shop_dsn, RECEIVER_CONNECTIONS, connect_timeout=5)
+        if full is None:
+            with psycopg.connect(args.shop_dsn, autocommit=True, connect_timeout=5) as conn:
+                migrate_shop(conn)
     except psycopg.Error as exc:
         print(f"The webhook receiver cannot reach the shop database ({str(exc).strip().splitlines()[0]}); "
               "check --shop-dsn, or start the stack with `python -m effectively_once up`.", file=sys.stderr)
         return 2
+    if full is not None:
+        print(connection_limit(full), flush=True)
+        return EXIT_CONNECTION_LIMIT
     sock, port = listening_socket(args.host, args.port)
     inbox = Inbox(args.shop_dsn, args.webhook_secret, handler, args.tolerance)
     serve(create_app(inbox, announce=receiver_listening(f"http://{args.host}:{port}")), sock)

@@ -172,3 +172,38 @@ def test_without_the_inbox_a_duplicate_delivery_sends_a_second_receipt(stack):
         wait_for_deliveries(lab)
         receipts = _rows(lab.shop_dsn, "SELECT msg_id, count(*) FROM receipts GROUP BY msg_id ORDER BY msg_id")
     assert receipts == [(m, 2) for m in ids], receipts
+
+
+def test_the_receiver_handles_many_deliveries_at_once_on_a_pool_of_its_size(stack):
+    """A burst of deliveries waits for the pool's connections instead of opening one each (a room's role has a
+    CONNECTION LIMIT): every delivery is handled, and no more than RECEIVER_POOL_SIZE connections ever open."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from effectively_once.connections import RECEIVER_POOL_SIZE
+    from effectively_once.payments.receiver import Inbox
+
+    lock, seen, busy = threading.Lock(), set(), [0, 0]  # connections used; [in use now, most in use at once]
+
+    def slow_handler(conn, event):
+        with lock:
+            seen.add(conn.info.backend_pid)
+            busy[0] += 1
+            busy[1] = max(busy)
+        try:
+            conn.execute("SELECT pg_sleep(0.2)")
+        finally:
+            with lock:
+                busy[0] -= 1
+        return "recorded"
+
+    secret = "whsec_pooltest"
+    inbox = Inbox(stack.postgres_dsn("postgres"), secret, slow_handler)
+    payloads = [_event(f"evt_pool{i}", "payment_intent.succeeded", f"pi_pool{i}", f"msg-pool-{i}") for i in range(12)]
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(lambda p: inbox.receive(p.encode(), signature_header(p, secret)), payloads))
+    finally:
+        inbox.close()
+    assert [status for status, _ in answers] == [200] * 12, answers
+    assert busy[1] == RECEIVER_POOL_SIZE and len(seen) == RECEIVER_POOL_SIZE, (busy, seen)
