@@ -149,15 +149,35 @@ class _Broker:
         return {p: self.offsets.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5, cached=False)[1]
                 for p in partitions}
 
-    def read_dlq(self) -> list[dict[str, str]]:
-        """Headers of every DLQ record so far (read incrementally, from the topic's start)."""
+    def read_dlq(self, to_end: bool = False) -> list[dict[str, str]]:
+        """Headers of every DLQ record so far (read incrementally, from the topic's start).
+
+        A sample takes what one short fetch brings; ``to_end`` (the last sample) reads on until the
+        reader's position reaches each partition's high watermark, so a record written just before
+        the end is counted however slow the fetch is.
+        """
         if not self.dlq_assigned:
             self.dlq_assigned = bool(assign_topic(self.dlq, self.dlq_topic, timeout=5))
             if not self.dlq_assigned:
                 return self.dlq_records  # no consumer has created the topic yet
-        self.dlq_records += [{k: (v or b"").decode("utf-8", "replace") for k, v in (r.headers() or [])}
-                             for r in poll_records(self.dlq, quiet=0, batch=500, wait=0.05)]
+        self._take(poll_records(self.dlq, quiet=0, batch=500, wait=0.05))
+        if to_end:
+            deadline = time.monotonic() + 15
+            while not self._dlq_at_end() and time.monotonic() < deadline:
+                self._take(poll_records(self.dlq, quiet=0, batch=500, wait=0.2))
         return self.dlq_records
+
+    def _take(self, records: Iterable[Any]) -> None:
+        self.dlq_records += [{k: (v or b"").decode("utf-8", "replace") for k, v in (r.headers() or [])}
+                             for r in records]
+
+    def _dlq_at_end(self) -> bool:
+        """True once the DLQ reader's position is at every assigned partition's high watermark."""
+        for tp in self.dlq.position(self.dlq.assignment()):
+            high = self.dlq.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+            if high > 0 and tp.offset < high:  # a position of -1001 (nothing fetched yet) is below any watermark
+                return False
+        return True
 
     def close(self) -> None:
         self.offsets.close()
@@ -231,7 +251,7 @@ class Recorder:
             self._stop.set()
             self._thread.join(30)
             self._thread = None
-            self.sample()
+            self.sample(final=True)
         if self._broker is not None:
             self._broker.close()
             self._broker = None
@@ -263,8 +283,11 @@ class Recorder:
         return t
 
     # -- one sample ----------------------------------------------------------------------
-    def sample(self) -> dict[str, Any]:
-        """Scrape every target, the group's offsets and the DLQ once; append and return the sample."""
+    def sample(self, final: bool = False) -> dict[str, Any]:
+        """Scrape every target, the group's offsets and the DLQ once; append and return the sample.
+
+        ``final`` (the sample ``stop`` takes) reads the DLQ to its end rather than one fetch of it.
+        """
         wall = time.time()
         checks = hits = 0.0
         p99s: dict[str, list[float]] = {metrics.SIDE_EFFECT_DURATION_P99: [], metrics.RETRY_COUNT_P99: []}
@@ -303,7 +326,7 @@ class Recorder:
             sample[metrics.CONSUMER_LAG_MESSAGES] = sum(sample["lag_by_partition"].values())
             from_watermarks = metrics.consumer_lag_messages(broker.high_watermarks(self.partitions), committed)
             sample[LAG_FROM_WATERMARKS] = sum(from_watermarks.values())
-            dlq = broker.read_dlq()
+            dlq = broker.read_dlq(to_end=final)
             depth = metrics.dlq_depth((h.get(DLQ_SOURCE_TOPIC, "?") for h in dlq), known_sources=[self.topic])
             sample["dlq_depth_by_source"] = depth
             sample[metrics.DLQ_DEPTH] = sum(depth.values())
