@@ -10,6 +10,8 @@ notebook fits in that limit:
   that commit without waiting for the disk), plus one connection while it
   starts (its schema);
 - a consumer: ``CONSUMER_CONNECTIONS`` (the shop's dedup table, and its events);
+- the webhook receiver: ``RECEIVER_POOL_SIZE`` deliveries handled at once,
+  each on a connection of the pool, plus one while it starts (the schema);
 - the lab, a relay, an outbox: one short-lived connection at a time, two where
   a lesson needs two transactions side by side.
 
@@ -33,6 +35,10 @@ from urllib.parse import unquote, urlsplit
 PROVIDER_POOL_SIZE = 2
 PROVIDER_CONNECTIONS = 2 * PROVIDER_POOL_SIZE + 1  # its pools, and the one it creates its schema with
 CONSUMER_CONNECTIONS = 2
+# The webhook receiver handles this many deliveries at once, each on a pooled connection; the
+# rest wait for one (the provider sends each event until it is answered, so waiting loses none).
+RECEIVER_POOL_SIZE = 2
+RECEIVER_CONNECTIONS = RECEIVER_POOL_SIZE + 1  # its pool, and the one it creates its schema with
 LAB_CONNECTIONS = 2  # what the lab itself holds at once, at most (a table read while a database is made)
 
 # One `demo` run: a provider, a consumer (the crashed one's connections are gone when its

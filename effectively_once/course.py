@@ -55,6 +55,9 @@ COURSE = (
              "fencing tokens; row and advisory locks; a sweeper for stuck 'pending' rows", 30, True),
     Notebook("04d_order", "Exactly once, out of order", "a dead-letter topic and two outbox relays each reorder "
              "one customer's messages, and what keeps the order", 10, True),
+    Notebook("04e_the_provider_talks_back", "The provider talks back", "signed webhooks verified with the Stripe "
+             "SDK, an inbox that records each event once, 'pending' rows settled by events and by a sweeper that "
+             "retrieves their PaymentIntent, reconciliation", 25, True, exercise_minutes=20),
     Notebook("05_observability", "Seeing delivery semantics", "lag, DLQ depth and age, dedup hit rate, "
              "side-effect and retry p99 and why they are histograms, trace ids, alert rules", 45, True,
              exercise_minutes=20),
@@ -140,15 +143,17 @@ WORKSHOP_PLANS = (
         ("00_start_here", "01_two_generals", "02_message_loss", "lab 02_message_loss", ("break", 15),
          "03_kafka_guarantees", "04_kill_the_consumer", ("break", 10), "lab 04_kill_the_consumer", "07_review"),
         homework=("lab 01_two_generals", "lab 03_kafka_guarantees", "03b_kafka_4x", "04b_beyond_the_dedup_table",
-                  "lab 04b_beyond_the_dedup_table", "04c_two_workers_one_message", "04d_order", "05_observability",
+                  "lab 04b_beyond_the_dedup_table", "04c_two_workers_one_message", "04d_order",
+                  "04e_the_provider_talks_back", "lab 04e_the_provider_talks_back", "05_observability",
                   "lab 05_observability", "06_incidents", "lab 06_incidents"),
     ),
     WorkshopPlan(
-        "Full day", 585,
+        "Full day", 630,
         ("00_start_here", "01_two_generals", "lab 01_two_generals", "02_message_loss", "lab 02_message_loss",
          ("break", 10), "03_kafka_guarantees", "lab 03_kafka_guarantees", "03b_kafka_4x", ("lunch", 45),
          "04_kill_the_consumer", "lab 04_kill_the_consumer", "04b_beyond_the_dedup_table",
-         "lab 04b_beyond_the_dedup_table", "04c_two_workers_one_message", "04d_order", ("break", 10),
+         "lab 04b_beyond_the_dedup_table", "04c_two_workers_one_message", "04d_order",
+         "04e_the_provider_talks_back", "lab 04e_the_provider_talks_back", ("break", 10),
          "05_observability", "lab 05_observability", "06_incidents", "lab 06_incidents", "07_review"),
     ),
 )

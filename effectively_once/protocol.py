@@ -13,7 +13,14 @@ from __future__ import annotations
 import re
 
 # -- crash points and layers ----------------------------------------------------------------------
+# The four points every consumer step marks, in order: the recipe's, and the one-shot Charges path's.
 CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_provider_call", "after_status_update")
+# The PaymentIntent path marks two more, between the dedup row and the call that moves money: after the
+# PaymentIntent is created (no money moves) and after its id is stored in the dedup row (the recovery
+# point). Its ``after_provider_call`` comes after the confirm, the call that moves money.
+INTENT_CRASH_POINTS = ("before_dedup_insert", "after_dedup_insert", "after_intent_created", "after_intent_stored",
+                       "after_provider_call", "after_status_update")
+ALL_CRASH_POINTS = INTENT_CRASH_POINTS  # every point a step may mark, in the order a handling reaches them
 LAYERS = ("dedup", "dedup_as_written", "idempotency_key", "offsets_in_db")
 DEDUP_LAYERS = ("dedup", "dedup_as_written")  # two versions of one layer: at most one is on
 # Three ways for the shop to remember that a message was handled: at most one is on. ``offsets_in_db``
@@ -43,6 +50,7 @@ def is_dlq_header(name: str) -> bool:
 
 # -- announce lines -------------------------------------------------------------------------------
 LISTENING = "provider listening on "
+RECEIVER_LISTENING = "webhook receiver listening on "
 METRICS_ON = "metrics on "
 CRASH_POINT = "crash point "
 PAUSED_AT = "paused at "
@@ -53,6 +61,7 @@ CONNECTION_LIMIT = "connection limit reached: "
 EXIT_CONNECTION_LIMIT = 76
 
 _PROVIDER_LISTENING = re.compile(re.escape(LISTENING) + r"(?P<url>https?://\S+)")
+_RECEIVER_LISTENING = re.compile(re.escape(RECEIVER_LISTENING) + r"(?P<url>https?://\S+)")
 _METRICS_ON = re.compile(r"^" + re.escape(METRICS_ON) + r"(?P<url>https?://\S+)", re.MULTILINE)
 _CRASH_POINT_REACHED = re.compile(
     re.escape(CRASH_POINT) + r"(?P<point>\w+) reached for the (?P<count>\d+)(st|nd|rd|th) time")
@@ -82,6 +91,17 @@ def provider_listening(url: str) -> str:
 def parse_provider_listening(text: str) -> str | None:
     """The provider's URL from its output, or None before it has announced it."""
     match = _PROVIDER_LISTENING.search(text)
+    return match.group("url") if match else None
+
+
+def receiver_listening(url: str) -> str:
+    """The webhook receiver's first line: where it listens (its base URL; events go to ``<url>/webhooks``)."""
+    return f"{RECEIVER_LISTENING}{url}"
+
+
+def parse_receiver_listening(text: str) -> str | None:
+    """The webhook receiver's base URL from its output, or None before it has announced it."""
+    match = _RECEIVER_LISTENING.search(text)
     return match.group("url") if match else None
 
 

@@ -181,14 +181,17 @@ OPEN_QUESTIONS = (
             "table cannot, between the provider call and 'done', because a retried call gets the stored answer "
             "instead of moving money again. It is also the only layer that stops two workers calling at once "
             "(the provider answers 409 while the key is in flight). It lasts only as long as the provider keeps "
-            "the key (Stripe's API v1 may prune it once it is at least 24 hours old), so a 'pending' row older "
-            "than that must be reconciled with the provider before any charge."),
+            "the key (Stripe's API v1 may prune it once it is at least 24 hours old), and a key whose stored "
+            "answer is a 500 says nothing about the money. So the consumer takes the PaymentIntent path: it "
+            "stores the PaymentIntent's id in the dedup row before confirming it, and settles any answer that "
+            "says nothing, or a 'pending' row older than the key, by retrieving the PaymentIntent by id, which "
+            "is strongly consistent; never by Search, which lags behind the writes."),
         points=(
             Point("idempotent producer", ("idempotent producer", "enable.idempotence", "producer id", "sequence")),
             Point("consumer dedup table in the database", ("dedup", "on conflict", "pending")),
             Point("Idempotency-Key at the provider", ("idempotency-key", "idempotency key", "stripe")),
         ),
-        where="notebooks 03, 04 and 04c",
+        where="notebooks 03, 04, 04c and 04e",
     ),
     OpenQuestion(
         key="hit_rate_spike",
@@ -226,7 +229,11 @@ LAYERS = (
      "the gap between the provider call and `done`; two workers on one `pending` row"),
     ("provider `Idempotency-Key` derived from `msg_id`",
      "a retried call after the money moved; a second worker's concurrent call (409)",
-     "a retry after the provider pruned the key (Stripe API v1: any time after 24 h): reconcile old `pending` rows"),
+     "a retry after the provider pruned the key (Stripe API v1: any time after 24 h); a 500 stored under it, "
+     "which says nothing about the money"),
+    ("the PaymentIntent's id, stored in the dedup row before the confirm (the recovery point)",
+     "an answer that says nothing (a 500, a timeout): retrieve it by id; a `pending` row older than the key",
+     "nothing Search can close: it lags behind the writes, so \"not found\" proves nothing"),
 )
 LAYERS_TABLE = "\n".join(["| layer | closes | does not close |", "|---|---|---|",
                           *(f"| {layer} | {closes} | {leaves_open} |" for layer, closes, leaves_open in LAYERS)])
@@ -240,13 +247,15 @@ parties certainty (the Two Generals). Every broker delivers at least once or at 
 **Achievable:** exactly-once *processing*, which production calls effectively-once: at-least-once delivery from
 the broker plus a consumer that makes every side effect idempotent.
 
-**The three layers and the windows they close**
+**The three layers, the recovery point, and the windows they close**
 
 {LAYERS_TABLE}
 
 **The traps:** a `pending` row must be retried, never skipped; the dedup table alone double-charges when the
-consumer dies after the provider call; a key past its TTL is a new key; and a Kafka-protocol broker is not
-necessarily Apache Kafka (probe it).
+consumer dies after a one-shot charge call; a key past its TTL is a new key; a 500 replayed under a key says
+nothing, and Search right after it finds nothing even when the money moved; the SDK's automatic key covers only
+its own retries of one call, not a redelivery; webhooks arrive at least once and in any order, so the shop's
+inbox records each event once by its id; and a Kafka-protocol broker is not necessarily Apache Kafka (probe it).
 
 **What to watch:** `consumer_lag_messages`, `dlq_depth` (alert at any), `dlq_oldest_age_seconds` (the oldest
 message's age; alert over an hour), `dedup_check_hit_rate` (near zero; a sustained spike means processed

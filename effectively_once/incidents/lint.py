@@ -2,8 +2,14 @@
 
 ``python -m effectively_once lint PATH...`` reads Python files (directories are
 searched for ``*.py``) and prints ``file:line: reason`` for each POST whose
-headers do not visibly carry an ``Idempotency-Key``. Exit status: 0 clean,
-1 findings, 2 a file could not be read or parsed.
+headers do not visibly carry an ``Idempotency-Key``, and for each call of the
+official Stripe SDK that moves money (``client.v1.charges.create``,
+``client.v1.payment_intents.create`` and ``.confirm``, ``stripe.Charge.create``,
+``stripe.PaymentIntent.create`` and ``.confirm``) without an ``idempotency_key``
+of its own (in ``options={...}``, or the keyword of the module-level API). The
+SDK sends a random key when given none: that covers the SDK's own retries of
+the call, and nothing else, so a retry loop around it or a redelivered message
+charges again. Exit status: 0 clean, 1 findings, 2 a file could not be read or parsed.
 
 It reads the syntax tree, not the text, so it sees through:
 
@@ -44,7 +50,12 @@ from pathlib import Path
 HELP = "flag HTTP POST calls without an Idempotency-Key header (the lint rule of notebook 06)"
 
 HEADER = "idempotency-key"
+SDK_OPTION = "idempotency_key"  # the SDK's name for it, in ``options`` or as a keyword
 HTTP_MODULES = ("requests", "httpx")
+SDK_MODULES = ("stripe",)
+# The SDK's calls that move money: the module-level API's, and a StripeClient's services (any receiver).
+SDK_FUNCTIONS = {"stripe.Charge.create", "stripe.PaymentIntent.create", "stripe.PaymentIntent.confirm"}
+SDK_SERVICE_METHODS = {("charges", "create"), ("payment_intents", "create"), ("payment_intents", "confirm")}
 POST_FUNCTIONS = {"requests.post", "requests.api.post", "httpx.post"}
 REQUEST_FUNCTIONS = {"requests.request", "requests.api.request", "httpx.request", "httpx.stream"}
 CLIENT_CONSTRUCTORS = {"requests.Session", "requests.session", "requests.sessions.Session",
@@ -92,8 +103,11 @@ def _combine(*states: object) -> object:
     return unknown[0] if unknown else NO_KEY
 
 
+_KEY_NAMES = [HEADER]  # what counts as the key in the mapping being traced: the header, or the SDK's option
+
+
 def _is_key(node: ast.AST | None) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() == HEADER
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() == _KEY_NAMES[0]
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -129,10 +143,11 @@ class _Checker:
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     top = alias.name.split(".")[0]
-                    if top in HTTP_MODULES:
+                    if top in HTTP_MODULES + SDK_MODULES:
                         # `import requests.api` binds `requests`; `import requests.api as a` binds the submodule.
                         self.aliases[alias.asname or top] = alias.name if alias.asname else top
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in HTTP_MODULES:
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                    HTTP_MODULES + SDK_MODULES):
                 for alias in node.names:
                     self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
 
@@ -176,6 +191,17 @@ class _Checker:
         return name is not None and name in self.clients
 
     # -- which calls are POSTs -----------------------------------------------------------------
+    def sdk_label(self, call: ast.Call) -> str | None:
+        """How to name ``call`` in a finding if it is a money-moving call of the Stripe SDK, else None."""
+        name = self.qualname(call.func)
+        if name in SDK_FUNCTIONS:
+            return _describe(call.func)
+        func = call.func
+        if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute)
+                and (func.value.attr, func.attr) in SDK_SERVICE_METHODS):
+            return _describe(func)
+        return None
+
     def post_label(self, call: ast.Call) -> str | None:
         """How to name ``call`` in a finding if it is an HTTP POST, else None."""
         name = self.qualname(call.func)
@@ -199,6 +225,24 @@ class _Checker:
         return isinstance(method, ast.Constant) and isinstance(method.value, str) and method.value.upper() == "POST"
 
     # -- what the headers hold ----------------------------------------------------------------
+    def options_state(self, call: ast.Call) -> object:
+        """HAS_KEY, NO_KEY or _Unknown for the idempotency key of an SDK call."""
+        for keyword in call.keywords:
+            if keyword.arg == SDK_OPTION:
+                value = keyword.value
+                return NO_KEY if isinstance(value, ast.Constant) and value.value is None else HAS_KEY
+            if keyword.arg == "options":
+                _KEY_NAMES[0] = SDK_OPTION
+                try:
+                    state = self.expr_state(keyword.value, call)
+                finally:
+                    _KEY_NAMES[0] = HEADER
+                return _Unknown(state.why.replace("its headers", "its options")) if isinstance(state, _Unknown) \
+                    else state
+            if keyword.arg is None:
+                return _Unknown(f"its arguments come from **{_describe(keyword.value)}")
+        return NO_KEY
+
     def headers_state(self, call: ast.Call) -> object:
         for keyword in call.keywords:
             if keyword.arg == "headers":
@@ -332,6 +376,20 @@ class _Checker:
         found = []
         for node in ast.walk(self.tree):
             if not isinstance(node, ast.Call):
+                continue
+            sdk = self.sdk_label(node)
+            if sdk is not None:
+                state = self.options_state(node)
+                if state == HAS_KEY:
+                    continue
+                if isinstance(state, _Unknown):
+                    reason = (f"{sdk}: cannot confirm an idempotency_key: {state.why}; pass "
+                              "options={'idempotency_key': ...} where this rule can see it")
+                else:
+                    reason = (f"{sdk} passes no idempotency_key, so the SDK makes up a random one: it covers the "
+                              "SDK's own retries of this call, and a second call (a retry around it, a redelivered "
+                              "message) can charge twice: pass one derived from the message id")
+                found.append(Finding(self.filename, node.lineno, reason))
                 continue
             label = self.post_label(node)
             if label is None:

@@ -1,37 +1,44 @@
-"""Stripe, 2020: a queue consumer whose retry path forgot the Idempotency-Key.
+"""Stripe, 2020: a queue consumer whose retry path forgot the Idempotency-Key, replayed with the official SDK.
 
 The story (told in the field; no public post-mortem was found for it): during a
-Q4 traffic spike the payment API answered some charge requests with
-an error *after* the charge had gone through. The consumer retried, as it
-should, but the code path that built the retry request did not carry the
-Idempotency-Key of the first attempt. To the API every retry was a new
-request, so it charged again. A small share of customers paid twice.
+Q4 traffic spike the payment API answered some charge requests with an error
+*after* the charge had gone through. The consumer retried, as it should, but
+the code path that built the retry request did not carry the Idempotency-Key of
+the first attempt. To the API every retry was a new request, so it charged
+again. A small share of customers paid twice.
 
-This module replays it on the course's real pipeline. Two consumer steps,
-plugged into ``python -m effectively_once.payments.consumer`` with ``--step``,
-differ only in how they retry a failed charge call:
+With the official SDK (``stripe``, pinned) the bug takes the shape it has in
+code written today. The SDK sends an Idempotency-Key on every POST: the one the
+caller passes, or a random one of its own, and it retries a timeout, a dropped
+connection or a 5xx under that same key. ``payments.recovery.what_the_sdk_key_covers``
+shows both halves live: one call whose answer is late is retried by the SDK under its own
+key and charged once; the same message sent again, as a new call, gets a new
+random key and is charged a second time. A retry loop around the SDK call, or a
+Kafka redelivery, is such a new call.
 
-- ``step_forgetting_the_key_on_retry``: the first attempt sends the key, the
-  retry rebuilds its headers and leaves the key out (the bug);
-- ``step_keeping_the_key``: every attempt sends the same headers, key included
-  (the fix).
+Two one-shot charge functions, differing only in their retry path (the story
+needs the one-shot call: a PaymentIntent is confirmed once, whatever the key):
 
-Everything else is the course's ``process_message``: dedup row, provider call,
-mark done. ``replay(stack, fixed=...)`` runs one of them against a provider
-that fails after charging (``fail_after_charge``) and counts the ledger.
+- ``charge_forgetting_the_key_on_retry``: the first call passes the key; the
+  retry calls the SDK again without it, so the SDK makes up a new one (the bug);
+- ``charge_keeping_the_key``: every attempt passes the same key.
 
-The provider behaves as Stripe documents: it stores the 500 it sent under the
-key, so a retry that keeps the key gets that 500 again, never the charge. The
-key alone therefore stops the second charge but leaves the consumer not
-knowing whether the first one happened. The fix is the key *and* a reconcile:
-on a replayed 500 the step asks the provider's ledger for a charge of that
-message (``GET /v1/charges?msg_id=...``, see ``steps.charge_or_reconcile``),
-takes it when it is there, and only when it is not charges under a new
-derived key.
+``replay(stack, variant)`` runs the real pipeline against a provider that fails
+after charging (``fail_after_charge``) and counts the ledger, for three
+consumers:
+
+- ``"forgets_the_key"``: the bug, plugged in as the consumer's step;
+- ``"searches"``: keeps the key, which stops the second charge but leaves every
+  replayed 500 unsettled, and settles it the tempting way, by Search
+  (``payments.recovery.search_then_charge``): "not found" right after the 500
+  proves nothing, and the charge under a new key is a second one;
+- ``"payment_intents"``: the course's default step, the fix that holds on
+  Stripe: derived keys, the PaymentIntent's id stored before the confirm, a 500
+  settled by retrieving it by id.
 
 The account's remedy is a lint rule, and ``lint_steps()`` runs it
-(``effectively_once.incidents.lint``) on this very file: it flags the POST in
-the buggy retry path and finds nothing in the fixed one. The buggy function
+(``effectively_once.incidents.lint``) on this very file: it flags the SDK call
+in the buggy retry path and finds nothing in the fixed one. The buggy function
 is kept here on purpose, as the specimen; linting the package reports it.
 """
 
@@ -42,136 +49,119 @@ import html
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING
 
-import httpx
+import stripe
 
 from effectively_once.db import one
 from effectively_once.payments.matrix import CHARGED_ONCE, CHARGED_TWICE, LOST
-from effectively_once.payments.messages import REPLAY_HEADER, ChargeMessage, child_traceparent
+from effectively_once.payments.messages import REPLAY_HEADER, ChargeMessage
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from effectively_once.payments.client import ChargeResult, ProviderClient
+    from effectively_once.payments.client import ChargeResult, IntentResult, ProviderClient
     from effectively_once.payments.consumer import StepContext
     from effectively_once.payments.steps import Outcome
     from effectively_once.stack import Stack
 
-    # (client, URL, message, key, retries) -> the charge, the signature of the two ways to retry below.
-    ChargeFunction = Callable[[httpx.Client, str, ChargeMessage, str | None, int], ChargeResult]
-
-# A provider's answer: a response, or the error of a connection that dropped.
-Answer = httpx.Response | httpx.TransportError
-
 STEP_BUGGY = "effectively_once.incidents.stripe2020:step_forgetting_the_key_on_retry"
-STEP_FIXED = "effectively_once.incidents.stripe2020:step_keeping_the_key"
+STEP_SEARCHES = "effectively_once.payments.recovery:search_then_charge"
+STEP_FIXED = "effectively_once.payments.steps:process_message"
+VARIANTS = {"forgets_the_key": STEP_BUGGY, "searches": STEP_SEARCHES, "payment_intents": STEP_FIXED}
 CHARGE_FUNCTIONS = {False: "charge_forgetting_the_key_on_retry", True: "charge_keeping_the_key"}
-RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
+# What a charge function retries: an answer that may change on a second try, or none at all.
+RETRYABLE = (stripe.APIError, stripe.APIConnectionError, stripe.RateLimitError)
 BACKOFF_SECONDS = 0.01
 
 
 # -- the two ways to retry a charge ------------------------------------------------------------
-def charge_forgetting_the_key_on_retry(http: httpx.Client, url: str, msg: ChargeMessage, key: str | None,
-                                       max_retries: int = 5):
-    """POST the charge; retry on 5xx/429/409 or a dropped connection. THE BUG: retries carry no key."""
-    headers = {"traceparent": child_traceparent(msg.traceparent)}
-    if key is not None:
-        headers["Idempotency-Key"] = key
+def charge_forgetting_the_key_on_retry(client: stripe.StripeClient, msg: ChargeMessage, key: str | None,
+                                       max_retries: int = 5) -> ChargeResult:
+    """Charge with the SDK; retry on a 5xx, a 429 or no answer. THE BUG: the retries pass no key."""
     started, retries = time.perf_counter(), 0
-    response: Answer
     try:
-        response = http.post(url, json=msg.body(), headers=headers)
-    except httpx.TransportError as exc:
-        response = exc
-    while not _succeeded(response):
-        retries = _next_retry(response, retries, max_retries)
-        # The retry path builds its own headers (a fresh span for the trace) and forgets the key.
-        retry_headers = {"traceparent": child_traceparent(msg.traceparent)}
+        charge = client.v1.charges.create(params=msg.body(),  # type: ignore[arg-type]
+                                          options={"idempotency_key": key})
+    except RETRYABLE as exc:
+        charge, failure = None, exc
+    while charge is None:
+        retries = _next_retry(failure, retries, max_retries)
+        # The retry path builds its own call and forgets the key: the SDK makes up a new one.
         try:
-            response = http.post(url, json=msg.body(), headers=retry_headers)
-        except httpx.TransportError as exc:
-            response = exc
-    return _result(response, retries, started, key)
+            charge = client.v1.charges.create(params=msg.body())  # type: ignore[arg-type]
+        except RETRYABLE as exc:
+            failure = exc
+    return _result(charge, retries, started, key)
 
 
-def charge_keeping_the_key(http: httpx.Client, url: str, msg: ChargeMessage, key: str | None,
-                           max_retries: int = 5):
-    """POST the charge; retry on 5xx/429/409 or a dropped connection, every attempt with the same key."""
-    headers = {"traceparent": child_traceparent(msg.traceparent)}
-    if key is not None:
-        headers["Idempotency-Key"] = key
+def charge_keeping_the_key(client: stripe.StripeClient, msg: ChargeMessage, key: str | None,
+                           max_retries: int = 5) -> ChargeResult:
+    """Charge with the SDK; retry on a 5xx, a 429 or no answer, every attempt under the same key."""
     started, retries = time.perf_counter(), 0
-    response: Answer
     try:
-        response = http.post(url, json=msg.body(), headers=headers)
-    except httpx.TransportError as exc:
-        response = exc
-    while not _succeeded(response):
-        retries = _next_retry(response, retries, max_retries)
-        retry_headers = {**headers, "traceparent": child_traceparent(msg.traceparent)}
+        charge = client.v1.charges.create(params=msg.body(),  # type: ignore[arg-type]
+                                          options={"idempotency_key": key})
+    except RETRYABLE as exc:
+        charge, failure = None, exc
+    while charge is None:
+        retries = _next_retry(failure, retries, max_retries)
         try:
-            response = http.post(url, json=msg.body(), headers=retry_headers)
-        except httpx.TransportError as exc:
-            response = exc
-    return _result(response, retries, started, key)
+            charge = client.v1.charges.create(params=msg.body(),  # type: ignore[arg-type]
+                                              options={"idempotency_key": key})
+        except RETRYABLE as exc:
+            failure = exc
+    return _result(charge, retries, started, key)
 
 
-def _succeeded(response: Answer) -> TypeGuard[httpx.Response]:
-    return isinstance(response, httpx.Response) and response.status_code == 200
-
-
-def _next_retry(response: Answer, retries: int, max_retries: int) -> int:
+def _next_retry(failure: stripe.StripeError, retries: int, max_retries: int) -> int:
     """Sleep before the next attempt and return its number, or raise ``ChargeFailed`` (which dead-letters).
 
     A 5xx replayed under the key raises ``KeySpent``: retrying that key only
-    replays it, and the step reconciles instead.
+    replays it (a caller that keeps its key ends here).
     """
     from effectively_once.payments.client import ChargeFailed, KeySpent
 
-    if isinstance(response, httpx.Response):
-        status, reason = response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
-        if status >= 500 and response.headers.get(REPLAY_HEADER) == "true":
-            raise KeySpent(f"{reason} replayed under the Idempotency-Key", status, retries)
-        if status not in RETRYABLE_STATUS:
-            raise ChargeFailed("rejected", reason, status, retries)
-    else:
-        status, reason = None, f"{type(response).__name__}: {response}"
+    status = failure.http_status
+    reason = f"HTTP {status}: {failure.user_message}" if status else f"no answer: {type(failure).__name__}"
+    if status is not None and status >= 500 and (failure.headers or {}).get(REPLAY_HEADER) == "true":
+        raise KeySpent(f"{reason} replayed under the Idempotency-Key", status, retries)
     if retries >= max_retries:
         raise ChargeFailed("retries_exhausted", f"gave up after {retries} retries; last: {reason}", status, retries)
     time.sleep(BACKOFF_SECONDS * 2 ** retries)
     return retries + 1
 
 
-def _result(response: httpx.Response, retries: int, started: float, key: str | None) -> ChargeResult:
+def _result(charge: stripe.Charge, retries: int, started: float, key: str | None) -> ChargeResult:
     from effectively_once.payments.client import ChargeResult
 
-    return ChargeResult(response.json()["id"], response.headers.get(REPLAY_HEADER) == "true", retries,
-                        (time.perf_counter() - started) * 1000,
-                        idempotency_key=None if response.request.headers.get("idempotency-key") is None else key)
+    replayed = charge.last_response is not None and charge.last_response.headers.get(REPLAY_HEADER) == "true"
+    return ChargeResult(charge.id, replayed, retries, (time.perf_counter() - started) * 1000, idempotency_key=key)
 
 
-# -- the consumer steps (``--step``) -------------------------------------------------------------
+# -- the consumer step (``--step``) ---------------------------------------------------------------
 class _Provider:
-    """Stands in for ``ctx.provider``: the same connection and URL, another way to retry."""
+    """Stands in for ``ctx.provider``: the consumer's own SDK client, and the buggy way to retry a charge."""
 
-    def __init__(self, provider: ProviderClient, charge: ChargeFunction) -> None:
-        self.url, self.max_retries, self._charge = provider.url, provider.max_retries, charge
-        # The consumer's own kept-alive connection: it already carries the API key.
-        self.http: httpx.Client = provider._http
-
-        # The reconcile (a GET that moves no money) is the consumer's own.
-        self.charges_for = provider.charges_for
+    def __init__(self, provider: ProviderClient) -> None:
+        self.client, self.max_retries = provider.stripe, provider.max_retries
 
     def charge(self, msg: ChargeMessage, idempotency_key: str | None = None) -> ChargeResult:
-        return self._charge(self.http, f"{self.url}/v1/charges", msg, idempotency_key, self.max_retries)
+        return charge_forgetting_the_key_on_retry(self.client, msg, idempotency_key, self.max_retries)
+
+    def create_intent(self, msg: ChargeMessage, idempotency_key: str | None = None) -> IntentResult:
+        raise NotImplementedError("the 2020 replay takes the one-shot Charges path")
+
+    def confirm_intent(self, msg: ChargeMessage, intent_id: str, idempotency_key: str | None = None) -> ChargeResult:
+        raise NotImplementedError("the 2020 replay takes the one-shot Charges path")
+
+    def retrieve_intent(self, intent_id: str) -> IntentResult:
+        raise NotImplementedError("the 2020 replay takes the one-shot Charges path")
 
 
 class _Context:
     """``ctx`` with its provider swapped; everything else (shop, layers, crash points) is the consumer's."""
 
-    def __init__(self, ctx: StepContext, charge: ChargeFunction) -> None:
-        self._ctx, self.shop, self.provider = ctx, ctx.shop, _Provider(ctx.provider, charge)
+    def __init__(self, ctx: StepContext) -> None:
+        self._ctx, self.shop, self.provider = ctx, ctx.shop, _Provider(ctx.provider)
 
     def uses(self, layer: str) -> bool:
         """The consumer's layers."""
@@ -183,17 +173,10 @@ class _Context:
 
 
 def step_forgetting_the_key_on_retry(ctx: StepContext, msg: ChargeMessage) -> Outcome:
-    """``process_message`` with the 2020 bug: its provider calls retry without the Idempotency-Key."""
-    from effectively_once.payments.steps import process_message
+    """The one-shot ``process_charge`` with the 2020 bug: its charge retries without the Idempotency-Key."""
+    from effectively_once.payments.steps import process_charge
 
-    return process_message(_Context(ctx, charge_forgetting_the_key_on_retry), msg)
-
-
-def step_keeping_the_key(ctx: StepContext, msg: ChargeMessage) -> Outcome:
-    """``process_message`` with the fix: every attempt carries the same key, and a replayed 500 is reconciled."""
-    from effectively_once.payments.steps import process_message
-
-    return process_message(_Context(ctx, charge_keeping_the_key), msg)
+    return process_charge(_Context(ctx), msg)
 
 
 # -- the lint rule on both ------------------------------------------------------------------------
@@ -220,15 +203,20 @@ def lint_steps(path: str | Path | None = None) -> dict[str, list]:
 
 
 # -- the replay -----------------------------------------------------------------------------------
-# What each replay must do to the money, by ``replay(fixed=...)``: notebook 06 and the tests assert against it.
-EXPECTED_OUTCOME = {False: CHARGED_TWICE, True: CHARGED_ONCE}
+# What each replay must do to the money, by ``replay(variant=...)``: notebook 06 and the tests assert against it.
+EXPECTED_OUTCOME = {"forgets_the_key": CHARGED_TWICE, "searches": CHARGED_TWICE, "payment_intents": CHARGED_ONCE}
+_SUMMARY = {
+    "forgets_the_key": "retries without the key (the bug)",
+    "searches": "keeps the key, settles a 500 by Search",
+    "payment_intents": "PaymentIntent: keys, stored id, retrieve (the fix)",
+}
 
 
 @dataclass
 class Stripe2020Replay:
-    """One run of the pipeline with one of the two steps, and what it did to the money."""
+    """One run of the pipeline with one of the three consumers, and what it did to the money."""
 
-    fixed: bool
+    variant: str
     step: str
     messages: int
     fail_after_charge: float
@@ -236,14 +224,19 @@ class Stripe2020Replay:
     charges: int                 # ledger rows for the run's messages: each one is money that moved
     charged_messages: int        # messages with at least one ledger row
     duplicate_charges: int       # messages with more than one ledger row
-    charges_without_key: int     # ledger rows whose request carried no Idempotency-Key
+    charges_under_other_keys: int  # ledger rows whose key is not the message's own (charge-<msg_id>)
     retries: int                 # provider retries, summed over the consumer's events
     key_replays: int             # messages the provider answered from its key store with the charge
-    reconciled: int              # messages whose key replayed a 500 and whose charge the ledger lookup found
+    recovered: int               # messages settled after a 500 by a lookup (Search, or the PaymentIntent)
     dedup_hits: int
     lost_charges: int
     dlq: int
     ledger_sample: object = field(default=None, repr=False)  # a Table of the ledger rows of a few messages
+
+    @property
+    def fixed(self) -> bool:
+        """True for the consumer the story's fix is: the PaymentIntent path."""
+        return self.variant == "payment_intents"
 
     @property
     def extra_charges(self) -> int:
@@ -264,22 +257,22 @@ class Stripe2020Replay:
 
     @property
     def expected_outcome(self) -> str:
-        """The outcome this step must have: ``EXPECTED_OUTCOME`` of the bug or of the fix."""
-        return EXPECTED_OUTCOME[self.fixed]
+        """The outcome this variant must have: its ``EXPECTED_OUTCOME``."""
+        return EXPECTED_OUTCOME[self.variant]
 
     def summary(self) -> dict[str, object]:
         """The counts as plain data (what the HTML table shows)."""
         return {
-            "step": "keeps the key on every retry (fix)" if self.fixed else "drops the key on retry (bug)",
+            "consumer": _SUMMARY[self.variant],
             "messages": self.messages,
             "provider fail_after_charge": self.fail_after_charge,
             "retries": self.retries,
             "ledger rows (money moved)": self.charges,
             "messages charged twice or more": self.duplicate_charges,
             "extra charges": self.extra_charges,
-            "charges sent without a key": self.charges_without_key,
+            "charges under another key than the message's": self.charges_under_other_keys,
             "answered from the key store": self.key_replays,
-            "found by a ledger lookup after a replayed 500": self.reconciled,
+            "settled after a 500 by a lookup": self.recovered,
             "dedup-table hits": self.dedup_hits,
             "lost": self.lost_charges,
         }
@@ -290,7 +283,7 @@ class Stripe2020Replay:
             return (f"{self.duplicate_charges} of {self.messages} customers were charged more than once "
                     f"({self.extra_charges} extra charges), although the dedup table saw each message once.")
         return (f"Every one of the {self.messages} messages was charged exactly once; "
-                f"{self.reconciled} keys replayed a 500 and the ledger lookup found their charge.")
+                f"{self.recovered} 500s were settled by retrieving the PaymentIntent.")
 
     def _repr_html_(self) -> str:
         colour = "#cf222e" if self.duplicate_charges else "#1a7f37"
@@ -299,23 +292,26 @@ class Stripe2020Replay:
         return f"<p style='color:{colour}'><b>{html.escape(self.verdict())}</b></p><table>{rows}</table>"
 
 
-def replay(stack: Stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail_after_charge: float = 0.25,
+def replay(stack: Stack, variant: str, messages: int = 40, seed: int = 7, *, fail_after_charge: float = 0.25,
            timeout: float = 60.0, sample: int = 3) -> Stripe2020Replay:
-    """Run ``messages`` charges through the real consumer with the buggy (or fixed) step; count the ledger.
+    """Run ``messages`` charges through the real consumer with one of ``VARIANTS``; count the ledger.
 
     The provider fails after charging with probability ``fail_after_charge``
     (its dice seeded with ``seed``): the money has moved, the consumer sees a
-    500 and retries, and the provider keeps that 500 under the key. Both layers
-    are on (dedup table and key), as in production. ``sample`` messages charged most often are kept as a table of
-    their ledger rows.
+    500, and the provider keeps that 500 under the key. Both layers are on
+    (dedup table and key), as in production. ``sample`` messages charged most
+    often are kept as a table of their ledger rows.
     """
     import psycopg
 
     from effectively_once.payments.lab import PaymentLab, Table
+    from effectively_once.payments.messages import idempotency_key_for
 
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     if not 0 < fail_after_charge <= 1:
         raise ValueError(f"fail_after_charge must be a probability above 0, got {fail_after_charge!r}")
-    step = STEP_FIXED if fixed else STEP_BUGGY
+    step = VARIANTS[variant]
     with PaymentLab(stack, "both") as lab:
         lab.start_provider(seed=seed, fail_after_charge=fail_after_charge)
         lab.produce(messages, seed=seed)
@@ -324,10 +320,12 @@ def replay(stack: Stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail
         report = lab.report()
         if lab.provider_dsn is None:
             raise RuntimeError("the lab started no provider database, so there is no ledger to read")
+        own_keys = [idempotency_key_for(m) for m in lab.msg_ids]
         with psycopg.connect(lab.provider_dsn) as conn:
-            keyless, charged = one(conn.execute(
-                "SELECT count(*) FILTER (WHERE idempotency_key IS NULL), count(DISTINCT msg_id) FROM ledger"
-                " WHERE msg_id = ANY(%s)", (lab.msg_ids,)), "the ledger's counts")
+            other_keys, charged = one(conn.execute(
+                "SELECT count(*) FILTER (WHERE idempotency_key IS NULL OR NOT idempotency_key = ANY(%s)),"
+                " count(DISTINCT msg_id) FROM ledger WHERE msg_id = ANY(%s)", (own_keys, lab.msg_ids)),
+                "the ledger's counts")
             worst = [row[0] for row in conn.execute(
                 "SELECT msg_id FROM ledger WHERE msg_id = ANY(%s) GROUP BY msg_id ORDER BY count(*) DESC, msg_id"
                 " LIMIT %s", (lab.msg_ids, sample))]
@@ -337,11 +335,12 @@ def replay(stack: Stack, fixed: bool, messages: int = 40, seed: int = 7, *, fail
             assert cur.description is not None  # a SELECT always describes its columns
             ledger = Table("provider: ledger", [d.name for d in cur.description], cur.fetchall())
         with psycopg.connect(lab.shop_dsn) as conn:
-            retries, reconciled = one(conn.execute(
-                "SELECT coalesce(sum(retries), 0), count(*) FILTER (WHERE result = 'reconciled') FROM consumer_events"
-                " WHERE topic = %s", (lab.topic,)), "the consumer's retries and reconciles")
+            retries, recovered = one(conn.execute(
+                "SELECT coalesce(sum(retries), 0), count(*) FILTER (WHERE result = 'recovered') FROM consumer_events"
+                " WHERE topic = %s", (lab.topic,)), "the consumer's retries and recoveries")
     return Stripe2020Replay(
-        fixed=fixed, step=step, messages=messages, fail_after_charge=fail_after_charge, seed=seed,
+        variant=variant, step=step, messages=messages, fail_after_charge=fail_after_charge, seed=seed,
         charges=report.charges, charged_messages=charged, duplicate_charges=report.duplicate_charges,
-        charges_without_key=keyless, retries=int(retries), key_replays=report.key_replays, reconciled=reconciled,
-        dedup_hits=report.dedup_hits, lost_charges=report.lost_charges, dlq=report.dlq, ledger_sample=ledger)
+        charges_under_other_keys=other_keys, retries=int(retries), key_replays=report.key_replays,
+        recovered=recovered, dedup_hits=report.dedup_hits, lost_charges=report.lost_charges, dlq=report.dlq,
+        ledger_sample=ledger)

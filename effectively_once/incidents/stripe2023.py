@@ -72,16 +72,15 @@ _hooked: set[int] = set()
 _schema_ready = [False]
 
 
-def _record_answer(response) -> None:
-    _answers.append((time.time(), response.status_code))
+def _record_answer(status: int) -> None:
+    _answers.append((time.time(), status))
 
 
 def _hook(ctx: StepContext) -> None:
-    """Record every HTTP answer of the provider on the consumer's connection (once per process)."""
-    http = ctx.provider._http  # the consumer's kept-alive connection to the provider
-    if id(http) not in _hooked:
-        http.event_hooks["response"].append(_record_answer)
-        _hooked.add(id(http))
+    """Record every HTTP answer of the provider to the consumer's SDK client (once per process)."""
+    if id(ctx.provider) not in _hooked:
+        ctx.provider.add_answer_hook(_record_answer)
+        _hooked.add(id(ctx.provider))
     if not _schema_ready[0]:
         with ctx.shop.transaction():
             ctx.shop.execute("SELECT pg_advisory_xact_lock(%s)", (_ANSWERS_LOCK,))
@@ -101,28 +100,30 @@ def _save_answers(ctx: StepContext) -> None:
 
 
 def answering_step(ctx: StepContext, msg: ChargeMessage) -> Outcome:
-    """The course's ``process_message``, with every HTTP answer of the provider saved to ``provider_answers``.
+    """The course's one-shot ``process_charge``, with every HTTP answer of the provider saved to ``provider_answers``.
 
-    Retries happen inside the provider client, out of the step's sight; an
-    httpx response hook on the client's connection sees each attempt, 429s
-    included. The rows go to the shop database after each message.
+    The flood is about how many calls reach a rate-limited API, so the replay
+    takes the one-shot Charges path: one call per charge. Retries happen inside
+    the provider client, out of the step's sight; a hook on the SDK's HTTP
+    client sees each attempt, 429s included. The rows go to the shop database
+    after each message.
     """
-    from effectively_once.payments.steps import process_message
+    from effectively_once.payments.steps import process_charge
 
     _hook(ctx)
     try:
-        return process_message(ctx, msg)
+        return process_charge(ctx, msg)
     finally:
         _save_answers(ctx)
 
 
 def answering_batch_step(ctx: StepContext, msgs: list[ChargeMessage]) -> list[Outcome | ChargeFailed]:
-    """``process_batch`` (the consumer's ``--batch-dedup`` mode) with the provider's answers saved likewise."""
-    from effectively_once.payments.steps import process_batch
+    """``process_charge_batch`` (the consumer's ``--batch-dedup`` mode) with the provider's answers saved likewise."""
+    from effectively_once.payments.steps import process_charge_batch
 
     _hook(ctx)
     try:
-        return process_batch(ctx, msgs)
+        return process_charge_batch(ctx, msgs)
     finally:
         _save_answers(ctx)
 
@@ -380,6 +381,11 @@ class LiveTraffic:
     how long the customer waited. It shares the provider's rate limit with
     the redrive, as live payments share an account's limit with a backlog
     being replayed.
+
+    Raw HTTP on purpose: these are not the consumer's calls but a load that
+    stands for other services' checkouts, and the replay times every attempt
+    and honours the 429's ``Retry-After`` itself; the SDK would hide the
+    attempts, and does not retry a 429 at all.
     """
 
     def __init__(self, url: str, api_key: str, rate: float, prefix: str, retries: int = CHECKOUT_RETRIES) -> None:

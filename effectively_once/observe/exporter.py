@@ -9,7 +9,7 @@ raw material, as Prometheus likes it (a query computes rates from counters)
     ``side_effect_duration_seconds``           histogram of the provider call (retries included)
     ``retry_count``                            histogram of the retries each provider call needed
     ``dlq_messages_total{error_type}``         records this consumer sent to the dead-letter topic
-    ``messages_processed_total{result}``       charged, replayed, reconciled, skipped, dead_lettered
+    ``messages_processed_total{result}``       charged, replayed, recovered, skipped, dead_lettered
 the per-consumer metrics, by name, over the last ``window_seconds``
     ``dedup_check_hit_rate``, ``side_effect_duration_p99`` (seconds), ``retry_count_p99``
     (the two p99s are NaN for a window without a provider call: a percentile of nothing is

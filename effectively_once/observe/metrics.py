@@ -22,6 +22,11 @@ per provider (its ``/metrics``: webhook deliveries, at least once)
     ``webhook_events_pending``            events not delivered yet (a gauge)
     ``webhook_events_delivered_total``, ``webhook_events_given_up_total``
 
+per webhook receiver (the shop's inbox, ``payments.receiver``'s ``/metrics``)
+    ``webhook_inbox_events_total``        events recorded in the inbox for the first time
+    ``webhook_inbox_duplicates_total``    inbox duplicate hits: deliveries of an event it already held
+    ``webhook_inbox_refused_total{reason}``  deliveries answered 400 (signature, payload)
+
 Every percentile here is the nearest-rank percentile (see ``percentile``).
 Collecting the inputs (offsets, DLQ contents, consumer events) is the caller's job.
 """
@@ -56,6 +61,11 @@ WEBHOOK_EVENTS_GIVEN_UP = "webhook_events_given_up"
 WEBHOOK_METRIC_NAMES = (WEBHOOK_EVENTS, WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_RETRIES, WEBHOOK_DELIVERY_FAILURES,
                         WEBHOOK_DUPLICATE_DELIVERIES, WEBHOOK_EVENTS_PENDING, WEBHOOK_EVENTS_DELIVERED,
                         WEBHOOK_EVENTS_GIVEN_UP)
+# The shop's webhook receiver: its inbox's counters (payments.receiver serves them).
+INBOX_EVENTS = "webhook_inbox_events"
+INBOX_DUPLICATES = "webhook_inbox_duplicates"
+INBOX_REFUSED = "webhook_inbox_refused"
+INBOX_METRIC_NAMES = (INBOX_EVENTS, INBOX_DUPLICATES, INBOX_REFUSED)
 
 # What the consumer's dedup INSERT can report. A "hit" is each time the UNIQUE
 # constraint blocks the INSERT, whatever the existing row's state.

@@ -192,16 +192,19 @@ class Recorder:
     and ``offset``). ``provider()``, when given, returns the payment
     provider's ``/metrics`` URL (None while it is down): each sample then
     carries its webhook counters (``metrics.WEBHOOK_METRIC_NAMES``, by their
-    exposed names, ``webhook_deliveries_total``...). Use it as a context
+    exposed names, ``webhook_deliveries_total``...); ``receiver()`` likewise
+    the webhook receiver's, with its inbox counters (``metrics.INBOX_METRIC_NAMES``). Use it as a context
     manager, or ``start()`` and ``stop()``.
     """
 
     def __init__(self, *, bootstrap: str, topic: str, group: str, dlq_topic: str,
                  targets: Callable[[], list[str]], acknowledged: Callable[[], list[Any]],
                  partitions: Sequence[int] = (0, 1, 2), interval: float = 0.25, rate_window: float = 2.0,
-                 provider: Callable[[], str | None] | None = None) -> None:
+                 provider: Callable[[], str | None] | None = None,
+                 receiver: Callable[[], str | None] | None = None) -> None:
         self.bootstrap, self.topic, self.group, self.dlq_topic = bootstrap, topic, group, dlq_topic
         self.targets, self.acknowledged, self.provider = targets, acknowledged, provider
+        self.receiver = receiver
         self.partitions, self.interval, self.rate_window = tuple(partitions), interval, rate_window
         self.samples: list[dict[str, Any]] = []
         self.marks: list[tuple[float, str]] = []
@@ -222,10 +225,15 @@ class Recorder:
         def provider() -> str | None:
             return f"{lab.provider.url}/metrics" if lab.provider is not None and lab.provider.running else None
 
+        def receiver() -> str | None:
+            found = getattr(lab, "receiver", None)
+            return f"{found.base_url}/metrics" if found is not None and found.running else None
+
         partitions = range(_partition_count(lab.stack, lab.topic))
         return cls(bootstrap=lab.stack.kafka_bootstrap, topic=lab.topic, group=lab.group, dlq_topic=lab.dlq_topic,
                    targets=targets, acknowledged=lambda: list(lab.sent), partitions=partitions, interval=interval,
-                   rate_window=rate_window, provider=provider if webhooks else None)
+                   rate_window=rate_window, provider=provider if webhooks else None,
+                   receiver=receiver if webhooks else None)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> Recorder:
@@ -328,16 +336,20 @@ class Recorder:
         return sample
 
     def _webhook_counts(self) -> dict[str, float]:
-        """The provider's webhook counters by exposed name; none while it is down (a gap, not a zero)."""
-        url = self.provider() if self.provider is not None else None
-        if url is None:
-            return {}
-        try:
-            result = scrape(url, timeout=1.0)
-        except httpx.HTTPError:
-            return {}
-        # Failures are summed over their reasons; ProviderProcess.metrics() has them one by one.
-        return {name: result.total(name) for name in result.names() if name.startswith(WEBHOOK_PREFIX)}
+        """The provider's webhook counters and the receiver's inbox counters by exposed name; none of a process
+        while it is down (a gap, not a zero)."""
+        counts: dict[str, float] = {}
+        for source in (self.provider, self.receiver):
+            url = source() if source is not None else None
+            if url is None:
+                continue
+            try:
+                result = scrape(url, timeout=1.0)
+            except httpx.HTTPError:
+                continue
+            # Failures are summed over their reasons; ProviderProcess.metrics() has them one by one.
+            counts.update({name: result.total(name) for name in result.names() if name.startswith(WEBHOOK_PREFIX)})
+        return counts
 
     # -- reading the recording -----------------------------------------------------------
     def series(self, name: str, **labels: str) -> Series:

@@ -1,4 +1,4 @@
-"""The pipeline's child processes (provider, consumer): started, watched and stopped by pid.
+"""The pipeline's child processes (provider, consumer, webhook receiver): started, watched and stopped by pid.
 
 Each ``Child`` is owned by the object that started it, works as a context
 manager, and registers an atexit cleanup, so that a notebook kernel or a test
@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,6 +106,30 @@ class Child:
         if self._own_log_dir:
             runs.remove_dir(self.log_dir)
 
+    def await_announcement(self, parse: Callable[[str], str | None], what: str, timeout: float) -> str:
+        """Wait until the process prints the address ``parse`` finds in its log and answers ``/healthz`` there.
+
+        Returns the address; stops the process and raises when it does not come up in ``timeout`` s.
+        """
+        found: list[str] = []
+
+        def announced() -> bool:
+            address = parse(self.log_tail(20000))
+            if address is not None:
+                found[:] = [address]
+            return address is not None
+
+        try:
+            wait_until(announced, timeout, what, proc=self.proc, log=self.log_path)
+            wait_until(lambda: httpx.get(f"{found[0]}/healthz", timeout=2).status_code == 200, timeout,
+                       f"{what}'s /healthz", proc=self.proc, log=self.log_path)
+        except Exception:
+            tail = self.log_tail(20000)
+            self.stop()
+            raise_if_limit(tail)  # refused over the role's CONNECTION LIMIT: one sentence, not the log
+            raise
+        return found[0]
+
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the process's output, for error messages."""
         try:
@@ -158,20 +183,7 @@ class ProviderProcess(Child):
     def start(self, timeout: float = 30.0) -> ProviderProcess:
         """Start the provider and wait until it prints its address and answers ``/healthz``."""
         super().start()
-
-        def announced() -> bool:
-            self.url = protocol.parse_provider_listening(self.log_tail(20000))
-            return self.url is not None
-
-        try:
-            wait_until(announced, timeout, "the payment provider", proc=self.proc, log=self.log_path)
-            wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200, timeout,
-                       "the payment provider's /healthz", proc=self.proc, log=self.log_path)
-        except Exception:
-            tail = self.log_tail(20000)
-            self.stop()
-            raise_if_limit(tail)  # refused over the role's CONNECTION LIMIT: one sentence, not the log
-            raise
+        self.url = self.await_announcement(protocol.parse_provider_listening, "the payment provider", timeout)
         if self._initial_faults:
             self.set_faults(**self._initial_faults)
         return self
@@ -188,6 +200,7 @@ class ProviderProcess(Child):
         return int(self.url.rsplit(":", 1)[1]) if self.url else None
 
     def _admin(self, path: str, body: dict | None = None) -> dict:
+        # Raw HTTP: the lab's own routes (fault knobs, key ageing) are no part of Stripe's API, nor of its SDK.
         response = httpx.post(f"{self.url}{path}", json=body or {}, timeout=10,
                               headers={"Authorization": f"Bearer {self.api_key}"})
         if response.status_code != 200:
@@ -211,6 +224,60 @@ class ProviderProcess(Child):
     def metrics(self) -> Scrape:
         """The provider's ``/metrics`` (webhook deliveries, retries, failures by reason), parsed."""
         return scrape(f"{self.url}/metrics", timeout=10)
+
+
+class WebhookReceiverProcess(Child):
+    """The shop's webhook endpoint (``python -m effectively_once.payments.receiver``) on a free port.
+
+    Start it before the provider that sends to it: ``ProviderProcess(dsn,
+    webhook_url=receiver.url, webhook_secret=receiver.secret)``. ``handler``
+    (``module:function``) replaces the inbox's ``record_event``; a restart
+    after a crash keeps the port, so the provider's retries find it again.
+    """
+
+    name = "receiver"
+
+    def __init__(self, shop_dsn: str, secret: str, *, handler: str | None = None, tolerance: float | None = None,
+                 port: int = 0, log_dir: Path | None = None) -> None:
+        argv = [sys.executable, "-m", "effectively_once.payments.receiver", "--shop-dsn", shop_dsn,
+                "--webhook-secret", secret, "--port", str(port)]
+        if handler is not None:
+            argv += ["--handler", handler]
+        if tolerance is not None:
+            argv += ["--tolerance", str(tolerance)]
+        self.shop_dsn, self.secret = shop_dsn, secret
+        self.handler, self.tolerance, self._log_dir = handler, tolerance, log_dir
+        super().__init__(argv, log_dir)
+        self.base_url: str | None = None
+
+    def start(self, timeout: float = 30.0) -> WebhookReceiverProcess:
+        """Start the receiver and wait until it prints its address and answers ``/healthz``."""
+        super().start()
+        self.base_url = self.await_announcement(protocol.parse_receiver_listening, "the webhook receiver", timeout)
+        return self
+
+    @property
+    def url(self) -> str | None:
+        """Where the provider sends events: ``<base>/webhooks``."""
+        from effectively_once.payments.receiver import PATH
+
+        return f"{self.base_url}{PATH}" if self.base_url else None
+
+    @property
+    def port(self) -> int | None:
+        """The TCP port the receiver listens on."""
+        return int(self.base_url.rsplit(":", 1)[1]) if self.base_url else None
+
+    def restarted(self, timeout: float = 30.0) -> WebhookReceiverProcess:
+        """A new receiver on this one's port and settings (after it died), started."""
+        if self.running:
+            raise RuntimeError(f"the webhook receiver (pid {self.pid}) is still running: stop or kill it first")
+        return WebhookReceiverProcess(self.shop_dsn, self.secret, handler=self.handler, tolerance=self.tolerance,
+                                      port=self.port or 0, log_dir=self._log_dir).start(timeout)
+
+    def metrics(self) -> Scrape:
+        """The receiver's ``/metrics`` (events recorded, duplicate hits, refused deliveries), parsed."""
+        return scrape(f"{self.base_url}/metrics", timeout=10)
 
 
 class ConsumerProcess(Child):

@@ -6,9 +6,12 @@ A separate OS process, so that the lab's SIGKILL is a real crash. The loop:
                  -> record one event per message -> flush the DLQ producer -> commit the Kafka offsets
 
 The per-message step is ``effectively_once.payments.steps:process_message``
-unless ``--step module:function`` names another. With ``--batch-dedup`` the
-step is called once per poll batch (``steps:process_batch``), so the dedup
-table costs one INSERT and one UPDATE per batch rather than per message. ``--crash-at POINT
+(the PaymentIntent path; ``--api charges``: ``steps:process_charge``, the
+one-shot Charges path) unless ``--step module:function`` names another. Every
+call to the provider goes through the official Stripe SDK
+(``payments.client``). With ``--batch-dedup`` the step is called once per poll
+batch (``steps:process_batch``), so the dedup table costs one INSERT and one
+UPDATE per batch rather than per message. ``--crash-at POINT
 --crash-on N`` makes the process SIGKILL itself the Nth time it reaches POINT.
 Every record ends as a charge, a dedup skip or a DLQ entry; none is dropped.
 With the ``offsets_in_db`` layer the step records each charge and the
@@ -47,7 +50,7 @@ from effectively_once.payments.client import ChargeFailed, ProviderClient
 from effectively_once.payments.messages import MalformedMessage, parse_charge, trace_id_of
 from effectively_once.payments.offsets import store_offsets, stored_offsets
 from effectively_once.payments.settings import ConsumerSettings, build_parser
-from effectively_once.protocol import CRASH_POINTS, LAYERS
+from effectively_once.protocol import ALL_CRASH_POINTS, CRASH_POINTS, LAYERS  # noqa: F401 - CRASH_POINTS re-exported
 from effectively_once.schemas import load
 
 # After an assignment the first fetch can take a while (offset look-ups, a busy machine):
@@ -110,8 +113,8 @@ class StepContext:
         The first time it reaches ``pause_at`` it stops there instead and waits,
         for a SIGKILL from outside (the learner's), or a SIGTERM, which ends it.
         """
-        if name not in CRASH_POINTS:
-            raise ValueError(f"unknown crash point {name!r}; the crash points are {', '.join(CRASH_POINTS)}")
+        if name not in ALL_CRASH_POINTS:
+            raise ValueError(f"unknown crash point {name!r}; the crash points are {', '.join(ALL_CRASH_POINTS)}")
         self.reached[name] = self.reached.get(name, 0) + 1
         if name == self.crash_at and self.reached[name] == self.crash_on:
             print(protocol.crash_point_reached(name, self.crash_on), flush=True)
@@ -227,7 +230,8 @@ class PaymentConsumer:
         self.commit_error: str | None = None  # why the last offset commit failed, while one is owed
         self.assigned = False
         self.stopping = False
-        self.counts = {"processed": 0, "charged": 0, "replayed": 0, "skipped": 0, "dead_lettered": 0}
+        self.counts = {"processed": 0, "charged": 0, "replayed": 0, "recovered": 0, "skipped": 0,
+                       "dead_lettered": 0}
         self.telemetry = telemetry or ConsumerTelemetry(dedup=settings.uses_dedup, group=settings.group,
                                                         window_seconds=settings.metrics_window)
 

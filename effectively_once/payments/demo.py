@@ -14,8 +14,8 @@ import sys
 import time
 
 from effectively_once.payments.lab import REPORT_KEYS, PaymentReport, resolve_layers, run_scenario
-from effectively_once.payments.settings import NAMED_LAYER_SETS
-from effectively_once.protocol import CRASH_POINTS, LAYERS
+from effectively_once.payments.settings import APIS, NAMED_LAYER_SETS
+from effectively_once.protocol import ALL_CRASH_POINTS, LAYERS
 from effectively_once.run_results import RunRecord, record_run
 
 HELP = "run one crash scenario of the payment pipeline and report duplicate and lost charges"
@@ -23,8 +23,12 @@ HELP = "run one crash scenario of the payment pipeline and report duplicate and 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``demo`` command's options."""
-    parser.add_argument("--crash-at", choices=(*CRASH_POINTS, "none"), default="after_provider_call",
-                        help="where the consumer kills itself with SIGKILL (default: after_provider_call)")
+    parser.add_argument("--crash-at", choices=(*ALL_CRASH_POINTS, "none"), default="after_provider_call",
+                        help="where the consumer kills itself with SIGKILL (default: after_provider_call; the "
+                             "after_intent_* points are the PaymentIntent path's)")
+    parser.add_argument("--api", choices=APIS, default="payment_intents",
+                        help="the consumer's path: a PaymentIntent created, its id stored, then confirmed "
+                             "(default), or one charge call")
     parser.add_argument("--layers", default="both",
                         help=f"a layer set ({', '.join(NAMED_LAYER_SETS)}) or a comma list of "
                              f"{', '.join(LAYERS)} (default: both)")
@@ -82,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         report = run_scenario(stack, crash_at, layers, args.messages, seed=args.seed, keep=args.keep,
-                              expire_keys=args.expire_keys, timeout=args.timeout)
+                              expire_keys=args.expire_keys, timeout=args.timeout,
+                              consumer_options={"api": args.api})
     except Exception as exc:
         note(f"The scenario could not run: {exc}")
         _record(stack, RunRecord("demo", time.time(), time.monotonic() - started, ok=False, crash_at=crash_at,

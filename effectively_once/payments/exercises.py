@@ -1,4 +1,4 @@
-"""The checks of the payment exercises (lab 04): what is wrong, and only then a hint.
+"""The checks of the payment exercises (labs 04 and 04e): what is wrong, and only then a hint.
 
 A lab's check cell calls one of these on the live run it made. Each raises an
 ``AssertionError`` whose message says what went wrong and, for that case only,
@@ -8,9 +8,13 @@ the hint or the reasoning; a learner who has not tried yet sees none of them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from effectively_once.payments.matrix import ABSORBERS, DEDUP, DID_NOT_RUN, KEY, CrashMatrix
 from effectively_once.protocol import CRASH_POINTS
+
+if TYPE_CHECKING:
+    from effectively_once.payments.webhook_lab import HandlerRun
 
 # Exercise 1, writing charge_once: what to look at when the crash at each point went wrong.
 _STEP_HINTS = {
@@ -74,3 +78,40 @@ def check_absorbers(answer: Mapping[str, str], live: CrashMatrix) -> None:
         assert answer[point] == cell.absorbed_by, (
             f"at {point} you said {answer[point]!r}, the live run says {cell.absorbed_by!r} "
             f"({cell.how}): {_WHY[point]}.")
+
+
+# Lab 04e, writing the inbox's record_event: what to look at when a part of the live run went wrong.
+_INBOX_HINTS = {
+    "failed": "the receiver answered 500 because record_event raised; its log is above. Fix the function, run its "
+              "cell again, then this one",
+    "recorded": "INSERT the event into webhook_inbox (event_id, type, object_id, msg_id, payload) ... ON CONFLICT "
+                "(event_id) DO NOTHING, first thing in the transaction",
+    "receipt twice": "a duplicate delivery repeated the receipt: when the INSERT inserted no row (rowcount 0), "
+                     "return \"duplicate\" before any effect",
+    "no receipt": "for a payment that succeeded (payment is not None), call send_receipt(conn, event[\"id\"], "
+                  "payment) after the INSERT",
+    "pending": "settle the message's row from the event: settle(conn, payment) marks a 'pending' row 'done'",
+    "answer": "return \"duplicate\" when the inbox already held the event, \"recorded\" otherwise",
+}
+
+
+def check_inbox_handler(run: HandlerRun) -> None:
+    """Lab 04e: the learner's ``record_event``, run in the real receiver, recorded each event once and did its
+    effects once, with every event delivered twice and out of order."""
+    assert run.error is None, f"{run.error}.\n{run.receiver_log[-1500:]}\nHint: {_INBOX_HINTS['failed']}."
+    assert run.inbox_rows, (f"webhook_inbox has no rows, although the provider sent {run.events} events. "
+                            f"Hint: {_INBOX_HINTS['recorded']}.")
+    assert run.inbox_rows == run.distinct_events == run.events, (
+        f"webhook_inbox holds {run.inbox_rows} rows for {run.events} events: each event once. "
+        f"Hint: {_INBOX_HINTS['recorded']}.")
+    twice = {m: n for m, n in run.receipts_per_message.items() if n > 1}
+    assert not twice, (f"{len(twice)} customers got more than one receipt ({twice}): every event came twice. "
+                       f"Hint: {_INBOX_HINTS['receipt twice']}.")
+    none = [m for m, n in run.receipts_per_message.items() if n == 0]
+    assert not none, f"{len(none)} payments got no receipt ({none}). Hint: {_INBOX_HINTS['no receipt']}."
+    assert run.crashed_row == "done", (
+        f"the consumer that crashed after charging {run.crashed_msg_id} left its row {run.crashed_row!r}, and the "
+        f"payment_intent.succeeded event did not settle it. Hint: {_INBOX_HINTS['pending']}.")
+    assert run.duplicate_answers >= run.events, (
+        f"the receiver counted {run.duplicate_answers:g} duplicate answers for {run.events} events each delivered "
+        f"twice. Hint: {_INBOX_HINTS['answer']}.")

@@ -31,13 +31,13 @@ from effectively_once.connections import connect, raise_if_limit
 from effectively_once.db import columns, one
 from effectively_once.kafka import client_settings, quiet_logger, read_topic
 from effectively_once.lifetime import SIGKILL
-from effectively_once.payments.children import ConsumerProcess, ProviderProcess
+from effectively_once.payments.children import ConsumerProcess, ProviderProcess, WebhookReceiverProcess
 from effectively_once.payments.consumer import EXIT_RESTART, migrate_shop
-from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for
+from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for, intent_key_for
 from effectively_once.payments.offsets import stored_offsets
 from effectively_once.payments.producer import Sent, charge_records, send_records
 from effectively_once.payments.provider import migrate
-from effectively_once.payments.settings import LAYER_SETS, NAMED_LAYER_SETS, ConsumerSettings, resolve_layers
+from effectively_once.payments.settings import APIS, LAYER_SETS, NAMED_LAYER_SETS, ConsumerSettings, resolve_layers
 from effectively_once.protocol import (
     CRASH_POINTS,
     DLQ_ERROR_TYPE,
@@ -198,10 +198,13 @@ class PaymentLab:
 
     def __init__(self, stack: Stack, layers: str | Iterable[str] = ("dedup", "idempotency_key"),
                  run_id: str | None = None, *, provider: ProviderProcess | None = None, shop_dsn: str | None = None,
-                 partitions: int = 3, keep: bool = False, api_key: str = DEFAULT_API_KEY) -> None:
+                 partitions: int = 3, keep: bool = False, api_key: str = DEFAULT_API_KEY,
+                 api: str = "payment_intents") -> None:
         from effectively_once.stack import new_run_id
 
-        self.stack = stack
+        if api not in APIS:
+            raise ValueError(f"api must be one of {', '.join(APIS)}, got {api!r}")
+        self.stack, self.api = stack, api
         self.layers = resolve_layers(layers)
         self.run_id = run_id or new_run_id()
         if not self.run_id.replace("_", "").isalnum():
@@ -214,6 +217,7 @@ class PaymentLab:
         self._kill_buttons: list[tuple[ConsumerProcess, KillButton]] = []  # greyed out once their consumer is killed
         self._stopped = False
         self.provider = provider
+        self.receiver: WebhookReceiverProcess | None = None
         self._owns_provider = provider is None
         self.provider_dsn = provider.dsn if provider else None
         self.topic = stack.create_topic(f"payments.charges.{self._token}", partitions)
@@ -225,9 +229,30 @@ class PaymentLab:
             migrate_shop(conn)
         atexit.register(self.stop)
 
-    # -- provider ------------------------------------------------------------------------
-    def start_provider(self, **faults: Any) -> ProviderProcess:
-        """Start the provider (own database) with fault knobs, or set them on a shared one."""
+    # -- provider and webhook receiver -----------------------------------------------------------
+    def start_receiver(self, handler: str | None = None) -> WebhookReceiverProcess:
+        """Start the shop's webhook endpoint on the lab's shop database (``handler``: ``module:function``, default
+        the inbox's ``record_event``), with a signing secret of its own; start the provider after it."""
+        if self.receiver is not None and self.receiver.running:
+            return self.receiver
+        self.receiver = WebhookReceiverProcess(self.shop_dsn, f"whsec_{uuid.uuid4().hex}", handler=handler).start()
+        return self.receiver
+
+    def restart_receiver(self) -> WebhookReceiverProcess:
+        """Start the lab's webhook receiver again (after a crash) on its port, with its settings."""
+        if self.receiver is None:
+            raise RuntimeError("The lab has no webhook receiver: call lab.start_receiver() first.")
+        old = self.receiver
+        self.receiver = old.restarted()
+        old.stop()
+        return self.receiver
+
+    def start_provider(self, *, webhooks: bool = False, **faults: Any) -> ProviderProcess:
+        """Start the provider (own database) with fault knobs, or set them on a shared one.
+
+        With ``webhooks`` it sends its events to the lab's webhook receiver
+        (started first, by ``start_receiver``, if it is not running yet).
+        """
         if self.provider is not None:
             if faults:
                 self.provider.set_faults(**faults)
@@ -236,7 +261,12 @@ class PaymentLab:
         with connect(self.provider_dsn, autocommit=True) as conn:
             migrate(conn)
         ttl = faults.pop("key_ttl_seconds", 86400)
-        self.provider = ProviderProcess(self.provider_dsn, api_key=self.api_key, key_ttl_seconds=ttl, **faults)
+        hooks: dict[str, Any] = {}
+        if webhooks:
+            receiver = self.start_receiver()
+            hooks = {"webhook_url": receiver.url, "webhook_secret": receiver.secret}
+        self.provider = ProviderProcess(self.provider_dsn, api_key=self.api_key, key_ttl_seconds=ttl, **hooks,
+                                        **faults)
         self.provider.start()
         return self.provider
 
@@ -304,7 +334,7 @@ class PaymentLab:
         settings: dict[str, Any] = dict(
             bootstrap=self.stack.kafka_bootstrap, topic=self.topic, group=self.group, shop_dsn=self.shop_dsn,
             provider_url=provider.url, api_key=self.api_key, layers=chosen, crash_at=crash_at,
-            crash_on=crash_on, exit_when_idle=exit_when_idle, step=step, consumer_config=config)
+            crash_on=crash_on, exit_when_idle=exit_when_idle, step=step, consumer_config=config, api=self.api)
         settings.update(options)  # e.g. max_retries, batch_size, or a wrong api_key for a lab
         return ConsumerSettings(**settings)
 
@@ -509,10 +539,10 @@ class PaymentLab:
             return Table(title, columns(cur), cur.fetchall())
 
     def shop_rows(self, limit: int = 50) -> Table:
-        """The shop's dedup table ``charges``, by msg_id."""
+        """The shop's dedup table ``charges``, by msg_id (with the PaymentIntent each row stored, on that path)."""
         return self._table(self.shop_dsn, "shop: charges",
-                           "SELECT msg_id, status, charge_id, attempts FROM charges WHERE msg_id = ANY(%s)"
-                           " ORDER BY msg_id LIMIT %s", (self.msg_ids, limit))
+                           "SELECT msg_id, status, payment_intent, charge_id, attempts FROM charges"
+                           " WHERE msg_id = ANY(%s) ORDER BY msg_id LIMIT %s", (self.msg_ids, limit))
 
     def ledger_rows(self, limit: int = 50) -> Table:
         """The provider's ``ledger`` rows for this run's messages: one row per time money moved."""
@@ -521,12 +551,20 @@ class PaymentLab:
                            " WHERE msg_id = ANY(%s) ORDER BY msg_id, created_at LIMIT %s", (self.msg_ids, limit))
 
     def key_rows(self, limit: int = 50) -> Table:
-        """The provider's ``idempotency_keys`` rows for this run's messages: the answer stored under each key."""
+        """The provider's ``idempotency_keys`` rows for this run's messages: the answer stored under each key.
+
+        ``object`` is what the answer was (a ``payment_intent``, a ``charge``, or
+        none for an error); ``charge_id`` the charge it carries, if any (a
+        confirmed PaymentIntent's ``latest_charge``).
+        """
         keys = [idempotency_key_for(m) for m in self.msg_ids]
+        intents = [intent_key_for(m) for m in self.msg_ids]
         return self._table(self.provider_dsn, "provider: idempotency_keys",
-                           "SELECT key, state, status_code, response->>'id' AS charge_id FROM idempotency_keys"
+                           "SELECT key, state, status_code, response->>'object' AS object,"
+                           " CASE WHEN response->>'object' = 'charge' THEN response->>'id'"
+                           "      ELSE response->>'latest_charge' END AS charge_id FROM idempotency_keys"
                            " WHERE key = ANY(%s) OR key LIKE ANY(%s) ORDER BY key LIMIT %s",
-                           (keys, [k + "-r%" for k in keys], limit))
+                           (keys + intents, [k + "-r%" for k in keys], limit))
 
     def event_rows(self, limit: int = 50) -> Table:
         """The consumers' ``consumer_events``: one row per message handled, in order."""
@@ -555,6 +593,8 @@ class PaymentLab:
             consumer.stop()
         if self._owns_provider and self.provider is not None:
             self.provider.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
         if not keep:
             self.stack.delete_topics(self.topic, self.dlq_topic)
             if self._owns_shop:

@@ -1,8 +1,9 @@
 """The crash matrix: every crash point against every layer set, run live, as one coloured table.
 
-    matrix = run_matrix(stack, CRASH_POINTS, LAYER_SETS, messages=3)
+    matrix = run_matrix(stack, CRASH_POINTS, LAYER_SETS, messages=3, api="charges")
     matrix                                            # HTML: what happened to the money, per cell
     matrix.cell("after_provider_call", "dedup_only")  # -> MatrixCell: outcome "charged twice"
+    matrix.unexpected()                               # -> {}: every cell as expected_outcome() says
 
 Each cell is one ``run_scenario``: produce a few charges, SIGKILL the consumer
 at the crash point on the first message it handles, restart it, let it settle,
@@ -36,22 +37,59 @@ from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, layer_set_name, resolve_layers, run_scenario
 from effectively_once.payments.plugged import step_module_source
 from effectively_once.payments.producer import charge_records
-from effectively_once.payments.settings import NAMED_LAYER_SETS
-from effectively_once.protocol import CRASH_POINTS, plural
+from effectively_once.payments.settings import APIS, NAMED_LAYER_SETS
+from effectively_once.protocol import ALL_CRASH_POINTS, CRASH_POINTS, INTENT_CRASH_POINTS, plural
 
 if TYPE_CHECKING:
     from effectively_once.stack import Stack
 
-__all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "EXPECTED_MATRIX", "CrashMatrix", "DID_NOT_RUN",
-           "ExpectedCell", "LOST", "MatrixCell", "OFFSETS", "PluggedStep", "SideBySide", "expected_outcomes",
-           "run_matrix", "view"]
+__all__ = ["ABSORBERS", "CHARGED_ONCE", "CHARGED_TWICE", "EXPECTED_MATRIX", "INTENT", "CrashMatrix", "DID_NOT_RUN",
+           "ExpectedCell", "LOST", "MatrixCell", "OFFSETS", "PluggedStep", "SideBySide", "expected_outcome",
+           "expected_outcomes", "run_matrix", "view"]
 
 CHARGED_ONCE, CHARGED_TWICE, LOST, DID_NOT_RUN = "charged once", "charged twice", "lost", "did not run"
 DEDUP, KEY, NOTHING = "dedup", "idempotency_key", "nothing needed"
 ABSORBERS = (DEDUP, KEY, NOTHING)
 # The offsets_in_db layer absorbs without a trace: the stored offset keeps the message from coming back.
 OFFSETS = "offsets_in_db"
+# On the PaymentIntent path, the stored id absorbs too: the PaymentIntent, retrieved by id, had succeeded.
+INTENT = "payment_intent"
 
+
+def expected_outcome(api: str, crash_at: str, layers: str, *, keys_expired: bool = False) -> str:
+    """What one cell of the crash matrix must end with: the course's single statement of the expected matrix.
+
+    ``api`` is the default step's path (``payment_intents`` or ``charges``),
+    ``layers`` a named layer set, ``keys_expired`` whether the provider forgot
+    its keys between the crash and the restart. The crash hits the first
+    message; the restart gets it again. The rules, in order:
+
+    1. the recipe as written (``dedup_as_written``) skips any row it finds: a
+       crash after the row and before the money moved loses the charge;
+    2. nothing had moved before the crash: charging now is the first charge;
+    3. the row (or the offset stored with the charge) says 'done': skipped;
+    4. the provider still has the key: it replays the first answer;
+    5. on the PaymentIntent path, a dedup row holds the PaymentIntent's id:
+       confirming it again is refused, and the retrieve shows it succeeded;
+    6. otherwise the money moves a second time.
+    """
+    members = set(NAMED_LAYER_SETS[layers])
+    points = INTENT_CRASH_POINTS if api == "payment_intents" else CRASH_POINTS
+    if crash_at not in points:
+        raise ValueError(f"the {api} path has no crash point {crash_at!r}; its points are {', '.join(points)}")
+    moved = crash_at in ("after_provider_call", "after_status_update")
+    done = crash_at == "after_status_update"
+    if "dedup_as_written" in members and crash_at != "before_dedup_insert":
+        return CHARGED_ONCE if moved else LOST
+    if not moved:
+        return CHARGED_ONCE
+    if done and ("dedup" in members or "dedup_as_written" in members or "offsets_in_db" in members):
+        return CHARGED_ONCE
+    if "idempotency_key" in members and not keys_expired:
+        return CHARGED_ONCE
+    if api == "payment_intents" and "dedup" in members:
+        return CHARGED_ONCE
+    return CHARGED_TWICE
 
 
 @dataclass(frozen=True)
@@ -74,8 +112,9 @@ class ExpectedCell:
 
 
 _OK = ExpectedCell()
-# The expected crash matrix: every crash point against every layer set of the course. Notebook 04
-# and the tests assert against this one table.
+# What each cell of the one-shot Charges path's crash matrix counts (api="charges": every crash point
+# against every layer set of the course), for the tests that count the ledger. The outcome of each cell
+# is expected_outcome's; a unit test holds the two together.
 EXPECTED_MATRIX: dict[tuple[str, str], ExpectedCell] = {
     ("before_dedup_insert", "both"): _OK,
     ("before_dedup_insert", "dedup_only"): _OK,
@@ -104,9 +143,10 @@ EXPECTED_MATRIX: dict[tuple[str, str], ExpectedCell] = {
 }
 
 
-def expected_outcomes() -> dict[tuple[str, str], str]:
-    """The outcome of every cell of ``EXPECTED_MATRIX``, as ``CrashMatrix.outcomes()`` reports a run."""
-    return {key: cell.outcome for key, cell in EXPECTED_MATRIX.items()}
+def expected_outcomes(api: str = "charges") -> dict[tuple[str, str], str]:
+    """The expected outcome of every cell of ``api``'s crash matrix, as ``CrashMatrix.outcomes()`` reports a run."""
+    points = INTENT_CRASH_POINTS if api == "payment_intents" else CRASH_POINTS
+    return {(point, layers): expected_outcome(api, point, layers) for point in points for layers in LAYER_SETS}
 
 
 _COLOURS = {CHARGED_ONCE: "#dafbe1", CHARGED_TWICE: "#ffd8d3", LOST: "#ffe7b3", DID_NOT_RUN: "#eaeef2"}
@@ -157,13 +197,16 @@ class MatrixCell:
     @property
     def absorbed_by(self) -> str | None:
         """Which layer absorbed the redelivered message: ``dedup`` (skipped, provider not called),
-        ``idempotency_key`` (the provider replayed its first answer), ``offsets_in_db`` (the offset stored
-        with the charge kept the message from coming back at all) or ``nothing needed`` (no money had
-        moved before the crash, so charging it was right). None when the money went wrong."""
+        ``idempotency_key`` (the provider replayed its first answer), ``payment_intent`` (the PaymentIntent
+        whose id the row stored, retrieved, had succeeded), ``offsets_in_db`` (the offset stored with the
+        charge kept the message from coming back at all) or ``nothing needed`` (no money had moved before
+        the crash, so charging it was right). None when the money went wrong."""
         if not self.ok:
             return None
         if "replayed" in self.results:
             return KEY
+        if "recovered" in self.results:
+            return INTENT
         if "skipped" in self.results:
             return DEDUP
         if self.never_redelivered:
@@ -182,6 +225,8 @@ class MatrixCell:
             return f"'pending' row charged again: {why}" if self.dedup_hits else f"redelivered: {why}, charged again"
         if self.absorbed_by == KEY:
             return "the key replayed the first charge"
+        if self.absorbed_by == INTENT:
+            return "the stored PaymentIntent had succeeded"
         if self.absorbed_by == DEDUP:
             return "skipped a 'pending' row (row stays)" if self.pending else "row 'done': skipped"
         if self.absorbed_by == OFFSETS:
@@ -237,6 +282,7 @@ class CrashMatrix:
     seconds: float = 0.0
     step: str | None = None
     keys_expired: bool = False
+    api: str = "payment_intents"
 
     def cell(self, crash_at: str, layers: str) -> MatrixCell:
         """The cell of one crash point and one layer set (by name, e.g. ``dedup_only``)."""
@@ -262,14 +308,19 @@ class CrashMatrix:
         """Every cell's outcome, as plain data."""
         return {key: c.outcome for key, c in self.cells.items()}
 
-    def unexpected(self) -> dict[tuple[str, str], str]:
-        """The cells whose outcome is not ``EXPECTED_MATRIX``'s (or that it has no entry for), with their outcome."""
-        expected = expected_outcomes()
-        return {key: got for key, got in self.outcomes().items() if got != expected.get(key)}
-
     def problems(self) -> list[str]:
         """One sentence for each cell where the money went wrong."""
         return [c.problem() for c in self.cells.values() if not c.ok]
+
+    def expected(self) -> dict[tuple[str, str], str]:
+        """Every cell's expected outcome (``expected_outcome``), as plain data."""
+        return {(point, layers): expected_outcome(self.api, point, layers, keys_expired=self.keys_expired)
+                for point, layers in self.cells}
+
+    def unexpected(self) -> dict[tuple[str, str], str]:
+        """The cells whose outcome is not the expected one, with what each one ended with (empty: as expected)."""
+        expected = self.expected()
+        return {key: got for key, got in self.outcomes().items() if got != expected[key]}
 
     def _repr_html_(self) -> str:
         head = "".join(
@@ -284,7 +335,8 @@ class CrashMatrix:
                            f"padding:4px 8px'><b>{html.escape(c.outcome)}</b><br>"
                            f"<small>{html.escape(_shorten(c.how))}</small></td>")
             rows.append(f"<tr><th style='text-align:left'><code>{html.escape(point)}</code></th>{''.join(tds)}</tr>")
-        step = f", your step <code>{html.escape(self.step.split(':')[-1])}</code>" if self.step else ""
+        step = (f", your step <code>{html.escape(self.step.split(':')[-1])}</code>" if self.step else
+                f", on the {'PaymentIntent' if self.api == 'payment_intents' else 'one-shot Charges'} path")
         late = ", the provider's keys expired before it" if self.keys_expired else ""
         caption = (f"<caption style='text-align:left'><b>crash point x layers</b>: {self.messages} "
                    f"charge{'s' if self.messages != 1 else ''} per cell, SIGKILL on the "
@@ -358,12 +410,16 @@ def _read_cell(cell: MatrixCell, ids: list[str], shop_dsn: str, provider_dsn: st
     cell.pending = sum(1 for _, status, _ in cell.shop.rows if status == "pending")
 
 
-def run_matrix(stack: Stack, crash_points: Sequence[str] = CRASH_POINTS,
+def run_matrix(stack: Stack, crash_points: Sequence[str] | None = None,
                layer_sets: Iterable[str] | dict[str, Any] = tuple(LAYER_SETS), messages: int = 1, *, seed: int = 0,
                step: str | None = None, expire_keys: bool = False, workers: int = 4, run_prefix: str = "mx",
-               timeout: float = 90.0, progress: Callable[[str], None] | None = None) -> CrashMatrix:
+               timeout: float = 90.0, progress: Callable[[str], None] | None = None,
+               api: str = "payment_intents") -> CrashMatrix:
     """Run every crash point against every layer set (by name) and return the ``CrashMatrix``.
 
+    ``api`` is the path of the consumers' default step: ``payment_intents``
+    (crash points ``INTENT_CRASH_POINTS`` by default) or ``charges``, the
+    one-shot call (``CRASH_POINTS``).
     ``messages`` charges per cell (the crash hits the first one the consumer
     handles; with one, the rows of every cell are the same from run to run);
     ``step`` (``module:function``) replaces the consumer's per-message
@@ -375,10 +431,13 @@ def run_matrix(stack: Stack, crash_points: Sequence[str] = CRASH_POINTS,
     that never reaches its crash point) is recorded as ``did not run`` with
     the reason, so one bad cell does not hide the others.
     """
-    points = tuple(crash_points)
-    unknown = [p for p in points if p not in CRASH_POINTS]
+    if api not in APIS:
+        raise ValueError(f"api must be one of {', '.join(APIS)}, got {api!r}")
+    points = tuple(crash_points if crash_points is not None else
+                   INTENT_CRASH_POINTS if api == "payment_intents" else CRASH_POINTS)
+    unknown = [p for p in points if p not in ALL_CRASH_POINTS]
     if unknown:
-        raise ValueError(f"unknown crash point(s) {unknown}: use {', '.join(CRASH_POINTS)}")
+        raise ValueError(f"unknown crash point(s) {unknown}: use {', '.join(ALL_CRASH_POINTS)}")
     names = tuple(layer_sets)
     for name in names:
         resolve_layers(name)  # a clear error for a misspelt layer set, before anything starts
@@ -406,7 +465,7 @@ def run_matrix(stack: Stack, crash_points: Sequence[str] = CRASH_POINTS,
                     cell.report = run_scenario(
                         stack, point, layers, messages, seed=seed, provider=provider, shop_dsn=shop_dsn,
                         run_id=run_id, expire_keys=expire_keys, exit_when_idle=0.5, timeout=timeout,
-                        consumer_options={"step": step})
+                        consumer_options={"step": step, "api": api})
                 except Exception as exc:  # recorded in the cell: the table says which scenario failed and why
                     cell.error = f"{type(exc).__name__}: {exc}"
                 _read_cell(cell, _msg_ids(messages, seed, run_id), shop_dsn, provider.dsn)
@@ -423,7 +482,7 @@ def run_matrix(stack: Stack, crash_points: Sequence[str] = CRASH_POINTS,
         stack.drop_database(provider_db)
         stack.drop_database(shop_db)
     ordered = {(p, s): cells[(p, s)] for p in points for s in names}
-    return CrashMatrix(points, names, ordered, messages, time.monotonic() - started, step, expire_keys)
+    return CrashMatrix(points, names, ordered, messages, time.monotonic() - started, step, expire_keys, api)
 
 
 # -- a step written in a notebook, plugged into the real consumer ----------------------------

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 MAX_VALUE_BYTES = 64 * 1024
 MAX_MSG_ID_CHARS = 200
 KEY_PREFIX = "charge-"  # with MAX_MSG_ID_CHARS, an Idempotency-Key stays under 255 characters
+INTENT_KEY_PREFIX = "intent-"
+# The test card every charge of the pipeline is paid with (https://docs.stripe.com/testing#cards).
+PAYMENT_METHOD = "pm_card_visa"
 # How many keys one handling of a message may spend on 500s before it gives up (the message then
 # goes to the dead-letter topic). Keys spent by earlier handlings do not count: they are skipped.
 MAX_NEW_KEYS = 3
@@ -52,9 +55,14 @@ class ChargeMessage:
         return trace_id_of(self.traceparent)
 
     def body(self) -> dict:
-        """The provider request body for this charge."""
+        """The provider request body for this charge (``POST /v1/charges``, the one-shot call)."""
         return {"amount": self.amount, "currency": self.currency, "customer": self.customer,
                 "metadata": {"msg_id": self.msg_id}}
+
+    def intent_params(self) -> dict:
+        """The parameters of this charge's PaymentIntent (``POST /v1/payment_intents``): not confirmed, so no
+        money moves when it is created; the msg_id travels in its metadata, and into its charge's."""
+        return {**self.body(), "payment_method": PAYMENT_METHOD, "payment_method_types": ["card"]}
 
 
 def idempotency_key_for(msg_id: str) -> str:
@@ -62,12 +70,21 @@ def idempotency_key_for(msg_id: str) -> str:
     return f"{KEY_PREFIX}{msg_id}"
 
 
-def new_key_for(msg_id: str, generation: int) -> str:
-    """The key of the ``generation``-th new attempt (``charge-<msg_id>-r1``, ...), once the old key is spent.
+def intent_key_for(msg_id: str) -> str:
+    """The Idempotency-Key of the PaymentIntent's create, derived from the msg_id: ``intent-<msg_id>``.
 
-    Derived, never random: two consumers (or one restarted) that reconcile the
-    same message and both find no charge send the same new key, so the
-    provider still charges once.
+    Every delivery of one message creates (or is replayed) the same PaymentIntent.
+    The confirm, the call that moves money, goes under ``idempotency_key_for``.
+    """
+    return f"{INTENT_KEY_PREFIX}{msg_id}"
+
+
+def new_key_for(msg_id: str, generation: int) -> str:
+    """The key of the ``generation``-th new confirm (``charge-<msg_id>-r1``, ...), once the old key is spent.
+
+    Only after the PaymentIntent, retrieved by id, says that no money moved
+    (``steps.confirm_or_recover``). Derived, never random: two consumers (or
+    one restarted) recovering the same message send the same new key.
     """
     if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
         raise ValueError(f"generation must be a whole number from 1, got {generation!r}")

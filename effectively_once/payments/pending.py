@@ -20,6 +20,25 @@ and shows B getting the row at once; ``RowLockLab.advisory()`` does the same wit
 that no one has touched for longer than the provider keeps an Idempotency-Key. Such
 a row must not be charged again blindly: the key that would make a second call
 harmless is gone, so the charge must be looked up at the provider first.
+
+``sweep(conn, provider, older_than_seconds)`` is the sweeper itself, for the
+PaymentIntent path, whose rows store their PaymentIntent's id before it is
+confirmed (the recovery point). For each stuck row it retrieves the
+PaymentIntent by id, which is strongly consistent, and outlives every key:
+
+- ``succeeded``: the money moved; the row is marked 'done' with its charge;
+- ``requires_confirmation``: no money moved; the sweeper finishes the work
+  from the recovery point, confirming under the message's derived key
+  (``steps.confirm_or_recover``: a confirm that meets a PaymentIntent someone
+  else just confirmed is refused, and recovered as succeeded);
+- ``requires_payment_method`` (the card was declined): no money moved, and the
+  row is left for the business to decide (another card, or give up);
+- no id stored: the consumer died before storing it, and a PaymentIntent is
+  confirmed only after its id is stored, so no money moved through this row:
+  it is left for its message's redelivery (or redrive), which charges it.
+
+Webhooks settle most rows sooner (``payments.inbox``); the sweeper is the
+backstop for the events that never arrive.
 """
 
 from __future__ import annotations
@@ -41,6 +60,7 @@ from effectively_once.lifetime import kill_now
 from effectively_once.payments.lab import Table
 
 if TYPE_CHECKING:
+    from effectively_once.payments.client import ProviderClient
     from effectively_once.stack import Stack
 
 SCHEMA = """
@@ -74,6 +94,120 @@ def stuck_pending(conn: psycopg.Connection, older_than_seconds: float = KEY_MIN_
                        " AND updated_at < clock_timestamp() - make_interval(secs => %s) ORDER BY updated_at",
                        (older_than_seconds,))
     return Table(f"'pending' rows older than {older_than_seconds:g} s", columns(cur), cur.fetchall())
+
+
+SETTLED, COMPLETED, DECLINED, NO_INTENT = ("settled: it had succeeded", "completed: confirmed now",
+                                           "left: declined, no money moved",
+                                           "left: no PaymentIntent stored, no money moved")
+
+
+class _Sweeping:
+    """A step's ``ctx`` for the sweeper: the provider client, the key layer, no crash points."""
+
+    def __init__(self, shop: psycopg.Connection, provider: ProviderClient) -> None:
+        self.shop, self.provider = shop, provider
+
+    def uses(self, layer: str) -> bool:
+        return layer == "idempotency_key"
+
+    def crash_point(self, name: str) -> None:
+        pass
+
+
+def sweep(conn: psycopg.Connection, provider: ProviderClient,
+          older_than_seconds: float = KEY_MIN_LIFETIME_SECONDS, *, complete: bool = True) -> Table:
+    """Settle every 'pending' row older than ``older_than_seconds`` from its PaymentIntent; a table of what each got.
+
+    ``conn`` is a connection to the shop database (autocommit), ``provider`` a
+    ``ProviderClient``. Each row is locked (``FOR UPDATE SKIP LOCKED``) while it
+    is settled, so two sweepers never work on one row; a row some other
+    sweeper holds is skipped. ``complete=False`` only marks succeeded ones.
+    """
+    from effectively_once.payments.client import ChargeFailed
+    from effectively_once.payments.messages import idempotency_key_for
+    from effectively_once.payments.steps import MOVED, confirm_or_recover
+
+    cur = conn.execute("SELECT msg_id FROM charges WHERE status = 'pending'"
+                       " AND updated_at < clock_timestamp() - make_interval(secs => %s) ORDER BY updated_at",
+                       (older_than_seconds,))
+    rows = []
+    for (msg_id,) in cur.fetchall():
+        with conn.transaction():
+            row = conn.execute("SELECT payment_intent, round(extract(epoch FROM clock_timestamp() - updated_at))"
+                               " FROM charges WHERE msg_id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED",
+                               (msg_id,)).fetchone()
+            if row is None:
+                continue  # settled meanwhile, or another sweeper holds it
+            intent_id, age = row
+            if intent_id is None:
+                rows.append((msg_id, None, age, "no PaymentIntent", NO_INTENT))
+                continue
+            intent = provider.retrieve_intent(intent_id)
+            charge_id, action = None, DECLINED
+            if intent.status == MOVED:
+                charge_id, action = intent.latest_charge, SETTLED
+            elif intent.status == "requires_confirmation" and complete:
+                try:
+                    result = confirm_or_recover(_Sweeping(conn, provider), intent.message(), intent_id,
+                                                idempotency_key_for(msg_id))
+                    charge_id, action = result.charge_id, SETTLED if result.recovered else COMPLETED
+                except ChargeFailed as exc:
+                    action = f"left: {exc.kind}"
+            elif intent.status == "requires_confirmation":
+                action = "left: not confirmed yet"
+            if charge_id is not None:
+                conn.execute("UPDATE charges SET status = 'done', charge_id = %s, updated_at = now()"
+                             " WHERE msg_id = %s", (charge_id, msg_id))
+            rows.append((msg_id, intent_id, age, intent.status, action))
+    return Table(f"the sweeper: 'pending' rows older than {older_than_seconds:g} s",
+                 ["msg_id", "payment_intent", "age_seconds", "found", "action"], rows)
+
+
+AGREES, SHOP_BEHIND, NOT_CHARGED, DIFFERENT, TWICE = (
+    "agrees", "shop 'pending', provider charged: settle it", "no charge at the provider",
+    "the shop holds another charge", "charged more than once at the provider")
+
+
+def reconcile(shop_dsn: str, provider_url: str, msg_ids: list[str], api_key: str | None = None) -> Table:
+    """The shop's rows for ``msg_ids`` next to what the provider's ``payment_intent.succeeded`` events say.
+
+    The events are read through the SDK (``GET /v1/events``, every page); each
+    row gets a verdict: ``AGREES``, ``SHOP_BEHIND`` (the row is 'pending', the
+    provider charged: the sweeper's case), ``NOT_CHARGED``, ``DIFFERENT`` or
+    ``TWICE`` (two PaymentIntents of one message succeeded).
+    """
+    from effectively_once.payments.client import ProviderClient
+    from effectively_once.payments.messages import DEFAULT_API_KEY
+
+    client = ProviderClient(provider_url, api_key or DEFAULT_API_KEY)
+    charged: dict[str, list[str]] = {}
+    try:
+        events = client.stripe.v1.events.list(params={"type": "payment_intent.succeeded", "limit": 100})
+        for event in events.auto_paging_iter():
+            intent = event.data.object.to_dict()
+            msg_id = (intent.get("metadata") or {}).get("msg_id")
+            if msg_id in msg_ids:
+                charged.setdefault(msg_id, []).append(intent["latest_charge"])
+    finally:
+        client.close()
+    with psycopg.connect(shop_dsn) as conn:
+        shop = {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT msg_id, status, charge_id FROM charges WHERE msg_id = ANY(%s)", (msg_ids,))}
+    rows = []
+    for msg_id in msg_ids:
+        status, charge = shop.get(msg_id, (None, None))
+        at_provider = charged.get(msg_id, [])
+        if len(at_provider) > 1:
+            verdict = TWICE
+        elif not at_provider:
+            verdict = AGREES if status is None else NOT_CHARGED
+        elif status == "pending":
+            verdict = SHOP_BEHIND
+        else:
+            verdict = AGREES if charge == at_provider[0] else DIFFERENT
+        rows.append((msg_id, status, charge, ", ".join(at_provider) or None, verdict))
+    return Table("the shop against the provider", ["msg_id", "shop_status", "shop_charge", "provider_charge",
+                                                   "verdict"], rows)
 
 
 # The 64-bit advisory-lock number of a msg_id: every worker computes the same one from the same text.

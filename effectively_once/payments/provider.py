@@ -49,9 +49,11 @@ is declined: 402 ``card_error``, a failed charge, no money
   key's lifetime; here they are pruned at exactly ``key_ttl_seconds`` (24
   hours by default) and a pruned key counts as new.
 
-API v2 differs, and the provider does not model it: v2 keeps keys for 30 days
-and retries failed or partially failed work to completion instead of
-replaying the first answer.
+API v2 differs, and the provider does not model it: a retry under a v2 key
+does not repeat work that succeeded, and Stripe retries failed or partially
+failed work to completion where it can instead of replaying the first answer
+(https://docs.stripe.com/api/idempotent_requests). How long v2 keeps a key is
+not stated here: no primary source for a number was found.
 
 Without a key every request moves money: that is what makes a retried request
 a duplicate charge. The SDK always sends one on a POST: the key you pass, or
@@ -135,7 +137,6 @@ import os
 import random
 import re
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -1100,8 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
     # parser for seconds (8 s on a busy machine) while the provider's first refused request waits. The
     # contract uses no such format, and jsonschema skips a format whose library will not import.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-    import uvicorn
-
+    from effectively_once.payments.serving import listening_socket, serve
     from effectively_once.payments.webhooks import check_secret
 
     parser = argparse.ArgumentParser(prog="python -m effectively_once.payments.provider",
@@ -1157,17 +1157,11 @@ def main(argv: list[str] | None = None) -> int:
     if full is not None:
         print(protocol_line_for_limit(full), flush=True)
         return EXIT_CONNECTION_LIMIT
-    # IPPROTO_TCP explicitly: asyncio turns Nagle off only on sockets that say they are TCP,
-    # and with Nagle on every response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    port = sock.getsockname()[1]
+    sock, port = listening_socket(args.host, args.port)
     app = create_app(args.dsn, args.api_key, faults, in_flight_timeout=args.in_flight_timeout, seed=args.seed,
                      announce=f"{LISTENING}http://{args.host}:{port}", webhook_url=args.webhook_url,
                      webhook_secret=args.webhook_secret)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(app, sock)
     return 0
 
 

@@ -25,10 +25,17 @@ from typing import Any
 
 from effectively_once.observe.exporter import DEFAULT_WINDOW_SECONDS
 from effectively_once.payments.messages import DEFAULT_API_KEY
-from effectively_once.protocol import CRASH_POINTS, DEDUP_LAYERS, HANDLED_LAYERS, LAYERS, NO_LAYERS
+from effectively_once.protocol import ALL_CRASH_POINTS, DEDUP_LAYERS, HANDLED_LAYERS, LAYERS, NO_LAYERS
 
 DEFAULT_STEP = "effectively_once.payments.steps:process_message"
 DEFAULT_BATCH_STEP = "effectively_once.payments.steps:process_batch"
+CHARGES_STEP = "effectively_once.payments.steps:process_charge"
+CHARGES_BATCH_STEP = "effectively_once.payments.steps:process_charge_batch"
+# The provider API the default step takes: the PaymentIntent path (create, store the id, confirm; the recovery
+# point) or the one-shot Charges path (one call, nothing to ask afterwards but the key).
+APIS = ("payment_intents", "charges")
+STEPS = {("payment_intents", False): DEFAULT_STEP, ("payment_intents", True): DEFAULT_BATCH_STEP,
+         ("charges", False): CHARGES_STEP, ("charges", True): CHARGES_BATCH_STEP}
 OFFSETS_STEP = "effectively_once.payments.offsets:process_message"
 CONSUMER_MODULE = "effectively_once.payments.consumer"
 
@@ -133,12 +140,14 @@ class ConsumerSettings:
                            default_factory=_api_key_default)
     layers: tuple[str, ...] = _option(f"comma list of {', '.join(LAYERS)}; or none",
                                       default=LAYER_SETS["both"], parse=resolve_layers, text=layers_text)
-    step: str | None = _option(f"the per-message function, as module:function (default {DEFAULT_STEP}; "
-                               f"with --batch-dedup, a per-batch function, default {DEFAULT_BATCH_STEP})",
-                               default=None)
+    api: str = _option(f"the provider API of the default step: {' or '.join(APIS)} (create a PaymentIntent, store "
+                       "its id, confirm it; or one POST /v1/charges)", default="payment_intents")
+    step: str | None = _option(f"the per-message function, as module:function (default {DEFAULT_STEP}, or "
+                               f"{CHARGES_STEP} with --api charges; with --batch-dedup, a per-batch function, "
+                               f"default {DEFAULT_BATCH_STEP} or {CHARGES_BATCH_STEP})", default=None)
     batch_dedup: bool = _option("do the dedup-table work once per poll batch instead of once per message",
                                 default=False)
-    crash_at: str | None = _option(f"SIGKILL this process at one of {', '.join(CRASH_POINTS)}", default=None)
+    crash_at: str | None = _option(f"SIGKILL this process at one of {', '.join(ALL_CRASH_POINTS)}", default=None)
     crash_on: int = _option("crash the Nth time the crash point is reached", default=1, parse=int)
     pause_at: str | None = _option("stop at this crash point the first time it is reached, and wait for a SIGKILL "
                                    "from outside", default=None)
@@ -170,6 +179,8 @@ class ConsumerSettings:
         if not self.provider_url.startswith(("http://", "https://")):
             raise ValueError(f"provider_url: must start with http:// or https://, got {self.provider_url!r}")
         object.__setattr__(self, "layers", resolve_layers(self.layers))
+        if self.api not in APIS:
+            raise ValueError(f"api: must be one of {', '.join(APIS)}, got {self.api!r}")
         if self.step is not None:
             module, sep, function = str(self.step).partition(":")
             if not sep or not module or not function:
@@ -179,11 +190,13 @@ class ConsumerSettings:
         if self.batch_dedup and "offsets_in_db" in self.layers:
             raise ValueError("batch_dedup: the batch step keeps a dedup table, and the offsets_in_db layer has none; "
                              "drop batch_dedup or the offsets_in_db layer")
-        if self.crash_at is not None and self.crash_at not in CRASH_POINTS:
-            raise ValueError(f"crash_at: unknown crash point {self.crash_at!r}; use one of {', '.join(CRASH_POINTS)}")
+        if self.crash_at is not None and self.crash_at not in ALL_CRASH_POINTS:
+            raise ValueError(f"crash_at: unknown crash point {self.crash_at!r}; "
+                             f"use one of {', '.join(ALL_CRASH_POINTS)}")
         _check_number("crash_on", self.crash_on, int, minimum=1, note="counts from 1")
-        if self.pause_at is not None and self.pause_at not in CRASH_POINTS:
-            raise ValueError(f"pause_at: unknown crash point {self.pause_at!r}; use one of {', '.join(CRASH_POINTS)}")
+        if self.pause_at is not None and self.pause_at not in ALL_CRASH_POINTS:
+            raise ValueError(f"pause_at: unknown crash point {self.pause_at!r}; "
+                             f"use one of {', '.join(ALL_CRASH_POINTS)}")
         if not isinstance(self.log_answers, bool):
             raise ValueError(f"log_answers: must be True or False, got {self.log_answers!r}")
         if self.exit_when_idle is not None:
@@ -209,13 +222,13 @@ class ConsumerSettings:
     # -- derived ---------------------------------------------------------------------------
     @property
     def step_spec(self) -> str:
-        """The step the consumer runs: ``step``, else the per-message or per-batch default
-        (the offsets-in-the-database step when that layer is on)."""
+        """The step the consumer runs: ``step``, else the per-message or per-batch default of its ``api``
+        (the offsets-in-the-database step, a one-shot charge, when that layer is on)."""
         if self.step:
             return self.step
         if self.stores_offsets:
             return OFFSETS_STEP
-        return DEFAULT_BATCH_STEP if self.batch_dedup else DEFAULT_STEP
+        return STEPS[(self.api, self.batch_dedup)]
 
     @property
     def stores_offsets(self) -> bool:

@@ -1,19 +1,38 @@
-"""What the consumer does with one charge message: the three layers, step by step.
+"""What the consumer does with one charge message: the three layers, step by step, on two paths to the provider.
 
-``process_message(ctx, msg)`` is a plain function so that it can be read in
-one sitting, and replaced: the consumer takes ``--step module:function``.
-``ctx`` (a ``StepContext``, see consumer.py) gives it:
+Each step is a plain function, so that it can be read in one sitting, and
+replaced: the consumer takes ``--step module:function``, and ``--api`` picks
+the default one.
+
+- ``process_message``, the **PaymentIntent path** (the default, ``api="payment_intents"``):
+  claim the dedup row; create the PaymentIntent under ``intent-<msg_id>`` (no
+  money moves); store its id in the dedup row, the *recovery point*; confirm it
+  under ``charge-<msg_id>``, the call that moves money; mark the row 'done'.
+  An answer to the confirm that does not say whether the money moved (a 5xx
+  stored under the key, a timeout, a dropped connection) is settled by
+  retrieving the PaymentIntent by id, which is strongly consistent
+  (``confirm_or_recover``). A redelivered message whose row is 'pending' starts
+  again from the stored id.
+- ``process_charge``, the **one-shot Charges path** (``api="charges"``): claim
+  the dedup row; ``POST /v1/charges`` under ``charge-<msg_id>``; mark 'done'.
+  The recipe as usually written, and the path of the lessons about it. It has
+  no recovery point: after a 5xx stored under its key there is nothing
+  strongly consistent to ask (Search is not: ``recovery.search_then_charge``
+  shows what trusting it does), so the row stays 'pending' and the message
+  goes to the dead-letter topic.
+- ``process_batch`` and ``process_charge_batch``: the same two paths with the
+  dedup work done once per poll batch (``--batch-dedup``).
+
+``ctx`` (a ``StepContext``, see consumer.py) gives a step:
 
 - ``ctx.shop``: a psycopg connection to the shop database, in autocommit mode,
   so each statement below is its own transaction (its own BEGIN/COMMIT);
-- ``ctx.provider.charge(msg, idempotency_key=...)``: the HTTP call that moves
-  money, retried on 5xx/429/timeouts with the same key; it raises
-  ``ChargeFailed`` when it gives up, which sends the message to the DLQ, and
-  ``KeySpent`` when the key replays a 500, which ``charge_or_reconcile`` handles;
-- ``ctx.provider.charges_for(msg_id)``: the provider's ledger rows for a
-  message, the reconcile;
+- ``ctx.provider``: the provider through the official SDK (``client.ProviderClient``):
+  ``create_intent``, ``confirm_intent``, ``retrieve_intent``, ``charge``; each
+  raises ``ChargeFailed`` when it gives up, which sends the message to the DLQ;
 - ``ctx.uses(layer)``: whether ``dedup``, ``dedup_as_written`` or
-  ``idempotency_key`` is switched on;
+  ``idempotency_key`` is switched on. Without ``idempotency_key`` the step
+  passes no key, and the SDK sends a random one of its own per call;
 - ``ctx.crash_point(name)``: where the lab may SIGKILL the process.
 
 After the function returns, the consumer records the outcome and, once the
@@ -23,27 +42,45 @@ whole poll batch is done, commits the Kafka offsets.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from effectively_once.db import one
-from effectively_once.payments.messages import MAX_NEW_KEYS, ChargeMessage, idempotency_key_for, new_key_for
+from effectively_once.payments.messages import (
+    MAX_NEW_KEYS,
+    ChargeMessage,
+    idempotency_key_for,
+    intent_key_for,
+    new_key_for,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
-    from effectively_once.payments.client import ChargeFailed, ChargeResult
+    from effectively_once.payments.client import ChargeFailed, ChargeResult, IntentResult
+
+# What a retrieved PaymentIntent's status says about the money (https://docs.stripe.com/payments/paymentintents/lifecycle).
+MOVED, NOT_MOVED = "succeeded", ("requires_payment_method", "requires_confirmation")
 
 
 class Provider(Protocol):
-    """What a step calls to move money: ``ProviderClient``, or a stand-in that retries another way."""
+    """What a step calls: ``ProviderClient``, or a stand-in that retries another way."""
 
-    def charge(self, msg: ChargeMessage, idempotency_key: str | None = None) -> ChargeResult:
-        """Charge ``msg``, retrying with ``idempotency_key``; raise ``ChargeFailed`` when it gives up."""
+    def create_intent(self, msg: ChargeMessage, idempotency_key: str | None = None) -> IntentResult:
+        """Create the PaymentIntent of ``msg`` (no money moves)."""
         ...
 
-    def charges_for(self, msg_id: str) -> list[dict[str, Any]]:
-        """The provider's ledger rows for ``msg_id`` (``id``, ``idempotency_key``, ...), oldest first."""
+    def confirm_intent(self, msg: ChargeMessage, intent_id: str, idempotency_key: str | None = None) -> ChargeResult:
+        """Confirm a PaymentIntent: the call that moves money."""
+        ...
+
+    def retrieve_intent(self, intent_id: str) -> IntentResult:
+        """The PaymentIntent as it is now, read by id."""
+        ...
+
+    def charge(self, msg: ChargeMessage, idempotency_key: str | None = None) -> ChargeResult:
+        """Charge ``msg`` in one call; raise ``ChargeFailed`` when it gives up."""
         ...
 
 
@@ -72,8 +109,8 @@ class Context(Protocol):
 @dataclass(frozen=True)
 class Outcome:
     """How one message ended: ``charged``, ``replayed`` (the provider answered from its key store),
-    ``reconciled`` (the key replayed a 500 and the provider's ledger held the charge) or ``skipped``
-    (the dedup table said it was already done)."""
+    ``recovered`` (the confirm's answer said nothing, and the PaymentIntent, retrieved by id, showed the
+    money had moved) or ``skipped`` (the dedup table said it was already done)."""
 
     result: str
     dedup_hit: bool = False
@@ -82,144 +119,226 @@ class Outcome:
     side_effect_ms: float | None = None
 
 
-def charge_or_reconcile(ctx: Context, msg: ChargeMessage, key: str | None) -> ChargeResult:
-    """Charge ``msg`` under ``key``; when the key is spent on a 500, reconcile before charging again.
+@dataclass(frozen=True)
+class Claim:
+    """What the dedup row said when the step claimed it: skip the message, or go on (from a stored
+    PaymentIntent, when there is one)."""
 
-    A provider that stores every answer under its key (Stripe does, 500s
-    included) replays a 500 to every retry with that key, and a 500 does not
-    say whether the money moved. Retrying the key is useless, and charging
-    under a fresh random key is how a customer pays twice. So, on ``KeySpent``:
+    hit: bool = False
+    skip: bool = False
+    payment_intent: str | None = None
 
-    1. reconcile: ask the provider's ledger for charges of this msg_id
-       (``ctx.provider.charges_for``). Found: that is this message's charge;
-       return it (``reconciled=True``), no money moves.
-    2. Not found: the attempt under the spent key failed before moving money
-       (the provider stores its answer in the same transaction as the charge,
-       so a finished attempt that charged is in the ledger). Only now is a new
-       key safe, and it is derived, not random: ``charge-<msg_id>-r1``, then
-       ``-r2``... (``new_key_for``), so that two consumers reconciling the same
-       message at once send the same key and the provider charges once. The
-       result carries the key, which the caller records in the dedup row.
 
-    A key found already spent (its very first answer here is a replay) was
-    spent by an earlier handling and is simply skipped. A handling that
-    itself spends more than ``MAX_NEW_KEYS`` keys on 500s (the provider is
-    failing) gives up: the last ``KeySpent`` propagates and the message goes to
-    the dead-letter topic, from which a redrive resumes at the next key.
-    Without a key nothing is replayed, so nothing is reconciled.
+def _dedup(ctx: Context) -> bool:
+    return ctx.uses("dedup") or ctx.uses("dedup_as_written")
+
+
+def claim_row(ctx: Context, msg: ChargeMessage) -> Claim:
+    """INSERT the message's 'pending' row; on a conflict, decide from the row that is there.
+
+    'done': skip. 'pending': an earlier attempt died between this row and
+    'done'; whether the money moved is unknown here, so go on (``attempts``
+    + 1), from its PaymentIntent if it stored one. The textbook recipe to the
+    letter (``dedup_as_written``) skips any existing row, a 'pending' one
+    too, and so loses its charge.
     """
-    from effectively_once.payments.client import ChargeResult, KeySpent
+    inserted = ctx.shop.execute(
+        "INSERT INTO charges (msg_id, status) VALUES (%s, 'pending') ON CONFLICT (msg_id) DO NOTHING",
+        (msg.msg_id,)).rowcount
+    if inserted:
+        return Claim()
+    if ctx.uses("dedup_as_written"):
+        return Claim(hit=True, skip=True)
+    cur = ctx.shop.execute("SELECT status, payment_intent FROM charges WHERE msg_id = %s", (msg.msg_id,))
+    status, payment_intent = one(cur, f"the dedup row of {msg.msg_id}, which the INSERT just found")
+    if status == "done":
+        return Claim(hit=True, skip=True)
+    ctx.shop.execute("UPDATE charges SET attempts = attempts + 1, updated_at = now() WHERE msg_id = %s",
+                     (msg.msg_id,))
+    return Claim(hit=True, payment_intent=payment_intent)
 
-    started, retries, spent_here, generation = time.perf_counter(), 0, 0, 0
+
+def confirm_or_recover(ctx: Context, msg: ChargeMessage, intent_id: str, key: str | None) -> ChargeResult:
+    """Confirm the PaymentIntent ``intent_id`` under ``key``; settle any answer that says nothing by retrieving it.
+
+    The confirm may end without saying whether the money moved: a 5xx stored
+    under the key (every retry with the key replays it), a timeout, a
+    connection that broke before the answer, a key still in flight elsewhere;
+    or it may be refused because the PaymentIntent cannot be confirmed any more
+    (``payment_intent_unexpected_state``: someone confirmed it already). Each
+    time, the step asks the PaymentIntent itself, by id
+    (``GET /v1/payment_intents/{id}``, strongly consistent):
+
+    - ``succeeded``: the money moved; its charge is ``latest_charge``. Return
+      it (``recovered=True``): nothing moves again.
+    - ``requires_confirmation`` (or ``requires_payment_method``): no money
+      moved. Confirm again: under the same key when it holds nothing final,
+      under the next derived key (``charge-<msg_id>-r1``, ...) when a 5xx is
+      stored under it. Safe even if the first confirm is still running
+      somewhere: the provider confirms one PaymentIntent once, and the later
+      confirm is refused (and recovered here as succeeded).
+    - anything else: the ``ChargeFailed`` stands (the message goes to the
+      dead-letter topic; its row keeps the PaymentIntent's id for the sweeper).
+
+    This is what Search cannot do: right after a write, Search may not find it
+    (``recovery.search_then_charge``). A handling that meets more than
+    ``MAX_NEW_KEYS`` fresh failures (the provider keeps failing) gives up with
+    the last ``ChargeFailed``; keys spent by earlier handlings (their 500 comes
+    back replayed) are stepped over without counting, so a later handling (a
+    redrive, the sweeper) goes on from the next key.
+    """
+    from effectively_once.payments.client import UNEXPECTED_STATE, ChargeFailed, ChargeResult
+
+    started, retries, fresh, generation = time.perf_counter(), 0, 0, 0
     while True:
         try:
-            result = ctx.provider.charge(msg, idempotency_key=key)
-        except KeySpent as spent:
-            retries += spent.retries
-            # retries > 0: this handling's own first attempt got a fresh 500, which the retry replayed.
-            spent_here += spent.retries > 0
-            if spent_here > MAX_NEW_KEYS:
-                spent.retries = retries  # the dead-letter event counts every retry of this handling
+            result = ctx.provider.confirm_intent(msg, intent_id, idempotency_key=key)
+        except ChargeFailed as failed:
+            retries += failed.retries
+            if not (failed.indeterminate or failed.code == UNEXPECTED_STATE) or fresh >= MAX_NEW_KEYS:
+                failed.retries = retries  # the dead-letter event counts every retry of this handling
                 raise
-            found = ctx.provider.charges_for(msg.msg_id)
-            if found:
-                return ChargeResult(found[0]["id"], replayed=False, retries=retries,
-                                    duration_ms=(time.perf_counter() - started) * 1000, reconciled=True,
-                                    idempotency_key=found[0].get("idempotency_key"))
-            # The ledger proved no money moved for this message: the next derived key.
-            generation += 1
-            key = new_key_for(msg.msg_id, generation)
+            intent = ctx.provider.retrieve_intent(intent_id)
+            if intent.status == MOVED and intent.latest_charge:
+                return ChargeResult(intent.latest_charge, replayed=False, retries=retries,
+                                    duration_ms=(time.perf_counter() - started) * 1000, recovered=True,
+                                    idempotency_key=key, payment_intent=intent_id)
+            if intent.status not in NOT_MOVED or failed.code == UNEXPECTED_STATE:
+                failed.retries = retries
+                raise
+            if key is not None and failed.kind == "key_spent":
+                generation += 1
+                key = new_key_for(msg.msg_id, generation)
+            # A key an earlier handling spent (its answer here was a replay) costs this handling nothing.
+            fresh += not failed.replayed
+            retries += 1
             continue
         return replace(result, retries=retries + result.retries,
                        duration_ms=(time.perf_counter() - started) * 1000)
 
 
 def _result_of(result: ChargeResult) -> str:
-    if result.reconciled:
-        return "reconciled"
+    if result.recovered:
+        return "recovered"
     return "replayed" if result.replayed else "charged"
 
 
+def _mark_done(ctx: Context, msg_id: str, result: ChargeResult) -> None:
+    # The key is part of the record: after a recovery it may be a new one (charge-<msg_id>-r1).
+    ctx.shop.execute(
+        "UPDATE charges SET status = 'done', charge_id = %s, idempotency_key = %s,"
+        " payment_intent = coalesce(%s, payment_intent), updated_at = now() WHERE msg_id = %s",
+        (result.charge_id, result.idempotency_key, result.payment_intent, msg_id))
+
+
 def process_message(ctx: Context, msg: ChargeMessage) -> Outcome:
-    """Charge ``msg`` effectively once: dedup row, provider call with a key, mark done."""
+    """Charge ``msg`` effectively once on the PaymentIntent path: dedup row, create, store the id, confirm, done."""
     ctx.crash_point("before_dedup_insert")
-    dedup_hit = False
-    if ctx.uses("dedup") or ctx.uses("dedup_as_written"):
-        inserted = ctx.shop.execute(
-            "INSERT INTO charges (msg_id, status) VALUES (%s, 'pending') ON CONFLICT (msg_id) DO NOTHING",
-            (msg.msg_id,)).rowcount
-        if inserted == 0:
-            dedup_hit = True
-            if ctx.uses("dedup_as_written"):
-                # The textbook recipe's rule to the letter: "0 rows inserted: already processed, skip".
-                # A 'pending' row left by a crash is skipped too, and its charge is lost.
-                return Outcome("skipped", dedup_hit=True)
-            cur = ctx.shop.execute("SELECT status FROM charges WHERE msg_id = %s", (msg.msg_id,))
-            status = one(cur, f"the dedup row of {msg.msg_id}, which the INSERT just found")[0]
-            if status == "done":
-                return Outcome("skipped", dedup_hit=True)
-            # 'pending': an earlier attempt died between this row and 'done'. Whether the
-            # money moved is unknown here, so call the provider again with the same key.
-            ctx.shop.execute("UPDATE charges SET attempts = attempts + 1, updated_at = now() WHERE msg_id = %s",
-                             (msg.msg_id,))
+    claim = claim_row(ctx, msg) if _dedup(ctx) else Claim()
+    if claim.skip:
+        return Outcome("skipped", dedup_hit=True)
     ctx.crash_point("after_dedup_insert")
 
+    intent_id = claim.payment_intent
+    if intent_id is None:
+        # A redelivery whose row holds no id yet creates it again: the derived key gives back the same one.
+        created = ctx.provider.create_intent(
+            msg, idempotency_key=intent_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None)
+        intent_id = created.id
+        ctx.crash_point("after_intent_created")
+        if _dedup(ctx):
+            # The recovery point: from now on, whatever happens, the shop can ask what became of this payment.
+            ctx.shop.execute("UPDATE charges SET payment_intent = %s, updated_at = now() WHERE msg_id = %s",
+                             (intent_id, msg.msg_id))
+        ctx.crash_point("after_intent_stored")
+
     key = idempotency_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None
-    result = charge_or_reconcile(ctx, msg, key)
+    result = confirm_or_recover(ctx, msg, intent_id, key)
     ctx.crash_point("after_provider_call")
 
-    if ctx.uses("dedup") or ctx.uses("dedup_as_written"):
-        # The key is part of the record: after a reconcile it may be a new one (charge-<msg_id>-r1).
-        ctx.shop.execute(
-            "UPDATE charges SET status = 'done', charge_id = %s, idempotency_key = %s, updated_at = now()"
-            " WHERE msg_id = %s", (result.charge_id, result.idempotency_key, msg.msg_id))
+    if _dedup(ctx):
+        _mark_done(ctx, msg.msg_id, result)
     ctx.crash_point("after_status_update")
-    return Outcome(_result_of(result), dedup_hit=dedup_hit, charge_id=result.charge_id,
+    return Outcome(_result_of(result), dedup_hit=claim.hit, charge_id=result.charge_id,
                    retries=result.retries, side_effect_ms=result.duration_ms)
 
 
-def process_batch(ctx: Context, msgs: list[ChargeMessage]) -> list[Outcome | ChargeFailed]:
-    """The same three layers with the dedup work done once per poll instead of once per message.
+def process_charge(ctx: Context, msg: ChargeMessage) -> Outcome:
+    """Charge ``msg`` effectively once on the one-shot Charges path: dedup row, one call with its key, done.
 
-    One INSERT claims every msg_id of the batch, each message is charged in
-    order (``charge_or_reconcile``), and one UPDATE marks the whole batch 'done'
-    before the offsets are committed. The rules are those of
-    ``process_message``: 'done' -> skip, 'pending' -> charge again with the same key. A crash now leaves more rows
-    'pending' at once, which is harmless with the key and costly without it.
-    Returns, for each message, its ``Outcome`` or the ``ChargeFailed`` that ends in the DLQ.
+    A ``ChargeFailed`` propagates (the message goes to the dead-letter topic);
+    after a ``KeySpent`` the row stays 'pending', since nothing strongly
+    consistent can say whether the money moved.
     """
-    from effectively_once.payments.client import ChargeFailed
+    return charge_in_one_call(ctx, msg, lambda key: ctx.provider.charge(msg, idempotency_key=key))
 
-    dedup = ctx.uses("dedup") or ctx.uses("dedup_as_written")
+
+def charge_in_one_call(ctx: Context, msg: ChargeMessage, charge: Callable[[str | None], ChargeResult]) -> Outcome:
+    """The one-shot path's steps around ``charge(key)``, the call that moves money (``process_charge``'s is
+    ``ctx.provider.charge``; ``recovery.search_then_charge`` plugs in another)."""
     ctx.crash_point("before_dedup_insert")
-    existing: dict[str, str] = {}
-    if dedup:
-        ids = list(dict.fromkeys(m.msg_id for m in msgs))
-        new = {row[0] for row in ctx.shop.execute(
-            "INSERT INTO charges (msg_id, status) SELECT unnest(%s::text[]), 'pending'"
-            " ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id", (ids,))}
-        old = [i for i in ids if i not in new]
-        if old:
-            existing = dict(ctx.shop.execute("SELECT msg_id, status FROM charges WHERE msg_id = ANY(%s)",
-                                              (old,)).fetchall())
-            if not ctx.uses("dedup_as_written"):
-                ctx.shop.execute("UPDATE charges SET attempts = attempts + 1, updated_at = now()"
-                                 " WHERE msg_id = ANY(%s) AND status = 'pending'", (old,))
+    claim = claim_row(ctx, msg) if _dedup(ctx) else Claim()
+    if claim.skip:
+        return Outcome("skipped", dedup_hit=True)
     ctx.crash_point("after_dedup_insert")
+
+    result = charge(idempotency_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None)
+    ctx.crash_point("after_provider_call")
+
+    if _dedup(ctx):
+        _mark_done(ctx, msg.msg_id, result)
+    ctx.crash_point("after_status_update")
+    return Outcome(_result_of(result), dedup_hit=claim.hit, charge_id=result.charge_id,
+                   retries=result.retries, side_effect_ms=result.duration_ms)
+
+
+# -- once per poll batch -------------------------------------------------------------------------
+def _claim_batch(ctx: Context, msgs: list[ChargeMessage]) -> dict[str, tuple[str, str | None]]:
+    """One INSERT for the batch's rows; the rows that were there already, ``{msg_id: (status, payment_intent)}``
+    (their ``attempts`` + 1 when 'pending')."""
+    ids = list(dict.fromkeys(m.msg_id for m in msgs))
+    new = {row[0] for row in ctx.shop.execute(
+        "INSERT INTO charges (msg_id, status) SELECT unnest(%s::text[]), 'pending'"
+        " ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id", (ids,))}
+    old = [i for i in ids if i not in new]
+    if not old:
+        return {}
+    existing = {row[0]: (row[1], row[2]) for row in ctx.shop.execute(
+        "SELECT msg_id, status, payment_intent FROM charges WHERE msg_id = ANY(%s)", (old,))}
+    if not ctx.uses("dedup_as_written"):
+        ctx.shop.execute("UPDATE charges SET attempts = attempts + 1, updated_at = now()"
+                         " WHERE msg_id = ANY(%s) AND status = 'pending'", (old,))
+    return existing
+
+
+def _batch_to_handle(ctx: Context, msgs: list[ChargeMessage], existing: dict[str, tuple[str, str | None]]
+                     ) -> list[tuple[ChargeMessage, bool, bool]]:
+    """Each message with (dedup hit, skip): 'done' rows, any row under the recipe as written, and a msg_id
+    already handled earlier in this batch are skipped."""
+    out, seen = [], set()
+    for msg in msgs:
+        hit = msg.msg_id in existing or msg.msg_id in seen
+        skip = _dedup(ctx) and hit and (ctx.uses("dedup_as_written") or msg.msg_id in seen
+                                        or existing.get(msg.msg_id, ("pending", None))[0] != "pending")
+        seen.add(msg.msg_id)
+        out.append((msg, hit, skip))
+    return out
+
+
+def _finish_batch(ctx: Context, todo: list[tuple[ChargeMessage, bool, bool]],
+                  charge: Callable[[int, ChargeMessage, str | None], ChargeResult]) -> list[Outcome | ChargeFailed]:
+    """Charge each message still to charge in order (``charge(index, msg, key)``), then one UPDATE marks the
+    batch 'done'. For each message, its ``Outcome`` or the ``ChargeFailed`` that ends in the DLQ."""
+    from effectively_once.payments.client import ChargeFailed
 
     results: list[Outcome | ChargeFailed] = []
     charged: dict[str, ChargeResult] = {}
-    seen: set[str] = set()
-    for msg in msgs:
-        hit = msg.msg_id in existing or msg.msg_id in seen
-        seen.add(msg.msg_id)
-        if dedup and hit and (ctx.uses("dedup_as_written") or existing.get(msg.msg_id) != "pending"
-                              or msg.msg_id in charged):
+    for index, (msg, hit, skip) in enumerate(todo):
+        if skip:
             results.append(Outcome("skipped", dedup_hit=True))
             continue
-        key = idempotency_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None
         try:
-            result = charge_or_reconcile(ctx, msg, key)
+            result = charge(index, msg, idempotency_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None)
         except ChargeFailed as exc:
             results.append(exc)
             continue
@@ -227,12 +346,71 @@ def process_batch(ctx: Context, msgs: list[ChargeMessage]) -> list[Outcome | Cha
         charged[msg.msg_id] = result
         results.append(Outcome(_result_of(result), dedup_hit=hit, charge_id=result.charge_id,
                                retries=result.retries, side_effect_ms=result.duration_ms))
-
-    if dedup and charged:
+    if _dedup(ctx) and charged:
         ctx.shop.execute(
-            "UPDATE charges SET status = 'done', charge_id = v.charge_id, idempotency_key = v.key, updated_at = now()"
-            " FROM unnest(%s::text[], %s::text[], %s::text[]) AS v(msg_id, charge_id, key)"
+            "UPDATE charges SET status = 'done', charge_id = v.charge_id, idempotency_key = v.key,"
+            " payment_intent = coalesce(v.intent, charges.payment_intent), updated_at = now()"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(msg_id, charge_id, key, intent)"
             " WHERE charges.msg_id = v.msg_id",
-            (list(charged), [r.charge_id for r in charged.values()], [r.idempotency_key for r in charged.values()]))
+            (list(charged), [r.charge_id for r in charged.values()], [r.idempotency_key for r in charged.values()],
+             [r.payment_intent for r in charged.values()]))
     ctx.crash_point("after_status_update")
     return results
+
+
+def process_batch(ctx: Context, msgs: list[ChargeMessage]) -> list[Outcome | ChargeFailed]:
+    """The PaymentIntent path with the dedup work done once per poll instead of once per message.
+
+    One INSERT claims every msg_id of the batch; the PaymentIntents the batch
+    still needs are created, and one UPDATE stores their ids; each is confirmed
+    in order (``confirm_or_recover``), and one UPDATE marks the batch 'done'
+    before the offsets are committed. The rules are those of
+    ``process_message``. Returns, for each message, its ``Outcome`` or the
+    ``ChargeFailed`` that ends in the DLQ.
+    """
+    from effectively_once.payments.client import ChargeFailed
+
+    dedup = _dedup(ctx)
+    ctx.crash_point("before_dedup_insert")
+    existing = _claim_batch(ctx, msgs) if dedup else {}
+    ctx.crash_point("after_dedup_insert")
+    todo = _batch_to_handle(ctx, msgs, existing)
+
+    failures: dict[int, ChargeFailed] = {}
+    intents: dict[int, str] = {}  # by position in the batch: without a dedup row, a repeated message is new work
+    for index, (msg, _, skip) in enumerate(todo):
+        stored = existing.get(msg.msg_id, ("pending", None))[1] if dedup else None
+        if skip:
+            continue
+        if stored:
+            intents[index] = stored
+            continue
+        try:
+            intents[index] = ctx.provider.create_intent(
+                msg, idempotency_key=intent_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None).id
+        except ChargeFailed as exc:
+            failures[index] = exc
+    ctx.crash_point("after_intent_created")
+    if dedup and intents:
+        by_msg = {todo[index][0].msg_id: intent for index, intent in intents.items()}
+        ctx.shop.execute("UPDATE charges SET payment_intent = v.intent, updated_at = now()"
+                         " FROM unnest(%s::text[], %s::text[]) AS v(msg_id, intent)"
+                         " WHERE charges.msg_id = v.msg_id AND charges.payment_intent IS NULL",
+                         (list(by_msg), list(by_msg.values())))
+    ctx.crash_point("after_intent_stored")
+
+    def confirm(index: int, msg: ChargeMessage, key: str | None) -> ChargeResult:
+        if index in failures:
+            raise failures[index]
+        return confirm_or_recover(ctx, msg, intents[index], key)
+
+    return _finish_batch(ctx, todo, confirm)
+
+
+def process_charge_batch(ctx: Context, msgs: list[ChargeMessage]) -> list[Outcome | ChargeFailed]:
+    """The one-shot Charges path with the dedup work done once per poll (see ``process_batch``)."""
+    ctx.crash_point("before_dedup_insert")
+    existing = _claim_batch(ctx, msgs) if _dedup(ctx) else {}
+    ctx.crash_point("after_dedup_insert")
+    return _finish_batch(ctx, _batch_to_handle(ctx, msgs, existing),
+                         lambda index, msg, key: ctx.provider.charge(msg, idempotency_key=key))

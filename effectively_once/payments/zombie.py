@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
 MAX_POLL_INTERVAL_MS = 2000
 STALL_SECONDS = 8.0
-# B meets A's key in flight and retries on the 409 until A's call ends: enough retries to outlast
-# the stall (the client's full-jitter backoff is capped at 1 s).
+# B meets A's key in flight and the SDK retries on the 409 until A's call ends: enough retries to outlast
+# the stall (the SDK's backoff starts at 0.5 s and doubles up to 5 s).
 B_MAX_RETRIES = 40
 
 
@@ -88,7 +88,8 @@ def run_zombie(stack: Stack, layers: str = "dedup,idempotency_key", *, stall_sec
     # librdkafka refuses a max.poll.interval.ms below session.timeout.ms.
     session = int(timing.get("session.timeout.ms", max_poll_interval_ms))
     config = {**timing, "max.poll.interval.ms": max(max_poll_interval_ms, session), "group.protocol": "classic"}
-    with PaymentLab(stack, layers, partitions=1) as lab:
+    # The one-shot Charges path: the story is a second call that moves money, which a PaymentIntent would refuse.
+    with PaymentLab(stack, layers, partitions=1, api="charges") as lab:
         lab.start_provider()
         msg_id = lab.produce(1)[0]
         lab.set_faults(stall_next_ms=stall_seconds * 1000)

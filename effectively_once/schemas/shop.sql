@@ -38,3 +38,38 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 -- The Idempotency-Key the charge was made under: usually charge-<msg_id>, a new derived one
 -- (charge-<msg_id>-r1, ...) when the first key replayed a 500 and the ledger held no charge.
 ALTER TABLE charges ADD COLUMN IF NOT EXISTS idempotency_key text;
+
+-- The PaymentIntent path's recovery point: the id of the message's PaymentIntent, stored before it is confirmed.
+-- A 'pending' row with an id can always be asked about (GET /v1/payment_intents/{id}); one without an id never
+-- moved money, since a PaymentIntent is confirmed only after its id is stored here.
+ALTER TABLE charges ADD COLUMN IF NOT EXISTS payment_intent text;
+CREATE INDEX IF NOT EXISTS charges_payment_intent_idx ON charges (payment_intent);
+
+-- The webhook receiver's inbox: each event once, by its id. A second delivery of an event finds its row and
+-- changes nothing; the row records what the event settled.
+CREATE TABLE IF NOT EXISTS webhook_inbox (
+    event_id    text PRIMARY KEY,
+    type        text        NOT NULL,
+    object_id   text        NOT NULL,
+    msg_id      text,
+    settled     text,
+    received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    payload     jsonb       NOT NULL
+);
+-- Deliveries of an event already in the inbox: what the duplicate-hit metric counts.
+CREATE TABLE IF NOT EXISTS webhook_duplicates (
+    id          bigserial PRIMARY KEY,
+    event_id    text        NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- One receipt e-mail per successful payment, written with the inbox row: an effect that a duplicate event must
+-- not repeat (a sent e-mail cannot be taken back, so nothing here makes a second one harmless).
+CREATE TABLE IF NOT EXISTS receipts (
+    id             bigserial PRIMARY KEY,
+    payment_intent text        NOT NULL,
+    msg_id         text,
+    amount         bigint      NOT NULL,
+    currency       text        NOT NULL,
+    event_id       text        NOT NULL,
+    sent_at        timestamptz NOT NULL DEFAULT clock_timestamp()
+);

@@ -51,8 +51,9 @@ class Stack:
     owned: bool = True
     # A secured stack (``up --secure``): the instructor's 0600 file of logins.
     credentials_file: str | None = None
-    # Where a local stack (embedded, tansu) keeps its files: what names it in the runs' records.
-    root: str | None = None
+    # Where a local stack (embedded, tansu) keeps its files: what names it in the runs' records. Out of the
+    # repr: a notebook that shows its stack would store a path of the machine that ran it.
+    root: str | None = field(default=None, repr=False)
     _stoppers: list[Callable[[], None]] = field(default_factory=list, repr=False)
     # name -> restart that process on its files and ports, returning its new pid (local backends only)
     _revivers: dict[str, Callable[[], int]] = field(default_factory=dict, repr=False)

@@ -62,6 +62,7 @@ NOTEBOOKS = {
     "04b_beyond_the_dedup_table": 240,
     "04c_two_workers_one_message": 240,
     "04d_order": 180,
+    "04e_the_provider_talks_back": 240,
     "05_observability": 240,
     "06_incidents": 360,
     "07_review": 120,

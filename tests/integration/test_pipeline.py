@@ -25,7 +25,6 @@ from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.consumer import CRASH_POINTS
 from effectively_once.payments.lab import PaymentLab, run_scenario
 from effectively_once.payments.matrix import EXPECTED_MATRIX
-from effectively_once.payments.messages import parse_charge
 from tests.unit.test_pipeline import _bad_records
 
 # Charges per scenario. What each (crash point, layer set) must count lives once, in the package: EXPECTED_MATRIX.
@@ -34,8 +33,8 @@ FORGETFUL_STEP = "tests.integration.test_pipeline:step_that_forgets_the_key"
 
 
 def step_that_forgets_the_key(ctx, msg):
-    """The Stripe 2020 bug as a pluggable step: the retry path loses the Idempotency-Key."""
-    from effectively_once.payments.steps import process_message
+    """The Stripe 2020 bug as a pluggable step on the one-shot Charges path: the call carries no key of ours."""
+    from effectively_once.payments.steps import process_charge as process_message
 
     class WithoutKey:
         def __getattr__(self, name):
@@ -68,7 +67,7 @@ def matrix(stack, shared):
         point, layers, variant = args
         return run_scenario(stack, point, layers, MESSAGES, seed=7, provider=provider, shop_dsn=shop_dsn,
                             expire_keys=variant == "expired", exit_when_idle=0.5, timeout=90,
-                            consumer_options={"batch_dedup": variant == "per_poll",
+                            consumer_options={"batch_dedup": variant == "per_poll", "api": "charges",
                                               "step": FORGETFUL_STEP if variant == "forgetful" else None})
 
     jobs = [(point, layers, False) for point, layers in EXPECTED_MATRIX]
@@ -226,7 +225,8 @@ def test_a_paused_consumer_waits_for_the_learners_sigkill_and_the_restart_logs_t
             "after_provider_call", ids[0], 1, 1, 0), kill
         assert consumer.killed_by_sigkill and not consumer.crashed_at_point
         assert lab.kill_consumer(consumer) is kill, "a second call reports the same kill, it does not kill twice"
-        assert [r["state"] for r in lab.key_rows()] == ["done"]
+        assert [(r["key"], r["state"]) for r in lab.key_rows()] == [(f"charge-{ids[0]}", "done"),
+                                                                     (f"intent-{ids[0]}", "done")]
         restarted = lab.start_consumer(log_answers=True)
         assert restarted.wait(30) == 0, restarted.log_tail()
         answers = restarted.provider_answers()
@@ -262,90 +262,6 @@ def test_a_4xx_goes_straight_to_the_dlq_with_its_reason(stack, shared):
     assert retries == 0, "a 4xx will fail the same way again: it must not be retried"
 
 
-def test_5xx_are_retried_with_the_same_key_then_reconciled_then_dead_lettered(stack, shared):
-    """Every attempt fails before the charge: each key is retried once (the retry replays the stored 500),
-    the ledger lookup finds nothing, the next derived key gets the same, and after the original key and
-    MAX_NEW_KEYS new ones the message is dead-lettered as key_spent, with no money moved."""
-    from effectively_once.payments.messages import MAX_NEW_KEYS
-
-    provider, shop_dsn = shared
-    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
-        lab.produce(2, seed=2)
-        lab.set_faults(fail_before_charge=1.0)
-        try:
-            lab.start_consumer(max_retries=2, exit_when_idle=0.5).wait(60)
-        finally:
-            lab.set_faults(fail_before_charge=0)
-        report = lab.report()
-        dlq = lab.dlq_records()
-        shop, ledger, dead = lab.shop_rows(), lab.ledger_rows(), lab.dlq_rows()
-        with psycopg.connect(shop_dsn) as conn:
-            retries = conn.execute("SELECT retries FROM consumer_events WHERE topic = %s", (lab.topic,)).fetchall()
-        with psycopg.connect(provider.dsn) as conn:
-            keys = conn.execute("SELECT key, status_code FROM idempotency_keys WHERE key LIKE %s ORDER BY key",
-                                (f"charge-{lab.msg_ids[0]}%",)).fetchall()
-    # The tables a notebook shows: the rows stay 'pending', nothing moved, both messages dead-lettered.
-    assert shop.column("status") == ["pending", "pending"] and len(ledger) == 0 and len(dead) == 2
-    assert "<table>" in shop._repr_html_() and "key_spent" in repr(dead)
-    assert report.dlq == 2 and report.charges == 0 and report.lost_charges == 0, report
-    assert {r["headers"]["dlq.error_type"] for r in dlq} == {"key_spent"}
-    assert retries == [(1 + MAX_NEW_KEYS,)] * 2, "one retry per key: the retry's replayed 500 ends that key"
-    assert [k for k, _ in keys] == [f"charge-{lab.msg_ids[0]}"] + [
-        f"charge-{lab.msg_ids[0]}-r{g}" for g in range(1, MAX_NEW_KEYS + 1)]
-    assert {status for _, status in keys} == {500}
-    assert all(r["headers"]["msg_id"] in lab.msg_ids for r in dlq)
-
-
-def test_a_key_that_replays_a_500_is_reconciled_and_each_message_is_charged_once(stack, shared):
-    """The provider keeps its 500s under the key (as Stripe does): the consumer asks the ledger, never guesses.
-
-    Two keys are spent before the consumer starts, as by an earlier attempt:
-    one on a 500 after the charge (the ledger has it), one on a 500 before it
-    (the ledger has nothing). Then every charge fails after moving money, so
-    the consumer's own retries meet replayed 500s too.
-    """
-    from effectively_once.payments.client import ChargeFailed, ProviderClient
-    from effectively_once.payments.messages import idempotency_key_for, new_key_for
-    from effectively_once.payments.producer import charge_records
-
-    provider, shop_dsn = shared
-    with PaymentLab(stack, "both", provider=provider, shop_dsn=shop_dsn) as lab:
-        ids = lab.produce(4, seed=3)
-        msgs = [parse_charge(value, dict(headers)) for _key, value, headers in
-                charge_records(4, seed=3, prefix=lab.run_id)]
-        assert [m.msg_id for m in msgs] == ids
-        client = ProviderClient(provider.url, max_retries=0)
-        try:
-            for msg, fault in ((msgs[0], "fail_after_charge"), (msgs[1], "fail_before_charge")):
-                lab.set_faults(**{fault: 1.0})
-                try:
-                    with pytest.raises(ChargeFailed):
-                        client.charge(msg, idempotency_key=idempotency_key_for(msg.msg_id))
-                finally:
-                    lab.set_faults(**{fault: 0})
-        finally:
-            client.close()
-        lab.set_faults(fail_after_charge=1.0)
-        try:
-            lab.run_until_settled(timeout=90, exit_when_idle=0.5)
-        finally:
-            lab.set_faults(fail_after_charge=0)
-        report = lab.report()
-        with psycopg.connect(shop_dsn) as conn:
-            results = dict(conn.execute("SELECT msg_id, result FROM consumer_events WHERE topic = %s",
-                                        (lab.topic,)).fetchall())
-            shop = {r[0]: r[1:] for r in conn.execute(
-                "SELECT msg_id, status, charge_id, idempotency_key FROM charges WHERE msg_id = ANY(%s)", (ids,))}
-        with psycopg.connect(provider.dsn) as conn:
-            ledger = {r[0]: r[1:] for r in conn.execute(
-                "SELECT msg_id, charge_id, idempotency_key FROM ledger WHERE msg_id = ANY(%s)", (ids,))}
-    assert report.ok and report.charges == 4 and report.dlq == 0, report
-    assert results == dict.fromkeys(ids, "reconciled"), results
-    # The message whose key was spent before any money moved was charged once, under the derived new key.
-    expected_keys = {m: idempotency_key_for(m) for m in ids} | {ids[1]: new_key_for(ids[1], 1)}
-    assert {m: key for m, (_charge, key) in ledger.items()} == expected_keys, ledger
-    # The dedup row records the charge the ledger holds, and the key it was made under.
-    assert shop == {m: ("done", charge, key) for m, (charge, key) in ledger.items()}, shop
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
@@ -419,5 +335,3 @@ def test_a_lab_refuses_bad_consumer_settings_before_starting_a_process(stack):
         settings = lab.consumer_settings(crash_at="after_provider_call", max_retries=2)
         assert (settings.topic, settings.group, settings.layers) == (lab.topic, lab.group, lab.layers)
         assert settings.max_retries == 2 and settings.exit_when_idle == 1.0
-
-

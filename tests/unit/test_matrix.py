@@ -88,3 +88,12 @@ def test_unexpected_names_the_cells_that_differ_from_the_expected_matrix():
     once = MatrixCell(*key, _report(), results=["replayed"], dedup_hits=1)
     assert CrashMatrix(key[:1], key[1:], {key: twice}, 1).unexpected() == {key: CHARGED_TWICE}
     assert CrashMatrix(key[:1], key[1:], {key: once}, 1).unexpected() == {}
+
+
+def test_the_counted_matrix_ends_as_expected_outcome_says():
+    """EXPECTED_MATRIX counts the Charges path's cells; what each ends with is expected_outcome's, stated once."""
+    from effectively_once.payments.matrix import expected_outcome, expected_outcomes
+
+    assert {key: cell.outcome for key, cell in EXPECTED_MATRIX.items()} == {
+        (point, layers): expected_outcome("charges", point, layers) for point, layers in EXPECTED_MATRIX}
+    assert expected_outcomes() == {key: cell.outcome for key, cell in EXPECTED_MATRIX.items()}
