@@ -59,6 +59,9 @@ CONNECTION_LIMIT = "connection limit reached: "
 # The exit status of a provider or consumer that PostgreSQL refused over a connection limit:
 # restarting it would only be refused again, so the parent reports the sentence instead.
 EXIT_CONNECTION_LIMIT = 76
+# The exit status of a consumer that asks for a restart (EX_TEMPFAIL in sysexits.h): the shop database or
+# the broker went away, the batch's offsets were not committed, and a new process resumes where they stand.
+EXIT_RESTART = 75
 
 _PROVIDER_LISTENING = re.compile(re.escape(LISTENING) + r"(?P<url>https?://\S+)")
 _RECEIVER_LISTENING = re.compile(re.escape(RECEIVER_LISTENING) + r"(?P<url>https?://\S+)")

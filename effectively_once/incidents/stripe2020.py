@@ -59,8 +59,7 @@ from effectively_once.payments.messages import REPLAY_HEADER, ChargeMessage
 
 if TYPE_CHECKING:
     from effectively_once.payments.client import ChargeResult, IntentResult, ProviderClient
-    from effectively_once.payments.consumer import StepContext
-    from effectively_once.payments.steps import Outcome
+    from effectively_once.payments.steps import Outcome, StepContext
     from effectively_once.stack import Stack
 
 STEP_BUGGY = "effectively_once.incidents.stripe2020:step_forgetting_the_key_on_retry"

@@ -50,10 +50,9 @@ from effectively_once.schemas import load
 
 if TYPE_CHECKING:
     from effectively_once.payments.client import ChargeFailed
-    from effectively_once.payments.consumer import StepContext
     from effectively_once.payments.lab import PaymentLab
     from effectively_once.payments.messages import ChargeMessage
-    from effectively_once.payments.steps import Outcome
+    from effectively_once.payments.steps import Outcome, StepContext
     from effectively_once.stack import Stack
 
 ANSWERING_STEP = "effectively_once.incidents.stripe2023:answering_step"

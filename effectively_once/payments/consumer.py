@@ -29,105 +29,29 @@ writes a span per message (see ``effectively_once.observe.exporter`` and ``.span
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 
 import psycopg
 
 from effectively_once import protocol
 from effectively_once.connections import announce_limit
 from effectively_once.kafka import client_settings, ensure_topic, is_partition_eof, quiet_logger, refused_by_rebalance
-from effectively_once.lifetime import kill_now
 from effectively_once.observe.exporter import ConsumerTelemetry
 from effectively_once.observe.spans import configure_tracing
 from effectively_once.payments.client import ChargeFailed, ProviderClient
+from effectively_once.payments.clocks import CommitTry, IdleClock, OwedCommit
 from effectively_once.payments.messages import MalformedMessage, parse_charge, trace_id_of
 from effectively_once.payments.offsets import store_offsets, stored_offsets
-from effectively_once.payments.settings import ConsumerSettings, build_parser
-from effectively_once.protocol import ALL_CRASH_POINTS, CRASH_POINTS, LAYERS  # noqa: F401 - CRASH_POINTS re-exported
-from effectively_once.schemas import load
-
-# After an assignment the first fetch can take a while (offset look-ups, a busy machine):
-# silence that short is not yet "idle".
-FIRST_FETCH_GRACE = 3.0
-# How long a consumer that holds partitions waits for the broker to report their end before
-# silence counts as idle anyway (a broker that never sends the end of a partition).
-END_WAIT = 60.0
-# The exit status that asks for a restart (EX_TEMPFAIL in sysexits.h): the shop database or the
-# broker went away, the batch's offsets were not committed, and a new process resumes where they stand.
-EXIT_RESTART = 75
-# How long an offset commit the broker cannot take (it is down, or restarting) stays owed, retried
-# each second while the consumer polls, before the consumer exits with EXIT_RESTART.
-COMMIT_OWED_SECONDS = 120.0
-
-SHOP_SCHEMA = load("shop.sql")
-_MIGRATION_LOCK = 0x45_4F_53_48  # serialises concurrent migrations of one shop database
-
-
-def migrate_shop(conn: psycopg.Connection) -> None:
-    """Create the shop's tables if they are missing (safe to run again, and concurrently)."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        conn.execute(SHOP_SCHEMA)
-
-
-def load_step(spec: str) -> Callable:
-    """Import ``module:function`` (the per-message step) and return the function."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"--step must look like module:function, got {spec!r}")
-    function = getattr(importlib.import_module(module_name), attr, None)
-    if not callable(function):
-        raise ValueError(f"{spec}: {attr} is not a function in {module_name}")
-    return function
-
-
-class StepContext:
-    """What a step function may use: the shop database, the provider, the layers, the crash points,
-    and the topic and group it consumes for (where the ``offsets_in_db`` step stores its offsets)."""
-
-    def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: Iterable[str],
-                 crash_at: str | None = None, crash_on: int = 1, *, topic: str = "", group: str = "",
-                 pause_at: str | None = None) -> None:
-        self.shop, self.provider, self.layers = shop, provider, frozenset(layers)
-        self.crash_at, self.crash_on, self.pause_at = crash_at, crash_on, pause_at
-        self.current_msg_id = ""
-        self.topic, self.group = topic, group
-        self.reached: dict[str, int] = {}
-
-    def uses(self, layer: str) -> bool:
-        """True when ``layer`` (dedup, dedup_as_written, idempotency_key, offsets_in_db) is switched on."""
-        if layer not in LAYERS:
-            raise ValueError(f"unknown layer {layer!r}; the layers are {', '.join(LAYERS)}")
-        return layer in self.layers
-
-    def crash_point(self, name: str) -> None:
-        """Mark a crash point; SIGKILL this process the ``crash_on``-th time it reaches ``crash_at``.
-
-        The first time it reaches ``pause_at`` it stops there instead and waits,
-        for a SIGKILL from outside (the learner's), or a SIGTERM, which ends it.
-        """
-        if name not in ALL_CRASH_POINTS:
-            raise ValueError(f"unknown crash point {name!r}; the crash points are {', '.join(ALL_CRASH_POINTS)}")
-        self.reached[name] = self.reached.get(name, 0) + 1
-        if name == self.crash_at and self.reached[name] == self.crash_on:
-            print(protocol.crash_point_reached(name, self.crash_on), flush=True)
-            kill_now(os.getpid())
-        if name == self.pause_at and self.reached[name] == 1:
-            # No cleanup to wait for while paused: a SIGTERM (the lab stopping) ends the process at once.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            print(protocol.paused_at(name, self.current_msg_id or "(a batch)"), flush=True)
-            while True:
-                if hasattr(signal, "pause"):
-                    signal.pause()
-                else:  # Windows has no pause(); a SIGTERM ends the sleep all the same
-                    time.sleep(3600)
+from effectively_once.payments.settings import ConsumerSettings, build_parser, load_step
+from effectively_once.payments.shop import migrate_shop
+from effectively_once.payments.steps import StepContext
+from effectively_once.protocol import EXIT_RESTART
 
 
 def _msg_id_of(value: bytes | None, headers: dict[str, bytes]) -> str | None:
@@ -139,50 +63,6 @@ def _msg_id_of(value: bytes | None, headers: dict[str, bytes]) -> str | None:
         return candidate if isinstance(candidate, str) else None
     except Exception:
         return None
-
-
-class IdleClock:
-    """How long the consumer has held partitions and received no record: what ``--exit-when-idle`` counts.
-
-    Time without an assignment (before the first one, or between a rebalance
-    taking partitions away and handing some back) is not idle: the records
-    may be waiting for this very consumer. Each new assignment also gets
-    ``grace`` seconds before its first record, since the first fetch has to
-    look its offsets up.
-    """
-
-    def __init__(self, limit: float | None, grace: float = FIRST_FETCH_GRACE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.grace, self.clock = limit, grace, clock
-        self.since = self.assigned_at = clock()
-        self.fetched = False  # a record arrived since the last assignment
-
-    def reset(self) -> None:
-        """A new assignment: the clock starts again, with the first-fetch grace."""
-        self.since, self.fetched = self.clock(), False
-        self.assigned_at = self.since
-
-    def tick(self, *, assigned: bool, records: int, at_end: bool | None = None) -> bool:
-        """Account for one poll; True when the consumer has been idle for ``limit`` seconds.
-
-        ``at_end`` (when the consumer knows it) says whether the broker has
-        reported the end of every assigned partition: until it has, silence is
-        a slow fetch (a busy machine, a room of thirty), not idleness, for up
-        to ``END_WAIT`` seconds after the assignment.
-        """
-        now = self.clock()
-        if records:
-            self.since, self.fetched = now, True
-            return False
-        if not assigned:
-            self.since = self.assigned_at = now  # waiting for a rebalance: not idle
-            return False
-        if at_end is False and now - self.assigned_at < END_WAIT:
-            self.since = now
-            return False
-        if self.limit is None:
-            return False
-        return now - self.since >= (self.limit if self.fetched or at_end else max(self.limit, self.grace))
 
 
 class PaymentConsumer:
@@ -411,7 +291,7 @@ class PaymentConsumer:
 
         Returns 0, or ``EXIT_RESTART`` (and says why in the log) when the shop
         database went away mid-batch, whose offsets are then not committed, or
-        when the broker has taken no offset commit for ``COMMIT_OWED_SECONDS``.
+        when the broker has taken no offset commit for ``clocks.COMMIT_OWED_SECONDS``.
         """
         clock = IdleClock(self.exit_when_idle)
 
@@ -432,8 +312,7 @@ class PaymentConsumer:
             self.log(f"partitions {_partition_list(partitions)} revoked: waiting for the rebalance (not idle time)")
 
         self.consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
-        owed_since: float | None = None  # when an offset commit the broker could not take became owed
-        last_try = 0.0
+        owed = OwedCommit()
         try:
             while not self.stopping:
                 records = []
@@ -452,35 +331,35 @@ class PaymentConsumer:
                         self.handle_batch(records)
                         # The DLQ copy must be durable before the offset moves past the original.
                         self.flush_dlq()
-                    if records or (owed_since is not None and time.monotonic() - last_try >= 1.0):
-                        last_try = time.monotonic()
-                        committed = self.commit_offsets(records)
-                        if committed and owed_since is not None:
-                            if self.consumer.assignment():
-                                self.log(f"offset commit went through after {last_try - owed_since:.1f} s")
-                            else:
-                                self.log("the owed offset commit is moot: the group took the partitions back while "
-                                         "the broker was away, so their next owner gets those records again and "
-                                         "the dedup table absorbs them")
-                            owed_since = None
-                        elif not committed and owed_since is None:
-                            owed_since = last_try
-                            self.log(f"offset commit failed ({self.commit_error}): owed; the consumer keeps "
-                                     "polling, its client reconnects, and it commits again each second")
+                    if owed.due(records=len(records)):
+                        self.log_commit_try(owed.attempt(partial(self.commit_offsets, records)))
                 except psycopg.OperationalError as exc:
                     return self.restart_needed(f"the shop database went away ({_first_line(exc)})")
-                if owed_since is not None and time.monotonic() - owed_since > COMMIT_OWED_SECONDS:
+                if owed.overdue():
                     return self.restart_needed(f"the broker has taken no offset commit for "
-                                               f"{COMMIT_OWED_SECONDS:.0f} s ({self.commit_error})")
+                                               f"{owed.limit:.0f} s ({self.commit_error})")
                 # A commit still owed is not idle time either: the run is not done until it goes through.
                 assignment = self.consumer.assignment()
-                holding = self.assigned and bool(assignment) and owed_since is None
+                holding = self.assigned and bool(assignment) and not owed.owed
                 read_to_end = {(tp.topic, tp.partition) for tp in assignment} <= at_end
                 if clock.tick(assigned=holding, records=len(records), at_end=read_to_end):
                     break
         finally:
             self.close()
         return 0
+
+    def log_commit_try(self, tried: CommitTry) -> None:
+        """Say what a commit attempt changed: a commit newly owed, or an owed one paid (or made moot)."""
+        if tried.paid_after is not None:
+            if self.consumer.assignment():
+                self.log(f"offset commit went through after {tried.paid_after:.1f} s")
+            else:
+                self.log("the owed offset commit is moot: the group took the partitions back while "
+                         "the broker was away, so their next owner gets those records again and "
+                         "the dedup table absorbs them")
+        elif tried.owed_now:
+            self.log(f"offset commit failed ({self.commit_error}): owed; the consumer keeps "
+                     "polling, its client reconnects, and it commits again each second")
 
     def restart_needed(self, why: str) -> int:
         """Say why this consumer stops without committing its batch; return ``EXIT_RESTART``."""

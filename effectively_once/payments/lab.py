@@ -32,12 +32,12 @@ from effectively_once.db import columns, one
 from effectively_once.kafka import client_settings, quiet_logger, read_topic
 from effectively_once.lifetime import SIGKILL
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess, WebhookReceiverProcess
-from effectively_once.payments.consumer import EXIT_RESTART, migrate_shop
 from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for, intent_key_for
 from effectively_once.payments.offsets import stored_offsets
 from effectively_once.payments.producer import Sent, charge_records, send_records
 from effectively_once.payments.provider import migrate
 from effectively_once.payments.settings import APIS, LAYER_SETS, NAMED_LAYER_SETS, ConsumerSettings, resolve_layers
+from effectively_once.payments.shop import migrate_shop
 from effectively_once.protocol import (
     CRASH_POINTS,
     DLQ_ERROR_TYPE,
@@ -45,6 +45,7 @@ from effectively_once.protocol import (
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_PARTITION,
     EXIT_CONNECTION_LIMIT,
+    EXIT_RESTART,
     plural,
 )
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from effectively_once.payments.messages import ChargeMessage, idempotency_key_for
-from effectively_once.payments.steps import Outcome
+from effectively_once.payments.steps import OffsetsContext, Outcome
 
 if TYPE_CHECKING:
     import psycopg
-
-    from effectively_once.payments.consumer import StepContext
 
 _STORE = ("INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) VALUES (%s, %s, %s, %s)"
           " ON CONFLICT (group_id, topic, partition) DO UPDATE"
@@ -54,7 +52,7 @@ def stored_offsets(conn: psycopg.Connection, group: str, topic: str) -> dict[int
     return {partition: next_offset for partition, next_offset in rows}
 
 
-def process_message(ctx: StepContext, msg: ChargeMessage) -> Outcome:
+def process_message(ctx: OffsetsContext, msg: ChargeMessage) -> Outcome:
     """Charge ``msg``, then record the charge and the partition's next offset in one transaction.
 
     There is no 'pending' row: the stored offset is what keeps a handled

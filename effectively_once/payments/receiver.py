@@ -138,7 +138,7 @@ class Inbox:
 
 def load_handler(spec: str) -> Callable[[psycopg.Connection, dict[str, Any]], str]:
     """Import ``module:function`` (the event handler) and return the function."""
-    from effectively_once.payments.consumer import load_step
+    from effectively_once.payments.settings import load_step
 
     return load_step(spec)
 
@@ -181,8 +181,8 @@ def create_app(inbox: Inbox, announce: str | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the webhook endpoint under uvicorn until SIGTERM or Ctrl-C."""
-    from effectively_once.payments.consumer import migrate_shop
     from effectively_once.payments.serving import listening_socket, serve
+    from effectively_once.payments.shop import migrate_shop
     from effectively_once.payments.webhooks import check_secret
     from effectively_once.protocol import EXIT_CONNECTION_LIMIT, connection_limit, receiver_listening
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -100,6 +101,17 @@ def layers_text(layers: Iterable[str]) -> str:
     if text in NAMED_LAYER_SETS and set(NAMED_LAYER_SETS[text]) != set(chosen):
         text += ","
     return text
+
+
+def load_step(spec: str) -> Callable:
+    """Import ``module:function`` (the per-message step) and return the function."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--step must look like module:function, got {spec!r}")
+    function = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(function):
+        raise ValueError(f"{spec}: {attr} is not a function in {module_name}")
+    return function
 
 
 # -- how each kind of field is written on a command line and read back --------------------------------

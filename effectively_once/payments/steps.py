@@ -23,7 +23,7 @@ the default one.
 - ``process_batch`` and ``process_charge_batch``: the same two paths with the
   dedup work done once per poll batch (``--batch-dedup``).
 
-``ctx`` (a ``StepContext``, see consumer.py) gives a step:
+``ctx`` (a ``StepContext``, below; any ``Context`` will do) gives a step:
 
 - ``ctx.shop``: a psycopg connection to the shop database, in autocommit mode,
   so each statement below is its own transaction (its own BEGIN/COMMIT);
@@ -41,12 +41,16 @@ whole poll batch is done, commits the Kafka offsets.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
+from effectively_once import protocol
 from effectively_once.db import one
+from effectively_once.lifetime import kill_now
 from effectively_once.payments.messages import (
     MAX_NEW_KEYS,
     ChargeMessage,
@@ -58,7 +62,7 @@ from effectively_once.payments.messages import (
 if TYPE_CHECKING:
     import psycopg
 
-    from effectively_once.payments.client import ChargeFailed, ChargeResult, IntentResult
+    from effectively_once.payments.client import ChargeFailed, ChargeResult, IntentResult, ProviderClient
 
 # What a retrieved PaymentIntent's status says about the money (https://docs.stripe.com/payments/paymentintents/lifecycle).
 MOVED, NOT_MOVED = "succeeded", ("requires_payment_method", "requires_confirmation")
@@ -104,6 +108,62 @@ class Context(Protocol):
     def crash_point(self, name: str) -> None:
         """Mark a crash point, where the lab may SIGKILL the process."""
         ...
+
+
+class OffsetsContext(Context, Protocol):
+    """A ``Context`` that also says where the ``offsets_in_db`` step stores the position it reaches."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def group(self) -> str: ...
+
+
+class StepContext:
+    """What a step function may use: the shop database, the provider, the layers, the crash points,
+    and the topic and group it consumes for (where the ``offsets_in_db`` step stores its offsets).
+
+    The consumer builds one and hands it to every step: it is the ``Context`` above, made concrete.
+    """
+
+    def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: Iterable[str],
+                 crash_at: str | None = None, crash_on: int = 1, *, topic: str = "", group: str = "",
+                 pause_at: str | None = None) -> None:
+        self.shop, self.provider, self.layers = shop, provider, frozenset(layers)
+        self.crash_at, self.crash_on, self.pause_at = crash_at, crash_on, pause_at
+        self.current_msg_id = ""
+        self.topic, self.group = topic, group
+        self.reached: dict[str, int] = {}
+
+    def uses(self, layer: str) -> bool:
+        """True when ``layer`` (dedup, dedup_as_written, idempotency_key, offsets_in_db) is switched on."""
+        if layer not in protocol.LAYERS:
+            raise ValueError(f"unknown layer {layer!r}; the layers are {', '.join(protocol.LAYERS)}")
+        return layer in self.layers
+
+    def crash_point(self, name: str) -> None:
+        """Mark a crash point; SIGKILL this process the ``crash_on``-th time it reaches ``crash_at``.
+
+        The first time it reaches ``pause_at`` it stops there instead and waits,
+        for a SIGKILL from outside (the learner's), or a SIGTERM, which ends it.
+        """
+        if name not in protocol.ALL_CRASH_POINTS:
+            raise ValueError(f"unknown crash point {name!r}; the crash points are "
+                             f"{', '.join(protocol.ALL_CRASH_POINTS)}")
+        self.reached[name] = self.reached.get(name, 0) + 1
+        if name == self.crash_at and self.reached[name] == self.crash_on:
+            print(protocol.crash_point_reached(name, self.crash_on), flush=True)
+            kill_now(os.getpid())
+        if name == self.pause_at and self.reached[name] == 1:
+            # No cleanup to wait for while paused: a SIGTERM (the lab stopping) ends the process at once.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            print(protocol.paused_at(name, self.current_msg_id or "(a batch)"), flush=True)
+            while True:
+                if hasattr(signal, "pause"):
+                    signal.pause()
+                else:  # Windows has no pause(); a SIGTERM ends the sleep all the same
+                    time.sleep(3600)
 
 
 @dataclass(frozen=True)

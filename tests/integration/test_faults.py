@@ -36,8 +36,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from effectively_once import stack as stack_mod
-from effectively_once.payments.consumer import EXIT_RESTART
 from effectively_once.payments.lab import PaymentLab
+from effectively_once.protocol import EXIT_RESTART
 from effectively_once.stack.jars import KAFKA_VERSION
 from effectively_once.stack.processes import pid_alive
 from tests.conftest import containers_of, run_cli

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from effectively_once import stack as stack_mod
 from effectively_once.payments.children import ProviderProcess
-from effectively_once.payments.consumer import CRASH_POINTS
 from effectively_once.payments.lab import PaymentLab, run_scenario
 from effectively_once.payments.matrix import EXPECTED_MATRIX
+from effectively_once.protocol import CRASH_POINTS
 from tests.unit.test_pipeline import _bad_records
 
 # Charges per scenario. What each (crash point, layer set) must count lives once, in the package: EXPECTED_MATRIX.

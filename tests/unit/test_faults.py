@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from effectively_once.payments.consumer import IdleClock
+from effectively_once.payments.clocks import IdleClock
 
 
 # -- the idle clock, without a broker -------------------------------------------------------

@@ -14,7 +14,7 @@ from effectively_once.connections import (
     raise_if_limit,
     role_of,
 )
-from effectively_once.payments.consumer import IdleClock
+from effectively_once.payments.clocks import IdleClock
 from effectively_once.run_results import RunRecord
 from effectively_once.stack.room import (
     INSTRUCTOR_CONNECTIONS,
@@ -108,7 +108,7 @@ def test_silence_before_the_end_of_every_partition_is_not_idle():
 
 
 def test_a_broker_that_never_reports_the_end_still_lets_the_consumer_go():
-    from effectively_once.payments.consumer import END_WAIT
+    from effectively_once.payments.clocks import END_WAIT
 
     now = FakeClock()
     clock = IdleClock(1.0, grace=3.0, clock=now)
