@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from effectively_once.db import columns, one
-from effectively_once.kafka import client_settings, quiet_logger, read_topic
+from effectively_once.kafka import END_READER_SETTINGS, client_settings, quiet_logger, read_topic
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess
 from effectively_once.payments.consumer import EXIT_RESTART, migrate_shop
 from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for
@@ -466,7 +466,7 @@ class PaymentLab:
         expected = self._dead_lettered_events()
         reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, **client_settings(),
                            "group.id": f"{self.group}.dlq-reader", "enable.auto.commit": False,
-                           "enable.partition.eof": True, "logger": quiet_logger()})
+                           **END_READER_SETTINGS, "logger": quiet_logger()})
         try:
             return [{"headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers() or [])},
                      "value": record.value(), "key": record.key(), "partition": record.partition(),
