@@ -14,16 +14,17 @@ copy that is never written back. For every code cell it records:
   the call sites that slept longest;
 - ``fixed``: the time spent in a function that runs for a time it is given (``FIXED_DURATION``: a
   recording of N seconds), which no machine shortens;
+- ``threads``: CPU seconds of the kernel's other threads (librdkafka's, a worker pool's);
 - ``kids``: CPU seconds of every process the kernel started (consumers, providers, private brokers),
   alive or reaped during the cell; ``stack``: CPU seconds of the ``up`` stack's broker and PostgreSQL;
 - ``spawned``: the processes the kernel started, by program.
 
 How long on a quiet 2-core machine? The kernel's main thread measures the load it ran under: each
 CPU second it used took ``slow = (cpu + runq) / cpu`` seconds, and the work it waited for in other
-processes (``kids`` and ``stack``) was slowed alike. The ``quiet`` column takes that slowdown off:
-``cpu + max(sleep, fixed, (kids + stack) / 2, blocked - (kids + stack) * (slow - 1))``: never less
-than the time it slept or spent in a function that runs for a given time (``fixed``: a recording of N
-seconds), nor than the other processes' CPU spread over 2 cores. It is an estimate (it treats
+threads and processes (``others = threads + kids + stack``) was slowed alike. The ``quiet`` column
+takes that slowdown off: ``cpu + max(sleep, fixed, others / 2, blocked - others * (slow - 1))``: never
+less than the time it slept or spent in a function that runs for a given time (``fixed``: a recording
+of N seconds), nor than the others' CPU spread over 2 cores. It is an estimate (it treats
 the waited-for work as done one process at a time); only a quiet machine gives the number.
 
 With ``--baseline DIR`` (a checkout of another commit, e.g. ``git worktree add`` or ``git archive``),
@@ -168,13 +169,15 @@ class Snapshot:
     at: float
     main_cpu: float
     main_runq: float
+    threads: float
     kids: float
     stack: float
 
     @classmethod
     def take(cls, kernel: int, stack: list[int]) -> Snapshot:
         on_cpu, runq = thread_sched(kernel, kernel)
-        return cls(time.perf_counter(), on_cpu, runq, tree_cpu(kernel) - _self_cpu(kernel),
+        own = _self_cpu(kernel)
+        return cls(time.perf_counter(), on_cpu, runq, own - on_cpu, tree_cpu(kernel) - own,
                    sum(tree_cpu(p) for p in stack))
 
 
@@ -196,6 +199,7 @@ class CellTime:
     blocked: float
     sleep: float = 0.0
     fixed: float = 0.0       # inside a function that runs for a given time (FIXED_DURATION)
+    threads: float = 0.0     # CPU of the kernel's other threads (librdkafka's, a pool's workers)
     kids: float = 0.0
     stack: float = 0.0
     sites: list = field(default_factory=list)
@@ -203,7 +207,7 @@ class CellTime:
 
     def quiet(self, slow: float) -> float:
         """An estimate of this cell's wall time on a quiet 2-core machine (see the module's docstring)."""
-        others = self.kids + self.stack
+        others = self.threads + self.kids + self.stack
         return self.cpu + max(self.sleep, self.fixed, others / 2, self.blocked - others * (slow - 1), 0.0)
 
 
@@ -277,7 +281,8 @@ def run_notebook(pair: notebooks.Pair, label: str, checkout: Path | None) -> Not
             return
         first = next((line for line in cell.source.splitlines() if line.strip() and not line.startswith("#")), "")
         cells.append(CellTime(cell_index - 1, first[:60], wall, cpu, runq, max(wall - cpu - runq, 0.0),
-                              kids=max(end.kids - start.kids, 0.0), stack=max(end.stack - start.stack, 0.0)))
+                              threads=max(end.threads - start.threads, 0.0), kids=max(end.kids - start.kids, 0.0),
+                              stack=max(end.stack - start.stack, 0.0)))
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -318,14 +323,15 @@ def print_cells(found: NotebookTime, top: int) -> None:
           f"(kernel start {found.kernel_start:.1f} s), load {found.load_before:.1f} -> {found.load_after:.1f}, "
           f"a CPU second took {found.slow:.1f} s"
           + (f"\n   FAILED at cell {found.cells[-1].index}: {found.failed}" if found.failed and found.cells else ""))
-    print(f"   sums: cpu {found.total('cpu'):.1f}  runq {found.total('runq'):.1f}"
-          f"  blocked {found.total('blocked'):.1f}  sleep {found.total('sleep'):.1f}  fixed {found.total('fixed'):.1f}"
-          f"  kids {found.total('kids'):.1f}  stack {found.total('stack'):.1f}  quiet~ {found.quiet():.1f} s")
-    print(f"   {'cell':>4} {'wall':>6} {'cpu':>5} {'runq':>5} {'blckd':>6} {'sleep':>6} {'kids':>5} {'stack':>5} "
+    sums = "  ".join(f"{name} {found.total(name):.1f}" for name in
+                     ("cpu", "runq", "blocked", "sleep", "fixed", "threads", "kids", "stack"))
+    print(f"   sums: {sums}  quiet~ {found.quiet():.1f} s")
+    print(f"   {'cell':>4} {'wall':>6} {'cpu':>5} {'runq':>5} {'blckd':>6} {'sleep':>6} {'thrds':>5} {'kids':>5} "
+          f"{'stack':>5} "
           f"{'quiet':>5}  first line / slept at / spawned")
     for c in sorted(found.cells, key=lambda c: -c.wall)[:top]:
         print(f"   {c.index:>4} {c.wall:>6.1f} {c.cpu:>5.1f} {c.runq:>5.1f} {c.blocked:>6.1f} {c.sleep:>6.1f} "
-              f"{c.kids:>5.1f} {c.stack:>5.1f} {c.quiet(found.slow):>5.1f}  {c.first_line}")
+              f"{c.threads:>5.1f} {c.kids:>5.1f} {c.stack:>5.1f} {c.quiet(found.slow):>5.1f}  {c.first_line}")
         sites = [(site, t) for site, t in c.sites if t >= 0.05]
         if c.fixed:
             sites.insert(0, ("a fixed-duration function", c.fixed))
