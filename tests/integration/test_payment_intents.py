@@ -42,7 +42,9 @@ def test_every_crash_point_of_the_payment_intent_path_against_every_layer_set(in
 def test_the_stored_payment_intent_absorbs_what_the_key_would_have(intent_matrix):
     # Without a key of ours, the dedup row's PaymentIntent is what a redelivery after the charge meets.
     without_key = intent_matrix.cell("after_provider_call", "dedup_only")
-    assert without_key.absorbed_by == INTENT and without_key.results[0] == "recovered", without_key
+    # The two messages may sit on two partitions, so the recovered one need not be the first row.
+    assert without_key.absorbed_by == INTENT and sorted(without_key.results) == ["charged", "recovered"], (
+        without_key, without_key.results)
     assert len(without_key.ledger) == 2, "one charge for each of the two messages"
     assert intent_matrix.cell("after_provider_call", "both").absorbed_by == KEY
     # Crashed after the create, the row holds no id: the redelivery creates again, under the same key.
