@@ -4,8 +4,8 @@ Two consumers share a 3-partition topic: a victim (a child process) and a
 survivor (this process). Once both hold partitions, the victim gets SIGKILL,
 and the clock runs until the survivor owns all 3 partitions. The classic
 protocol (JoinGroup/SyncGroup, session.timeout.ms on the client) and the KIP-848
-consumer protocol (session and heartbeat set by the broker) alternate round by
-round on one broker, so both see the same machine. The broker's settings are
+consumer protocol (session and heartbeat set by the broker) run side by side in
+each round on one broker (each in its own group), so both see the same machine. The broker's settings are
 the course's (effectively_once/stack/kafka_settings.py): both sessions are 2 s.
 The measurement itself is ``effectively_once.guarantees.kafka4.measure_reassignment``,
 which notebook 03 runs for fewer rounds.

@@ -23,6 +23,12 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+# The settings of a consumer that reads a topic to the end of every partition (``read_topic(...,
+# until_end=True)``): it needs the end-of-partition events, and a fetch at a partition's end is held
+# by the broker for fetch.wait.max.ms waiting for new records (500 ms by default), so every such read
+# would end half a second after the data did.
+END_READER_SETTINGS: dict[str, Any] = {"enable.partition.eof": True, "fetch.wait.max.ms": 10}
+
 # The coordinator refuses an offset commit with one of the first three when the group moved on
 # between poll and commit; librdkafka refuses it itself (_ASSIGNMENT_LOST) when this member was
 # already removed, for one because it overran max.poll.interval.ms. Either way the partitions'
@@ -221,7 +227,8 @@ def read_topic(consumer, topic: str, partitions: Iterable[int] | None = None,
 
     ``stops`` are those of ``poll_records`` (``quiet``, ``at_least``,
     ``timeout``, ``skip_errors``); ``until_end=True`` stops at the end of every
-    assigned partition. Yields nothing when the topic does not exist.
+    assigned partition (a consumer made with ``END_READER_SETTINGS``). Yields
+    nothing when the topic does not exist.
     """
     chosen = assign_topic(consumer, topic, partitions, offsets)
     if not chosen:

@@ -8,8 +8,10 @@ coordinator) actually did. Each creates and removes its own topic.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from effectively_once import stack as stack_mod
@@ -326,16 +328,32 @@ def compare_brokers(stack: stack_mod.Stack, progress: Callable[..., None] = prin
     """Probe ``stack``'s broker and, beside it, a private broker of the other kind (Apache Kafka or Tansu).
 
     On Apache Kafka the other one is a Tansu started for a few seconds; on Tansu
-    it is an embedded Apache Kafka (when Java and its jars can be had).
+    it is an embedded Apache Kafka (when Java and its jars can be had). The two
+    probes run at the same time, each check on its own topic and group: they
+    mostly wait for a broker (Tansu leaves a zombie's commit hanging for its
+    whole timeout), so side by side they take about as long as the slower one.
     """
     other = "embedded" if stack.broker_flavor == "tansu" else "tansu"
-    here = probe(stack, progress=progress)
-    try:
-        with stack_mod.private_broker(other, progress=progress) as private:
-            there = probe(private, progress=progress)
-    except (stack_mod.StackError, RuntimeError, OSError) as exc:
-        # A machine that runs Tansu because it has no Java (or no jars) cannot start the other one.
-        progress(f"the {other} broker could not start here ({exc}); the table shows your broker alone")
-        return BrokerComparison([here])
-    reports = sorted([here, there], key=lambda r: r.broker_flavor != "apache-kafka")
+    lock = threading.Lock()
+
+    def said(flavor: str) -> Callable[..., None]:
+        def say(*parts: object) -> None:
+            with lock:
+                progress(" ".join([f"[{flavor}]", *map(str, parts)]))
+        return say
+
+    def probe_the_other() -> ProbeReport:
+        with stack_mod.private_broker(other, progress=said(other)) as private:
+            return probe(private, progress=said(private.broker_flavor))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        there = pool.submit(probe_the_other)
+        here = probe(stack, progress=said(stack.broker_flavor))
+        try:
+            other_report = there.result()
+        except (stack_mod.StackError, RuntimeError, OSError) as exc:
+            # A machine that runs Tansu because it has no Java (or no jars) cannot start the other one.
+            progress(f"the {other} broker could not start here ({exc}); the table shows your broker alone")
+            return BrokerComparison([here])
+    reports = sorted([here, other_report], key=lambda r: r.broker_flavor != "apache-kafka")
     return BrokerComparison(reports)

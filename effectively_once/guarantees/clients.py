@@ -76,7 +76,10 @@ def delete_groups(stack: stack_mod.Stack, *groups: str) -> None:
     if stack.broker_flavor == "tansu":
         return
     try:
-        futures = stack.admin().delete_consumer_groups(list(groups), request_timeout=5)
+        # The admin client must outlive its futures: collected, it never completes them, and each
+        # result() below would wait out its whole timeout with the group left in place.
+        admin = stack.admin()
+        futures = admin.delete_consumer_groups(list(groups), request_timeout=5)
         for future in futures.values():
             try:
                 future.result(timeout=5)

@@ -29,8 +29,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,25 +199,80 @@ def transaction_epochs(stack: stack_mod.Stack, transactions: int = 2) -> Transac
 
 
 # -- KIP-848: time to reassign a SIGKILLed consumer's partitions ----------------------------------------------------
+# The victim imports its client first, then waits for its settings on stdin: started ahead of its
+# round, it is ready to join the moment the round begins. It ends with its parent, however the
+# parent ends: by the parent-death signal ``runs.start_process`` arranges, and, where there is
+# none, when it is reparented (or at EOF on stdin, before its settings came).
 _VICTIM = """
-import json, sys
+import json, os, sys
 from confluent_kafka import Consumer
-consumer = Consumer(json.loads(sys.argv[1]))
-consumer.subscribe([sys.argv[2]])
-announced = False
-while True:
+parent = os.getppid()
+config, topic = json.loads(sys.stdin.readline())
+consumer = Consumer(config)
+consumer.subscribe([topic])
+held = 0
+while os.getppid() == parent:
     consumer.poll(0.1)
-    if consumer.assignment() and not announced:
-        print("assigned", flush=True)
-        announced = True
+    now = len(consumer.assignment())
+    if now != held:
+        print(f"assigned {now}", flush=True)
+        held = now
 """
 
 
-def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions: int = 3) -> float:
+class _VictimSays:
+    """The victim's "assigned N" lines, read from its pipe without blocking: how many partitions it holds."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buffer = b""
+        self.held: int | None = None
+
+    def read(self, wait: float = 0.0) -> int | None:
+        """Read what the victim printed (waiting up to ``wait`` s for something); the partitions it holds now."""
+        ready, _, _ = select.select([self.fd], [], [], wait)
+        if ready:
+            try:
+                self.buffer += os.read(self.fd, 65536)
+            except BlockingIOError:
+                pass
+            *lines, self.buffer = self.buffer.split(b"\n")
+            for line in lines:
+                if line.startswith(b"assigned "):
+                    self.held = int(line.split()[1])
+        return self.held
+
+
+def start_victim() -> subprocess.Popen:
+    """A victim process for ``reassign_once``, started ahead: it waits for its settings on stdin.
+
+    It dies with this process (``runs.start_process``); ``end_victim`` stops it and records that.
+    """
+    return runs.start_process("victim", [sys.executable, "-c", _VICTIM],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def end_victim(victim: subprocess.Popen) -> None:
+    """Stop a victim from ``start_victim`` if it still runs, record that it is gone, and close its pipes."""
+    if victim.poll() is None:
+        victim.kill()
+    victim.wait()
+    runs.process_ended("victim", victim)
+    for pipe in (victim.stdin, victim.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
+def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions: int = 3,
+                  victim: subprocess.Popen | None = None) -> float:
     """Seconds from a SIGKILL of one of two consumers until the survivor owns all ``partitions`` of ``topic``.
 
-    The victim is a child process; the survivor runs here. Both must hold partitions
-    (a stable split) before the kill. Raises ``RuntimeError`` if a step takes over 60 s.
+    The victim is a child process (``victim``, from ``start_victim``, or a new one) that
+    says how many partitions it holds each time that changes; the survivor runs here. The
+    kill comes once the group has split the partitions and both sides hold their share (a
+    stable group). Raises ``RuntimeError`` if a step takes over 60 s.
     """
     from confluent_kafka import Consumer
 
@@ -227,26 +284,29 @@ def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions:
     config: dict[str, Any] = {"bootstrap.servers": stack.kafka_bootstrap, **client_settings(), "group.id": group,
                               "auto.offset.reset": "earliest", "enable.auto.commit": False,
                               **consumer_group_settings(protocol)}
-    victim = runs.start_process("victim", [sys.executable, "-c", _VICTIM, json.dumps(config), topic],
-                                stdout=subprocess.PIPE, text=True)
+    victim = victim or start_victim()
     survivor = None
     try:
-        assert victim.stdout is not None
-        ready, _, _ = select.select([victim.stdout], [], [], 60)
-        if not ready or victim.stdout.readline().strip() != "assigned":
-            raise RuntimeError(f"{protocol}: the victim got no partition within 60 s")
+        assert victim.stdin is not None
+        victim.stdin.write(json.dumps([config, topic]).encode() + b"\n")
+        victim.stdin.flush()
+        says = _VictimSays(victim)
+        deadline = time.monotonic() + 60
+        while not says.read(wait=0.5):
+            if victim.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{protocol}: the victim got no partition within 60 s")
         # Only now the survivor: had it joined first, unpolled while we waited, it would hold every partition.
         survivor = Consumer({**config, "logger": quiet_logger()})
         survivor.subscribe([topic])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             survivor.poll(0.05)
-            if 0 < len(survivor.assignment()) < partitions:
+            mine = len(survivor.assignment())
+            # Split, and settled on both sides: the victim gave up what the survivor now holds.
+            if 0 < mine < partitions and says.read() == partitions - mine:
                 break
         else:
             raise RuntimeError(f"{protocol}: the group never split its partitions")
-        time.sleep(1.0)  # let the split settle: heartbeats flowing on both sides
-        survivor.poll(0.05)
         kill_now(victim.pid)
         killed = time.monotonic()
         while time.monotonic() < killed + 60:
@@ -257,12 +317,7 @@ def reassign_once(stack: stack_mod.Stack, protocol: str, topic: str, partitions:
     finally:
         if survivor is not None:
             survivor.close()
-        if victim.poll() is None:
-            victim.kill()
-        victim.wait()
-        runs.process_ended("victim", victim)
-        if victim.stdout is not None:
-            victim.stdout.close()
+        end_victim(victim)
 
 
 @dataclass
@@ -289,18 +344,31 @@ class Reassignment:
 
 def measure_reassignment(stack: stack_mod.Stack, rounds: int = 3,
                          progress: Callable[[str], None] | None = None) -> Reassignment:
-    """``rounds`` of ``reassign_once`` per protocol on one 3-partition topic, alternating which protocol goes first."""
+    """``rounds`` of ``reassign_once`` per protocol on one 3-partition topic, both protocols side by side.
+
+    In each round one group of each protocol runs at the same time (each its own group, so
+    neither sees the other): both see the same machine at the same moment, and a round takes
+    as long as the slower of the two. Most of a round is waiting for the broker's session
+    timeout, not work; the next round's victims start their interpreters meanwhile.
+    """
     topic = stack.create_topic(f"reassign.{stack_mod.new_run_id()}", partitions=3)
     result = Reassignment(rounds=rounds)
+    victims = {protocol: start_victim() for protocol in PROTOCOLS}
     try:
-        for round_no in range(rounds):
-            order = PROTOCOLS if round_no % 2 == 0 else PROTOCOLS[::-1]
-            for protocol in order:
-                seconds = reassign_once(stack, protocol, topic)
-                result.seconds[protocol].append(seconds)
-                if progress:
-                    progress(f"round {round_no + 1} {protocol:<8} {seconds:.2f} s")
+        with ThreadPoolExecutor(max_workers=len(PROTOCOLS)) as pool:
+            for round_no in range(rounds):
+                now, victims = victims, ({protocol: start_victim() for protocol in PROTOCOLS}
+                                         if round_no + 1 < rounds else {})
+                futures = {protocol: pool.submit(reassign_once, stack, protocol, topic, victim=now[protocol])
+                           for protocol in PROTOCOLS}
+                for protocol, future in futures.items():
+                    seconds = future.result()
+                    result.seconds[protocol].append(seconds)
+                    if progress:
+                        progress(f"round {round_no + 1} {protocol:<8} {seconds:.2f} s")
     finally:
+        for spare in victims.values():  # started for a round that an error cancelled
+            end_victim(spare)
         stack.delete_topics(topic)
     return result
 
@@ -523,7 +591,7 @@ def kafka_transactions(stack: stack_mod.Stack, *args: str, timeout: float = 60.0
         return ToolRun(full, *_in_broker_container(stack.containers["broker"], full, timeout))
     log_config = Path(tempfile.gettempdir()) / "effectively-once-kafka-tools-log4j2.properties"
     if not log_config.exists() or log_config.read_text() != TOOLS_LOG4J:
-        staged = log_config.with_name(f"{log_config.name}.{os.getpid()}")
+        staged = log_config.with_name(f"{log_config.name}.{os.getpid()}.{threading.get_ident()}")
         staged.write_text(TOOLS_LOG4J)
         os.replace(staged, log_config)
     done = subprocess.run(_tools_command(java, str(log_config), jars.classpath(), full),
@@ -564,9 +632,11 @@ class PartitionOffsets:
 
 
 def partition_offsets(stack: stack_mod.Stack, topic: str, partition: int = 0, poll_seconds: float = 2.0,
-                      ) -> PartitionOffsets:
+                      until_end: bool = False) -> PartitionOffsets:
     """The partition's high watermark and last stable offset, and what a read_committed consumer sees of it.
 
+    The consumer reads from the start for ``poll_seconds``; with ``until_end`` it stops as
+    soon as its position reaches the last stable offset (it has passed all it may read).
     Each end offset is librdkafka's ``query_watermark_offsets`` (``cached=False``) from a
     consumer of that isolation level: librdkafka sends the handle's ``isolation.level`` in
     its ListOffsets request (``src/rdkafka_request.c``), and the broker answers ``latest``
@@ -592,6 +662,8 @@ def partition_offsets(stack: stack_mod.Stack, topic: str, partition: int = 0, po
             message = reader.poll(0.2)
             if message is not None and not message.error():
                 values.append((message.value() or b"").decode())
+            if until_end and reader.position([TopicPartition(topic, partition)])[0].offset == ends["read_committed"]:
+                break
         raw = reader.position([TopicPartition(topic, partition)])[0].offset
         position = raw if raw >= 0 else None  # librdkafka has no position until it passes a record or marker
     finally:
@@ -641,12 +713,13 @@ def abandoned_transaction(stack: stack_mod.Stack, records: int = 3, transaction_
     """A transaction left open by a SIGKILLed producer, looked at and aborted with ``kafka-transactions``.
 
     A child process begins a transaction, produces ``records`` records to partition 0 of a
-    fresh topic, flushes, and SIGKILLs itself. Then: ``list`` and ``describe`` (the
-    coordinator's view), the partition's offsets and a read_committed consumer,
+    fresh topic, flushes, and SIGKILLs itself. Then, side by side (nothing changes the open
+    transaction meanwhile): ``list`` and ``describe`` (the coordinator's view), the
+    partition's offsets and a read_committed consumer,
     ``describe-producers`` (the partition leader's view: where the open transaction starts),
     ``find-hanging`` on the partition (with ``--max-transaction-timeout 0``, so that even a
-    young open transaction is a candidate), ``abort --start-offset`` (the tool writes the
-    abort marker itself), and the offsets again. ``transaction_timeout_ms`` is the
+    young open transaction is a candidate); once they are done, ``abort --start-offset`` (the
+    tool writes the abort marker itself), and the offsets again. ``transaction_timeout_ms`` is the
     producer's ``transaction.timeout.ms``: long enough that the coordinator does not abort
     the transaction on its own while this runs.
     """
@@ -661,19 +734,26 @@ def abandoned_transaction(stack: stack_mod.Stack, records: int = 3, transaction_
                                capture_output=True, text=True, timeout=120)
         if "flushed" not in child.stdout:
             raise RuntimeError(f"the transactional child did not get its records out: {child.stderr[-500:]}")
-        listed = kafka_transactions(stack, "list")
-        described = kafka_transactions(stack, "describe", "--transactional-id", transactional_id)
-        before = partition_offsets(stack, topic)
-        producers = kafka_transactions(stack, "describe-producers", "--topic", topic, "--partition", "0")
+        # Nothing changes the open transaction until the abort (its producer is dead, its timeout far
+        # off), so the four read-only commands and the partition's offsets are taken side by side:
+        # each command is a JVM of its own, and its start is most of its time.
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            listing = pool.submit(kafka_transactions, stack, "list")
+            describing = pool.submit(kafka_transactions, stack, "describe", "--transactional-id", transactional_id)
+            measuring = pool.submit(partition_offsets, stack, topic)
+            describing_producers = pool.submit(kafka_transactions, stack, "describe-producers", "--topic", topic,
+                                               "--partition", "0")
+            finding = pool.submit(kafka_transactions, stack, "find-hanging", "--topic", topic, "--partition", "0",
+                                  "--max-transaction-timeout", "0")
+            listed, described, before = listing.result(), describing.result(), measuring.result()
+            producers, hanging = describing_producers.result(), finding.result()
         start = next((row.get("CurrentTransactionStartOffset", "") for row in producers.rows), "")
-        hanging = kafka_transactions(stack, "find-hanging", "--topic", topic, "--partition", "0",
-                                     "--max-transaction-timeout", "0")
         aborted = kafka_transactions(stack, "abort", "--topic", topic, "--partition", "0",
                                      "--start-offset", start if start.isdigit() else str(before.last_stable_offset))
         after = before
         deadline = time.monotonic() + OPERATION_TIMEOUT
         while time.monotonic() < deadline:  # the marker is written by the time abort returns; allow a moment
-            after = partition_offsets(stack, topic, poll_seconds=1.0)
+            after = partition_offsets(stack, topic, poll_seconds=1.0, until_end=True)
             if after.last_stable_offset > before.last_stable_offset or not aborted.ok:
                 break
     finally:

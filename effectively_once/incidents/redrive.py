@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from effectively_once.kafka import assign_topic, poll_records, quiet_logger
+from effectively_once.kafka import END_READER_SETTINGS, assign_topic, poll_records, quiet_logger
 from effectively_once.protocol import REDRIVEN_AT, is_dlq_header
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ def redrive(stack: Stack, dlq_topic: str, source_topic: str, rate: float | None 
             failures.append(str(err))
 
     consumer = Consumer(stack.consumer_config(**{
-        "group.id": group or stack.group("redrive"), "enable.partition.eof": True, "logger": quiet_logger()}))
+        "group.id": group or stack.group("redrive"), **END_READER_SETTINGS, "logger": quiet_logger()}))
     # Paced records leave one by one (no linger): the bucket, not the client's batching, sets the rate.
     producer = Producer(stack.producer_config(logger=quiet_logger(), **({"linger.ms": 0} if rate is not None else {})))
     bucket = TokenBucket(rate, burst) if rate is not None else None

@@ -574,8 +574,9 @@ class FloodLab:
 
     def stop(self) -> None:
         """Stop the consumers and the provider by pid; delete the run's topics and databases."""
-        for consumer in self.pool:
-            consumer.stop()
+        from effectively_once.payments.lab import stop_together
+
+        stop_together(self.pool)
         if self._topics:
             self.stack.delete_topics(*self._topics)
             self._topics = []

@@ -178,10 +178,10 @@ class OrderingLab:
         """Every event in ``topic``, read from the start (``assign``, no group) to the end."""
         from confluent_kafka import Consumer
 
-        from effectively_once.kafka import quiet_logger, read_topic
+        from effectively_once.kafka import END_READER_SETTINGS, quiet_logger, read_topic
 
         consumer = Consumer(self.stack.consumer_config(**{"group.id": f"ordering-{self._token}",
-                                                          "enable.partition.eof": True,
+                                                          **END_READER_SETTINGS,
                                                           "logger": quiet_logger()}))
         try:
             return [Event.from_json(r.value()) for r in read_topic(consumer, topic, until_end=True, timeout=timeout)]

@@ -177,11 +177,11 @@ class OutboxLab:
     def _records(self, timeout: float) -> list[dict]:
         from confluent_kafka import Consumer
 
-        from effectively_once.kafka import client_settings, quiet_logger, read_topic
+        from effectively_once.kafka import END_READER_SETTINGS, client_settings, quiet_logger, read_topic
 
         reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, **client_settings(),
                            "group.id": f"reader-{self._token}", "enable.auto.commit": False,
-                           "enable.partition.eof": True, "logger": quiet_logger()})
+                           **END_READER_SETTINGS, "logger": quiet_logger()})
         try:
             return [{"msg_id": dict(r.headers() or [])["msg_id"].decode(), "payload": json.loads(r.value())}
                     for r in read_topic(reader, self.topic, until_end=True, timeout=timeout)]

@@ -127,11 +127,11 @@ class RelayRace:
     def _read(self, topic: str, expected: int, timeout: float = 20.0) -> list[str]:
         from confluent_kafka import Consumer
 
-        from effectively_once.kafka import client_settings, quiet_logger, read_topic
+        from effectively_once.kafka import END_READER_SETTINGS, client_settings, quiet_logger, read_topic
 
         reader = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, **client_settings(),
                            "group.id": f"reader-{self._token}-{self._runs}", "enable.auto.commit": False,
-                           "enable.partition.eof": True, "logger": quiet_logger()})
+                           **END_READER_SETTINGS, "logger": quiet_logger()})
         try:
             found = [dict(r.headers() or [])["msg_id"].decode()
                      for r in read_topic(reader, topic, until_end=True, timeout=timeout)]

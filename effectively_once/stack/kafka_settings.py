@@ -38,6 +38,10 @@ BROKER_SETTINGS: dict[str, str] = {
     "group.consumer.session.timeout.ms": "2000",
     "group.consumer.min.heartbeat.interval.ms": "250",
     "group.consumer.heartbeat.interval.ms": "500",
+    # Share groups (KIP-932) get their assignment on a heartbeat too: at the 5 s default
+    # interval a new share consumer waits 5 s for its first record.
+    "group.share.min.heartbeat.interval.ms": "250",
+    "group.share.heartbeat.interval.ms": "500",
 }
 
 # The consumer session on the classic protocol: replaced about 2 s after a SIGKILL.

@@ -67,9 +67,13 @@ NOTEBOOKS = {
     "06_incidents": 360,
     "07_review": 120,
 }
-# The notebooks run live here, for their widgets (04 has its own test: the learner presses the kill button).
-LIVE = ("01_two_generals", "02_message_loss", "07_review")
+# Every notebook runs live here, as a learner's Run All: its widgets render, no cell shows an error, and its
+# time is measured (04 has its own test: the learner presses the kill button).
+LIVE = tuple(name for name in NOTEBOOKS if name != "04_kill_the_consumer")
 RUN_ALL_TIMES: dict[str, float] = {}
+# What a learner should wait for one notebook's Run All on two cores; the lane reports each time against it
+# (a report, not an assertion: a shared CI machine's load decides the last seconds).
+RUN_ALL_GOAL = 45.0
 
 
 def _chromium() -> str | None:
@@ -155,6 +159,7 @@ def _write_times(stack) -> None:
     # One file per broker, so that a run on Tansu (EO_BACKEND=tansu) keeps the times measured on Apache Kafka.
     (ARTIFACTS / f"run_all_times_{stack.broker_flavor}.json").write_text(json.dumps(
         {"broker": stack.broker_flavor, "backend": stack.backend,
+         "goal": RUN_ALL_GOAL,
          "seconds": {name: round(s, 1) for name, s in sorted(RUN_ALL_TIMES.items())}}, indent=2) + "\n")
 
 
@@ -564,7 +569,7 @@ def _live_params():
 
 
 @pytest.mark.parametrize(("name", "limit"), list(_live_params()))
-def test_a_widget_notebook_runs_all_cells_in_jupyterlab(name, limit, browser, jupyterlab, stack, capsys):
+def test_every_notebook_runs_all_cells_in_jupyterlab(name, limit, browser, jupyterlab, stack, capsys):
     """Open the notebook, clear it, Run All: every cell runs, every widget renders, no error; then its own checks."""
     with _notebook_page(browser, jupyterlab, name) as (page, path):
         seconds = _run(page, path, "notebook:run-all-cells", None, limit)

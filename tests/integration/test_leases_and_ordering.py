@@ -55,15 +55,14 @@ def test_one_partition_keeps_the_order_and_the_redrive_breaks_it_unless_the_key_
 
 # -- a zombie consumer, live: one stuck provider call past max.poll.interval.ms ---------------------
 def test_a_zombie_consumer_charges_twice_without_the_key_and_once_with_it(stack):
-    from effectively_once.payments.zombie import run_zombie
+    from effectively_once.payments.zombie import run_side_by_side
 
-    no_key = run_zombie(stack, "dedup")
+    no_key, with_key = run_side_by_side(stack, "dedup", "dedup,idempotency_key")
     assert no_key.zombie_said("_MAX_POLL_EXCEEDED") and no_key.zombie_said("offset commit refused"), no_key.zombie_log
     assert [e["result"] for e in no_key.events_of("B")] == ["charged"], no_key.events
     assert no_key.events_of("B")[0]["dedup_hit"], "B must have found A's 'pending' row"
     assert no_key.charges == 2, no_key.ledger.records()
 
-    with_key = run_zombie(stack, "dedup,idempotency_key")
     assert with_key.charges == 1, with_key.ledger.records()
     b_first = with_key.events_of("B")[0]
     assert b_first["result"] == "replayed" and b_first["retries"] >= 1, "B must have met the 409 and then the replay"

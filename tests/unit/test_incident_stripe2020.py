@@ -37,6 +37,13 @@ def test_replay_refuses_a_fault_rate_that_makes_no_retry_and_an_unknown_variant(
         stripe2020.replay(None, "keeps_hoping")
 
 
+def test_the_side_by_side_replay_refuses_an_unknown_variant_and_none_before_it_starts_anything():
+    with pytest.raises(ValueError, match="variants must be one or more of"):
+        stripe2020.replay_side_by_side(None, ["forgets_the_key", "keeps_hoping"])
+    with pytest.raises(ValueError, match="variants must be one or more of"):
+        stripe2020.replay_side_by_side(None, [])
+
+
 def _counts(variant: str, **counts) -> stripe2020.Stripe2020Replay:
     base = dict(step="s", messages=3, fail_after_charge=0.25, seed=7, charges=3, charged_messages=3,
                 duplicate_charges=0, charges_under_other_keys=0, retries=1, key_replays=0, recovered=1, dedup_hits=0,
