@@ -8,7 +8,7 @@ What Stripe documents, and what this module does with it:
   endpoint's secret (``whsec_...``, used as it is, prefix included, as the
   SDK's ``WebhookSignature._compute_signature`` does). ``t`` is the time of
   *this* attempt: Stripe signs each delivery attempt anew, a retry with a new
-  timestamp (https://docs.stripe.com/webhooks#prevent-replay-attacks), so a
+  timestamp (https://docs.stripe.com/webhooks#replay-attacks), so a
   retried old event still passes the receiver's tolerance (300 s by default
   in ``stripe.Webhook.construct_event``), and a captured delivery replayed
   later does not.
