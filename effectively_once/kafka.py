@@ -34,6 +34,11 @@ END_READER_SETTINGS: dict[str, Any] = {"enable.partition.eof": True, "fetch.wait
 # already removed, for one because it overran max.poll.interval.ms. Either way the partitions'
 # new owner redelivers from the last committed offset.
 REBALANCE_ERRORS = ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS", "_ASSIGNMENT_LOST")
+# A group's coordinator that moved, or is still loading the group's offsets (a broker that has just
+# started, or restarted), answers an offset fetch with one of these; asked again a moment later, it
+# answers. librdkafka does not ask again for Consumer.committed().
+COORDINATOR_BUSY = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE")
+COORDINATOR_PATIENCE_SECONDS = 15.0
 
 
 def quiet_logger() -> logging.Logger:
@@ -111,6 +116,27 @@ def refused_by_rebalance(error: Any) -> bool:
     from confluent_kafka import KafkaError
 
     return error_code(error) in {getattr(KafkaError, name) for name in REBALANCE_ERRORS}
+
+
+def committed_offsets(consumer, topic: str, partitions: Iterable[int], *, timeout: float = 10.0,
+                      patience: float = COORDINATOR_PATIENCE_SECONDS) -> dict[int, int]:
+    """The offset ``consumer``'s group committed for each partition of ``topic`` (a negative one for none).
+
+    A fetch refused because the group's coordinator is busy (``COORDINATOR_BUSY``)
+    is asked again for up to ``patience`` seconds; any other error is raised at once.
+    """
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    busy = {getattr(KafkaError, name) for name in COORDINATOR_BUSY}
+    wanted = [TopicPartition(topic, p) for p in partitions]
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return {tp.partition: tp.offset for tp in consumer.committed(wanted, timeout=timeout)}
+        except KafkaException as exc:
+            if error_code(exc) not in busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
 
 
 def is_partition_eof(error: Any) -> bool:

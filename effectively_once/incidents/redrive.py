@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from effectively_once.kafka import END_READER_SETTINGS, assign_topic, poll_records, quiet_logger
+from effectively_once.kafka import END_READER_SETTINGS, assign_topic, committed_offsets, poll_records, quiet_logger
 from effectively_once.protocol import REDRIVEN_AT, is_dlq_header
 
 if TYPE_CHECKING:
@@ -206,12 +206,11 @@ def resolve_topic(stack: Stack, name: str) -> str:
 
 def _dlq_records(consumer, topic: str, limit: int | None):
     """Yield the records of ``topic`` from the group's committed offsets to the end, then stop."""
-    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka import KafkaException
 
     metadata = consumer.list_topics(topic, timeout=10).topics[topic]
     partitions = sorted(metadata.partitions)
-    committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-    assign_topic(consumer, topic, partitions, {tp.partition: tp.offset for tp in committed})
+    assign_topic(consumer, topic, partitions, committed_offsets(consumer, topic, partitions))
     records = poll_records(consumer, until_end=partitions, quiet=IDLE_SECONDS, skip_errors=False, batch=1)
     try:
         yield from itertools.islice(records, limit)

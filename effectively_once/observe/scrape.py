@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from effectively_once.kafka import assign_topic, client_settings, poll_records, quiet_logger
+from effectively_once.kafka import assign_topic, client_settings, committed_offsets, poll_records, quiet_logger
 from effectively_once.observe import metrics
 from effectively_once.observe.metrics import Series
 from effectively_once.protocol import DLQ_FIRST_SEEN, DLQ_SOURCE_TOPIC
@@ -138,10 +138,7 @@ class _Broker:
         self.dlq_records: list[dict[str, str]] = []
 
     def committed(self, partitions: Sequence[int]) -> dict[int, int]:
-        from confluent_kafka import TopicPartition
-
-        found = self.offsets.committed([TopicPartition(self.topic, p) for p in partitions], timeout=5)
-        return {tp.partition: tp.offset for tp in found}
+        return committed_offsets(self.offsets, self.topic, partitions, timeout=5)
 
     def high_watermarks(self, partitions: Sequence[int]) -> dict[int, int]:
         from confluent_kafka import TopicPartition

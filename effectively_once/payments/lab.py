@@ -30,7 +30,7 @@ import psycopg
 
 from effectively_once.connections import connect, raise_if_limit
 from effectively_once.db import columns, one
-from effectively_once.kafka import END_READER_SETTINGS, client_settings, quiet_logger, read_topic
+from effectively_once.kafka import END_READER_SETTINGS, client_settings, committed_offsets, quiet_logger, read_topic
 from effectively_once.lifetime import SIGKILL
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess, WebhookReceiverProcess
 from effectively_once.payments.messages import DEFAULT_API_KEY, idempotency_key_for, intent_key_for
@@ -441,16 +441,14 @@ class PaymentLab:
         committed offset and the one the ``offsets_in_db`` layer stored in the
         shop database (the one that consumer actually starts from).
         """
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
 
         if not self.sent:
             return 0
         probe = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, **client_settings(), "group.id": self.group,
                           "enable.auto.commit": False, "logger": quiet_logger()})
         try:
-            partitions = sorted({s.partition for s in self.sent})
-            committed = {tp.partition: tp.offset
-                         for tp in probe.committed([TopicPartition(self.topic, p) for p in partitions], timeout=10)}
+            committed = committed_offsets(probe, self.topic, sorted({s.partition for s in self.sent}))
         finally:
             probe.close()
         with psycopg.connect(self.shop_dsn) as conn:
