@@ -40,8 +40,9 @@ The package, by concern:
 - ``crc32c``: the record batch checksum;
 - ``demo``: ``kafka_txn_vs_postgres``;
 - ``leak``: ``compare_leaks``, what a dedup table keyed by ``msg_id`` absorbs of an aborted or zombie transaction;
-- ``kafka4``: what Kafka 4.x changed, live: the producer epoch per transaction (KIP-890), the time each
-  group protocol takes to reassign a killed consumer's partitions (KIP-848), a share group's redelivery (KIP-932);
+- ``kafka4``: what Kafka 4.x changed, live, one module per proposal: the producer epoch per transaction
+  (KIP-890), the time each group protocol takes to reassign a killed consumer's partitions (KIP-848), a share
+  group's redelivery (KIP-932), ``kafka-transactions`` on a transaction a dead producer left open (KIP-664);
 - ``defaults``: what librdkafka does when a setting is left out (idempotence, the group protocol), on the wire;
 - ``cli``: ``python -m effectively_once probe`` (and ``python -m effectively_once.guarantees``).
 """
