@@ -66,8 +66,13 @@ class Lane:
     args: tuple[str, ...] = ()          # more pytest options of this lane
 
     def command(self, extra: list[str], results: Path = RESULTS) -> list[str]:
-        """The pytest command line of this lane, writing its JUnit XML into ``results``."""
-        cmd = [sys.executable, "-m", "pytest", *self.paths, "-p", "no:cacheprovider",
+        """The pytest command line of this lane, writing its JUnit XML into ``results``.
+
+        Test files named in ``extra`` (``-- tests/integration/test_outbox.py``) run
+        instead of the lane's whole folders.
+        """
+        paths = () if named_tests(extra) else self.paths
+        cmd = [sys.executable, "-m", "pytest", *paths, "-p", "no:cacheprovider",
                f"--junitxml={results / f'{self.name}.xml'}", "-o", f"junit_suite_name={self.name}",
                "--durations=10", *self.args]
         if self.markers:
@@ -138,6 +143,18 @@ class TestStack:
                   file=sys.stderr)
 
 
+def named_tests(extra: list[str]) -> list[str]:
+    """The arguments of ``extra`` that name a test file or folder (``path`` or ``path::test``)."""
+    return [arg for arg in extra if not arg.startswith("-") and arg.split("::")[0].startswith("tests/")
+            and Path(arg.split("::")[0]).exists()]
+
+
+def outside(lane: Lane, extra: list[str]) -> list[str]:
+    """The tests named in ``extra`` that lie outside ``lane``'s folders."""
+    return [arg for arg in named_tests(extra)
+            if not any(Path(arg.split("::")[0]).is_relative_to(folder) for folder in lane.paths)]
+
+
 def run_lane(lane: Lane, extra: list[str], home: Path | None, results: Path = RESULTS) -> tuple[int, float]:
     """Run one lane's pytest; returns (exit code, seconds)."""
     env = {**os.environ, **lane.env}
@@ -174,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("lanes", nargs="+", choices=list(known), metavar="LANE",
                         help=f"one or more of: {', '.join(known)}")
     chosen = [known[name] for name in parser.parse_args(argv).lanes]
+    for lane in chosen:
+        if strays := outside(lane, extra):
+            parser.error(f"{' '.join(strays)} is not in the {lane.name} lane ({', '.join(lane.paths)}): "
+                         "name the lane whose folder holds it")
     RESULTS.mkdir(exist_ok=True)
     _stop_on_sigterm()
     results: list[tuple[str, int, float]] = []

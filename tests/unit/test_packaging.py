@@ -76,6 +76,25 @@ def test_a_lane_that_collects_no_test_fails(tmp_path, capsys):
     assert lanes.summarize([("unit", 0, 1.0)]) == 0
 
 
+def test_a_test_file_named_after_the_lane_runs_alone_and_one_from_another_lane_is_refused(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import lanes
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    monkeypatch.chdir(ROOT)
+    integration = lanes.lanes()["integration"]
+    one = "tests/integration/test_outbox.py"
+    command = integration.command([one, "-x"])
+    assert "tests/integration" not in command and command.count(one) == 1, command
+    assert "tests/integration" in integration.command(["-k", "outbox"]), "with no file named, the whole lane runs"
+    assert lanes.outside(integration, [one + "::test_x"]) == []
+    assert lanes.outside(integration, ["tests/unit/test_lanes.py"]) == ["tests/unit/test_lanes.py"]
+    with pytest.raises(SystemExit):
+        lanes.main(["integration", "--", "tests/unit/test_lanes.py"])
+    assert "is not in the integration lane" in capsys.readouterr().err
+
+
 def schemas_the_code_loads() -> dict[str, list[str]]:
     """``{schema file: [modules that load it]}``, read from every ``load("NAME.sql")`` in the package."""
     used: dict[str, list[str]] = {}
