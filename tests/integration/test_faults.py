@@ -165,7 +165,7 @@ def test_a_killed_broker_is_unhealthy_and_up_restarts_it_with_its_log(disposable
 @pytest.mark.tansu_pass
 @pytest.mark.parametrize("victim", ["postgres"] if BACKEND == "embedded" else ["broker", "postgres"])
 def test_a_process_killed_from_outside_shows_as_unhealthy(disposable, victim):
-    in_container = victim in disposable.record().get("containers", {})
+    in_container = victim in disposable.record().containers
     disposable.sigkill(victim)  # docker: the server is its container's process, killed as `docker kill` does
     time.sleep(0.3)
     text = run_cli("status", env=disposable.env)
