@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import notebooks  # noqa: E402  (tools/notebooks.py: the sources' reader)
 from effectively_once.course import COURSE  # noqa: E402
-from effectively_once.stack.state import read_state  # noqa: E402
+from effectively_once.stack.state import read_state, running_record  # noqa: E402
 
 # Functions that run for a time they are given (a recording of N seconds), not for as long as their
 # work takes: their whole duration counts as fixed, like a sleep.
@@ -159,10 +159,10 @@ def tree_cpu(root: int) -> float:
 
 def stack_roots() -> list[int]:
     """The pids whose process trees are the ``up`` stack (its keeper holds the broker and PostgreSQL)."""
-    record = read_state() or {}
-    pids = record.get("pids") or {}
-    keeper = pids.get("keeper")
-    return [int(keeper)] if keeper else [int(p) for p in pids.values()]
+    record = read_state()
+    if record is None:
+        return []
+    return [record.keeper] if record.keeper else list(record.pids.values())
 
 
 @dataclass
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             print_cells(found, args.cells)
         print_summary(runs)
         return 0
-    if not (read_state() or {}).get("ready"):
+    if running_record() is None:
         print("No stack is running: start one with `python -m effectively_once up` (with your EO_HOME).",
               file=sys.stderr)
         return 2

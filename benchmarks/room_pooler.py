@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from effectively_once.connections import LEARNER_CONNECTION_LIMIT  # noqa: E402
 from effectively_once.stack.embedded import PG_SYSTEM_USER  # noqa: E402
 from effectively_once.stack.processes import free_port, port_open, stop_pid  # noqa: E402
+from effectively_once.stack.record import StackRecord  # noqa: E402
 from effectively_once.stack.secure import read_env_file  # noqa: E402
 
 CLIENT_ENV = ("EO_BACKEND", "EO_NAMESPACE", "EO_KAFKA_BOOTSTRAP", "EO_KAFKA_CONFIG", "EO_POSTGRES_DSN")
@@ -165,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli("up", "--backend", "embedded", "--secure", "--learners", str(args.learners), env=env)
         cli("workshop", "add-learners", str(args.learners), "--out", str(base / "room"), env=env)
-        record = json.loads((base / "instructor" / "stack.json").read_text())
+        record = StackRecord.from_json(json.loads((base / "instructor" / "stack.json").read_text()))
         superuser = read_env_file(base / "instructor" / "instructor.env")["EO_POSTGRES_DSN"]
-        postgres = psutil.Process(record["pids"]["postgres"])
+        postgres = psutil.Process(record.pids["postgres"])
         pg_port = urlsplit(superuser).port or 5432
         files = sorted((base / "room").glob("learner*.env"))
 

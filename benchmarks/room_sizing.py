@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from effectively_once.connections import LEARNER_CONNECTION_LIMIT  # noqa: E402
+from effectively_once.stack.record import StackRecord  # noqa: E402
 from effectively_once.stack.secure import read_env_file  # noqa: E402
 
 CLIENT_ENV = ("EO_BACKEND", "EO_NAMESPACE", "EO_KAFKA_BOOTSTRAP", "EO_KAFKA_CONFIG", "EO_POSTGRES_DSN")
@@ -158,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli("up", "--backend", "embedded", "--secure", env=env)
         cli("workshop", "add-learners", "1", "--out", str(base / "room"), env=env)
-        record = json.loads((base / "instructor" / "stack.json").read_text())
+        record = StackRecord.from_json(json.loads((base / "instructor" / "stack.json").read_text()))
         instructor = read_env_file(base / "instructor" / "instructor.env")
         learner = read_env_file(base / "room" / "learner01.env")
         learner_env = {**env, **learner, "EO_HOME": str(base / "learner01")}
-        broker, postgres = psutil.Process(record["pids"]["broker"]), psutil.Process(record["pids"]["postgres"])
+        broker, postgres = psutil.Process(record.pids["broker"]), psutil.Process(record.pids["postgres"])
         idle = Sampler(broker, postgres, instructor["EO_POSTGRES_DSN"], "learner01")
         idle_pss = pss_mb(idle.servers())
         print(f"idle secured stack: {idle_pss:.0f} MB (broker and PostgreSQL, PSS); load average "

@@ -25,7 +25,7 @@ from typing import Any
 
 from effectively_once import stack as stack_mod
 from effectively_once.settings import eo_home, namespace, namespace_warning
-from effectively_once.stack.processes import pid_alive
+from effectively_once.stack.processes import pid_alive, stop_pid
 
 PLUGIN_COMMANDS = {
     "clean": "effectively_once.stack.cleanup",
@@ -77,27 +77,31 @@ def missing_dependency(exc: ModuleNotFoundError) -> str | None:
 # -- up ----------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
     require("confluent_kafka", "psycopg")  # the stack's health checks speak to both servers
-    record = stack_mod.read_state()
-    if record and record.get("ready") and pid_alive(record.get("pids", {}).get("keeper")):
+    try:
+        record = stack_mod.read_state()
+    except stack_mod.StaleRecord as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if isinstance(record, stack_mod.StackRecord) and pid_alive(record.keeper):
         if stack_mod.attach(record).health()["healthy"]:
-            print(f"The {record['backend']} stack is already running (broker {record['kafka_bootstrap']}); "
+            print(f"The {record.backend} stack is already running (broker {record.kafka_bootstrap}); "
                   "`status` shows its health, `down` stops it.")
-            if args.secure and not record.get("secure"):
+            if args.secure and not record.secure:
                 print("It is not secured: run `python -m effectively_once down`, then `up --secure`.", file=sys.stderr)
                 return 2
             return 0
         # A process of it died (killed, out of memory): its keeper restarts the dead ones on their
         # files and ports, so a broker's topics and records survive and clients only reconnect.
-        print(f"The {record['backend']} stack is not healthy: restarting its dead processes on their files "
-              f"in {record.get('root')}.", flush=True)
+        print(f"The {record.backend} stack is not healthy: restarting its dead processes on their files "
+              f"in {record.root}.", flush=True)
         revived = stack_mod.revive_recorded(record, timeout=args.timeout)
         if revived is not None:
-            print("restarted; the stack is healthy: " + ", ".join(f"{k}={v}" for k, v in revived["pids"].items()))
+            print("restarted; the stack is healthy: " + ", ".join(f"{k}={v}" for k, v in revived.pids.items()))
             return 0
         print("That did not make it healthy: restarting the whole stack on its files.", flush=True)
         if args.backend == "auto":
-            args.backend = record["backend"]
-        args.secure = args.secure or bool(record.get("secure"))
+            args.backend = record.backend
+        args.secure = args.secure or record.secure
     if record:
         # A record whose keeper is gone: clear what is left of it before starting anew.
         stack_mod.stop_recorded(record)
@@ -149,17 +153,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         record = stack_mod.wait_for_state(args.timeout, keeper.pid)
     except stack_mod.StackError as exc:
-        stack_mod.stop_recorded({"pids": {"keeper": keeper.pid}})
+        stop_pid(keeper.pid, timeout=30)
         leftover = stack_mod.read_state()
-        if leftover and leftover.get("pids", {}).get("keeper") == keeper.pid:
+        if leftover is not None and leftover.keeper == keeper.pid:
             stack_mod.state_path().unlink(missing_ok=True)
         print(f"The stack did not start: {exc}", file=sys.stderr)
         return 1
-    print(f"{record['backend']} stack is up: broker {record['kafka_bootstrap']} ({record['broker_flavor']}), "
-          f"PostgreSQL {record['postgres_dsn']}. Stop it with `python -m effectively_once down`.")
-    if record.get("secure"):
+    print(f"{record.backend} stack is up: broker {record.kafka_bootstrap} ({record.broker_flavor}), "
+          f"PostgreSQL {record.postgres_dsn}. Stop it with `python -m effectively_once down`.")
+    if record.secure:
         print(f"Secured: SASL/SCRAM and ACLs on Kafka, passwords on PostgreSQL. Your logins (super user) are in "
-              f"{record['credentials_file']}; `workshop add-learners N --out DIR` writes the learners' files.")
+              f"{record.credentials_file}; `workshop add-learners N --out DIR` writes the learners' files.")
     return 0
 
 
@@ -178,15 +182,18 @@ def plan_room(learners: int) -> None:
 # -- status --------------------------------------------------------------------------------
 def status_report() -> dict[str, Any]:
     """The live status of the stack ``up`` started, as plain data."""
-    record = stack_mod.read_state()
-    if not record or not record.get("ready"):
+    try:
+        record = stack_mod.running_record()
+        problems = []
+    except stack_mod.StaleRecord as exc:
+        record, problems = None, [str(exc)]
+    if record is None:
         return {"running": False, "healthy": False, "backend": None, "broker_flavor": None,
-                "kafka_bootstrap": None, "postgres_dsn": None, "pids": {}, "problems": [],
-                "fix": "python -m effectively_once up"}
+                "kafka_bootstrap": None, "postgres_dsn": None, "pids": {}, "problems": problems,
+                "fix": RECOVER if problems else "python -m effectively_once up"}
     require("confluent_kafka", "psycopg")  # without them the live checks would report healthy servers as down
     stack = stack_mod.attach(record)
     health = stack.health()
-    problems = []
     for name, alive in health["processes"].items():
         if not alive:
             problems.append(f"the {name} process (pid {stack.pids[name]}) is not running")
@@ -209,27 +216,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     if not report["running"]:
-        print("No stack is running: start one with `python -m effectively_once up` (or `make up`).")
+        print(report["problems"][0] if report["problems"] else
+              "No stack is running: start one with `python -m effectively_once up` (or `make up`).")
         return 1
+    shown = stack_mod.StackRecord.from_report(report)
     state = "healthy" if report["healthy"] else "UNHEALTHY"
-    print(f"{report['backend']} stack, {state}")
-    version = f" {report['broker_version']}" if report.get("broker_version") else ""
-    print(f"  broker      {report['kafka_bootstrap']} ({report['broker_flavor']}{version})")
-    if report.get("java"):
-        print(f"  java        {report['java']}")
-    print(f"  postgres    {report['postgres_dsn']}")
-    print(f"  namespace   {report['namespace']}")
-    if report.get("credentials_file"):
-        print(f"  logins      {report['credentials_file']} (secured: the instructor's, mode 0600)")
-    print("  processes   " + ", ".join(f"{k}={v}" for k, v in report["pids"].items()))
-    if report.get("containers"):
-        print("  containers  " + ", ".join(f"{k}={v[:12]} ({report['images'].get('kafka' if k == 'broker' else k)})"
-                                          for k, v in report["containers"].items()))
+    print(f"{shown.backend} stack, {state}")
+    version = f" {shown.broker_version}" if shown.broker_version else ""
+    print(f"  broker      {shown.kafka_bootstrap} ({shown.broker_flavor}{version})")
+    if shown.java:
+        print(f"  java        {shown.java}")
+    print(f"  postgres    {shown.postgres_dsn}")
+    print(f"  namespace   {shown.namespace}")
+    if shown.credentials_file:
+        print(f"  logins      {shown.credentials_file} (secured: the instructor's, mode 0600)")
+    print("  processes   " + ", ".join(f"{k}={v}" for k, v in shown.pids.items()))
+    if shown.containers:
+        print("  containers  " + ", ".join(f"{k}={v[:12]} ({shown.images.get('kafka' if k == 'broker' else k)})"
+                                          for k, v in shown.containers.items()))
     for problem in report["problems"]:
         print(f"  problem: {problem}")
     if report["problems"]:
         print(f"  to recover: {report['fix']}")
-    warning = namespace_warning(report["backend"], report["namespace"])
+    warning = namespace_warning(shown.backend, shown.namespace)
     if warning:
         print(f"  warning: {warning}")
     return 0 if report["healthy"] else 1
@@ -237,14 +246,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # -- down ----------------------------------------------------------------------------------
 def cmd_down(args: argparse.Namespace) -> int:
-    record = stack_mod.read_state()
+    try:
+        record = stack_mod.read_state()
+    except stack_mod.StaleRecord as exc:
+        # A record another version wrote: stop what it lists that can still be read, and remove it.
+        stopped = stack_mod.stop_stale(exc)
+        stack_mod.state_path().unlink(missing_ok=True)
+        print(f"{exc.problem}: stopped " + (", ".join(stopped) if stopped else "nothing it lists")
+              + "; state removed. `python -m effectively_once up` starts a new stack." + stop_strays())
+        return 0
     if not record:
         print("Nothing is running: there is no stack to stop." + stop_strays())
         return 0
     stopped = stack_mod.stop_recorded(record, purge=args.purge)
     stack_mod.state_path().unlink(missing_ok=True)
-    kept = "" if args.purge or not record.get("root") else \
-        f" Its files stay in {record['root']} for the next `up` (`down --purge` removes them)."
+    root = record.root if isinstance(record, stack_mod.StackRecord) else None
+    kept = "" if args.purge or not root else \
+        f" Its files stay in {root} for the next `up` (`down --purge` removes them)."
     print("stopped " + (", ".join(stopped) if stopped else "nothing (its processes had already exited)")
           + "; state removed." + kept + stop_strays())
     return 0
@@ -458,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         code = int(args.func(args) or 0)
+    except stack_mod.StaleRecord as exc:  # stack.json from another version: the sentence with its fix
+        print(exc, file=sys.stderr)
+        return 2
     except ModuleNotFoundError as exc:
         sentence = missing_dependency(exc)
         if sentence is None:

@@ -51,14 +51,14 @@ def start_test_stack(backend: str = BACKEND) -> Path:
 def stop_test_stack(home: Path) -> list[str]:
     """`down --purge` the stack of ``home`` and remove it; returns what went wrong (empty when all is well)."""
     from effectively_once.stack.processes import pid_alive
+    from effectively_once.stack.record import StackRecord, read_record
 
-    state = home / "stack.json"
-    record = json.loads(state.read_text()) if state.exists() else {}
-    pids = record.get("pids", {})
+    record = read_record(home / "stack.json")
+    pids = record.pids if record else {}
     down = run_cli("down", "--purge", env={**os.environ, "EO_HOME": str(home)})
     problems = [] if down.returncode == 0 else [f"`down --purge` failed: {down.stderr.strip()}"]
     problems += [f"{name} (pid {pid}) is still running after `down`" for name, pid in pids.items() if pid_alive(pid)]
-    if record.get("containers"):
+    if isinstance(record, StackRecord) and record.containers:
         problems += [f"container {c} is left after `down`" for c in containers_of(home)]
     shutil.rmtree(home, ignore_errors=True)
     return problems
@@ -98,7 +98,7 @@ def stack():
     if home is None:
         home = owned = start_test_stack()
     _export(home)
-    running = stack_mod.attach(json.loads((home / "stack.json").read_text()))
+    running = stack_mod.attach(stack_mod.StackRecord.from_json(json.loads((home / "stack.json").read_text())))
     yield running
     if owned is not None:
         os.environ.pop(TEST_HOME, None)

@@ -21,7 +21,6 @@ A lane that collects no test fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -132,9 +131,10 @@ class TestStack:
 
     def __exit__(self, *exc: object) -> None:
         from effectively_once.stack.processes import pid_alive
+        from effectively_once.stack.record import read_record
 
-        state = self.home / "stack.json"
-        pids = json.loads(state.read_text()).get("pids", {}) if state.exists() else {}
+        record = read_record(self.home / "stack.json")
+        pids = record.pids if record else {}
         down = _cli("down", "--purge", home=self.home, backend=self.backend)
         shutil.rmtree(self.home, ignore_errors=True)
         left = [f"{name} (pid {pid})" for name, pid in pids.items() if pid_alive(pid)]

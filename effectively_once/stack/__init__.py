@@ -16,6 +16,7 @@ attached to (``attach_or_start``) belongs to whoever started it and is left runn
 
 This package only re-exports: ``core`` (``Stack``), ``backends`` (choosing
 and starting one), ``state`` (the stack ``up`` records, attaching to it),
+``record`` (``StackRecord``: what ``up`` writes in stack.json),
 ``docker``/``embedded``/``external`` (the backends themselves). No module of
 the package imports this file back.
 """
@@ -32,6 +33,7 @@ from effectively_once.stack.backends import (
 )
 from effectively_once.stack.core import Stack, StackError, new_run_id
 from effectively_once.stack.docker import docker_available
+from effectively_once.stack.record import StackFailure, StackRecord, StaleRecord
 from effectively_once.stack.state import (
     STATE_FILE,
     attach,
@@ -39,15 +41,17 @@ from effectively_once.stack.state import (
     command_stack,
     read_state,
     revive_recorded,
+    running_record,
     state_path,
     stop_recorded,
+    stop_stale,
     to_stderr,
     wait_for_state,
 )
 
 __all__ = [
-    "BACKENDS", "LOCAL_BACKENDS", "STATE_FILE", "Stack", "StackError", "attach", "attach_or_start",
-    "choose_backend", "command_stack", "detect_broker_flavor", "docker_available", "embedded_available",
-    "new_run_id", "private_broker", "quiet_logger", "read_state", "revive_recorded", "start", "state_path",
-    "stop_recorded", "to_stderr", "wait_for_state",
+    "BACKENDS", "LOCAL_BACKENDS", "STATE_FILE", "Stack", "StackError", "StackFailure", "StackRecord", "StaleRecord",
+    "attach", "attach_or_start", "choose_backend", "command_stack", "detect_broker_flavor", "docker_available",
+    "embedded_available", "new_run_id", "private_broker", "quiet_logger", "read_state", "revive_recorded",
+    "running_record", "start", "state_path", "stop_recorded", "stop_stale", "to_stderr", "wait_for_state",
 ]

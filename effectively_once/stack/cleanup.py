@@ -74,15 +74,15 @@ class Stacks:
     def _up_stack(self) -> Stack | None:
         if self._up is False:
             from effectively_once.lifetime import pid_alive
-            from effectively_once.stack.state import attach, read_state
+            from effectively_once.stack.state import attach, running_record
 
-            record = read_state()
             self._up = None
-            if record and record.get("ready") and pid_alive(record.get("pids", {}).get("keeper")):
-                try:
+            try:
+                record = running_record()
+                if record is not None and pid_alive(record.keeper):
                     self._up = attach(record)
-                except Exception:
-                    self._up = None
+            except Exception:  # a record that cannot be read (StaleRecord), or a stack that cannot be reached
+                self._up = None
         return self._up if self._up is not False else None  # type: ignore[return-value]
 
     def reach(self, ref: str, leaving: Iterable[str] = ()) -> tuple[Stack | None, str]:

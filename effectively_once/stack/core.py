@@ -255,24 +255,23 @@ class Stack:
 
     def describe(self) -> dict[str, Any]:
         """What this stack is, as plain data (what ``status --json`` prints)."""
-        described: dict[str, Any] = {
+        dsn = self.postgres_dsn("postgres")
+        if self.credentials_file:  # the password is in the credentials file, not in status
+            from effectively_once.stack.secure import hide_password
+
+            dsn = hide_password(dsn)
+        return {
             "backend": self.backend,
             "broker_flavor": self.broker_flavor,
             "broker_version": self.broker_version,
             "java": self.java,
             "kafka_bootstrap": self.kafka_bootstrap,
-            "postgres_dsn": self.postgres_dsn("postgres"),
+            "postgres_dsn": dsn,
             "namespace": self.namespace,
             "pids": dict(self.pids),
             **({"containers": dict(self.containers), "images": dict(self.images)} if self.containers else {}),
             **({"secure": True, "credentials_file": self.credentials_file} if self.credentials_file else {}),
         }
-
-        if self.credentials_file:  # the password is in the credentials file, not in status
-            from effectively_once.stack.secure import hide_password
-
-            described["postgres_dsn"] = hide_password(described["postgres_dsn"])
-        return described
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'><code>{v}</code></td></tr>"

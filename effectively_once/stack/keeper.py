@@ -16,33 +16,29 @@ import json
 import os
 import signal
 import threading
+from dataclasses import replace
 
 from effectively_once.settings import eo_home
 from effectively_once.stack.backends import BACKENDS, ROOTED_BACKENDS, choose_backend, start
-from effectively_once.stack.secure import hide_password, write_private
+from effectively_once.stack.core import Stack, StackError
+from effectively_once.stack.record import StackFailure, StackRecord
+from effectively_once.stack.secure import hide_password
 from effectively_once.stack.state import read_state, state_path
 
 
-def _write_state(record: dict) -> None:
-    # Owner-only: an external stack's record holds the learner's database password.
-    path = state_path()
-    tmp = write_private(path.with_suffix(".tmp"), json.dumps(record, indent=2))
-    os.replace(tmp, path)
-
-
-def revive(running, record: dict) -> None:
+def revive(running: Stack, record: StackRecord) -> StackRecord:
     """Restart the stack's dead processes on their files and ports, and record their new pids."""
     try:
         revived = running.revive()
     except Exception as exc:
         print(f"could not restart the stack's dead processes: {exc}", flush=True)
-        record["revive_error"] = str(exc)
+        record = replace(record, revive_error=str(exc))
     else:
         print(f"restarted: {', '.join(revived) or 'nothing (every process was alive)'}", flush=True)
-        record.pop("revive_error", None)
-        record["pids"] = {"keeper": os.getpid(), **running.pids}
-    record["revived"] = record.get("revived", 0) + 1
-    _write_state(record)
+        record = replace(record, revive_error=None, pids={"keeper": os.getpid(), **running.pids})
+    record = replace(record, revived=record.revived + 1)
+    record.write(state_path())
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,26 +64,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             running = start(args.backend)
     except Exception as exc:
-        _write_state({"ready": False, "error": str(exc), "pids": {"keeper": os.getpid()}})
+        StackFailure(str(exc), {"keeper": os.getpid()}).write(state_path())
         print(f"could not start the stack: {exc}", flush=True)
         return 1
 
-    record = running.describe()
-    record.update(ready=True, root=running.root)
-    record["pids"] = {"keeper": os.getpid(), **running.pids}
-    _write_state(record)
-    shown = {**record, "postgres_dsn": hide_password(record.get("postgres_dsn") or "")}
-    print(f"stack ready: {json.dumps(shown)}", flush=True)
+    record = StackRecord.of(running, keeper=os.getpid())
+    record.write(state_path())
+    shown = replace(record, postgres_dsn=hide_password(record.postgres_dsn))
+    print(f"stack ready: {json.dumps(shown.to_json())}", flush=True)
     try:
         while not stop_event.wait(0.2):
             if revive_event.is_set():
                 revive_event.clear()
-                revive(running, record)
+                record = revive(running, record)
     finally:
         running.stop()
         path = state_path()
-        current = read_state()
-        if current and current.get("pids", {}).get("keeper") == os.getpid():
+        try:
+            current = read_state()
+        except StackError:  # edited while the stack ran: not this keeper's record any more
+            current = None
+        if current is not None and current.keeper == os.getpid():
             path.unlink(missing_ok=True)
     return 0
 

@@ -1,12 +1,12 @@
 """The detached stack that ``python -m effectively_once up`` records, and attaching to it.
 
 ``up`` starts a keeper process that records the running stack in
-``$EO_HOME/stack.json``; ``attach`` and ``attach_or_start`` read that record.
+``$EO_HOME/stack.json`` (a ``StackRecord``, see ``record``); ``attach`` and
+``attach_or_start`` read that record.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,6 +21,7 @@ from effectively_once.settings import eo_home
 from effectively_once.stack.backends import start
 from effectively_once.stack.core import Stack, StackError
 from effectively_once.stack.processes import pid_alive, stop_pid
+from effectively_once.stack.record import StackFailure, StackRecord, StaleRecord, read_record
 
 STATE_FILE = "stack.json"
 
@@ -30,52 +31,56 @@ def state_path() -> Path:
     return eo_home() / STATE_FILE
 
 
-def read_state() -> dict[str, Any] | None:
-    """The record ``up`` wrote, or None when nothing was started."""
-    path = state_path()
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def read_state() -> StackRecord | StackFailure | None:
+    """The record ``up`` wrote, or None when nothing was started.
+
+    Raises ``StaleRecord`` (a ``StackError``: one sentence with the fix) when
+    the file is not a record this version of the course wrote.
+    """
+    return read_record(state_path())
 
 
-def attach(record: dict[str, Any] | None = None) -> Stack:
+def running_record() -> StackRecord | None:
+    """The record of the stack ``up`` started, or None when none is running (or it failed to start)."""
+    record = read_state()
+    return record if isinstance(record, StackRecord) else None
+
+
+def attach(record: StackRecord | None = None) -> Stack:
     """A ``Stack`` for the stack ``up`` started; stopping it leaves the processes running."""
-    record = record or read_state()
-    if not record or not record.get("ready"):
+    record = record or running_record()
+    if record is None:
         raise StackError("No stack is running: start one with `python -m effectively_once up`.")
-    base_dsn = record["postgres_dsn"]
-    if record.get("credentials_file"):
+    base_dsn = record.postgres_dsn
+    if record.credentials_file:
         # A secured stack (`up --secure`): this process logs in as the instructor.
         from effectively_once.stack.secure import use_instructor_login
 
         try:
-            base_dsn = use_instructor_login(Path(record["credentials_file"]))["EO_POSTGRES_DSN"]
+            base_dsn = use_instructor_login(Path(record.credentials_file))["EO_POSTGRES_DSN"]
         except (OSError, KeyError) as exc:
-            raise StackError(f"The secured stack's credentials file {record['credentials_file']} cannot be read "
+            raise StackError(f"The secured stack's credentials file {record.credentials_file} cannot be read "
                              f"({exc}): run `python -m effectively_once down` then `up --secure`.") from exc
     return Stack(
-        backend=record["backend"],
-        kafka_bootstrap=record["kafka_bootstrap"],
+        backend=record.backend,
+        kafka_bootstrap=record.kafka_bootstrap,
         base_dsn=base_dsn,
-        broker_flavor=record.get("broker_flavor", "unknown"),
-        broker_version=record.get("broker_version"),
-        java=record.get("java"),
-        pids={k: int(v) for k, v in record.get("pids", {}).items()},
-        containers=dict(record.get("containers") or {}),
-        images=dict(record.get("images") or {}),
+        broker_flavor=record.broker_flavor,
+        broker_version=record.broker_version,
+        java=record.java,
+        pids=dict(record.pids),
+        containers=dict(record.containers),
+        images=dict(record.images),
         owned=False,
-        credentials_file=record.get("credentials_file"),
-        root=record.get("root"),
+        credentials_file=record.credentials_file,
+        root=record.root,
     )
 
 
 def attach_or_start(backend: str = "auto", progress: Callable[..., None] = print) -> Stack:
     """Attach to the stack ``up`` started, else start one that stops when this kernel exits."""
-    record = read_state()
-    if record and record.get("ready"):
+    record = running_record()
+    if record is not None:
         stack = attach(record)
         if stack.health()["healthy"]:
             progress(f"attached to the running {stack.backend} stack ({stack.broker_flavor})")
@@ -103,7 +108,7 @@ def command_stack(backend: str = "auto", progress: Callable[..., None] = to_stde
         running.stop()  # a no-op for an attached stack: it belongs to `up`
 
 
-def stop_recorded(record: dict[str, Any], purge: bool = False) -> list[str]:
+def stop_recorded(record: StackRecord | StackFailure, purge: bool = False) -> list[str]:
     """Stop every process listed in an ``up`` record, keeper first, and remove its containers; say what went.
 
     The keeper removes a docker stack's containers when it stops; what is
@@ -112,14 +117,15 @@ def stop_recorded(record: dict[str, Any], purge: bool = False) -> list[str]:
     unless ``purge``.
     """
     stopped = []
-    pids = record.get("pids", {})
-    keeper = pids.get("keeper")
-    if keeper and stop_pid(int(keeper), timeout=30):
+    keeper = record.keeper
+    if keeper and stop_pid(keeper, timeout=30):
         stopped.append(f"keeper (pid {keeper})")
-    for name, pid in pids.items():
-        if name != "keeper" and stop_pid(int(pid), timeout=10):
+    for name, pid in record.pids.items():
+        if name != "keeper" and stop_pid(pid, timeout=10):
             stopped.append(f"{name} (pid {pid})")
-    containers = record.get("containers") or {}
+    if not isinstance(record, StackRecord):
+        return stopped
+    containers = record.containers
     if containers:
         from effectively_once.stack.engine import remove_containers
 
@@ -130,22 +136,25 @@ def stop_recorded(record: dict[str, Any], purge: bool = False) -> list[str]:
                                                                   if removed else ""))
         except Exception as exc:  # no engine answers: nothing of ours can be running there
             stopped.append(f"(its containers could not be checked: {exc})")
-    root = record.get("root")
-    if root and purge:
-        shutil.rmtree(root, ignore_errors=True)
+    if record.root and purge:
+        shutil.rmtree(record.root, ignore_errors=True)
     return stopped
 
 
+def stop_stale(stale: StaleRecord) -> list[str]:
+    """Stop the processes a record that cannot be read still lists, keeper first; say what went."""
+    return stop_recorded(StackFailure(stale.problem, stale.pids))
 
-def wait_for_state(timeout: float, keeper_pid: int) -> dict[str, Any]:
+
+def wait_for_state(timeout: float, keeper_pid: int) -> StackRecord:
     """Wait until the keeper process records a ready stack (or dies)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = read_state()
-        if record and record.get("ready") and record.get("pids", {}).get("keeper") == keeper_pid:
+        if isinstance(record, StackRecord) and record.keeper == keeper_pid:
             return record
-        if record and record.get("error"):
-            raise StackError(record["error"])
+        if isinstance(record, StackFailure) and record.error:
+            raise StackError(record.error)
         if not pid_alive(keeper_pid):
             raise StackError("The stack's keeper process exited while starting; see "
                              f"{eo_home() / 'keeper.log'} for why.")
@@ -153,7 +162,7 @@ def wait_for_state(timeout: float, keeper_pid: int) -> dict[str, Any]:
     raise StackError(f"The stack was not ready after {timeout:.0f} s; see {eo_home() / 'keeper.log'}.")
 
 
-def revive_recorded(record: dict[str, Any], timeout: float = 180.0) -> dict[str, Any] | None:
+def revive_recorded(record: StackRecord, timeout: float = 180.0) -> StackRecord | None:
     """Ask the keeper of a running stack to restart its dead processes; the healthy record, or None.
 
     The keeper restarts each dead process (or stopped container) on its files
@@ -161,17 +170,17 @@ def revive_recorded(record: dict[str, Any], timeout: float = 180.0) -> dict[str,
     only reconnect. None when the keeper cannot do it (an external stack, an
     old keeper): the caller then restarts the whole stack.
     """
-    keeper = record.get("pids", {}).get("keeper")
-    if (record.get("backend") not in ("embedded", "tansu", "docker") or not pid_alive(keeper)
+    keeper = record.keeper
+    if (record.backend not in ("embedded", "tansu", "docker") or keeper is None or not pid_alive(keeper)
             or not hasattr(signal, "SIGUSR1")):
         return None
-    before = record.get("revived", 0)
-    os.kill(int(keeper), signal.SIGUSR1)
+    before = record.revived
+    os.kill(keeper, signal.SIGUSR1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        current = read_state()
-        if current and current.get("revived", 0) > before:
-            if current.get("revive_error"):
+        current = running_record()
+        if current is not None and current.revived > before:
+            if current.revive_error:
                 return None
             return current if attach(current).health()["healthy"] else None
         if not pid_alive(keeper):

@@ -42,6 +42,7 @@ from effectively_once.connections import LEARNER_CONNECTION_LIMIT
 from effectively_once.kafka import CLIENT_CONFIG_ENV
 from effectively_once.run_results import RunRecord
 from effectively_once.stack.kafka_broker import SCRAM_MECHANISM, scram_client_settings
+from effectively_once.stack.record import StackRecord
 from effectively_once.stack.room import LEARNER_QUOTA, Quota
 
 HELP = "hand out logins for a workshop room on the secured stack (`workshop add-learners N --out DIR`)"
@@ -93,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"workshop remove-learner: {args.name!r} is not a learner's name (they are {PREFIX}01, "
               f"{PREFIX}02, ...; `workshop status` lists them).", file=sys.stderr)
         return 2
-    from effectively_once.stack.state import attach, read_state
+    from effectively_once.stack.state import attach, running_record
 
-    record = read_state()
-    if not record or not record.get("ready") or not record.get("secure"):
+    record = running_record()
+    if record is None or not record.secure:
         print("No secured stack is running: start one with "
               "`python -m effectively_once up --backend embedded --secure`.", file=sys.stderr)
         return 1
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     return add_learners(record, stack, args.out, args.count)
 
 
-def add_learners(record: dict, stack, out: Path, count: int) -> int:
+def add_learners(record: StackRecord, stack, out: Path, count: int) -> int:
     """``add-learners``: create ``count`` learners, size the room for them, write their files."""
     learners = new_learners(out, count)
     taken = existing_roles(stack.base_dsn, [learner.name for learner in learners])
@@ -254,7 +255,7 @@ def learner_roles(superuser_dsn: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def size_room(record: dict, stack, progress=print) -> int:
+def size_room(record: StackRecord, stack, progress=print) -> int:
     """Record how many learners the stack has and grow PostgreSQL's ``max_connections`` to fit them.
 
     PostgreSQL reads ``max_connections`` only when it starts: when the room
@@ -269,7 +270,7 @@ def size_room(record: dict, stack, progress=print) -> int:
     from effectively_once.stack.room import read_room, write_room
     from effectively_once.stack.state import revive_recorded
 
-    root = Path(record["root"])
+    root = Path(record.root or stack.root)
     room = write_room(root, read_room(root).with_learners(len(learner_roles(stack.base_dsn))))
     with psycopg.connect(stack.base_dsn) as conn:
         current = int(conn.execute("SHOW max_connections").fetchone()[0])  # type: ignore[index]
@@ -277,17 +278,15 @@ def size_room(record: dict, stack, progress=print) -> int:
         return current
     progress(f"PostgreSQL restarts to make room for {room.sized_for} learners (max_connections {current} -> "
              f"{room.max_connections}); connections open now are closed.")
-    stop_pid(record["pids"]["postgres"], signal.SIGINT, timeout=30)
-    revived = revive_recorded(record)
-    if revived is None:
+    stop_pid(record.pids["postgres"], signal.SIGINT, timeout=30)
+    if revive_recorded(record) is None:
         raise RuntimeError("PostgreSQL did not come back after its restart: run `python -m effectively_once up` "
                            "(it restarts it on its files)")
-    record.update(revived)
     return room.max_connections
 
 
 # -- removing a learner ----------------------------------------------------------------------------
-def remove_learner(record: dict, stack, name: str) -> int:
+def remove_learner(record: StackRecord, stack, name: str) -> int:
     """``remove-learner``: refuse ``name`` at every door, then delete everything of theirs."""
     import psycopg
 
@@ -307,7 +306,7 @@ def remove_learner(record: dict, stack, name: str) -> int:
         return 1
     from effectively_once.stack.room import read_room, write_room
 
-    root = Path(record["root"])
+    root = Path(record.root or stack.root)
     write_room(root, read_room(root).with_learners(len(learner_roles(stack.base_dsn))))
     print(f"{name} removed: Kafka user, ACLs and quotas; {gone}; PostgreSQL role and "
           f"{len(dropped)} database(s){': ' + ', '.join(dropped) if dropped else ''}. Their file no longer logs in.")

@@ -40,6 +40,7 @@ from effectively_once.payments.lab import PaymentLab
 from effectively_once.protocol import EXIT_RESTART
 from effectively_once.stack.jars import KAFKA_VERSION
 from effectively_once.stack.processes import pid_alive
+from effectively_once.stack.record import StackRecord, read_record
 from tests.conftest import containers_of, run_cli
 
 # Enough provider retries (full jitter, at most 1 s apart) to ride out a restart of the provider
@@ -57,8 +58,8 @@ class DisposableStack:
     env: dict
     home: Path
 
-    def record(self) -> dict:
-        return json.loads((self.home / "stack.json").read_text())
+    def record(self) -> StackRecord:
+        return StackRecord.from_json(json.loads((self.home / "stack.json").read_text()))
 
     def attach(self):
         return stack_mod.attach(self.record())
@@ -66,21 +67,21 @@ class DisposableStack:
     def incarnation(self, name: str) -> str:
         """Which start of server ``name`` runs now: its pid, or (docker) its container's start time."""
         record = self.record()
-        if name in record.get("containers", {}):
+        if name in record.containers:
             from effectively_once.stack.engine import docker_client
 
-            return docker_client().containers.get(record["containers"][name]).attrs["State"]["StartedAt"]
-        return str(record["pids"][name])
+            return docker_client().containers.get(record.containers[name]).attrs["State"]["StartedAt"]
+        return str(record.pids[name])
 
     def sigkill(self, name: str, group: bool = False) -> None:
         """SIGKILL server ``name``: its process (its process group with ``group``), or its container."""
         record = self.record()
-        if name in record.get("containers", {}):
+        if name in record.containers:
             from effectively_once.stack.engine import docker_client
 
-            docker_client().containers.get(record["containers"][name]).kill()  # every process in it
+            docker_client().containers.get(record.containers[name]).kill()  # every process in it
         else:
-            (os.killpg if group else os.kill)(int(record["pids"][name]), signal.SIGKILL)
+            (os.killpg if group else os.kill)(record.pids[name], signal.SIGKILL)
 
     def up(self) -> tuple[float, str]:
         """`python -m effectively_once up` on this home: (seconds it took, its output)."""
@@ -108,7 +109,8 @@ def disposable():
     seconds, _ = stack.up()
     print(f"\n[faults] disposable {BACKEND} stack up in {seconds:.1f} s")
     yield stack
-    pids = stack.record()["pids"] if (stack.home / "stack.json").exists() else {}
+    left = read_record(stack.home / "stack.json")
+    pids = left.pids if left else {}
     down = run_cli("down", "--purge", env=env)
     shutil.rmtree(base, ignore_errors=True)
     assert down.returncode == 0, down.stderr
@@ -129,7 +131,7 @@ def test_a_killed_broker_is_unhealthy_and_up_restarts_it_with_its_log(disposable
     report = disposable.status()
     assert report["broker_flavor"] == "apache-kafka" and report["broker_version"] == KAFKA_VERSION
     assert report["java"] and Path(report["java"]).exists()
-    running = stack_mod.attach(report | {"ready": True, "postgres_dsn": report["postgres_dsn"]})
+    running = stack_mod.attach(StackRecord.from_report(report))
     topic = running.create_topic("survives-restart", partitions=1)
     producer = Producer(running.producer_config())
     for i in range(5):
@@ -145,7 +147,7 @@ def test_a_killed_broker_is_unhealthy_and_up_restarts_it_with_its_log(disposable
     assert again.returncode == 0 and "restarting it" in again.stdout, again.stdout + again.stderr
     after = disposable.status()
     assert after["healthy"] and after["pids"]["broker"] != report["pids"]["broker"]
-    restarted = stack_mod.attach(after | {"ready": True})
+    restarted = stack_mod.attach(StackRecord.from_report(after))
     assert topic in restarted.list_topics()
     consumer = Consumer(restarted.consumer_config(**{"group.id": restarted.group("survivor")}))
     consumer.subscribe([topic])
@@ -163,7 +165,7 @@ def test_a_killed_broker_is_unhealthy_and_up_restarts_it_with_its_log(disposable
 @pytest.mark.tansu_pass
 @pytest.mark.parametrize("victim", ["postgres"] if BACKEND == "embedded" else ["broker", "postgres"])
 def test_a_process_killed_from_outside_shows_as_unhealthy(disposable, victim):
-    in_container = victim in disposable.record().get("containers", {})
+    in_container = victim in disposable.record().containers
     disposable.sigkill(victim)  # docker: the server is its container's process, killed as `docker kill` does
     time.sleep(0.3)
     text = run_cli("status", env=disposable.env)

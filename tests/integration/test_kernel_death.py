@@ -182,10 +182,10 @@ def test_a_kernel_killed_with_sigkill_mid_04_leaves_no_process(kernel_home, rest
 
 def _namespaced(env: dict[str, str]) -> tuple[list[str], list[str]]:
     """The course's topics and databases on the `up` stack of ``env``."""
-    from effectively_once.stack import attach, read_state
+    from effectively_once.stack import attach, running_record
 
     os.environ["EO_HOME"] = env["EO_HOME"]
-    stack = attach(read_state())
+    stack = attach(running_record())
     topics = sorted(t for t in stack.admin().list_topics(timeout=10).topics if t.startswith(stack.namespace + "."))
     with psycopg.connect(stack.postgres_dsn("postgres")) as conn:
         databases = sorted(row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",

@@ -85,8 +85,8 @@ def test_consumer_config_suits_the_broker(stack):
 
 
 def test_namespaces_do_not_see_each_other(stack):
-    alice = stack_mod.attach({**json.loads((stack_mod.state_path()).read_text())})
-    bob = stack_mod.attach({**json.loads((stack_mod.state_path()).read_text())})
+    alice = stack_mod.attach(stack_mod.running_record())
+    bob = stack_mod.attach(stack_mod.running_record())
     alice.namespace, bob.namespace = "alice", "bob"
     run = stack_mod.new_run_id()
     a_topic, b_topic = alice.create_topic(f"iso.{run}"), bob.create_topic(f"iso.{run}")
