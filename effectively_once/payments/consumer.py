@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
+from typing import Any
 
 import psycopg
 
@@ -119,7 +120,7 @@ class PaymentConsumer:
         """Log the provider's answer to a charge, with its ``Idempotent-Replayed`` header as sent."""
         self.log(protocol.provider_answered(msg_id, key, status, replay, charge_id))
 
-    def emit(self, kind: EventKind, **fields) -> None:
+    def emit(self, kind: EventKind, **fields: Any) -> None:
         """Write one event line (``protocol.ProcessEvent``): what the parent, a lab or a test reads back."""
         self.log(protocol.event(kind, **fields).format())
 

@@ -159,7 +159,7 @@ class ConsumerSettings:
     api_key: str = _option("the provider's API key (default: $EO_PROVIDER_API_KEY, else the lab's key)",
                            default_factory=_api_key_default)
     layers: tuple[Layer, ...] = _option(f"comma list of {', '.join(LAYERS)}; or none",
-                                      default=LAYER_SETS["both"], parse=resolve_layers, text=layers_text)
+                                        default=LAYER_SETS["both"], parse=resolve_layers, text=layers_text)
     api: str = _option(f"the provider API of the default step: {' or '.join(APIS)} (create a PaymentIntent, store "
                        "its id, confirm it; or one POST /v1/charges)", default="payment_intents")
     step: str | None = _option(f"the per-message function, as module:function (default {DEFAULT_STEP}, or "
