@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     from effectively_once.payments.client import ChargeResult, IntentResult, ProviderClient
     from effectively_once.payments.steps import Outcome, StepContext
+    from effectively_once.protocol import CrashPoint, Layer
     from effectively_once.stack import Stack
 
 STEP_BUGGY = "effectively_once.incidents.stripe2020:step_forgetting_the_key_on_retry"
@@ -167,11 +168,11 @@ class _Context:
     def __init__(self, ctx: StepContext) -> None:
         self._ctx, self.shop, self.provider = ctx, ctx.shop, _Provider(ctx.provider)
 
-    def uses(self, layer: str) -> bool:
+    def uses(self, layer: Layer) -> bool:
         """The consumer's layers."""
         return self._ctx.uses(layer)
 
-    def crash_point(self, name: str) -> None:
+    def crash_point(self, name: CrashPoint) -> None:
         """The consumer's crash points, counted once per process."""
         self._ctx.crash_point(name)
 

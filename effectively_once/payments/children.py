@@ -137,6 +137,18 @@ class Child:
         except OSError:
             return ""
 
+    def log_events(self, kind: protocol.EventKind | str | None = None) -> list[protocol.ProcessEvent]:
+        """The events the process has written so far (its ``EO-EVENT`` lines), in order; only ``kind``'s when given.
+
+        Read from the whole log, not its tail: an early event (``started``) is never cut off. A stopped
+        process's log is removed, so read them before ``stop``.
+        """
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return protocol.parse_events(text, kind)
+
     def __enter__(self: ChildT) -> ChildT:
         if self.proc is None:
             self.start()
@@ -312,7 +324,10 @@ class ConsumerProcess(Child):
     @property
     def paused_at(self) -> tuple[str, str] | None:
         """``(crash point, msg_id)`` once the consumer has stopped at its ``pause_at`` point, else None."""
-        return protocol.parse_paused_at(self.log_tail(20000)) if self.settings.pause_at else None
+        if not self.settings.pause_at:
+            return None
+        paused = self.log_events(protocol.EventKind.PAUSED)
+        return (paused[0]["point"], paused[0]["msg_id"]) if paused else None
 
     def wait_until_paused(self, timeout: float = 30.0) -> tuple[str, str]:
         """Wait until the consumer stops at its ``pause_at`` point; return the point and the msg_id there."""
@@ -332,7 +347,7 @@ class ConsumerProcess(Child):
     @property
     def crashed_at_point(self) -> bool:
         """True when the process killed itself at its crash point (not from outside)."""
-        return self.killed_by_sigkill and protocol.parse_crash_point_reached(self.log_tail(5000)) is not None
+        return self.killed_by_sigkill and bool(self.log_events(protocol.EventKind.CRASH_POINT))
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"

@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
+from typing import Any
 
 import psycopg
 
@@ -51,7 +52,7 @@ from effectively_once.payments.offsets import store_offsets, stored_offsets
 from effectively_once.payments.settings import ConsumerSettings, build_parser, load_step
 from effectively_once.payments.shop import migrate_shop
 from effectively_once.payments.steps import StepContext
-from effectively_once.protocol import EXIT_RESTART
+from effectively_once.protocol import EXIT_RESTART, EventKind, RestartReason, Result
 
 
 def _msg_id_of(value: bytes | None, headers: dict[str, bytes]) -> str | None:
@@ -110,8 +111,7 @@ class PaymentConsumer:
         self.commit_error: str | None = None  # why the last offset commit failed, while one is owed
         self.assigned = False
         self.stopping = False
-        self.counts = {"processed": 0, "charged": 0, "replayed": 0, "recovered": 0, "skipped": 0,
-                       "dead_lettered": 0}
+        self.counts: dict[str, int] = {"processed": 0, **dict.fromkeys(protocol.RESULTS, 0)}
         self.telemetry = telemetry or ConsumerTelemetry(dedup=settings.uses_dedup, group=settings.group,
                                                         window_seconds=settings.metrics_window)
 
@@ -119,6 +119,10 @@ class PaymentConsumer:
                            charge_id: str) -> None:
         """Log the provider's answer to a charge, with its ``Idempotent-Replayed`` header as sent."""
         self.log(protocol.provider_answered(msg_id, key, status, replay, charge_id))
+
+    def emit(self, kind: EventKind, **fields: Any) -> None:
+        """Write one event line (``protocol.ProcessEvent``): what the parent, a lab or a test reads back."""
+        self.log(protocol.event(kind, **fields).format())
 
     # -- one poll batch -----------------------------------------------------------------
     def handle_batch(self, records: list) -> int:
@@ -176,9 +180,11 @@ class PaymentConsumer:
         self.dlq.produce(self.dlq_topic, key=record.key(), value=record.value(), headers=out,
                          on_delivery=self._dlq_delivered)
         self.counts["dead_lettered"] += 1
+        self.emit(EventKind.DEAD_LETTERED, topic=record.topic(), partition=record.partition(),
+                  offset=record.offset(), error_type=kind)
         self.log(f"dead-lettered {record.topic()}[{record.partition()}]@{record.offset()}: {kind}: {reason[:200]}")
 
-    def record_event(self, *, msg_id, topic, partition, offset, result, dedup_hit=False, side_effect_ms=None,
+    def record_event(self, *, msg_id, topic, partition, offset, result: Result, dedup_hit=False, side_effect_ms=None,
                      retries=0, trace_id=None, error=None) -> None:
         """One row in ``consumer_events``: what the observability notebook reads."""
         self.counts["processed"] += 1
@@ -256,6 +262,7 @@ class PaymentConsumer:
         except KafkaException as exc:
             error = exc.args[0]
             if refused_by_rebalance(exc):
+                self.emit(EventKind.COMMIT_REFUSED, error=error.name())
                 self.log(f"offset commit refused ({error.name()}): this member no longer owns the partitions, "
                          "so the group will redeliver these records to their new owner")
             elif error.code() != KafkaError._NO_OFFSET:  # _NO_OFFSET: nothing new to commit
@@ -293,6 +300,8 @@ class PaymentConsumer:
         database went away mid-batch, whose offsets are then not committed, or
         when the broker has taken no offset commit for ``clocks.COMMIT_OWED_SECONDS``.
         """
+        from confluent_kafka import KafkaError
+
         clock = IdleClock(self.exit_when_idle)
 
         at_end: set[tuple[str, int]] = set()  # assigned partitions the broker said are read to their end
@@ -304,11 +313,13 @@ class PaymentConsumer:
             else:
                 self.log(f"assigned partitions {_partition_list(partitions)}")
             self.assigned = True
+            self.emit(EventKind.ASSIGNED, partitions=[tp.partition for tp in partitions])
             clock.reset()
 
         def on_revoke(consumer, partitions):
             # Until the rebalance hands partitions back, waiting is not idle.
             self.assigned = False
+            self.emit(EventKind.REVOKED, partitions=[tp.partition for tp in partitions])
             self.log(f"partitions {_partition_list(partitions)} revoked: waiting for the rebalance (not idle time)")
 
         self.consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
@@ -317,11 +328,15 @@ class PaymentConsumer:
             while not self.stopping:
                 records = []
                 for record in self.consumer.consume(self.batch_size, timeout=self.poll_timeout):
-                    if record.error():
-                        if is_partition_eof(record.error()):
+                    error = record.error()
+                    if error:
+                        if is_partition_eof(error):
                             at_end.add((record.topic() or "", record.partition() or 0))
                         else:
-                            self.log(f"consumer error: {record.error()}")
+                            if error.code() == KafkaError._MAX_POLL_EXCEEDED:
+                                # Its client has left the group; the next poll rejoins it, under a new generation.
+                                self.emit(EventKind.POLL_INTERVAL_EXCEEDED, error=error.name())
+                            self.log(f"consumer error: {error}")
                         continue
                     at_end.discard((record.topic() or "", record.partition() or 0))
                     records.append(record)
@@ -334,9 +349,10 @@ class PaymentConsumer:
                     if owed.due(records=len(records)):
                         self.log_commit_try(owed.attempt(partial(self.commit_offsets, records)))
                 except psycopg.OperationalError as exc:
-                    return self.restart_needed(f"the shop database went away ({_first_line(exc)})")
+                    return self.restart_needed("shop_database_gone",
+                                               f"the shop database went away ({_first_line(exc)})")
                 if owed.overdue():
-                    return self.restart_needed(f"the broker has taken no offset commit for "
+                    return self.restart_needed("commit_overdue", f"the broker has taken no offset commit for "
                                                f"{owed.limit:.0f} s ({self.commit_error})")
                 # A commit still owed is not idle time either: the run is not done until it goes through.
                 assignment = self.consumer.assignment()
@@ -351,18 +367,22 @@ class PaymentConsumer:
     def log_commit_try(self, tried: CommitTry) -> None:
         """Say what a commit attempt changed: a commit newly owed, or an owed one paid (or made moot)."""
         if tried.paid_after is not None:
-            if self.consumer.assignment():
+            moot = not self.consumer.assignment()
+            self.emit(EventKind.COMMIT_PAID, after_s=round(tried.paid_after, 3), moot=moot)
+            if not moot:
                 self.log(f"offset commit went through after {tried.paid_after:.1f} s")
             else:
                 self.log("the owed offset commit is moot: the group took the partitions back while "
                          "the broker was away, so their next owner gets those records again and "
                          "the dedup table absorbs them")
         elif tried.owed_now:
+            self.emit(EventKind.COMMIT_OWED, error=self.commit_error)
             self.log(f"offset commit failed ({self.commit_error}): owed; the consumer keeps "
                      "polling, its client reconnects, and it commits again each second")
 
-    def restart_needed(self, why: str) -> int:
-        """Say why this consumer stops without committing its batch; return ``EXIT_RESTART``."""
+    def restart_needed(self, reason: RestartReason, why: str) -> int:
+        """Say why this consumer stops without committing its batch (``why``, for a human); return ``EXIT_RESTART``."""
+        self.emit(EventKind.RESTART_NEEDED, reason=reason, code=EXIT_RESTART)
         self.log(f"{why}: exiting with code {EXIT_RESTART} (restart me) and no offset committed for this batch; "
                  "the next consumer is redelivered it from the last commit, and the dedup table absorbs "
                  "what was recorded")
@@ -425,9 +445,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if settings.metrics_port is not None:
         print(protocol.metrics_on(telemetry.serve(settings.metrics_port)), flush=True)
+    layers = sorted(settings.layers)
+    print(protocol.event(EventKind.STARTED, topic=settings.topic, group=settings.group, layers=layers,
+                         step=settings.step_spec).format(), flush=True)
     print(f"consumer started: topic {settings.topic}, group {settings.group}, layers "
-          f"{','.join(sorted(settings.layers)) or 'none'}, step {settings.step_spec}", flush=True)
+          f"{','.join(layers) or protocol.NO_LAYERS}, step {settings.step_spec}", flush=True)
     code = consumer.run()
+    print(protocol.event(EventKind.FINISHED, counts=consumer.counts).format(), flush=True)
     print("consumer finished: " + json.dumps(consumer.counts), flush=True)
     return code
 

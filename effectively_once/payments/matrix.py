@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
@@ -38,7 +38,7 @@ from effectively_once.payments.lab import LAYER_SETS, PaymentReport, Table, laye
 from effectively_once.payments.plugged import step_module_source
 from effectively_once.payments.producer import charge_records
 from effectively_once.payments.settings import APIS, NAMED_LAYER_SETS
-from effectively_once.protocol import ALL_CRASH_POINTS, CRASH_POINTS, INTENT_CRASH_POINTS, plural
+from effectively_once.protocol import ALL_CRASH_POINTS, CRASH_POINTS, INTENT_CRASH_POINTS, CrashPoint, Result, plural
 
 if TYPE_CHECKING:
     from effectively_once.stack import Stack
@@ -56,7 +56,7 @@ OFFSETS = "offsets_in_db"
 INTENT = "payment_intent"
 
 
-def expected_outcome(api: str, crash_at: str, layers: str, *, keys_expired: bool = False) -> str:
+def expected_outcome(api: str, crash_at: CrashPoint, layers: str, *, keys_expired: bool = False) -> str:
     """What one cell of the crash matrix must end with: the course's single statement of the expected matrix.
 
     ``api`` is the default step's path (``payment_intents`` or ``charges``),
@@ -165,10 +165,10 @@ _LAYER_NOTES = {
 class MatrixCell:
     """One crash point x layer set: what the restart did, and what happened to the money."""
 
-    crash_at: str
+    crash_at: CrashPoint
     layers: str
     report: PaymentReport | None = None
-    results: list[str] = field(default_factory=list)   # the consumer_events results, e.g. ['replayed', 'charged']
+    results: list[Result] = field(default_factory=list)   # the consumer_events results, e.g. ['replayed', 'charged']
     dedup_hits: int = 0
     pending: int = 0                                     # dedup rows still 'pending' once everything settled
     shop: Table | None = None                            # msg_id, status, attempts
@@ -275,16 +275,16 @@ class MatrixCell:
 class CrashMatrix:
     """Every cell of a crash matrix, with the table a notebook shows."""
 
-    crash_points: tuple[str, ...]
+    crash_points: tuple[CrashPoint, ...]
     layer_sets: tuple[str, ...]
-    cells: dict[tuple[str, str], MatrixCell]
+    cells: dict[tuple[CrashPoint, str], MatrixCell]
     messages: int
     seconds: float = 0.0
     step: str | None = None
     keys_expired: bool = False
     api: str = "payment_intents"
 
-    def cell(self, crash_at: str, layers: str) -> MatrixCell:
+    def cell(self, crash_at: CrashPoint, layers: str) -> MatrixCell:
         """The cell of one crash point and one layer set (by name, e.g. ``dedup_only``)."""
         try:
             return self.cells[(crash_at, layers)]
@@ -292,7 +292,7 @@ class CrashMatrix:
             raise KeyError(f"no cell ({crash_at!r}, {layers!r}): the crash points are {', '.join(self.crash_points)} "
                            f"and the layer sets {', '.join(self.layer_sets)}") from None
 
-    def row(self, crash_at: str) -> dict[str, MatrixCell]:
+    def row(self, crash_at: CrashPoint) -> dict[str, MatrixCell]:
         """The cells of one crash point, by layer set."""
         return {layers: self.cell(crash_at, layers) for layers in self.layer_sets}
 
@@ -433,11 +433,12 @@ def run_matrix(stack: Stack, crash_points: Sequence[str] | None = None,
     """
     if api not in APIS:
         raise ValueError(f"api must be one of {', '.join(APIS)}, got {api!r}")
-    points = tuple(crash_points if crash_points is not None else
+    chosen = tuple(crash_points if crash_points is not None else
                    INTENT_CRASH_POINTS if api == "payment_intents" else CRASH_POINTS)
-    unknown = [p for p in points if p not in ALL_CRASH_POINTS]
+    unknown = [p for p in chosen if p not in ALL_CRASH_POINTS]
     if unknown:
         raise ValueError(f"unknown crash point(s) {unknown}: use {', '.join(ALL_CRASH_POINTS)}")
+    points = cast("tuple[CrashPoint, ...]", chosen)  # each one checked above
     names = tuple(layer_sets)
     for name in names:
         resolve_layers(name)  # a clear error for a misspelt layer set, before anything starts
@@ -454,11 +455,11 @@ def run_matrix(stack: Stack, crash_points: Sequence[str] | None = None,
     shop_dsn = stack.create_database(shop_db)
     jobs = [(point, layers, f"{run_prefix}{i:02d}") for i, (point, layers) in
             enumerate((p, s) for p in points for s in names)]
-    cells: dict[tuple[str, str], MatrixCell] = {}
+    cells: dict[tuple[CrashPoint, str], MatrixCell] = {}
     lock = threading.Lock()
     try:
         with ProviderProcess(provider_dsn) as provider:
-            def run_one(job: tuple[str, str, str]) -> MatrixCell:
+            def run_one(job: tuple[CrashPoint, str, str]) -> MatrixCell:
                 point, layers, run_id = job
                 cell = MatrixCell(point, layers, keys_expired=expire_keys)
                 try:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from effectively_once import protocol
 from effectively_once.db import columns, one
 from effectively_once.lifetime import kill_now
 from effectively_once.payments.children import Child
@@ -45,7 +46,9 @@ if TYPE_CHECKING:
 
 INBOX_CONSUMER = "warehouse"
 RELAY_MODULE = "effectively_once.payments.outbox"
-CRASHED_AFTER_PUBLISH = "relay crash point after_publish reached: SIGKILL"
+CRASHED_AFTER_PUBLISH = "relay crash point after_publish reached: SIGKILL"  # for the human reading the log
+# What the parent reads: the relay's crash_point event (``RelayProcess.crashed_after_publish``).
+RELAY_CRASH_POINT = "after_publish"
 
 
 def migrate(conn: psycopg.Connection) -> None:
@@ -102,6 +105,7 @@ def relay(dsn: str, bootstrap: str, *, batch_size: int = 100, crash_after_publis
                                        "nothing marked, so the next relay publishes them again")
                 log(f"published {len(rows)} outbox message(s)")
                 if crash_after_publish:
+                    log(protocol.event(protocol.EventKind.CRASH_POINT, point=RELAY_CRASH_POINT, count=1).format())
                     log(CRASHED_AFTER_PUBLISH)
                     sys.stdout.flush()
                     kill_now(os.getpid())
@@ -131,6 +135,12 @@ class RelayProcess(Child):
         argv = [sys.executable, "-m", RELAY_MODULE, f"--dsn={dsn}", f"--bootstrap={bootstrap}"]
         super().__init__(argv + (["--crash-after-publish"] if crash_after_publish else []))
         self.crash_after_publish = crash_after_publish
+
+    @property
+    def crashed_after_publish(self) -> bool:
+        """True when the relay killed itself at its crash point, between the publish and the mark."""
+        return self.killed_by_sigkill and any(e["point"] == RELAY_CRASH_POINT
+                                              for e in self.log_events(protocol.EventKind.CRASH_POINT))
 
 
 class OutboxLab:

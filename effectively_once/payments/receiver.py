@@ -37,6 +37,7 @@ from typing import Any
 
 import psycopg
 
+from effectively_once import protocol
 from effectively_once.connections import RECEIVER_CONNECTIONS, RECEIVER_POOL_SIZE, connect, room_for
 from effectively_once.observe import metrics as names
 from effectively_once.payments.inbox import HANDLED, HANDLER
@@ -159,6 +160,8 @@ def create_app(inbox: Inbox, announce: str | None = None):
         try:
             status, body = await run_in_threadpool(inbox.receive, payload, request.headers.get("stripe-signature"))
         except Exception as exc:  # noqa: BLE001 - whatever failed, the provider sends the event again
+            print(protocol.event(protocol.EventKind.HANDLER_FAILED, error=f"{type(exc).__name__}: {exc}").format(),
+                  flush=True)
             print(f"webhook handler failed: {type(exc).__name__}: {exc}", flush=True)
             return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, 500)
         return JSONResponse(body, status)

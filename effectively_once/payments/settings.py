@@ -22,11 +22,19 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from effectively_once.observe.exporter import DEFAULT_WINDOW_SECONDS
 from effectively_once.payments.messages import DEFAULT_API_KEY
-from effectively_once.protocol import ALL_CRASH_POINTS, DEDUP_LAYERS, HANDLED_LAYERS, LAYERS, NO_LAYERS
+from effectively_once.protocol import (
+    ALL_CRASH_POINTS,
+    DEDUP_LAYERS,
+    HANDLED_LAYERS,
+    LAYERS,
+    NO_LAYERS,
+    CrashPoint,
+    Layer,
+)
 
 DEFAULT_STEP = "effectively_once.payments.steps:process_message"
 DEFAULT_BATCH_STEP = "effectively_once.payments.steps:process_batch"
@@ -40,7 +48,7 @@ STEPS = {("payment_intents", False): DEFAULT_STEP, ("payment_intents", True): DE
 OFFSETS_STEP = "effectively_once.payments.offsets:process_message"
 CONSUMER_MODULE = "effectively_once.payments.consumer"
 
-LAYER_SETS: dict[str, tuple[str, ...]] = {
+LAYER_SETS: dict[str, tuple[Layer, ...]] = {
     "both": ("dedup", "idempotency_key"),
     "dedup_only": ("dedup",),
     "idempotency_key_only": ("idempotency_key",),
@@ -51,14 +59,14 @@ LAYER_SETS: dict[str, tuple[str, ...]] = {
 }
 # Beyond the dedup table: the consumer's offsets stored in the transaction that records the charge.
 # Kept apart from LAYER_SETS, whose five sets are the crash matrix of the dedup table.
-OFFSET_LAYER_SETS: dict[str, tuple[str, ...]] = {
+OFFSET_LAYER_SETS: dict[str, tuple[Layer, ...]] = {
     "offsets_in_db": ("offsets_in_db", "idempotency_key"),
     "offsets_only": ("offsets_in_db",),
 }
-NAMED_LAYER_SETS: dict[str, tuple[str, ...]] = {**LAYER_SETS, **OFFSET_LAYER_SETS}
+NAMED_LAYER_SETS: dict[str, tuple[Layer, ...]] = {**LAYER_SETS, **OFFSET_LAYER_SETS}
 
 
-def resolve_layers(layers: str | Iterable[str] | None) -> tuple[str, ...]:
+def resolve_layers(layers: str | Iterable[str] | None) -> tuple[Layer, ...]:
     """A layer set by name (``both``, ``dedup_only``, ``offsets_in_db``, ...), a comma list, or a sequence
     of layers, checked.
 
@@ -87,7 +95,7 @@ def resolve_layers(layers: str | Iterable[str] | None) -> tuple[str, ...]:
     if len(handled) > 1:
         raise ValueError(f"layers: {' and '.join(handled)} both remember which messages were handled; offsets_in_db "
                          "stores the offset with the charge, so a handled message never comes back: pick one")
-    return chosen
+    return cast("tuple[Layer, ...]", chosen)  # each one checked against LAYERS above
 
 
 def layers_text(layers: Iterable[str]) -> str:
@@ -150,8 +158,8 @@ class ConsumerSettings:
     provider_url: str = _option("the payment provider's base URL, http://host:port")
     api_key: str = _option("the provider's API key (default: $EO_PROVIDER_API_KEY, else the lab's key)",
                            default_factory=_api_key_default)
-    layers: tuple[str, ...] = _option(f"comma list of {', '.join(LAYERS)}; or none",
-                                      default=LAYER_SETS["both"], parse=resolve_layers, text=layers_text)
+    layers: tuple[Layer, ...] = _option(f"comma list of {', '.join(LAYERS)}; or none",
+                                        default=LAYER_SETS["both"], parse=resolve_layers, text=layers_text)
     api: str = _option(f"the provider API of the default step: {' or '.join(APIS)} (create a PaymentIntent, store "
                        "its id, confirm it; or one POST /v1/charges)", default="payment_intents")
     step: str | None = _option(f"the per-message function, as module:function (default {DEFAULT_STEP}, or "
@@ -159,10 +167,10 @@ class ConsumerSettings:
                                f"default {DEFAULT_BATCH_STEP} or {CHARGES_BATCH_STEP})", default=None)
     batch_dedup: bool = _option("do the dedup-table work once per poll batch instead of once per message",
                                 default=False)
-    crash_at: str | None = _option(f"SIGKILL this process at one of {', '.join(ALL_CRASH_POINTS)}", default=None)
+    crash_at: CrashPoint | None = _option(f"SIGKILL this process at one of {', '.join(ALL_CRASH_POINTS)}", default=None)
     crash_on: int = _option("crash the Nth time the crash point is reached", default=1, parse=int)
-    pause_at: str | None = _option("stop at this crash point the first time it is reached, and wait for a SIGKILL "
-                                   "from outside", default=None)
+    pause_at: CrashPoint | None = _option("stop at this crash point the first time it is reached, and wait for a "
+                                          "SIGKILL from outside", default=None)
     log_answers: bool = _option("log each answer of the provider to a charge, with its Idempotent-Replayed header",
                                 default=False)
     exit_when_idle: float | None = _option("exit after this many seconds holding partitions and receiving no record "

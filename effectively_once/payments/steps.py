@@ -58,6 +58,7 @@ from effectively_once.payments.messages import (
     intent_key_for,
     new_key_for,
 )
+from effectively_once.protocol import CrashPoint, EventKind, Layer, Result
 
 if TYPE_CHECKING:
     import psycopg
@@ -101,11 +102,11 @@ class Context(Protocol):
     @property
     def provider(self) -> Provider: ...
 
-    def uses(self, layer: str) -> bool:
+    def uses(self, layer: Layer) -> bool:
         """True when ``layer`` is switched on."""
         ...
 
-    def crash_point(self, name: str) -> None:
+    def crash_point(self, name: CrashPoint) -> None:
         """Mark a crash point, where the lab may SIGKILL the process."""
         ...
 
@@ -127,22 +128,22 @@ class StepContext:
     The consumer builds one and hands it to every step: it is the ``Context`` above, made concrete.
     """
 
-    def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: Iterable[str],
-                 crash_at: str | None = None, crash_on: int = 1, *, topic: str = "", group: str = "",
-                 pause_at: str | None = None) -> None:
+    def __init__(self, shop: psycopg.Connection, provider: ProviderClient, layers: Iterable[Layer],
+                 crash_at: CrashPoint | None = None, crash_on: int = 1, *, topic: str = "", group: str = "",
+                 pause_at: CrashPoint | None = None) -> None:
         self.shop, self.provider, self.layers = shop, provider, frozenset(layers)
         self.crash_at, self.crash_on, self.pause_at = crash_at, crash_on, pause_at
         self.current_msg_id = ""
         self.topic, self.group = topic, group
         self.reached: dict[str, int] = {}
 
-    def uses(self, layer: str) -> bool:
+    def uses(self, layer: Layer) -> bool:
         """True when ``layer`` (dedup, dedup_as_written, idempotency_key, offsets_in_db) is switched on."""
         if layer not in protocol.LAYERS:
             raise ValueError(f"unknown layer {layer!r}; the layers are {', '.join(protocol.LAYERS)}")
         return layer in self.layers
 
-    def crash_point(self, name: str) -> None:
+    def crash_point(self, name: CrashPoint) -> None:
         """Mark a crash point; SIGKILL this process the ``crash_on``-th time it reaches ``crash_at``.
 
         The first time it reaches ``pause_at`` it stops there instead and waits,
@@ -153,12 +154,16 @@ class StepContext:
                              f"{', '.join(protocol.ALL_CRASH_POINTS)}")
         self.reached[name] = self.reached.get(name, 0) + 1
         if name == self.crash_at and self.reached[name] == self.crash_on:
+            # The event for the parent first: the human sentence stays the process's last words.
+            print(protocol.event(EventKind.CRASH_POINT, point=name, count=self.crash_on).format(), flush=True)
             print(protocol.crash_point_reached(name, self.crash_on), flush=True)
             kill_now(os.getpid())
         if name == self.pause_at and self.reached[name] == 1:
             # No cleanup to wait for while paused: a SIGTERM (the lab stopping) ends the process at once.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            print(protocol.paused_at(name, self.current_msg_id or "(a batch)"), flush=True)
+            msg_id = self.current_msg_id or "(a batch)"
+            print(protocol.event(EventKind.PAUSED, point=name, msg_id=msg_id).format(), flush=True)
+            print(protocol.paused_at(name, msg_id), flush=True)
             while True:
                 if hasattr(signal, "pause"):
                     signal.pause()
@@ -170,13 +175,20 @@ class StepContext:
 class Outcome:
     """How one message ended: ``charged``, ``replayed`` (the provider answered from its key store),
     ``recovered`` (the confirm's answer said nothing, and the PaymentIntent, retrieved by id, showed the
-    money had moved) or ``skipped`` (the dedup table said it was already done)."""
+    money had moved) or ``skipped`` (the dedup table said it was already done). ``protocol.RESULTS`` lists
+    every result; ``consumer_events.result`` takes no other."""
 
-    result: str
+    result: Result
     dedup_hit: bool = False
     charge_id: str | None = None
     retries: int = 0
     side_effect_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        # Here, in the step that made it, rather than as a CHECK violation when the consumer records it.
+        if self.result not in protocol.RESULTS:
+            raise ValueError(f"Outcome: unknown result {self.result!r}; a step returns one of "
+                             f"{', '.join(protocol.RESULTS)}")
 
 
 @dataclass(frozen=True)
@@ -277,7 +289,7 @@ def confirm_or_recover(ctx: Context, msg: ChargeMessage, intent_id: str, key: st
                        duration_ms=(time.perf_counter() - started) * 1000)
 
 
-def _result_of(result: ChargeResult) -> str:
+def _result_of(result: ChargeResult) -> Result:
     if result.recovered:
         return "recovered"
     return "replayed" if result.replayed else "charged"

@@ -28,6 +28,7 @@ import psycopg
 from effectively_once.db import columns
 from effectively_once.observe import metrics as names
 from effectively_once.payments.lab import PaymentLab, Table
+from effectively_once.protocol import EventKind
 
 if TYPE_CHECKING:
     from effectively_once.observe.scrape import Scrape
@@ -244,7 +245,7 @@ def run_handler(stack: Stack, handler: Callable[..., Any], messages: int = 3, ti
         assert receiver is not None, "started above"
 
         def failing() -> bool:
-            return "webhook handler failed" in receiver.log_tail(20000)
+            return bool(receiver.log_events(EventKind.HANDLER_FAILED))
 
         try:
             wait_for_deliveries(lab, timeout, give_up=failing)

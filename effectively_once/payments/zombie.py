@@ -14,6 +14,7 @@ and tries to commit, and the group refuses the commit.
     no_key, with_key = run_side_by_side(stack, "dedup", "dedup,idempotency_key")
     run.events               # what each consumer recorded, A's row and B's
     run.zombie_log           # A's own account: the poll interval, the refused commit
+    run.zombie_did(EventKind.COMMIT_REFUSED)  # the same, read from A's event lines
 
 Both consumers are real processes on the real broker; nothing is simulated
 but the stuck call's length.
@@ -28,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from effectively_once import protocol
 from effectively_once.db import one
 from effectively_once.payments.lab import PaymentLab, Table
+from effectively_once.protocol import EventKind, ProcessEvent
 from effectively_once.stack.processes import wait_until
 
 if TYPE_CHECKING:
@@ -56,6 +59,9 @@ class ZombieRun:
     keys: Table
     zombie_log: list[str]
     successor_log: list[str]
+    zombie_events: list[ProcessEvent]     # A's event lines: what the code reads, where a person reads the log
+    successor_events: list[ProcessEvent]
+    running_at_end: tuple[bool, bool]     # (A, B) still running when the story ended: neither crashed
 
     @property
     def charges(self) -> int:
@@ -67,13 +73,19 @@ class ZombieRun:
         return [r for r in self.events.records() if r["consumer"].startswith(who)]
 
     def zombie_said(self, fragment: str) -> bool:
-        """True when one of A's log lines contains ``fragment``."""
+        """True when one of A's log lines contains ``fragment`` (librdkafka's ``_MAX_POLL_EXCEEDED``, say)."""
         return any(fragment in line for line in self.zombie_log)
+
+    def zombie_did(self, kind: EventKind | str) -> bool:
+        """True when A wrote an event of ``kind`` (``poll_interval_exceeded``, ``commit_refused``, ...)."""
+        return any(e.kind == kind for e in self.zombie_events)
 
 
 def _lines_of_interest(log: str) -> list[str]:
+    """A's or B's sentences about the group and the commits: the account a person reads (event lines left out)."""
     keep = ("max", "poll", "commit", "assigned", "consumer error", "dead-lettered", "Traceback", "Error")
-    return [line for line in log.splitlines() if any(word in line for word in keep)]
+    return [line for line in log.splitlines()
+            if any(word in line for word in keep) and not line.startswith(protocol.EVENT_PREFIX)]
 
 
 def run_zombie(stack: Stack, layers: str = "dedup,idempotency_key", *, stall_seconds: float = STALL_SECONDS,
@@ -126,7 +138,7 @@ def run_zombie(stack: Stack, layers: str = "dedup,idempotency_key", *, stall_sec
             time.sleep(0.2)
         # A learns it was removed at its next poll after the refused commit; wait for it to say so.
         try:
-            wait_until(lambda: "_MAX_POLL_EXCEEDED" in zombie.log_tail(20000), 15,
+            wait_until(lambda: bool(zombie.log_events(EventKind.POLL_INTERVAL_EXCEEDED)), 15,
                        "consumer A's poll to report the exceeded max.poll.interval.ms")
         except TimeoutError:
             pass  # the tables are final; the caller sees A's log as it is
@@ -140,7 +152,9 @@ def run_zombie(stack: Stack, layers: str = "dedup,idempotency_key", *, stall_sec
         run = ZombieRun(layers=layers, msg_id=msg_id, zombie_pid=zombie_pid, successor_pid=successor_pid,
                         shop=lab.shop_rows(), events=events, ledger=lab.ledger_rows(), keys=lab.key_rows(),
                         zombie_log=_lines_of_interest(zombie.log_tail(20000)),
-                        successor_log=_lines_of_interest(successor.log_tail(20000)))
+                        successor_log=_lines_of_interest(successor.log_tail(20000)),
+                        zombie_events=zombie.log_events(), successor_events=successor.log_events(),
+                        running_at_end=(zombie.running, successor.running))
     return run
 
 

@@ -24,6 +24,22 @@ CREATE TABLE IF NOT EXISTS consumer_events (
     created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS consumer_events_msg_id_idx ON consumer_events (msg_id);
+-- How each message ended (protocol.RESULTS; a step's Outcome with another result is refused before it gets
+-- here). Added to a database made before it without a rewrite: NOT VALID, then validated when every older row
+-- passes; where one does not, that row stays as it was, and every row written from now on is checked.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'consumer_events'::regclass
+                   AND conname = 'consumer_events_result_check') THEN
+        ALTER TABLE consumer_events ADD CONSTRAINT consumer_events_result_check
+            CHECK (result IN ('charged', 'replayed', 'recovered', 'skipped', 'dead_lettered')) NOT VALID;
+        BEGIN
+            ALTER TABLE consumer_events VALIDATE CONSTRAINT consumer_events_result_check;
+        EXCEPTION WHEN check_violation THEN
+            NULL;
+        END;
+    END IF;
+END $$;
 -- The offsets_in_db layer: where each partition's consumer goes on, written in the same transaction
 -- that records the charge, and read back when a partition is assigned.
 CREATE TABLE IF NOT EXISTS consumer_offsets (

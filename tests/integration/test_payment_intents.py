@@ -23,7 +23,7 @@ from effectively_once.payments.matrix import (
 )
 from effectively_once.payments.messages import MAX_NEW_KEYS, idempotency_key_for, intent_key_for, new_key_for
 from effectively_once.payments.pending import COMPLETED, NO_INTENT, SETTLED, sweep
-from effectively_once.protocol import INTENT_CRASH_POINTS
+from effectively_once.protocol import DLQ_ERROR_TYPE, INTENT_CRASH_POINTS
 
 
 # -- the crash matrix -------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_a_500_before_the_charge_is_confirmed_again_under_derived_keys_then_dead
                                    (ids,)).fetchall()
         assert shop.column("status") == ["pending", "pending"] and len(ledger) == 0
         assert all(shop.column("payment_intent")), "the recovery point was stored before the first confirm"
-        assert {r["headers"]["dlq.error_type"] for r in dlq} == {"key_spent"} and len(dlq) == 2
+        assert {r["headers"][DLQ_ERROR_TYPE] for r in dlq} == {"key_spent"} and len(dlq) == 2
         assert retries == [(MAX_NEW_KEYS,)] * 2, "one more confirm per derived key"
         assert [k for k, _ in keys] == [idempotency_key_for(ids[0])] + [
             new_key_for(ids[0], g) for g in range(1, MAX_NEW_KEYS + 1)]

@@ -24,7 +24,15 @@ from effectively_once import stack as stack_mod
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.lab import PaymentLab, run_scenario
 from effectively_once.payments.matrix import EXPECTED_MATRIX
-from effectively_once.protocol import CRASH_POINTS
+from effectively_once.protocol import (
+    CRASH_POINTS,
+    DLQ_ERROR_TYPE,
+    DLQ_FIRST_SEEN,
+    DLQ_REASON,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TOPIC,
+)
 from tests.unit.test_pipeline import _bad_records
 
 # Charges per scenario. What each (crash point, layer set) must count lives once, in the package: EXPECTED_MATRIX.
@@ -257,8 +265,8 @@ def test_a_4xx_goes_straight_to_the_dlq_with_its_reason(stack, shared):
             retries = conn.execute("SELECT max(retries) FROM consumer_events WHERE topic = %s",
                                    (lab.topic,)).fetchone()[0]
     assert report.dlq == 3 and report.charges == 0 and report.lost_charges == 0, report
-    assert {r["headers"]["dlq.error_type"] for r in dlq} == {"rejected"}
-    assert all("HTTP 401" in r["headers"]["dlq.reason"] for r in dlq)
+    assert {r["headers"][DLQ_ERROR_TYPE] for r in dlq} == {"rejected"}
+    assert all("HTTP 401" in r["headers"][DLQ_REASON] for r in dlq)
     assert retries == 0, "a 4xx will fail the same way again: it must not be retried"
 
 
@@ -278,13 +286,13 @@ def test_malformed_messages_end_in_the_dlq_and_the_consumer_survives(stack, shar
         dlq = lab.dlq_records()
     assert report.lost_charges == 0 and report.duplicate_charges == 0, report
     assert report.charges == 4 and report.dlq == len(bad), report
-    by_source = {(int(r["headers"]["dlq.source_partition"]), int(r["headers"]["dlq.source_offset"])): r for r in dlq}
+    by_source = {(int(r["headers"][DLQ_SOURCE_PARTITION]), int(r["headers"][DLQ_SOURCE_OFFSET])): r for r in dlq}
     for sent, value in zip(sent_bad, bad, strict=True):
         record = by_source[(sent.partition, sent.offset)]
         assert record["value"] == value, "the DLQ must keep the original bytes"
-        assert record["headers"]["dlq.error_type"] == "malformed"
-        assert record["headers"]["dlq.reason"] and record["headers"]["dlq.first_seen"]
-        assert record["headers"]["dlq.source_topic"] == lab.topic
+        assert record["headers"][DLQ_ERROR_TYPE] == "malformed"
+        assert record["headers"][DLQ_REASON] and record["headers"][DLQ_FIRST_SEEN]
+        assert record["headers"][DLQ_SOURCE_TOPIC] == lab.topic
 
 
 # -- trace context and the command lines -----------------------------------------------------

@@ -10,6 +10,7 @@ import httpx
 import psycopg
 import pytest
 
+from effectively_once import protocol
 from effectively_once import stack as stack_mod
 from effectively_once.payments.children import ProviderProcess
 from effectively_once.payments.messages import DEFAULT_API_KEY
@@ -46,7 +47,8 @@ def uid() -> str:
 
 def test_the_port_is_printed_and_health_answers(provider):
     assert provider.port and f":{provider.port}" in provider.url
-    assert "provider listening on http://127.0.0.1:" in provider.log_tail()
+    announced = protocol.parse_provider_listening(provider.log_tail())
+    assert announced == provider.url and announced.startswith("http://127.0.0.1:"), provider.log_tail()
     assert httpx.get(f"{provider.url}/healthz").json() == {"status": "ok"}
 
 

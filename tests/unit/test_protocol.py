@@ -28,13 +28,6 @@ def test_the_metrics_line_parses_back():
     assert protocol.parse_metrics_on("serve Prometheus metrics on this port") is None
 
 
-@pytest.mark.parametrize("point", protocol.CRASH_POINTS)
-def test_the_crash_line_parses_back(point):
-    line = protocol.crash_point_reached(point, 3)
-    assert protocol.parse_crash_point_reached(f"consumer started\n{line}\n") == point
-    assert protocol.parse_crash_point_reached("consumer finished: {}") is None
-
-
 def test_dlq_headers_are_recognised_whatever_queue_wrote_them():
     names = [protocol.DLQ_ERROR_TYPE, protocol.DLQ_REASON, protocol.DLQ_SOURCE_TOPIC, protocol.DLQ_SOURCE_PARTITION,
              protocol.DLQ_SOURCE_OFFSET, protocol.DLQ_FIRST_SEEN, protocol.DLQ_CONSUMER_GROUP]
@@ -58,14 +51,10 @@ def test_the_consumer_marks_exactly_the_crash_points_the_protocol_names():
 def test_ordinals_and_plurals_read_as_english():
     assert [protocol.ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
-    assert protocol.crash_point_reached("after_provider_call", 1).endswith("reached for the 1st time: SIGKILL")
     assert [protocol.plural(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
 
 
-def test_the_pause_line_and_the_provider_answers_parse_back():
-    line = protocol.paused_at("after_provider_call", "msg-x-00000")
-    assert protocol.parse_paused_at(f"consumer started\n{line}\n") == ("after_provider_call", "msg-x-00000")
-    assert protocol.parse_paused_at("consumer started") is None
+def test_the_provider_answers_parse_back():
     log = "\n".join([protocol.provider_answered("m1", "charge-m1", 200, None, "ch_1"),
                      "dead-lettered something",
                      protocol.provider_answered("m1", "charge-m1", 200, "true", "ch_1"),
