@@ -37,7 +37,7 @@ import psycopg
 from effectively_once.db import columns, one
 from effectively_once.lifetime import kill_now
 from effectively_once.payments.children import Child
-from effectively_once.payments.lab import Table
+from effectively_once.payments.lab_reports import Table
 from effectively_once.schemas import load
 
 if TYPE_CHECKING:

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from effectively_once.db import one
-from effectively_once.payments.lab import PaymentLab, Table
+from effectively_once.payments.lab import PaymentLab
+from effectively_once.payments.lab_reports import Table
 from effectively_once.stack.processes import wait_until
 
 if TYPE_CHECKING:
