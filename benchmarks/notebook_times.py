@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import notebooks  # noqa: E402  (tools/notebooks.py: the sources' reader)
-from effectively_once.course import COURSE  # noqa: E402
+from effectively_once.course.map import COURSE  # noqa: E402
 from effectively_once.stack.state import read_state, running_record  # noqa: E402
 
 # Functions that run for a time they are given (a recording of N seconds), not for as long as their

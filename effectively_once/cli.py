@@ -31,7 +31,7 @@ PLUGIN_COMMANDS = {
     "clean": "effectively_once.stack.cleanup",
     "reset": "effectively_once.workspace:ResetCommand",
     "workspace": "effectively_once.workspace:WorkspaceCommand",
-    "demo": "effectively_once.payments.demo",
+    "demo": "effectively_once.payments.crash_demo",
     "probe": "effectively_once.guarantees.cli",
     "lint": "effectively_once.incidents.lint",
     "redrive": "effectively_once.incidents.redrive",

@@ -18,7 +18,7 @@ counts are cleared (the learner runs the lab), widget state is stripped, and
 everything else (markdown, check cells, tags) is kept as it is.
 
 After the lab's first code cell (its imports), one cell is added that calls
-``effectively_once.checks.show_failed_checks_plainly()``: a failed check then
+``effectively_once.course.lab_checks.show_failed_checks_plainly()``: a failed check then
 shows its message first and the traceback only on ``%tb``, and still fails.
 """
 
@@ -40,7 +40,7 @@ DEFAULT_HINT = "write your solution here, then run the check cell below"
 PLAIN_CHECKS_ID = "show-failed-checks-plainly"
 PLAIN_CHECKS = """\
 # A check that fails below shows its message first; %tb in a new cell shows the traceback.
-from effectively_once.checks import show_failed_checks_plainly
+from effectively_once.course.lab_checks import show_failed_checks_plainly
 
 show_failed_checks_plainly()"""
 

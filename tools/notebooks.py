@@ -46,12 +46,13 @@ HEADER_FILTER = "-jupytext.text_representation.jupytext_version"
 # Paths of the machine that executed a notebook must not be stored in its outputs.
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|tmp|private/var)/[\w.\-]+")
 TIME_LINE = re.compile(r"\*\*Time:\*\* about (\d+) minutes")
-README_BEGIN = "<!-- course map: written by `python tools/notebooks.py course` from effectively_once/course.py -->"
+README_BEGIN = "<!-- course map: written by `python tools/notebooks.py course` from effectively_once/course/map.py -->"
 README_END = "<!-- end of course map -->"
 README_TIME = re.compile(r"about [\d.]+ hours for the notebooks \(\d+ minutes\) and [\d.]+ more for the exercises "
                          r"\(\d+ minutes\)")
 GUIDE = ROOT / "docs" / "instructor-guide.md"
-GUIDE_BEGIN = "<!-- workshop plans: written by `python tools/notebooks.py course` from effectively_once/course.py -->"
+GUIDE_BEGIN = ("<!-- workshop plans: written by `python tools/notebooks.py course` "
+               "from effectively_once/course/map.py -->")
 GUIDE_END = "<!-- end of workshop plans -->"
 # The .ipynb's metadata key holding a digest of the code its outputs came from: `execute` writes it,
 # `check` compares it, so code edited after the last run (outputs now stale) fails the check.
@@ -279,11 +280,11 @@ def carry_prose(pair: Pair) -> bool:
     return changed
 
 
-# --- the course map: effectively_once/course.py is its one source ----------------------------------
+# --- the course map: effectively_once/course/map.py is its one source ----------------------------------
 
 
 def readme_table() -> str:
-    from effectively_once.course import COURSE, total_minutes
+    from effectively_once.course.map import COURSE, total_minutes
 
     rows = ["| notebook | what you learn | minutes | services |", "|---|---|---:|---|"]
     rows += [f"| `{nb.stem}` | **{nb.title}**: {nb.teaches} | {nb.minutes} | "
@@ -294,7 +295,7 @@ def readme_table() -> str:
 
 def readme_time() -> str:
     """README's sentence of how long the course takes, from the course map (to the nearest half hour)."""
-    from effectively_once.course import exercise_minutes, total_minutes
+    from effectively_once.course.map import exercise_minutes, total_minutes
 
     def hours(minutes: int) -> str:
         return f"{round(minutes / 30) / 2:g}"
@@ -305,14 +306,14 @@ def readme_time() -> str:
 
 def workshop_plans() -> str:
     """The instructor guide's workshop plans, as Markdown."""
-    from effectively_once.course import WORKSHOP_PLANS
+    from effectively_once.course.map import WORKSHOP_PLANS
 
     return "\n\n".join(plan.markdown() for plan in WORKSHOP_PLANS)
 
 
 def course_targets() -> dict[Path, str]:
     """Every file the course map writes, with the text it should have."""
-    from effectively_once.course import COURSE
+    from effectively_once.course.map import COURSE
 
     readme = (ROOT / "README.md").read_text()
     if README_BEGIN not in readme or README_END not in readme:
@@ -344,7 +345,7 @@ def course(check_only: bool) -> int:
     stale = [p for p, text in course_targets().items() if p.read_text() != text]
     if check_only:
         for path in stale:
-            print(f"{path.relative_to(ROOT)}: differs from the course map in effectively_once/course.py "
+            print(f"{path.relative_to(ROOT)}: differs from the course map in effectively_once/course/map.py "
                   f"(run `python tools/notebooks.py course`)", file=sys.stderr)
         return 1 if stale else 0
     for path, text in course_targets().items():

@@ -3,7 +3,7 @@
     python tools/website.py build            # `make site`: the static site in _build/site
     python tools/website.py build --out DIR  # somewhere else
 
-The pages come from the course map (``effectively_once/course.py``), in its order:
+The pages come from the course map (``effectively_once/course/map.py``), in its order:
 a landing page (README's "What this course teaches" and the map), then one page
 per notebook, showing the outputs committed in ``notebooks/``. Everything the
 build needs is a Python package pinned in pyproject.toml: no Node.js, nothing
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from effectively_once.course import COURSE  # noqa: E402
+from effectively_once.course.map import COURSE  # noqa: E402
 from notebooks import MACHINE_PATH, readme_table  # noqa: E402  (tools/notebooks.py: one definition of each)
 
 OUT = ROOT / "_build" / "site"
@@ -73,7 +73,7 @@ def readme_section() -> str:
 
 
 def course_map_markdown() -> str:
-    """README's course map (tools/notebooks.py writes it from course.py), each notebook linking to its page."""
+    """README's course map (tools/notebooks.py writes it from course/map.py), each notebook linking to its page."""
     table = readme_table()
     for nb in COURSE:
         table = table.replace(f"| `{nb.stem}` |", f"| [{nb.stem}]({nb.stem}.ipynb) |", 1)
@@ -222,7 +222,7 @@ def stage(folder: Path) -> Path:
         source = ROOT / "notebooks" / f"{nb.stem}.ipynb"
         if not source.exists():
             raise SiteError(f"the course map names {nb.stem}, but notebooks/{nb.stem}.ipynb does not exist: "
-                            f"run `make notebooks NB={nb.stem}`, or remove it from effectively_once/course.py")
+                            f"run `make notebooks NB={nb.stem}`, or remove it from effectively_once/course/map.py")
         lab = ROOT / "labs" / f"{nb.stem}.ipynb"
         shutil.copy(source, folder / DOWNLOADS / "notebooks")
         if lab.exists():

@@ -33,12 +33,12 @@ derived from the input.
 
 The package, by concern:
 
-- ``checks``: the four checks, ``probe`` and ``compare_brokers``;
+- ``broker_checks``: the four checks, ``probe`` and ``compare_brokers``;
 - ``report``: the guarantee names, ``Check``, ``ProbeReport``, ``BrokerComparison`` and how they render;
 - ``clients``: the confluent-kafka clients the checks share, and their timeouts;
 - ``wire``: a minimal Kafka wire-protocol client that resends a batch as a client retry would;
 - ``crc32c``: the record batch checksum;
-- ``demo``: ``kafka_txn_vs_postgres``;
+- ``txn_vs_postgres``: ``kafka_txn_vs_postgres``, a Kafka and a PostgreSQL transaction side by side;
 - ``leak``: ``compare_leaks``, what a dedup table keyed by ``msg_id`` absorbs of an aborted or zombie transaction;
 - ``kafka4``: what Kafka 4.x changed, live, one module per proposal: the producer epoch per transaction
   (KIP-890), the time each group protocol takes to reassign a killed consumer's partitions (KIP-848), a share
@@ -49,7 +49,7 @@ The package, by concern:
 
 from __future__ import annotations
 
-from effectively_once.guarantees.checks import (
+from effectively_once.guarantees.broker_checks import (
     CHECKS,
     check_idempotent_producer,
     check_read_committed,
@@ -70,13 +70,6 @@ from effectively_once.guarantees.clients import (
     transactional_producer,
 )
 from effectively_once.guarantees.crc32c import crc32c as _crc32c  # noqa: F401 (a private name, see below)
-from effectively_once.guarantees.demo import (
-    KAFKA_COMMITS,
-    POSTGRES_COMMITS,
-    SplitOutcome,
-    TxnVsPostgres,
-    kafka_txn_vs_postgres,
-)
 from effectively_once.guarantees.kafka4 import (
     CLASSIC,
     CONSUMER,
@@ -111,6 +104,13 @@ from effectively_once.guarantees.report import (
     BrokerComparison,
     Check,
     ProbeReport,
+)
+from effectively_once.guarantees.txn_vs_postgres import (
+    KAFKA_COMMITS,
+    POSTGRES_COMMITS,
+    SplitOutcome,
+    TxnVsPostgres,
+    kafka_txn_vs_postgres,
 )
 from effectively_once.guarantees.wire import WireClient, nullable_string, record_batch, varint
 

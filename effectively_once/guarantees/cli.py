@@ -10,7 +10,7 @@ import json
 import sys
 
 from effectively_once import stack as stack_mod
-from effectively_once.guarantees.checks import CHECKS, probe
+from effectively_once.guarantees.broker_checks import CHECKS, probe
 
 HELP = "check live which Kafka guarantees the running broker gives"
 

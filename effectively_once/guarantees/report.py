@@ -1,6 +1,6 @@
 """What the probe found, and how it reads: in a terminal, as JSON, and as an HTML table in a notebook.
 
-Plain data and rendering only; the checks that fill it in are in ``checks``.
+Plain data and rendering only; the checks that fill it in are in ``broker_checks``.
 """
 
 from __future__ import annotations

@@ -309,7 +309,8 @@ def replay(stack: Stack, variant: str, messages: int = 40, seed: int = 7, *, fai
     """
     import psycopg
 
-    from effectively_once.payments.lab import PaymentLab, Table
+    from effectively_once.payments.lab import PaymentLab
+    from effectively_once.payments.lab_reports import Table
     from effectively_once.payments.messages import idempotency_key_for
 
     if variant not in VARIANTS:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from effectively_once.db import columns
-from effectively_once.payments.lab import Table
+from effectively_once.payments.lab_reports import Table
 
 if TYPE_CHECKING:
     from effectively_once.stack import Stack

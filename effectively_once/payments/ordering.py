@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from effectively_once.payments.lab import Table
+from effectively_once.payments.lab_reports import Table
 from effectively_once.protocol import DLQ_REASON
 
 if TYPE_CHECKING:

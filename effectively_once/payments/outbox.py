@@ -38,7 +38,7 @@ from effectively_once import protocol
 from effectively_once.db import columns, one
 from effectively_once.lifetime import kill_now
 from effectively_once.payments.children import Child
-from effectively_once.payments.lab import Table
+from effectively_once.payments.lab_reports import Table
 from effectively_once.schemas import load
 
 if TYPE_CHECKING:

@@ -57,7 +57,7 @@ from psycopg import errors
 from effectively_once import runs
 from effectively_once.db import columns
 from effectively_once.lifetime import kill_now
-from effectively_once.payments.lab import Table
+from effectively_once.payments.lab_reports import Table
 
 if TYPE_CHECKING:
     from effectively_once.payments.client import ProviderClient

@@ -27,7 +27,8 @@ import psycopg
 
 from effectively_once.db import columns
 from effectively_once.observe import metrics as names
-from effectively_once.payments.lab import PaymentLab, Table
+from effectively_once.payments.lab import PaymentLab
+from effectively_once.payments.lab_reports import Table
 from effectively_once.protocol import EventKind
 
 if TYPE_CHECKING:

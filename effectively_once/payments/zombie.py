@@ -31,7 +31,8 @@ import psycopg
 
 from effectively_once import protocol
 from effectively_once.db import one
-from effectively_once.payments.lab import PaymentLab, Table
+from effectively_once.payments.lab import PaymentLab
+from effectively_once.payments.lab_reports import Table
 from effectively_once.protocol import EventKind, ProcessEvent
 from effectively_once.stack.processes import wait_until
 

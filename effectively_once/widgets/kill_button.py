@@ -4,12 +4,14 @@ Rendering only: what a press does (a SIGKILL, in notebook 04) is the callable it
 given. Once the action has happened, by this button or by another route (a cell
 that sends the same SIGKILL), :meth:`KillButton.used` greys it out with the
 report, so a button that can no longer do what it says cannot be pressed.
+:func:`consumer_kill_button` makes the one a payment lab offers for a consumer process.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from typing import Protocol
 
 import ipywidgets as w
 
@@ -52,3 +54,32 @@ class KillButton(RunToShow, w.VBox):
         self.button.button_style = ""
         self.button.description = label
         self.report.value = f"<pre style='margin:4px 0;white-space:pre-wrap'>{html.escape(report)}</pre>"
+
+
+class Killable(Protocol):
+    """What the button needs to know of the process it kills (a payment lab's consumer)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
+def consumer_kill_button(consumer: Killable, kill: Callable[[], object]) -> KillButton:
+    """A button labelled with ``consumer``'s pid that calls ``kill()`` once, when pressed.
+
+    A consumer that was killed already (its ``kill_report`` set) gets a button greyed out
+    with that report; one that has exited, a button greyed out that says so.
+    """
+    button = KillButton(f"SIGKILL pid {consumer.pid}", kill)
+    earlier = getattr(consumer, "kill_report", None)
+    if earlier is not None:
+        button.used(str(earlier))
+    elif not consumer.running:
+        button.used(f"The consumer pid {consumer.pid} already exited with status {consumer.returncode}: "
+                    "start another with lab.start_consumer(pause_at=...) for a new button.", label="no consumer")
+    return button

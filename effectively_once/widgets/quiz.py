@@ -1,4 +1,4 @@
-"""Quiz widgets over ``effectively_once.review``: they render questions and show feedback, nothing more.
+"""Quiz widgets over ``effectively_once.course.review_questions``: they render questions and feedback, nothing more.
 
 Both can be driven from Python (``choose(i)``, ``answer(text)``), so tests and
 notebooks check them without a browser.
@@ -10,7 +10,7 @@ import html
 
 import ipywidgets as widgets
 
-from effectively_once.review import MultipleChoice, OpenQuestion
+from effectively_once.course.review_questions import MultipleChoice, OpenQuestion
 from effectively_once.widgets.placeholder import RunToShow
 
 _RIGHT = "#d4edda"

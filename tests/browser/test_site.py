@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from effectively_once.course import COURSE
+from effectively_once.course.map import COURSE
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("EO_ARTIFACTS") or ROOT / "artifacts") / "site"

@@ -56,7 +56,7 @@ def test_an_unsolved_lab_stops_at_its_check_with_the_hint_first(tmp_path):
 def test_a_wrong_answer_shows_the_assert_message_first():
     code = r"""
 from IPython.core.interactiveshell import InteractiveShell
-from effectively_once.checks import show_failed_checks_plainly
+from effectively_once.course.lab_checks import show_failed_checks_plainly
 shell = InteractiveShell.instance()
 show_failed_checks_plainly(shell)
 result = shell.run_cell("charged = ['a', 'a']\n"
@@ -73,7 +73,7 @@ result = shell.run_cell("1 / 0")
 
 
 def test_outside_ipython_nothing_changes():
-    code = ("from effectively_once.checks import show_failed_checks_plainly\n"
+    code = ("from effectively_once.course.lab_checks import show_failed_checks_plainly\n"
             "show_failed_checks_plainly()\nassert 1 == 2, 'plain python keeps its traceback'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1 and result.stdout == ""

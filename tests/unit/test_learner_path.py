@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from effectively_once.course import COURSE
+from effectively_once.course.map import COURSE
 from tools import notebooks as nbtool
 
 ROOT = Path(__file__).resolve().parents[2]

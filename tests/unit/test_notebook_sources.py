@@ -152,13 +152,13 @@ def test_saved_widget_state_fails_the_check_and_strip_removes_it(tree):
 
 
 def test_the_course_map_comes_from_course_py(tree):
-    from effectively_once.course import COURSE
+    from effectively_once.course.map import COURSE
 
     readme = (ROOT / "README.md").read_text()
     for nb in COURSE:
         assert f"| `{nb.stem}` | **{nb.title}**" in readme
         text = (ROOT / "sources" / "notebooks" / f"{nb.stem}.md").read_text()
-        assert f"**Time:** about {nb.minutes} minutes" in text, f"{nb.stem}'s Time line is not course.py's"
+        assert f"**Time:** about {nb.minutes} minutes" in text, f"{nb.stem}'s Time line is not course/map.py's"
     readme_copy = tree / "README.md"
     readme_copy.write_text(readme_copy.read_text().replace(f"| {COURSE[4].minutes} |", "| 99 |", 1))
     result = _check(tree)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from effectively_once import review
-from effectively_once.incidents import lint, redrive, slack_zombie, sqs_visibility, stripe2020, stripe2023
-from effectively_once.review import (
+from effectively_once.course import review_questions
+from effectively_once.course.review_questions import (
     DEDUP_SPIKE,
     KAFKA_EOS_AND_POSTGRES,
     OPEN_QUESTIONS,
@@ -14,6 +13,7 @@ from effectively_once.review import (
     Choice,
     MultipleChoice,
 )
+from effectively_once.incidents import lint, redrive, slack_zombie, sqs_visibility, stripe2020, stripe2023
 from effectively_once.widgets.quiz import MultipleChoiceWidget, OpenQuestionWidget
 
 
@@ -72,7 +72,7 @@ def test_early_acknowledgement_is_taught_as_loss_not_as_a_cause_of_dedup_hits():
 def test_the_review_tells_the_incidents_as_notebook_06_does():
     assert "no public post-mortem was found" in " ".join(SUMMARY.split())
     assert "a failure no public record shows" in " ".join(SUMMARY.split()), "Slack's story is a story, not evidence"
-    texts = [SUMMARY, review.__doc__ or "", *(q.prompt + q.model_answer for q in OPEN_QUESTIONS),
+    texts = [SUMMARY, review_questions.__doc__ or "", *(q.prompt + q.model_answer for q in OPEN_QUESTIONS),
              *(c.text + c.feedback for q in (KAFKA_EOS_AND_POSTGRES, DEDUP_SPIKE) for c in q.choices)]
     texts += [module.__doc__ or "" for module in (lint, redrive, slack_zombie, sqs_visibility, stripe2020, stripe2023)]
     for text in texts:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from effectively_once.course import COURSE, LAB, WORKSHOP_PLANS, WorkshopPlan, exercise_minutes, total_minutes
+from effectively_once.course.map import COURSE, LAB, WORKSHOP_PLANS, WorkshopPlan, exercise_minutes, total_minutes
 from tests.conftest import ROOT
 
 
