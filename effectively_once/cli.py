@@ -32,7 +32,7 @@ PLUGIN_COMMANDS = {
     "reset": "effectively_once.workspace:ResetCommand",
     "workspace": "effectively_once.workspace:WorkspaceCommand",
     "demo": "effectively_once.payments.crash_demo",
-    "probe": "effectively_once.guarantees.cli",
+    "probe": "effectively_once.guarantees.probe_command",
     "lint": "effectively_once.incidents.lint",
     "redrive": "effectively_once.incidents.redrive",
     "workshop": "effectively_once.stack.workshop",

@@ -59,7 +59,6 @@ from effectively_once.guarantees.broker_checks import (
     probe,
     try_zombie_commit,
 )
-from effectively_once.guarantees.cli import HELP, add_arguments, run
 from effectively_once.guarantees.clients import (
     OPERATION_TIMEOUT,
     READ_TIMEOUT,
@@ -95,6 +94,7 @@ from effectively_once.guarantees.leak import (
     LeakOutcome,
     compare_leaks,
 )
+from effectively_once.guarantees.probe_command import HELP, add_arguments, run
 from effectively_once.guarantees.report import (
     IDEMPOTENT_PRODUCER,
     READ_COMMITTED,

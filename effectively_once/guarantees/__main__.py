@@ -1,3 +1,3 @@
-from effectively_once.guarantees.cli import main
+from effectively_once.guarantees.probe_command import main
 
 raise SystemExit(main())

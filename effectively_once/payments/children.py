@@ -26,8 +26,8 @@ from effectively_once import protocol, runs
 from effectively_once.connections import raise_if_limit
 from effectively_once.lifetime import SIGKILL, kill_now
 from effectively_once.observe.scrape import Scrape, scrape
+from effectively_once.payments.consumer_settings import ConsumerSettings
 from effectively_once.payments.messages import DEFAULT_API_KEY
-from effectively_once.payments.settings import ConsumerSettings
 from effectively_once.stack.processes import stop_pid, wait_until
 
 ChildT = TypeVar("ChildT", bound="Child")

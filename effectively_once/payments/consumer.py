@@ -47,9 +47,9 @@ from effectively_once.observe.exporter import ConsumerTelemetry
 from effectively_once.observe.spans import configure_tracing
 from effectively_once.payments.client import ChargeFailed, ProviderClient
 from effectively_once.payments.clocks import CommitTry, IdleClock, OwedCommit
+from effectively_once.payments.consumer_settings import ConsumerSettings, build_parser, load_step
 from effectively_once.payments.messages import MalformedMessage, parse_charge, trace_id_of
 from effectively_once.payments.offsets import store_offsets, stored_offsets
-from effectively_once.payments.settings import ConsumerSettings, build_parser, load_step
 from effectively_once.payments.shop import migrate_shop
 from effectively_once.payments.steps import StepContext
 from effectively_once.protocol import EXIT_RESTART, EventKind, RestartReason, Result

@@ -13,9 +13,9 @@ import json
 import sys
 import time
 
+from effectively_once.payments.consumer_settings import APIS, NAMED_LAYER_SETS, resolve_layers
 from effectively_once.payments.lab import run_scenario
 from effectively_once.payments.lab_reports import REPORT_KEYS, PaymentReport
-from effectively_once.payments.settings import APIS, NAMED_LAYER_SETS, resolve_layers
 from effectively_once.protocol import ALL_CRASH_POINTS, LAYERS
 from effectively_once.run_results import RunRecord, record_run
 

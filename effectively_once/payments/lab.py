@@ -28,6 +28,7 @@ import psycopg
 from effectively_once.connections import connect, raise_if_limit
 from effectively_once.kafka import client_settings, committed_offsets, quiet_logger
 from effectively_once.payments.children import ConsumerProcess, ProviderProcess, WebhookReceiverProcess
+from effectively_once.payments.consumer_settings import APIS, LAYER_SETS, ConsumerSettings, resolve_layers
 from effectively_once.payments.lab_reports import (
     REPORT_KEYS,
     KillReport,
@@ -40,7 +41,6 @@ from effectively_once.payments.messages import DEFAULT_API_KEY
 from effectively_once.payments.offsets import stored_offsets
 from effectively_once.payments.producer import Sent, charge_records, send_records
 from effectively_once.payments.provider import migrate
-from effectively_once.payments.settings import APIS, LAYER_SETS, ConsumerSettings, resolve_layers
 from effectively_once.payments.shop import migrate_shop
 from effectively_once.protocol import CRASH_POINTS, EXIT_CONNECTION_LIMIT, EXIT_RESTART
 

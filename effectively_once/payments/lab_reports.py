@@ -20,8 +20,8 @@ import psycopg
 from effectively_once.db import columns, one
 from effectively_once.kafka import END_READER_SETTINGS, client_settings, quiet_logger, read_topic
 from effectively_once.lifetime import SIGKILL
+from effectively_once.payments.consumer_settings import NAMED_LAYER_SETS
 from effectively_once.payments.messages import idempotency_key_for, intent_key_for
-from effectively_once.payments.settings import NAMED_LAYER_SETS
 from effectively_once.protocol import DLQ_ERROR_TYPE, DLQ_REASON, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, plural
 
 if TYPE_CHECKING:

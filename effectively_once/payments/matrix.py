@@ -34,11 +34,11 @@ import psycopg
 from effectively_once import runs
 from effectively_once.db import columns
 from effectively_once.payments.children import ProviderProcess
+from effectively_once.payments.consumer_settings import APIS, LAYER_SETS, NAMED_LAYER_SETS, resolve_layers
 from effectively_once.payments.lab import run_scenario
 from effectively_once.payments.lab_reports import PaymentReport, Table, layer_set_name
 from effectively_once.payments.plugged import step_module_source
 from effectively_once.payments.producer import charge_records
-from effectively_once.payments.settings import APIS, LAYER_SETS, NAMED_LAYER_SETS, resolve_layers
 from effectively_once.protocol import ALL_CRASH_POINTS, CRASH_POINTS, INTENT_CRASH_POINTS, CrashPoint, Result, plural
 
 if TYPE_CHECKING:

@@ -139,7 +139,7 @@ class Inbox:
 
 def load_handler(spec: str) -> Callable[[psycopg.Connection, dict[str, Any]], str]:
     """Import ``module:function`` (the event handler) and return the function."""
-    from effectively_once.payments.settings import load_step
+    from effectively_once.payments.consumer_settings import load_step
 
     return load_step(spec)
 

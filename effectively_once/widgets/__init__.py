@@ -2,5 +2,5 @@
 
 - :class:`effectively_once.widgets.message_loss.MessageLossWidget`: the animated lossy channel
   (an anywidget front end, ``message_loss.js``, plays it in the browser).
-- :class:`effectively_once.widgets.generals.GeneralsProofWidget`: a stepper through the proof.
+- :class:`effectively_once.widgets.generals_proof.GeneralsProofWidget`: a stepper through the proof.
 """

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from effectively_once.payments.settings import (
+from effectively_once.payments.consumer_settings import (
     DEFAULT_BATCH_STEP,
     DEFAULT_STEP,
     LAYER_SETS,

@@ -1,8 +1,8 @@
 """No two modules of the package share a file name: a name says what its module holds, in one place only.
 
-Two ``checks.py`` or two ``demo.py`` leave a reader (and a traceback, and an editor's
-tab) to tell them apart by folder. The few names below stand for a role every
-package or command has, not for what a module holds, so they may repeat.
+Two ``checks.py`` or two ``settings.py`` leave a reader (and a traceback, and an editor's
+tab) to tell them apart by folder. The two names below stand for a role every
+package has, not for what a module holds, so they may repeat.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "effectively_once"
 
-# Names that may repeat: most stand for a role, not a content, and may appear once per package.
+# Names that may repeat: they stand for a role every package has, not for what a module holds.
 SHARED_ROLES = {
     "__init__.py",   # a package's face
     "__main__.py",   # `python -m <package>`
-    "cli.py",        # a package's command line (the course's, and `probe`'s)
-    "settings.py",   # a package's settings (the course's home and namespace, and a consumer's)
-    # The Two Generals as data (theory/) and as a widget (widgets/): notebook 01 imports both by these paths,
-    # and a notebook's code cannot change without running it again.
-    "generals.py",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from effectively_once.payments.settings import NAMED_LAYER_SETS, OFFSETS_STEP, ConsumerSettings, resolve_layers
+from effectively_once.payments.consumer_settings import NAMED_LAYER_SETS, OFFSETS_STEP, ConsumerSettings, resolve_layers
 from effectively_once.protocol import HANDLED_LAYERS, LAYERS
 
 SETTINGS = dict(bootstrap="127.0.0.1:9092", topic="t", group="g", shop_dsn="postgresql://u@h/db",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from effectively_once.payments.client import ChargeFailed, KeySpent
+from effectively_once.payments.consumer_settings import CHARGES_STEP, DEFAULT_STEP, ConsumerSettings
 from effectively_once.payments.lab import LAYER_SETS
 from effectively_once.payments.matrix import CHARGED_ONCE, CHARGED_TWICE, LOST, expected_outcome
-from effectively_once.payments.settings import CHARGES_STEP, DEFAULT_STEP, ConsumerSettings
 from effectively_once.protocol import CRASH_POINTS, INTENT_CRASH_POINTS
 
 

@@ -8,7 +8,7 @@ import typing
 import pytest
 
 from effectively_once import protocol
-from effectively_once.payments.settings import ConsumerSettings
+from effectively_once.payments.consumer_settings import ConsumerSettings
 from effectively_once.payments.steps import Outcome
 from effectively_once.schemas import load
 

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from effectively_once.theory import channel, generals
-from effectively_once.widgets.generals import GeneralsProofWidget, run_svg, step_html
+from effectively_once.widgets.generals_proof import GeneralsProofWidget, run_svg, step_html
 from effectively_once.widgets.message_loss import (
     LANE_X,
     SUMMARY_BAR_X,
