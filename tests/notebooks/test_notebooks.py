@@ -21,6 +21,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from effectively_once.lifetime import spawn
+
 ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = ROOT / "tests" / "notebooks" / "nbval_sanitize.cfg"
 COURSE = sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("solutions/*.ipynb"))
@@ -33,6 +35,22 @@ def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _pytest(cmd: list[str], timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run an inner pytest that dies with this one, however this one dies (its kernel follows it).
+
+    With a plain ``subprocess.run``, a lane stopped from outside (CI's timeout, a Ctrl-C, a
+    SIGKILL) would leave the inner pytest running its notebook on, against a stack going away.
+    """
+    proc = spawn(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _ids(paths):
     return [str(p.relative_to(ROOT)) for p in paths]
 
@@ -42,7 +60,7 @@ def test_notebook_passes_nbval(path, stack):
     """Run the notebook with nbval; its asserts and its stored outputs must hold on this stack."""
     cmd = [sys.executable, "-m", "pytest", "--nbval", str(path), "--nbval-sanitize-with", str(SANITIZE),
            "-p", "no:cacheprovider", "-q", "-o", "addopts=", "--nbval-cell-timeout=600"]
-    result = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=1800)
+    result = _pytest(cmd)
     assert result.returncode == 0, (f"nbval failed on {path.relative_to(ROOT)} (exit {result.returncode}):\n"
                                     f"{_tail(result.stdout + result.stderr)}")
 
@@ -62,7 +80,7 @@ def test_notebook_runs_on_tansu(path, stack):
     assert stack.broker_flavor == "tansu", "this test belongs to make test-tansu"
     cmd = [sys.executable, "-m", "pytest", "--nbval-lax", str(path), "-p", "no:cacheprovider", "-q",
            "-o", "addopts=", "--nbval-cell-timeout=600"]
-    result = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=1800)
+    result = _pytest(cmd)
     assert result.returncode == 0, (f"{path.relative_to(ROOT)} failed on Tansu (exit {result.returncode}):\n"
                                     f"{_tail(result.stdout + result.stderr)}")
 

@@ -6,6 +6,7 @@ import ast
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 
@@ -95,3 +96,30 @@ def test_no_test_runs_make(lane):
     """`make check` and `make test` run the lanes; a test that ran make would run a lane twice."""
     found = {str(p.relative_to(ROOT)): _calls_make(p) for p in (ROOT / "tests" / lane).rglob("*.py")}
     assert not {name: lines for name, lines in found.items() if lines}
+
+
+def test_a_notebook_run_dies_with_the_lane_that_started_it(tmp_path):
+    # The notebooks lane runs each notebook in an inner pytest: killed from outside (CI's timeout, a
+    # Ctrl-C), the lane's pytest must not leave that inner run going on against a stack going away.
+    from effectively_once.lifetime import pid_alive
+
+    pid_file = tmp_path / "inner.pid"
+    inner = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    outer = ("import sys\n"
+             f"sys.path.insert(0, {str(ROOT)!r})\n"
+             "from tests.notebooks.test_notebooks import _pytest\n"
+             f"_pytest([sys.executable, '-c', {inner!r}])\n")
+    lane = subprocess.Popen([sys.executable, "-c", outer], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert pid_alive(child)
+    finally:
+        lane.kill()
+        lane.wait()
+    deadline = time.monotonic() + 10
+    while pid_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(child), f"the inner run (pid {child}) outlived the lane's pytest"
