@@ -135,6 +135,9 @@ class TestStack:
 
         record = read_record(self.home / "stack.json")
         pids = record.pids if record else {}
+        # What the lanes' runs left (a lane stopped from outside: its temporary directories, topics,
+        # databases) goes while the records that name it are still here.
+        _cli("clean", home=self.home, backend=self.backend)
         down = _cli("down", "--purge", home=self.home, backend=self.backend)
         shutil.rmtree(self.home, ignore_errors=True)
         left = [f"{name} (pid {pid})" for name, pid in pids.items() if pid_alive(pid)]
@@ -163,8 +166,35 @@ def run_lane(lane: Lane, extra: list[str], home: Path | None, results: Path = RE
     command = lane.command(extra, results)
     print(f"== lane {lane.name}: {' '.join(command[1:])}", flush=True)
     started = time.monotonic()
-    code = subprocess.run(command, cwd=ROOT, env=env).returncode
+    # Its own process group: a lane stopped from outside stops all its pytest started, children included.
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        code = proc.wait()
+    except BaseException:
+        stop_group(proc)
+        raise
     return code, time.monotonic() - started
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 60.0) -> None:
+    """Stop the process group ``proc`` leads: SIGINT, then SIGTERM and SIGKILL for whatever is left.
+
+    SIGINT first: pytest (and each xdist worker) takes it as a Ctrl-C and still tears its fixtures
+    down, so a stack a test started with `up` (a keeper in a session of its own) is stopped too.
+    """
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def summarize(results: list[tuple[str, int, float]]) -> int:

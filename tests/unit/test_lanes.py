@@ -123,3 +123,28 @@ def test_a_notebook_run_dies_with_the_lane_that_started_it(tmp_path):
     while pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(child), f"the inner run (pid {child}) outlived the lane's pytest"
+
+
+def test_a_lane_stopped_from_outside_interrupts_its_whole_group_first_and_leaves_none_of_it(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import lanes
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    from effectively_once.lifetime import pid_alive
+
+    torn_down, grandchild = tmp_path / "torn-down", tmp_path / "grandchild.pid"
+    # A lane's pytest: on Ctrl-C it tears its fixtures down; its own child ignores SIGINT and must still go.
+    child = ("import os, signal, subprocess, sys, time\n"
+             f"g = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGINT, "
+             f"signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
+             f"open({str(grandchild)!r}, 'w').write(str(g.pid))\n"
+             "try:\n    time.sleep(120)\n"
+             f"except KeyboardInterrupt:\n    open({str(torn_down)!r}, 'w').write('yes')\n")
+    proc = subprocess.Popen([sys.executable, "-c", child], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (grandchild.exists() and grandchild.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lanes.stop_group(proc, grace=2.0)
+    assert torn_down.read_text() == "yes", "the lane's pytest got no Ctrl-C to tear its fixtures down with"
+    assert proc.poll() is not None and not pid_alive(int(grandchild.read_text())), "part of the lane is left"
