@@ -166,14 +166,27 @@ def run_lane(lane: Lane, extra: list[str], home: Path | None, results: Path = RE
     command = lane.command(extra, results)
     print(f"== lane {lane.name}: {' '.join(command[1:])}", flush=True)
     started = time.monotonic()
-    # Its own process group: a lane stopped from outside stops all its pytest started, children included.
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    proc = start_group(command, cwd=ROOT, env=env)
     try:
         code = proc.wait()
     except BaseException:
         stop_group(proc)
         raise
     return code, time.monotonic() - started
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_group(command: list[str], **popen: object) -> subprocess.Popen:
+    """Start ``command`` leading a process group of its own, with Ctrl-C (SIGINT) at its default.
+
+    Its own group: a lane stopped from outside stops all its pytest started, children included
+    (``stop_group``). SIGINT at its default: a shell that starts a job in the background without job
+    control starts it with SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    """
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=_default_sigint, **popen)  # type: ignore[call-overload]
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 60.0) -> None:

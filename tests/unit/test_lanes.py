@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,12 +137,18 @@ def test_a_lane_stopped_from_outside_interrupts_its_whole_group_first_and_leaves
     torn_down, grandchild = tmp_path / "torn-down", tmp_path / "grandchild.pid"
     # A lane's pytest: on Ctrl-C it tears its fixtures down; its own child ignores SIGINT and must still go.
     child = ("import os, signal, subprocess, sys, time\n"
-             f"g = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGINT, "
-             f"signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
-             f"open({str(grandchild)!r}, 'w').write(str(g.pid))\n"
-             "try:\n    time.sleep(120)\n"
+             "try:\n"
+             "    g = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGINT, "
+             "signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
+             f"    open({str(grandchild)!r}, 'w').write(str(g.pid))\n"
+             "    time.sleep(120)\n"
              f"except KeyboardInterrupt:\n    open({str(torn_down)!r}, 'w').write('yes')\n")
-    proc = subprocess.Popen([sys.executable, "-c", child], start_new_session=True)
+    # Started as the lane starts its pytest, from a process that ignores SIGINT (a background job of a shell).
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = lanes.start_group([sys.executable, "-c", child])
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     deadline = time.monotonic() + 30
     while not (grandchild.exists() and grandchild.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
