@@ -232,12 +232,16 @@ def replace_exited(lab: PaymentLab, wanted: int, **options) -> list[int]:
 def start_run(lab: PaymentLab, messages: int, seed: int, latency_ms: float = 30):
     """A provider taking ``latency_ms`` per charge, ``messages`` produced and two consumers charging them.
 
-    Returns the provider once 60 messages are charged: the moment to strike.
+    Returns the provider once both consumers hold partitions and 60 messages are charged: the moment
+    to strike, with both charging (a strike while the group still rebalances may find no call in flight).
     """
     provider = lab.start_provider(latency_ms=latency_ms, in_flight_timeout=3)
     lab.produce(messages, seed=seed)
-    for _ in range(2):
-        lab.start_consumer(exit_when_idle=None, **PATIENT)
+    consumers = [lab.start_consumer(exit_when_idle=None, **PATIENT) for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(any(e["partitions"] for e in c.log_events(EventKind.ASSIGNED)) for c in consumers):
+        assert time.monotonic() < deadline, "the two consumers never both held partitions"
+        time.sleep(0.05)
     wait_for_charges(lab, 60, 60)
     return provider
 
