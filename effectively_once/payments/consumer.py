@@ -38,6 +38,17 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
+if __name__ == "__main__" and "httpx" not in sys.modules:
+    # Started as the consumer program (a crash matrix starts dozens of them): the Stripe SDK imports httpx,
+    # when it is installed, for an async client the consumer never uses, and httpx brings its own command
+    # line (rich, click): about a third of the consumer's start (benchmarks/consumer_start.py). httpx is
+    # hidden while the SDK loads, and only then: a step of the learner's may still import it.
+    sys.modules["httpx"] = None  # type: ignore[assignment]
+    try:
+        import stripe  # noqa: F401
+    finally:
+        del sys.modules["httpx"]
+
 import psycopg
 
 from effectively_once import protocol

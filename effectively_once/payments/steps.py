@@ -311,12 +311,12 @@ def process_message(ctx: Context, msg: ChargeMessage) -> Outcome:
         return Outcome("skipped", dedup_hit=True)
     ctx.crash_point("after_dedup_insert")
 
-    intent_id = claim.payment_intent
+    intent_id, create_retries = claim.payment_intent, 0
     if intent_id is None:
         # A redelivery whose row holds no id yet creates it again: the derived key gives back the same one.
         created = ctx.provider.create_intent(
             msg, idempotency_key=intent_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None)
-        intent_id = created.id
+        intent_id, create_retries = created.id, created.retries
         ctx.crash_point("after_intent_created")
         if _dedup(ctx):
             # The recovery point: from now on, whatever happens, the shop can ask what became of this payment.
@@ -331,8 +331,9 @@ def process_message(ctx: Context, msg: ChargeMessage) -> Outcome:
     if _dedup(ctx):
         _mark_done(ctx, msg.msg_id, result)
     ctx.crash_point("after_status_update")
+    # The message's retries are those of both its calls: a provider that died between them is retried on create.
     return Outcome(_result_of(result), dedup_hit=claim.hit, charge_id=result.charge_id,
-                   retries=result.retries, side_effect_ms=result.duration_ms)
+                   retries=create_retries + result.retries, side_effect_ms=result.duration_ms)
 
 
 def process_charge(ctx: Context, msg: ChargeMessage) -> Outcome:
@@ -450,6 +451,7 @@ def process_batch(ctx: Context, msgs: list[ChargeMessage]) -> list[Outcome | Cha
 
     failures: dict[int, ChargeFailed] = {}
     intents: dict[int, str] = {}  # by position in the batch: without a dedup row, a repeated message is new work
+    create_retries: dict[int, int] = {}
     for index, (msg, _, skip) in enumerate(todo):
         stored = existing.get(msg.msg_id, ("pending", None))[1] if dedup else None
         if skip:
@@ -458,8 +460,9 @@ def process_batch(ctx: Context, msgs: list[ChargeMessage]) -> list[Outcome | Cha
             intents[index] = stored
             continue
         try:
-            intents[index] = ctx.provider.create_intent(
-                msg, idempotency_key=intent_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None).id
+            created = ctx.provider.create_intent(
+                msg, idempotency_key=intent_key_for(msg.msg_id) if ctx.uses("idempotency_key") else None)
+            intents[index], create_retries[index] = created.id, created.retries
         except ChargeFailed as exc:
             failures[index] = exc
     ctx.crash_point("after_intent_created")
@@ -474,7 +477,8 @@ def process_batch(ctx: Context, msgs: list[ChargeMessage]) -> list[Outcome | Cha
     def confirm(index: int, msg: ChargeMessage, key: str | None) -> ChargeResult:
         if index in failures:
             raise failures[index]
-        return confirm_or_recover(ctx, msg, intents[index], key)
+        result = confirm_or_recover(ctx, msg, intents[index], key)
+        return replace(result, retries=create_retries.get(index, 0) + result.retries)
 
     return _finish_batch(ctx, todo, confirm)
 

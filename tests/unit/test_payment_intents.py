@@ -60,3 +60,33 @@ def test_what_an_answer_says_about_the_money():
     assert ChargeFailed("retries_exhausted", "409 in flight", 409).indeterminate
     assert not ChargeFailed("retries_exhausted", "rate limited", 429).indeterminate, "a 429 never began executing"
     assert not ChargeFailed("rejected", "card declined", 402, code="card_declined").indeterminate
+
+
+class _RetryingProvider:
+    """A stand-in provider whose every call needed ``create`` and ``confirm`` retries (a provider down a moment)."""
+
+    def __init__(self, create: int, confirm: int) -> None:
+        self.create, self.confirm = create, confirm
+
+    def create_intent(self, msg, idempotency_key=None):
+        from effectively_once.payments.client import IntentResult
+        return IntentResult(f"pi_{msg.msg_id}", "requires_confirmation", False, self.create)
+
+    def confirm_intent(self, msg, intent_id, idempotency_key=None):
+        from effectively_once.payments.client import ChargeResult
+        return ChargeResult(f"ch_{msg.msg_id}", False, self.confirm, 40.0, payment_intent=intent_id)
+
+
+@pytest.mark.parametrize(("create", "confirm"), [(3, 0), (0, 2), (1, 4)])
+def test_a_messages_retries_count_both_calls_of_the_payment_intent_path(create, confirm):
+    """A provider that died between the create and the confirm is retried on the create: those retries count too
+    (consumer_events.retries, the faults test's proof that a call was in flight)."""
+    from effectively_once.payments.messages import ChargeMessage
+    from effectively_once.payments.steps import StepContext, process_batch, process_message
+
+    ctx = StepContext(None, _RetryingProvider(create, confirm), ["idempotency_key"])  # type: ignore[arg-type]
+    msgs = [ChargeMessage(f"m{i}", "cus_1", 100 + i, "usd") for i in range(3)]
+    one = process_message(ctx, msgs[0])
+    assert (one.result, one.charge_id, one.retries) == ("charged", "ch_m0", create + confirm)
+    batch = process_batch(ctx, msgs)
+    assert [(o.charge_id, o.retries) for o in batch] == [(f"ch_{m.msg_id}", create + confirm) for m in msgs]

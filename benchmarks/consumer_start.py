@@ -1,0 +1,62 @@
+"""What it costs to start the consumer program, as the crash matrix starts it dozens of times.
+
+Two ways to start the same program (``python -m effectively_once.payments.consumer --help``,
+which loads every module the consumer needs and exits), alternated round after round:
+
+- as it starts now: the Stripe SDK is loaded with httpx hidden (see the top of ``payments/consumer.py``);
+- as it started before: httpx imported first, as the SDK imports it when it is installed.
+
+Prints the median wall-clock time and CPU time of one start of each, and their ratios.
+
+    .venv/bin/python benchmarks/consumer_start.py [--rounds 7] [--starts 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+NOW = [sys.executable, "-m", "effectively_once.payments.consumer", "--help"]
+BEFORE = [sys.executable, "-c",
+          "import httpx, runpy, sys; sys.argv = ['consumer', '--help']; "
+          "runpy.run_module('effectively_once.payments.consumer', run_name='__main__', alter_sys=True)"]
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_start(command: list[str], starts: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one start, averaged over ``starts`` starts."""
+    cpu, began = children_cpu(), time.perf_counter()
+    for _ in range(starts):
+        subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - began) / starts, (children_cpu() - cpu) / starts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--starts", type=int, default=5)
+    args = parser.parse_args()
+    results: dict[str, list[tuple[float, float]]] = {"before": [], "now": []}
+    for round_no in range(args.rounds):
+        order = (("before", BEFORE), ("now", NOW)) if round_no % 2 == 0 else (("now", NOW), ("before", BEFORE))
+        for name, command in order:
+            results[name].append(one_start(command, args.starts))
+    wall = {name: statistics.median(r[0] for r in rows) for name, rows in results.items()}
+    cpu = {name: statistics.median(r[1] for r in rows) for name, rows in results.items()}
+    for name in ("before", "now"):
+        print(f"{name:<7} {wall[name] * 1000:6.0f} ms wall   {cpu[name] * 1000:6.0f} ms CPU   per start")
+    print(f"now/before: {wall['now'] / wall['before']:.2f} wall, {cpu['now'] / cpu['before']:.2f} CPU "
+          f"({args.rounds} rounds of {args.starts} starts each)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
