@@ -61,6 +61,7 @@ class Lane:
     markers: str | None = None
     backend: str | None = None          # None: no stack; else the backend its stack runs
     workers: int = 0                    # xdist workers; 0 runs in this process
+    dist: str = "loadscope"             # how xdist hands the tests to its workers
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()          # more pytest options of this lane
 
@@ -78,7 +79,8 @@ class Lane:
             cmd += ["-m", self.markers]
         if self.workers:
             # loadscope: each test module runs whole, in order, on one worker, so its fixtures start once.
-            cmd += ["-n", str(self.workers), "--dist", "loadscope"]
+            # worksteal: each test goes where a worker is free (each notebook is a test of its own).
+            cmd += ["-n", str(self.workers), "--dist", self.dist]
         return cmd + extra
 
 
@@ -96,7 +98,10 @@ def lanes() -> dict[str, Lane]:
     return {
         "unit": Lane("unit", ("tests/unit",), workers=_workers(0)),
         "integration": Lane("integration", ("tests/integration",), "not tansu_only", _backend(), _workers(2)),
-        "notebooks": Lane("notebooks", ("tests/notebooks",), "not tansu_only", _backend(), _workers(0)),
+        # Two notebooks at a time: a notebook waits on its broker, database and children about half of
+        # its run (benchmarks/lanes.py measures one worker against two).
+        "notebooks": Lane("notebooks", ("tests/notebooks",), "not tansu_only", _backend(), _workers(2),
+                          dist="worksteal"),
         "browser": Lane("browser", ("tests/browser",), None, _backend()),
         "tansu": Lane("tansu", ("tests/integration", "tests/notebooks"), "tansu_pass or tansu_only", "tansu",
                       env={"EO_BACKEND": "tansu"}),
@@ -189,13 +194,15 @@ def start_group(command: list[str], **popen: object) -> subprocess.Popen:
     return subprocess.Popen(command, start_new_session=True, preexec_fn=_default_sigint, **popen)  # type: ignore[call-overload]
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 60.0) -> None:
+def stop_group(proc: subprocess.Popen, grace: float = 60.0, term_grace: float = 10.0) -> None:
     """Stop the process group ``proc`` leads: SIGINT, then SIGTERM and SIGKILL for whatever is left.
+
+    ``grace`` is how long Ctrl-C has to end the group, ``term_grace`` how long SIGTERM has.
 
     SIGINT first: pytest (and each xdist worker) takes it as a Ctrl-C and still tears its fixtures
     down, so a stack a test started with `up` (a keeper in a session of its own) is stopped too.
     """
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, term_grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

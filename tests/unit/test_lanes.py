@@ -152,6 +152,6 @@ def test_a_lane_stopped_from_outside_interrupts_its_whole_group_first_and_leaves
     deadline = time.monotonic() + 30
     while not (grandchild.exists() and grandchild.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    lanes.stop_group(proc, grace=2.0)
+    lanes.stop_group(proc, grace=2.0, term_grace=1.0)
     assert torn_down.read_text() == "yes", "the lane's pytest got no Ctrl-C to tear its fixtures down with"
     assert proc.poll() is not None and not pid_alive(int(grandchild.read_text())), "part of the lane is left"
