@@ -38,19 +38,31 @@ def is_service_program(name: str) -> bool:
     return name in SERVICE_PROGRAMS or name.startswith("tansu")
 
 
+# A process is looked at again while it is this young: one just forked may not have exec'd its program yet.
+YOUNG_SECONDS = 2.0
+
+
 @dataclass
 class ServiceWatch:
-    """Samples the machine's processes and keeps each service process of this run that it sees start."""
+    """Samples the machine's processes and keeps each service process of this run that it sees start.
+
+    A sample looks only at the processes new since the last one (and at those still young enough to
+    exec another program): every process of the machine, every 0.1 s and after every test, would cost
+    the lane several seconds of CPU.
+    """
 
     mark: str
     interval: float = 0.1
     seen: list[str] = field(default_factory=list)
     _known: set[tuple[int, float]] = field(default_factory=set)
+    _pids: set[int] = field(default_factory=set)
+    _young: dict[int, float] = field(default_factory=dict)  # pid -> its start time, while it is young
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.since = time.time() - 1.0
         self.root = os.getpid()
+        self._lock = threading.Lock()
 
     def _ours(self, proc: psutil.Process) -> bool:
         try:
@@ -61,19 +73,36 @@ class ServiceWatch:
             return False
 
     def sample(self) -> None:
-        """Look once at every process; record the service programs of this run started since the watch began."""
-        for proc in psutil.process_iter(["pid", "name", "create_time"]):
-            name, started = proc.info["name"] or "", proc.info["create_time"] or 0.0
-            if not is_service_program(name) or started < self.since or (proc.pid, started) in self._known:
-                continue
-            try:
-                # A script merely named `java` (some tests fake an old Java) is not a JVM: look at the program run.
-                program = Path(proc.exe()).name
-            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
-                continue
-            if is_service_program(program) and self._ours(proc):
-                self._known.add((proc.pid, started))
-                self.seen.append(f"{program} (pid {proc.pid}): {' '.join(proc.cmdline()[:4])[:200]}")
+        """Look at the processes new since the last sample, and the young ones again; record the service
+        programs of this run started since the watch began."""
+        with self._lock:
+            now, pids = time.time(), set(psutil.pids())
+            fresh, self._pids = pids - self._pids, pids
+            self._young = {pid: started for pid, started in self._young.items()
+                           if pid in pids and now - started < YOUNG_SECONDS}
+            for pid in fresh | set(self._young):
+                self._look_at(pid, now)
+
+    def _look_at(self, pid: int, now: float) -> None:
+        try:
+            proc = psutil.Process(pid)
+            name, started = proc.name(), proc.create_time()
+        except psutil.Error:
+            return
+        if started < self.since:
+            return
+        if now - started < YOUNG_SECONDS:
+            self._young[pid] = started
+        if not is_service_program(name) or (pid, started) in self._known:
+            return
+        try:
+            # A script merely named `java` (some tests fake an old Java) is not a JVM: look at the program run.
+            program = Path(proc.exe()).name
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+            return
+        if is_service_program(program) and self._ours(proc):
+            self._known.add((pid, started))
+            self.seen.append(f"{program} (pid {pid}): {' '.join(proc.cmdline()[:4])[:200]}")
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
