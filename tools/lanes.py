@@ -94,15 +94,15 @@ def _workers(default: int) -> int:
 
 
 def lanes() -> dict[str, Lane]:
-    """Every lane by name. The unit and notebooks lanes run on two xdist workers, the integration lane
+    """Every lane by name. The unit lane runs on two xdist workers, the integration and notebooks lanes
     on three (benchmarks/lanes.py measures a lane with one count of workers against another)."""
     return {
         "unit": Lane("unit", ("tests/unit",), workers=_workers(2)),
         # Three workers on two cores: a test here waits on its broker, database and children much of its run.
         "integration": Lane("integration", ("tests/integration",), "not tansu_only", _backend(), _workers(3)),
-        # Two notebooks at a time: a notebook waits on its broker, database and children about half of
-        # its run (benchmarks/lanes.py measures one worker against two).
-        "notebooks": Lane("notebooks", ("tests/notebooks",), "not tansu_only", _backend(), _workers(2),
+        # Three notebooks at a time: a notebook waits on its broker, database and children about half of
+        # its run (benchmarks/lanes.py measures one count of workers against another).
+        "notebooks": Lane("notebooks", ("tests/notebooks",), "not tansu_only", _backend(), _workers(3),
                           dist="worksteal"),
         "browser": Lane("browser", ("tests/browser",), None, _backend()),
         "tansu": Lane("tansu", ("tests/integration", "tests/notebooks"), "tansu_pass or tansu_only", "tansu",
