@@ -265,10 +265,12 @@ def test_the_drop_knob_loses_attempts_and_the_retry_delivers_the_same_event(prov
     assert endpoint.of(paid.id) == [], "a dropped attempt never reaches the endpoint"
     provider.set_faults(webhook_drop=0.0)
     endpoint.wait_for(lambda: len(endpoint.of(paid.id)) == 1)
+    # The endpoint has the event before the provider records the answer: wait for the row to say so.
+    event_id = endpoint.of(paid.id)[0].event_id
+    wait_until_delivered(provider, event_id)
     with psycopg.connect(provider.dsn) as conn:
         state, attempts, dropped = conn.execute(
-            "SELECT state, attempts, dropped FROM webhook_deliveries WHERE event_id = %s",
-            (endpoint.of(paid.id)[0].event_id,)).fetchone()
+            "SELECT state, attempts, dropped FROM webhook_deliveries WHERE event_id = %s", (event_id,)).fetchone()
     assert state == "delivered" and dropped >= 2 and attempts == dropped + 1
 
 
@@ -294,9 +296,8 @@ def test_a_provider_killed_with_deliveries_pending_sends_them_once_restarted(sta
         try:
             endpoint.wait_for(lambda: len(endpoint.of(paid.id)) == refused + 1, what="the delivery after the restart")
             assert len({d.event_id for d in endpoint.of(paid.id)}) == 1
-            with psycopg.connect(restarted.dsn) as conn:
-                assert conn.execute("SELECT state FROM webhook_deliveries WHERE event_id = %s",
-                                    (endpoint.of(paid.id)[0].event_id,)).fetchone() == ("delivered",)
+            # Recorded as delivered once the endpoint's answer is back, a moment after it has the event.
+            assert wait_until_delivered(restarted, endpoint.of(paid.id)[0].event_id)[0] == "delivered"
             # The counters come from the database: the refusals before the kill are still counted.
             refusals = metric(restarted, f"{names.WEBHOOK_DELIVERY_FAILURES}_total", reason="refused")
             assert 1 <= refusals < len(endpoint.of(paid.id, paid.latest_charge))

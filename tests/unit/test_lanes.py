@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from types import SimpleNamespace
 
 import pytest
 
@@ -157,17 +156,3 @@ def test_a_lane_stopped_from_outside_interrupts_its_whole_group_first_and_leaves
     assert torn_down.read_text() == "yes", "the lane's pytest got no Ctrl-C to tear its fixtures down with"
     assert proc.poll() is not None and not pid_alive(int(grandchild.read_text())), "part of the lane is left"
 
-
-def test_the_integration_lanes_longest_modules_are_its_own_and_collected_first():
-    """A module named in LONGEST_FIRST that was renamed or removed would silently order nothing."""
-    from tests.integration.conftest import LONGEST_FIRST, pytest_collection_modifyitems
-
-    modules = sorted(path.stem for path in (ROOT / "tests" / "integration").glob("test_*.py"))
-    assert set(LONGEST_FIRST) <= set(modules), f"not in tests/integration: {sorted(set(LONGEST_FIRST) - set(modules))}"
-    items = [SimpleNamespace(nodeid=f"tests/integration/{module}.py::test_{n}") for module in modules for n in (1, 2)]
-    pytest_collection_modifyitems(items)  # type: ignore[arg-type]
-    order = [item.nodeid for item in items]
-    longest = [f"tests/integration/{module}.py::test_{n}" for module in LONGEST_FIRST for n in (1, 2)]
-    rest = [f"tests/integration/{module}.py::test_{n}" for module in modules if module not in LONGEST_FIRST
-            for n in (1, 2)]
-    assert order == longest + rest, "the longest modules first, then the others in their order, each whole"
