@@ -12,13 +12,13 @@ LANE_ARGS = $(if $(strip $(PYTEST_ARGS)),-- $(PYTEST_ARGS))
 .PHONY: setup lab check test test-browser test-tansu test-docker test-room test-all test-notebook notebooks up down status \
         doctor labs environment site site-preview test-site
 
-# Re-runs are fast: pip runs again only when pyproject.toml changed. --no-compile: Python compiles a module
-# the first time it is imported, rather than pip every module of every package up front, which took as long
-# as the install itself (benchmarks/setup_install.py).
+# Re-runs are fast: pip runs again only when pyproject.toml changed. pip compiles every module at install
+# (no --no-compile): where PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile the SDK and the
+# rest from source in every process it starts.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
