@@ -46,11 +46,13 @@ def no_docker() -> None:
 def flaky_mirror():
     """A Maven-layout server on 127.0.0.1 for the pinned jars that breaks off its first answer for one jar.
 
-    It serves the shared (warm, read-only) cache; the first request for ``victim`` gets the full
-    Content-Length but only half the bytes before the connection closes.
+    It serves the shared cache, read-only (fetched first on a machine that has none yet, as the mirror of
+    tests/unit/test_kafka_backend.py does; this fixture comes before ``empty_cache`` redirects
+    EO_JAR_CACHE); the first request for ``victim`` gets the full Content-Length but only half the bytes
+    before the connection closes.
     """
-    shared = jars.cache_dir()
-    assert not jars.missing_jars(shared), "the shared jar cache is warm before EO_JAR_CACHE points elsewhere"
+    shared = jars.ensure_jars(progress=lambda *_: None, bar=lambda *_: None)
+    assert not jars.missing_jars(shared)
     by_name = {jar.filename: shared / jar.filename for jar in jars.pinned_jars()}
     state = {"victim": jars.pinned_jars()[-1].filename, "cut": 0, "served": 0}
 
