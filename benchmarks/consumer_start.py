@@ -31,12 +31,18 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_start(command: list[str], starts: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one start, averaged over ``starts`` starts."""
+def one_start(command: list[str], starts: int, **run: object) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one start, averaged over ``starts`` starts (``run``: more for subprocess.run)."""
     cpu, began = children_cpu(), time.perf_counter()
     for _ in range(starts):
-        subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(command, stdout=subprocess.DEVNULL, check=True, **run)  # type: ignore[call-overload]
     return (time.perf_counter() - began) / starts, (children_cpu() - cpu) / starts
+
+
+def medians(results: dict[str, list[tuple[float, float]]]) -> tuple[dict[str, float], dict[str, float]]:
+    """The median wall and CPU seconds of each way's rounds."""
+    return ({name: statistics.median(r[0] for r in rows) for name, rows in results.items()},
+            {name: statistics.median(r[1] for r in rows) for name, rows in results.items()})
 
 
 def main() -> int:
@@ -49,8 +55,7 @@ def main() -> int:
         order = (("before", BEFORE), ("now", NOW)) if round_no % 2 == 0 else (("now", NOW), ("before", BEFORE))
         for name, command in order:
             results[name].append(one_start(command, args.starts))
-    wall = {name: statistics.median(r[0] for r in rows) for name, rows in results.items()}
-    cpu = {name: statistics.median(r[1] for r in rows) for name, rows in results.items()}
+    wall, cpu = medians(results)
     for name in ("before", "now"):
         print(f"{name:<7} {wall[name] * 1000:6.0f} ms wall   {cpu[name] * 1000:6.0f} ms CPU   per start")
     print(f"now/before: {wall['now'] / wall['before']:.2f} wall, {cpu['now'] / cpu['before']:.2f} CPU "

@@ -94,8 +94,8 @@ def _workers(default: int) -> int:
 
 
 def lanes() -> dict[str, Lane]:
-    """Every lane by name. The unit lane runs on two xdist workers, the integration and notebooks lanes
-    on three (benchmarks/lanes.py measures a lane with one count of workers against another)."""
+    """Every lane by name. The unit and browser lanes run on two xdist workers, the integration and
+    notebooks lanes on three (benchmarks/lanes.py measures a lane with one count of workers against another)."""
     return {
         "unit": Lane("unit", ("tests/unit",), workers=_workers(2)),
         # Three workers on two cores: a test here waits on its broker, database and children much of its run.
@@ -104,7 +104,9 @@ def lanes() -> dict[str, Lane]:
         # its run (benchmarks/lanes.py measures one count of workers against another).
         "notebooks": Lane("notebooks", ("tests/notebooks",), "not tansu_only", _backend(), _workers(3),
                           dist="worksteal"),
-        "browser": Lane("browser", ("tests/browser",), None, _backend()),
+        # Two workers, a module each at a time: the Run Alls of test_browser.py on one, the learner's
+        # interactions and the website on the other (each module has its own JupyterLab and Chromium).
+        "browser": Lane("browser", ("tests/browser",), None, _backend(), _workers(2)),
         "tansu": Lane("tansu", ("tests/integration", "tests/notebooks"), "tansu_pass or tansu_only", "tansu",
                       env={"EO_BACKEND": "tansu"}),
         # Each module of the room lane starts its own secured stack; -s shows the room's time against one learner's.

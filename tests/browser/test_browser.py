@@ -20,7 +20,8 @@ only a browser shows:
 One JupyterLab server per module serves a temporary copy of ``notebooks/`` (with
 ``labs/`` and ``solutions/`` beside it, as notebook 00's course map expects) and
 gets the run's stack through ``EO_HOME``. Each live Run All's wall time is
-printed and written to ``run_all_times_<broker>.json``.
+printed, and recorded with the test's report (tests/browser/run_all.py), which
+writes them all to ``run_all_times_<broker>.json``.
 
 Uses Debian's ``chromium`` through Playwright's ``executable_path`` (Playwright
 never downloads a browser here). Where Chromium is not installed the tests are
@@ -45,9 +46,10 @@ from pathlib import Path
 import pytest
 
 from effectively_once.stack.processes import free_port, pid_alive, port_open, stop_pid, wait_until
+from tests.browser import run_all
+from tests.browser.run_all import ARTIFACTS
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("EO_ARTIFACTS") or ROOT / "tests" / "artifacts")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -70,10 +72,6 @@ NOTEBOOKS = {
 # Every notebook runs live here, as a learner's Run All: its widgets render, no cell shows an error, and its
 # time is measured (04 has its own test: the learner presses the kill button).
 LIVE = tuple(name for name in NOTEBOOKS if name != "04_kill_the_consumer")
-RUN_ALL_TIMES: dict[str, float] = {}
-# What a learner should wait for one notebook's Run All on two cores; the lane reports each time against it
-# (a report, not an assertion: a shared CI machine's load decides the last seconds).
-RUN_ALL_GOAL = 45.0
 
 
 def _chromium() -> str | None:
@@ -149,18 +147,6 @@ def jupyterlab(chromium, stack, tmp_path_factory):
         for pid in left:
             stop_pid(pid, timeout=5)
         assert not left, f"JupyterLab's kernels (or their children) outlived it: pids {left}"
-        _write_times(stack)
-
-
-def _write_times(stack) -> None:
-    if not RUN_ALL_TIMES:
-        return
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    # One file per broker, so that a run on Tansu (EO_BACKEND=tansu) keeps the times measured on Apache Kafka.
-    (ARTIFACTS / f"run_all_times_{stack.broker_flavor}.json").write_text(json.dumps(
-        {"broker": stack.broker_flavor, "backend": stack.backend,
-         "goal": RUN_ALL_GOAL,
-         "seconds": {name: round(s, 1) for name, s in sorted(RUN_ALL_TIMES.items())}}, indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -342,9 +328,8 @@ def _shutdown_session(jupyterlab: dict, path: str) -> None:
             _api(jupyterlab["base"], jupyterlab["token"], f"/api/sessions/{session['id']}", method="DELETE")
 
 
-def _report_time(capsys, name: str, seconds: float, stack) -> None:
-    RUN_ALL_TIMES[name] = seconds
-    _write_times(stack)
+def _report_time(record_property, capsys, name: str, seconds: float, stack) -> None:
+    run_all.record(record_property, name, seconds, stack)
     with capsys.disabled():
         print(f"\n[browser] {name}: Run All took {seconds:.1f} s on {stack.broker_flavor}", flush=True)
 
@@ -569,11 +554,12 @@ def _live_params():
 
 
 @pytest.mark.parametrize(("name", "limit"), list(_live_params()))
-def test_every_notebook_runs_all_cells_in_jupyterlab(name, limit, browser, jupyterlab, stack, capsys):
+def test_every_notebook_runs_all_cells_in_jupyterlab(name, limit, browser, jupyterlab, stack, capsys,
+                                                      record_property):
     """Open the notebook, clear it, Run All: every cell runs, every widget renders, no error; then its own checks."""
     with _notebook_page(browser, jupyterlab, name) as (page, path):
         seconds = _run(page, path, "notebook:run-all-cells", None, limit)
-        _report_time(capsys, name, seconds, stack)
+        _report_time(record_property, capsys, name, seconds, stack)
         saved = _end_state(page, jupyterlab, path, name)
         _check_widgets_render(page, path, saved)
         if name in AFTER_RUN_ALL:
@@ -584,7 +570,7 @@ KILL_REPORT = "SIGKILL sent to consumer pid"
 
 
 @pytest.mark.timeout(NOTEBOOKS["04_kill_the_consumer"] + 180)
-def test_learner_kills_the_consumer_in_notebook_04(browser, jupyterlab, stack, capsys):
+def test_learner_kills_the_consumer_in_notebook_04(browser, jupyterlab, stack, capsys, record_property):
     """Run 04 up to the kill button, press it once the consumer paused, run the rest; check the tables."""
     name = "04_kill_the_consumer"
     limit = NOTEBOOKS[name]
@@ -604,7 +590,7 @@ def test_learner_kills_the_consumer_in_notebook_04(browser, jupyterlab, stack, c
         assert "by you (the button)" in report.inner_text(), report.inner_text()
         page.screenshot(path=str(ARTIFACTS / "browser_04_kill_button_pressed.png"))
         after = _run(page, path, "notebook:run-all-below", None, limit, index=kill_cell)
-        _report_time(capsys, name, before + after, stack)
+        _report_time(record_property, capsys, name, before + after, stack)
         saved = _end_state(page, jupyterlab, path, name)
         _check_widgets_render(page, path, saved)
 

@@ -3,7 +3,8 @@
 * Each ``notebooks/*.ipynb`` and ``solutions/*.ipynb`` runs under nbval in a
   subprocess, against the run's stack (the kernel inherits ``EO_HOME`` and
   attaches with ``attach_or_start()``). Outputs of deterministic cells are
-  compared; cells tagged ``nbval-ignore-output`` only have to run.
+  compared; cells tagged ``output-varies`` only have to run (tests/notebooks/output_tags.py
+  teaches nbval that tag).
 * That ``labs/`` is what ``solutions/`` gives is ``make check``'s to say
   (``tools/make_labs.py --check``), before any kernel starts.
 * Each ``labs/*.ipynb``, executed, stops with an error at a cell tagged
@@ -25,6 +26,10 @@ from effectively_once.lifetime import spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = ROOT / "tests" / "notebooks" / "nbval_sanitize.cfg"
+# The inner pytest loads nbval and the course's output-varies tag (tests/notebooks/output_tags.py), and no
+# other plugin: the environment's others (schemathesis, hypothesis, anyio, xdist) cost about 3 s of CPU per
+# notebook at start, for nothing (benchmarks/nbval_start.py).
+PLUGINS = ("-p", "nbval", "-p", "tests.notebooks.output_tags")
 COURSE = sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("solutions/*.ipynb"))
 LABS = sorted(ROOT.glob("labs/*.ipynb"))
 CHECK_TAG = "check"
@@ -41,7 +46,8 @@ def _pytest(cmd: list[str], timeout: float = 1800) -> subprocess.CompletedProces
     With a plain ``subprocess.run``, a lane stopped from outside (CI's timeout, a Ctrl-C, a
     SIGKILL) would leave the inner pytest running its notebook on, against a stack going away.
     """
-    proc = spawn(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # only the PLUGINS it names
+    proc = spawn(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:
@@ -58,7 +64,7 @@ def _ids(paths):
 @pytest.mark.parametrize("path", COURSE, ids=_ids(COURSE))
 def test_notebook_passes_nbval(path, stack):
     """Run the notebook with nbval; its asserts and its stored outputs must hold on this stack."""
-    cmd = [sys.executable, "-m", "pytest", "--nbval", str(path), "--nbval-sanitize-with", str(SANITIZE),
+    cmd = [sys.executable, "-m", "pytest", "--nbval", str(path), "--nbval-sanitize-with", str(SANITIZE), *PLUGINS,
            "-p", "no:cacheprovider", "-q", "-o", "addopts=", "--nbval-cell-timeout=600"]
     result = _pytest(cmd)
     assert result.returncode == 0, (f"nbval failed on {path.relative_to(ROOT)} (exit {result.returncode}):\n"
@@ -78,7 +84,7 @@ def test_notebook_runs_on_tansu(path, stack):
     what this broker does.
     """
     assert stack.broker_flavor == "tansu", "this test belongs to make test-tansu"
-    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", str(path), "-p", "no:cacheprovider", "-q",
+    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", str(path), *PLUGINS, "-p", "no:cacheprovider", "-q",
            "-o", "addopts=", "--nbval-cell-timeout=600"]
     result = _pytest(cmd)
     assert result.returncode == 0, (f"{path.relative_to(ROOT)} failed on Tansu (exit {result.returncode}):\n"

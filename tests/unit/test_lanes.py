@@ -23,6 +23,7 @@ def test_a_unit_test_that_asks_for_the_stack_fails_at_once_with_its_name(pyteste
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     pytester.makeconftest("from tests.unit.conftest import *  # noqa: F403\n")
     pytester.makepyfile(test_wants_a_broker="def test_charges_on_the_broker(stack):\n    assert stack\n")
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # none is needed; they cost seconds to load
     # It fails in its setup, before any fixture could start a thing; and this test's own watch (the inner
     # pytest is its child) would fail it if a broker or a PostgreSQL had started.
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
