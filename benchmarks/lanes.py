@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("check", help="make check against its goal")
     lanes = sub.add_parser("workers", help="a lane with two xdist workers vs none (or --counts A B)")
-    lanes.add_argument("lane", choices=["unit", "integration", "notebooks"])
+    lanes.add_argument("lane", choices=["unit", "integration", "notebooks", "browser"])
     lanes.add_argument("--rounds", type=int, default=1)
     lanes.add_argument("--counts", type=int, nargs=2, default=(0, 2), metavar=("A", "B"),
                        help="the two worker counts to compare (default: 0 2)")
