@@ -14,32 +14,14 @@ Prints the median wall-clock time and CPU time of one start of each, and their r
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from consumer_start import medians, one_start
+from consumer_start import compare
 
 NOW = [sys.executable, "-m", "effectively_once", "status", "--help"]
 BEFORE = [sys.executable, "-c",
           "from effectively_once import cli; cli.build_parser(None).parse_args(['status', '--help'])"]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--starts", type=int, default=5)
-    args = parser.parse_args()
-    results: dict[str, list[tuple[float, float]]] = {"before": [], "now": []}
-    for round_no in range(args.rounds):
-        for name in (("before", "now") if round_no % 2 == 0 else ("now", "before")):
-            results[name].append(one_start(NOW if name == "now" else BEFORE, args.starts))
-    wall, cpu = medians(results)
-    for name in ("before", "now"):
-        print(f"{name:<7} {wall[name] * 1000:6.0f} ms wall   {cpu[name] * 1000:6.0f} ms CPU   per start")
-    print(f"now/before: {wall['now'] / wall['before']:.2f} wall, {cpu['now'] / cpu['before']:.2f} CPU "
-          f"({args.rounds} rounds of {args.starts} starts each)")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(compare(BEFORE, NOW, __doc__))

@@ -45,14 +45,18 @@ def medians(results: dict[str, list[tuple[float, float]]]) -> tuple[dict[str, fl
             {name: statistics.median(r[1] for r in rows) for name, rows in results.items()})
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def compare(before: list[str], now: list[str], doc: str) -> int:
+    """Start ``before`` and ``now`` alternately, round after round; print the medians of one start and the ratios.
+
+    The command line of a benchmark built on this one: ``--rounds`` and ``--starts``; ``doc`` is its docstring.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--starts", type=int, default=5)
     args = parser.parse_args()
     results: dict[str, list[tuple[float, float]]] = {"before": [], "now": []}
     for round_no in range(args.rounds):
-        order = (("before", BEFORE), ("now", NOW)) if round_no % 2 == 0 else (("now", NOW), ("before", BEFORE))
+        order = (("before", before), ("now", now)) if round_no % 2 == 0 else (("now", now), ("before", before))
         for name, command in order:
             results[name].append(one_start(command, args.starts))
     wall, cpu = medians(results)
@@ -64,4 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(compare(BEFORE, NOW, __doc__))
