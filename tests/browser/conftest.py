@@ -31,3 +31,9 @@ def pytest_terminal_summary(terminalreporter, config) -> None:
         terminalreporter.section(f"Run All in JupyterLab, {len(RUN_ALL.seconds)} notebooks (goal {GOAL:.0f} s each)")
         for line in lines:
             terminalreporter.write_line(line)
+        workers = getattr(config.option, "numprocesses", None)
+        if workers:
+            # The lane's other worker runs another module of browser tests meanwhile: each Run All shares the
+            # cores, so these are upper bounds. EO_TEST_WORKERS=0 times them one at a time, as a learner waits.
+            terminalreporter.write_line(f"(measured on {workers} xdist workers, beside the lane's other browser "
+                                        "tests; EO_TEST_WORKERS=0 make test-browser times each alone)")

@@ -6,8 +6,11 @@ only a browser shows:
 
 - every committed notebook, opened as a learner first opens it: each stored
   output renders, every image loads, no error and no traceback shows (the
-  widgets, which need a live kernel, are left to the next point);
-- the notebooks whose point is an interaction, live: 01's proof stepper, 02's
+  widgets, which need a live kernel, are left to the next point), in
+  tests/browser/test_browser_saved.py;
+- every notebook live, as a learner's Run All (its time measured against the
+  goal, tests/browser/run_all.py), and in particular those whose point is an
+  interaction: 01's proof stepper, 02's
   animated widget (every label of the summary chart lies inside the chart;
   rewind and play move a token and the counters), 07's quiz (it opens
   unanswered: no choice selected, no feedback shown), each after Run All with
@@ -235,21 +238,23 @@ STDERR_TRACEBACKS = """() => [...document.querySelectorAll(
     .map(e => e.innerText).filter(t => t.includes('Traceback'))"""
 
 
-def _open(page, jupyterlab: dict, path: str) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+KERNEL_DIALOG = ".jp-Dialog button.jp-mod-accept"
 
+
+def _open(page, jupyterlab: dict, path: str) -> None:
     # A workspace of its own, so that JupyterLab does not reopen the notebooks of earlier tests beside it.
     workspace = f"eo-{secrets.token_hex(4)}"
     page.goto(f"{jupyterlab['base']}/lab/workspaces/{workspace}/tree/{urllib.parse.quote(path)}"
               f"?token={jupyterlab['token']}", timeout=60_000)
     page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell", timeout=60_000)
-    # A fresh JupyterLab may ask which kernel to start; the notebook's own (python3) is preselected.
-    try:
-        page.locator(".jp-Dialog button.jp-mod-accept").click(timeout=5_000)
-    except PlaywrightTimeout:
-        pass
-    page.wait_for_function(f"(path) => ({PANEL})(path)?.sessionContext.session?.kernel?.status === 'idle'",
-                           arg=path, timeout=60_000)
+    idle = f"({PANEL})(path)?.sessionContext.session?.kernel?.status === 'idle'"
+    # A fresh JupyterLab may ask which kernel to start (the notebook's own, python3, is preselected) before it
+    # starts one: wait for whichever comes first, the question or the idle kernel, and answer the question.
+    page.wait_for_function(f"(path) => !!document.querySelector('{KERNEL_DIALOG}') || {idle}", arg=path,
+                           timeout=60_000)
+    if page.locator(KERNEL_DIALOG).count():
+        page.locator(KERNEL_DIALOG).first.click()
+    page.wait_for_function(f"(path) => {idle}", arg=path, timeout=60_000)
     jupyterlab["children"].update(_descendants(jupyterlab["proc"].pid))
 
 
@@ -523,29 +528,6 @@ def _end_state(page, jupyterlab: dict, path: str, name: str) -> dict:
     page.locator(".jp-Notebook .jp-Cell").last.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / f"browser_{name}.png"))
     return saved
-
-
-@pytest.mark.parametrize("name", list(NOTEBOOKS))
-def test_the_saved_notebook_renders_as_a_learner_first_opens_it(name, browser, jupyterlab):
-    """Open the committed notebook without running it: its outputs, images, and no error on the page."""
-    path = f"notebooks/{name}.ipynb"
-    saved = json.loads((ROOT / path).read_text())
-    errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in saved["cells"] for o in c.get("outputs", [])
-              if o["output_type"] == "error"]
-    assert not errors, f"{path} is saved with error outputs {errors}"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    try:
-        _open(page, jupyterlab, path)
-        cells = _check_saved_rendering(page, path)
-        assert sum(c["shown"] for c in cells) > 0, f"{path} shows no output at all"
-        page.screenshot(path=str(ARTIFACTS / f"browser_{name}_saved.png"))
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / f"browser_{name}_saved_failure.png"))
-        raise
-    finally:
-        page.close()
-        _shutdown_session(jupyterlab, path)
 
 
 def _live_params():
