@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -100,16 +101,22 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+# The images are built side by side; one apt-get at a time (a second one would find dpkg's lock held and fail).
+APT_LOCK = threading.Lock()
+
+
 def need_debootstrap(log: Callable[[str], None]) -> str:
-    """The debootstrap program, installed with apt-get when it is missing and we may."""
-    found = shutil.which("debootstrap")
-    if found:
-        return found
-    if shutil.which("apt-get") is None:
-        raise SystemExit("debootstrap is not installed and this is not a Debian-like system: install debootstrap.")
-    log("installing debootstrap (apt-get)...")
-    run(["apt-get", "install", "-y", "-qq", "debootstrap"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    return shutil.which("debootstrap") or "debootstrap"
+    """The debootstrap program, installed with apt-get when it is missing and we may (once, for every build)."""
+    with APT_LOCK:
+        found = shutil.which("debootstrap")
+        if found:
+            return found
+        if shutil.which("apt-get") is None:
+            raise SystemExit("debootstrap is not installed and this is not a Debian-like system: install debootstrap.")
+        log("installing debootstrap (apt-get)...")
+        run(["apt-get", "install", "-y", "-qq", "debootstrap"],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        return shutil.which("debootstrap") or "debootstrap"
 
 
 def make_root(rec: Recipe, root: Path, log: Callable[[str], None]) -> None:
