@@ -505,17 +505,19 @@ def _check_widgets_render(page, path: str, saved: dict) -> None:
 
 # -- the tests ------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _notebook_page(browser, jupyterlab: dict, name: str):
-    """A page with notebook NAME open and cleared; a screenshot if the test fails; its kernel stopped after."""
+def _notebook_page(browser, jupyterlab: dict, name: str, *, clear: bool = True, shot: str = ""):
+    """A page with notebook NAME open and cleared (as saved, with ``clear=False``); a screenshot if the test
+    fails (``browser_<name><shot>_failure.png``); its kernel stopped after."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = f"notebooks/{name}.ipynb"
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         _open(page, jupyterlab, path)
-        _clear(page, path)
+        if clear:
+            _clear(page, path)
         yield page, path
     except Exception:
-        page.screenshot(path=str(ARTIFACTS / f"browser_{name}_failure.png"))
+        page.screenshot(path=str(ARTIFACTS / f"browser_{name}{shot}_failure.png"))
         raise
     finally:
         page.close()

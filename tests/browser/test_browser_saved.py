@@ -16,8 +16,7 @@ from tests.browser.test_browser import (  # noqa: F401  (fixtures, used by name)
     NOTEBOOKS,
     ROOT,
     _check_saved_rendering,
-    _open,
-    _shutdown_session,
+    _notebook_page,
     browser,
     chromium,
     jupyterlab,
@@ -32,16 +31,7 @@ def test_the_saved_notebook_renders_as_a_learner_first_opens_it(name, browser, j
     errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in saved["cells"] for o in c.get("outputs", [])
               if o["output_type"] == "error"]
     assert not errors, f"{path} is saved with error outputs {errors}"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    try:
-        _open(page, jupyterlab, path)
+    with _notebook_page(browser, jupyterlab, name, clear=False, shot="_saved") as (page, path):
         cells = _check_saved_rendering(page, path)
         assert sum(c["shown"] for c in cells) > 0, f"{path} shows no output at all"
         page.screenshot(path=str(ARTIFACTS / f"browser_{name}_saved.png"))
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / f"browser_{name}_saved_failure.png"))
-        raise
-    finally:
-        page.close()
-        _shutdown_session(jupyterlab, path)

@@ -52,7 +52,7 @@ def flaky_mirror():
     before the connection closes.
     """
     shared = jars.ensure_jars(progress=lambda *_: None, bar=lambda *_: None)
-    assert not jars.missing_jars(shared)
+    assert not jars.missing_jars(shared), f"ensure_jars left jars missing in {shared}"
     by_name = {jar.filename: shared / jar.filename for jar in jars.pinned_jars()}
     state = {"victim": jars.pinned_jars()[-1].filename, "cut": 0, "served": 0}
 
